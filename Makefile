@@ -1,0 +1,35 @@
+# Two entry points on a fresh clone: `make demo` and `make test`. Both create .venv when missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv clean-venv bench
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+
+# torch is pinned to the local CPU build; GPU users install their CUDA build first (see README).
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.2"
+	$(BIN)/pip install -q -e ".[test,demo]"
+	$(BIN)/pip install -q --no-deps "speakerlab==0.0.6"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/speakerforge demo --out $(DEMO_DIR)
+
+bench: $(STAMP)
+	$(BIN)/python bench/fbank.py
+	$(BIN)/python bench/models.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Data layer: manifests, audio, features, augmentation, sampling. Imports neither models nor train."""

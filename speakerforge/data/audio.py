@@ -1,0 +1,125 @@
+"""Audio I/O: everything becomes 16 kHz mono float32 in [-1, 1], or an error that names the file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from speakerforge.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts, read without decoding the samples."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def _check_path(path: str | Path) -> Path:
+    p = Path(path)
+    text = str(path).rstrip()
+    if text.endswith("|"):
+        raise DataError(f"{path}: Kaldi pipe commands are not supported (nothing from a manifest is executed); "
+                        "convert the audio to wav/flac files first")
+    if not p.exists():
+        raise DataError(f"{path}: audio file not found")
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory, expected an audio file")
+    if p.stat().st_size == 0:
+        raise DataError(f"{path}: audio file is empty (0 bytes)")
+    return p
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Read only the header: used by `validate` so that a million-row manifest is checked in minutes."""
+    p = _check_path(path)
+    try:
+        info = sf.info(str(p))
+    except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
+        raise DataError(f"{path}: cannot decode audio ({_short(exc)}); supported: wav, flac, ogg, mp3") from None
+    frames = int(info.frames)
+    # mp3 and some ogg files report no frame count in the header; fall back to decoding.
+    if frames <= 0 or frames >= 2**62:
+        try:
+            data, _ = sf.read(str(p), dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot decode audio ({_short(exc)})") from None
+        frames = int(data.shape[0])
+    return AudioInfo(str(path), int(info.samplerate), int(info.channels), frames)
+
+
+def load_audio(
+    path: str | Path,
+    start: float | None = None,
+    end: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> np.ndarray:
+    """Load `[start, end)` seconds of a file as mono float32 at `sample_rate`.
+
+    Only the requested segment is decoded, so long recordings cut by Kaldi `segments` stay cheap.
+    """
+    p = _check_path(path)
+    try:
+        with sf.SoundFile(str(p)) as f:
+            sr = int(f.samplerate)
+            first = int(round(start * sr)) if start else 0
+            if first > 0:
+                if f.seekable():
+                    f.seek(first)
+                else:
+                    f.read(first, dtype="float32", always_2d=True)
+            count = -1 if end is None else max(0, int(round(end * sr)) - first)
+            data = f.read(count, dtype="float32", always_2d=True)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: cannot decode audio ({_short(exc)}); supported: wav, flac, ogg, mp3") from None
+    if data.shape[0] == 0:
+        what = "segment" if (start or end is not None) else "file"
+        raise DataError(f"{path}: audio {what} holds no samples (start={start}, end={end})")
+    wav = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(wav).all():
+        raise DataError(f"{path}: audio holds NaN or infinite samples")
+    return resample(np.ascontiguousarray(wav, dtype=np.float32), sr, sample_rate)
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling with soxr (high quality), a no-op when the rates agree."""
+    if orig_sr == target_sr:
+        return wav
+    log.debug("resampling %d Hz -> %d Hz", orig_sr, target_sr)
+    return soxr.resample(wav, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write 16-bit PCM via a temporary file so that an interrupted write never leaves a half file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format=_format_of(p))
+    tmp.replace(p)
+
+
+def _format_of(p: Path) -> str:
+    return {".flac": "FLAC", ".ogg": "OGG"}.get(p.suffix.lower(), "WAV")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
