@@ -1,4 +1,6 @@
-"""Optimizers and schedules. LR and margin are pure functions of the global step, so resume is exact by design."""
+"""Optimizers and the LR schedule, a pure function of the global step so that resume is exact by design.
+
+The margin schedule lives with the heads (`speakerforge.models.heads.margin_at_step`)."""
 
 from __future__ import annotations
 
@@ -17,25 +19,6 @@ def warmup_cosine(step: int, total_steps: int, base_lr: float, min_lr: float, wa
     span = max(1, total_steps - warmup_steps)
     t = min(1.0, max(0.0, (step - warmup_steps) / span))
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
-
-
-def margin_schedule(step: int, steps_per_epoch: int, initial: float, final: float, start_epoch: float,
-                    end_epoch: float, kind: str = "linear") -> float:
-    """Margin held at `initial` until `start_epoch`, raised to `final` by `end_epoch` (3D-Speaker's MarginScheduler)."""
-    start = start_epoch * steps_per_epoch
-    end = end_epoch * steps_per_epoch
-    if end <= start:
-        return final if step >= start else initial
-    if step <= start:
-        return initial
-    if step >= end:
-        return final
-    t = (step - start) / (end - start)
-    if kind == "linear":
-        return initial + (final - initial) * t
-    if kind == "exponential":  # fast at first, slow near the end, as in WeSpeaker's increase_type="exp"
-        return initial + (final - initial) * (1.0 - math.exp(-5.0 * t)) / (1.0 - math.exp(-5.0))
-    raise ConfigError(f"margin.kind: unknown schedule {kind!r}; use linear or exponential")
 
 
 def build_optimizer(groups: Iterable[dict[str, Any]], name: str, lr: float, momentum: float = 0.9,

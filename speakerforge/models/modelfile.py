@@ -1,0 +1,65 @@
+"""Our model file: one safetensors file holding the embedding network's weights and, in its header, the JSON needed
+to rebuild it (registry name, constructor arguments, feature settings). `extract`, `verify`, `export` and
+`finetune --init` all read it; `train` writes it at the end, `convert` writes it from 3D-Speaker/WeSpeaker weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from speakerforge.checkpoint_io import load_model_file, save_model_file
+from speakerforge.errors import CheckpointError
+from speakerforge.models.registry import build_model
+
+FORMAT = "speakerforge-model-1"
+BACKBONE = "backbone."
+
+
+def save_embedding_model(path: str | Path, backbone: nn.Module, name: str, args: dict[str, Any],
+                         features: dict[str, Any] | None = None, extra_tensors: dict[str, torch.Tensor] | None = None,
+                         extra_meta: dict[str, Any] | None = None) -> None:
+    """Write `backbone` (keys prefixed `backbone.`) plus optional extra tensors (e.g. `classifier.weight`)."""
+    state = {BACKBONE + k: v for k, v in backbone.state_dict().items()}
+    state.update(extra_tensors or {})
+    meta = {"format": FORMAT, "model": {"name": name, "args": args}, "features": features or {},
+            "embedding_dim": int(getattr(backbone, "embedding_dim", 0) or 0)}
+    meta.update(extra_meta or {})
+    save_model_file(path, state, meta)
+
+
+def load_embedding_model(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
+    """Rebuild the backbone from a model file and load its weights strictly: (model in eval mode, meta, extras)."""
+    state, meta = load_model_file(path)
+    if meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{path}: unknown model file format {meta.get('format')!r}")
+    model = build_model(meta["model"]["name"], **meta["model"].get("args", {}))
+    weights = {k[len(BACKBONE):]: v for k, v in state.items() if k.startswith(BACKBONE)}
+    extras = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
+    load_strict(model, weights, str(path))
+    model.eval()
+    return model, meta, extras
+
+
+def load_strict(model: nn.Module, weights: dict[str, torch.Tensor], origin: str) -> None:
+    """`load_state_dict(strict=True)` with an error that lists every missing, unexpected and mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = sorted(f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{origin}: weights do not fit the model: " + "; ".join(
+            part for part in (_listing("missing", missing), _listing("unexpected", unexpected),
+                              _listing("shape mismatch", shapes)) if part))
+    model.load_state_dict(weights, strict=True)
+
+
+def _listing(what: str, keys: list[str], limit: int = 12) -> str:
+    if not keys:
+        return ""
+    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{len(keys)} {what} ({', '.join(keys[:limit])}{more})"

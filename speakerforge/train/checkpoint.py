@@ -1,0 +1,134 @@
+"""Full training state on disk: discovery of the newest valid checkpoint, retention, RNG capture.
+
+A checkpoint holds everything needed to continue as if never stopped: model, objective (classifier, SSL prototypes,
+centres, teacher), optimizer, AMP scaler, progress counters and every RNG. Files are `ckpt-<global step>.pt` in
+`EXP/checkpoints/`; the newest one that passes its checksum and belongs to this run is used, others are skipped with a
+warning that names them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from speakerforge.checkpoint_io import atomic_write_text, load_state, save_state
+from speakerforge.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) generator states, in a weights_only-loadable form."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _py_state_to_lists(random.getstate()),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state_to_lists(st: tuple) -> list:
+    version, internal, gauss = st
+    return [version, list(internal), gauss]
+
+
+class CheckpointManager:
+    """Saves and finds checkpoints of one run; keeps the last `keep_last` plus the best."""
+
+    def __init__(self, exp_dir: str | Path, run_id: str, keep_last: int = 3):
+        self.dir = Path(exp_dir) / "checkpoints"
+        self.run_id = run_id
+        self.keep_last = max(1, keep_last)
+        self.index_path = self.dir / "index.json"
+
+    def path_for(self, global_step: int) -> Path:
+        return self.dir / f"ckpt-{global_step:09d}.pt"
+
+    def list(self) -> list[tuple[int, Path]]:
+        """(step, path) of every checkpoint file, newest first."""
+        if not self.dir.is_dir():
+            return []
+        found = []
+        for p in self.dir.iterdir():
+            m = _NAME.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found, reverse=True)
+
+    def save(self, state: dict[str, Any], global_step: int, metric: float | None = None) -> Path:
+        """Write atomically; a failure (disk full) leaves earlier checkpoints untouched and raises."""
+        state = dict(state)
+        state["meta"] = {"run_id": self.run_id, "global_step": int(global_step), "format": 1}
+        path = self.path_for(global_step)
+        try:
+            save_state(path, state)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: could not write checkpoint ({exc.strerror or exc}); the previous "
+                                  "checkpoints are intact — free disk space and re-run the same command to resume") from None
+        index = self._read_index()
+        if metric is not None and np.isfinite(metric):
+            best = index.get("best")
+            if best is None or metric < best["metric"]:
+                index["best"] = {"step": int(global_step), "metric": float(metric)}
+        self._write_index(index)
+        self._retain(index)
+        return path
+
+    def load_latest(self, map_location: str = "cpu") -> dict[str, Any] | None:
+        """The newest checkpoint that is intact and of this run; None when there is none."""
+        for step, path in self.list():
+            try:
+                state = load_state(path, map_location=map_location)
+            except CheckpointError as exc:
+                log.warning("skipping checkpoint %s: %s", path, exc)
+                continue
+            meta = state.get("meta", {})
+            if meta.get("run_id") != self.run_id:
+                log.warning("skipping checkpoint %s: it belongs to another run (run_id %s, expected %s)",
+                            path, meta.get("run_id"), self.run_id)
+                continue
+            if meta.get("global_step") != step:
+                log.warning("skipping checkpoint %s: its content says step %s", path, meta.get("global_step"))
+                continue
+            log.info("resuming from %s", path)
+            state["meta"]["path"] = str(path)
+            return state
+        return None
+
+    def _read_index(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.index_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        atomic_write_text(self.index_path, json.dumps(index, indent=1))
+
+    def _retain(self, index: dict[str, Any]) -> None:
+        best_step = (index.get("best") or {}).get("step")
+        for i, (step, path) in enumerate(self.list()):
+            if i >= self.keep_last and step != best_step:
+                path.unlink(missing_ok=True)
