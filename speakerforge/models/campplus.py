@@ -1,0 +1,367 @@
+"""CAM++: a densely connected TDNN with context-aware masking, on top of a small 2D-CNN front end (FCM).
+
+Same network as 3D-Speaker's `speakerlab.models.campplus.DTDNN.CAMPPlus` (Wang et al., Interspeech 2023), with the
+same module names, so 3D-Speaker checkpoints load by identity (`load_state_dict(ckpt)`); see `speakerlab_key_map`.
+
+Registered as `campplus`: `build_model("campplus", embedding_dim=192)`. Released checkpoints: 192-d for the
+200k-speaker (zh-cn) models, 512-d for VoxCeleb.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+
+from speakerforge.models.fuse import fold_bn_into_conv
+from speakerforge.models.pooling import TemporalStatsPool
+from speakerforge.models.registry import register_model
+
+__all__ = ["CAMPPlus", "speakerlab_key_map"]
+
+
+def make_nonlinear(config_str: str, channels: int) -> nn.Sequential:
+    """`"batchnorm-relu"` -> Sequential(batchnorm=BatchNorm1d, relu=ReLU); `batchnorm_` is BN without affine."""
+    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    for name in config_str.split("-"):
+        if name == "relu":
+            layers["relu"] = nn.ReLU(inplace=True)
+        elif name == "prelu":
+            layers["prelu"] = nn.PReLU(channels)
+        elif name == "batchnorm":
+            layers["batchnorm"] = nn.BatchNorm1d(channels)
+        elif name == "batchnorm_":
+            layers["batchnorm"] = nn.BatchNorm1d(channels, affine=False)
+        else:
+            raise ValueError(f"unknown nonlinearity {name!r} in {config_str!r}; use batchnorm, batchnorm_, relu, prelu")
+    return nn.Sequential(layers)
+
+
+def _fold_leading_bn(conv: nn.Conv1d | nn.Conv2d, nonlinear: nn.Sequential) -> None:
+    """conv -> nonlinear(batchnorm, ...): fold the BN into the conv and drop it from the Sequential."""
+    if "batchnorm" in nonlinear._modules and next(iter(nonlinear._modules)) == "batchnorm":
+        fold_bn_into_conv(conv, nonlinear.batchnorm)
+        nonlinear.batchnorm = nn.Identity()
+
+
+class BasicResBlock(nn.Module):
+    """2D residual block of the FCM front end; strides only along frequency."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=(stride, 1), padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=(stride, 1), bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+    def fuse_for_inference(self) -> None:
+        """Fold every BN into its conv (eval mode only)."""
+        self.conv1, self.bn1 = fold_bn_into_conv(self.conv1, self.bn1), nn.Identity()
+        self.conv2, self.bn2 = fold_bn_into_conv(self.conv2, self.bn2), nn.Identity()
+        if len(self.shortcut) == 2:
+            self.shortcut = nn.Sequential(fold_bn_into_conv(self.shortcut[0], self.shortcut[1]), nn.Identity())
+
+
+class FCM(nn.Module):
+    """Front-end convolution module: 2D ResNet over (freq, time), frequency downsampled 8x, flattened to channels."""
+
+    def __init__(self, num_blocks: Sequence[int] = (2, 2), m_channels: int = 32, feat_dim: int = 80):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, m_channels, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(m_channels)
+        self.layer1 = self._make_layer(m_channels, m_channels, num_blocks[0], stride=2)
+        self.layer2 = self._make_layer(m_channels, m_channels, num_blocks[1], stride=2)
+        self.conv2 = nn.Conv2d(m_channels, m_channels, 3, stride=(2, 1), padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(m_channels)
+        self.out_channels = m_channels * (feat_dim // 8)
+
+    @staticmethod
+    def _make_layer(in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
+        blocks = [BasicResBlock(in_planes, planes, stride)]
+        blocks += [BasicResBlock(planes, planes, 1) for _ in range(num_blocks - 1)]
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, F, T]` -> `[B, C * F/8, T]`."""
+        out = F.relu(self.bn1(self.conv1(x.unsqueeze(1))))
+        out = self.layer2(self.layer1(out))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return out.flatten(1, 2)
+
+    def fuse_for_inference(self) -> None:
+        """Fold the stem and exit BNs into their convs (blocks fold themselves)."""
+        self.conv1, self.bn1 = fold_bn_into_conv(self.conv1, self.bn1), nn.Identity()
+        self.conv2, self.bn2 = fold_bn_into_conv(self.conv2, self.bn2), nn.Identity()
+
+
+class TDNNLayer(nn.Module):
+    """Conv1d followed by a nonlinearity; `padding=-1` means 'same' for odd kernels."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = False,
+        config_str: str = "batchnorm-relu",
+    ):
+        super().__init__()
+        if padding < 0:
+            if kernel_size % 2 == 0:
+                raise ValueError(f"'same' padding needs an odd kernel size, got {kernel_size}")
+            padding = (kernel_size - 1) // 2 * dilation
+        self.linear = nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias)
+        self.nonlinear = make_nonlinear(config_str, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nonlinear(self.linear(x))
+
+    def fuse_for_inference(self) -> None:
+        """Fold the BN that follows the conv into it."""
+        _fold_leading_bn(self.linear, self.nonlinear)
+
+
+class CAMLayer(nn.Module):
+    """Context-aware masking: a local conv whose output is gated by a mask computed from utterance-level and
+    segment-level (`seg_len` frames) average context.
+
+    The mask is piecewise constant over segments, so it is computed once per segment and broadcast, which is the
+    same arithmetic as the reference (that expands the context to every frame first) with far fewer operations.
+    """
+
+    def __init__(
+        self,
+        bn_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        bias: bool,
+        reduction: int = 2,
+        seg_len: int = 100,
+    ):
+        super().__init__()
+        self.linear_local = nn.Conv1d(bn_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias)
+        self.linear1 = nn.Conv1d(bn_channels, bn_channels // reduction, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.linear2 = nn.Conv1d(bn_channels // reduction, out_channels, 1)
+        self.sigmoid = nn.Sigmoid()
+        self.seg_len = seg_len
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear_local(x)
+        t = x.shape[-1]
+        # [B, C, n_seg]: utterance mean + mean of each segment (the last one may be shorter)
+        context = x.mean(-1, keepdim=True) + F.avg_pool1d(x, self.seg_len, self.seg_len, ceil_mode=True)
+        m = self.sigmoid(self.linear2(self.relu(self.linear1(context))))
+        if m.shape[-1] == 1:
+            return y * m
+        return y * m.repeat_interleave(self.seg_len, dim=-1)[..., :t]
+
+
+class CAMDenseTDNNLayer(nn.Module):
+    """One densely connected layer: BN-ReLU, 1x1 bottleneck, BN-ReLU, CAM layer."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        bn_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        bias: bool = False,
+        config_str: str = "batchnorm-relu",
+        memory_efficient: bool = False,
+        seg_len: int = 100,
+    ):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"CAM++ dense layers need an odd kernel size, got {kernel_size}")
+        padding = (kernel_size - 1) // 2 * dilation
+        self.memory_efficient = memory_efficient
+        self.nonlinear1 = make_nonlinear(config_str, in_channels)
+        self.linear1 = nn.Conv1d(in_channels, bn_channels, 1, bias=False)
+        self.nonlinear2 = make_nonlinear(config_str, bn_channels)
+        self.cam_layer = CAMLayer(bn_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+                                  seg_len=seg_len)
+
+    def bn_function(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear1(self.nonlinear1(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.memory_efficient and x.requires_grad:
+            # recompute the (wide) pre-activation in backward instead of keeping it: DenseNet's memory trick
+            x = cp.checkpoint(self.bn_function, x, use_reentrant=False)
+        else:
+            x = self.bn_function(x)
+        return self.cam_layer(self.nonlinear2(x))
+
+    def fuse_for_inference(self) -> None:
+        """Fold the BN after the bottleneck conv into it (the leading BN acts on the concatenation: kept)."""
+        _fold_leading_bn(self.linear1, self.nonlinear2)
+
+
+class CAMDenseTDNNBlock(nn.Module):
+    """`num_layers` dense layers named `tdnnd1..N`; each appends `out_channels` channels to its input."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        in_channels: int,
+        out_channels: int,
+        bn_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        dilation: int = 1,
+        bias: bool = False,
+        config_str: str = "batchnorm-relu",
+        memory_efficient: bool = False,
+        seg_len: int = 100,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = in_channels + num_layers * out_channels
+        for i in range(num_layers):
+            layer = CAMDenseTDNNLayer(in_channels + i * out_channels, out_channels, bn_channels, kernel_size,
+                                      stride, dilation, bias, config_str, memory_efficient, seg_len)
+            self.add_module(f"tdnnd{i + 1}", layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            for layer in self.children():
+                x = torch.cat([x, layer(x)], dim=1)
+            return x
+        # Inference: write each layer's output into one preallocated buffer instead of re-copying the growing
+        # concatenation at every layer (the values are identical).
+        b, c, t = x.shape
+        buf = x.new_empty(b, self.out_channels, t)
+        buf[:, :c] = x
+        for layer in self.children():
+            out = layer(buf[:, :c])
+            buf[:, c : c + out.shape[1]] = out
+            c += out.shape[1]
+        return buf
+
+
+class TransitLayer(nn.Module):
+    """BN-ReLU then 1x1 conv: halves the channels between dense blocks."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, config_str: str = "batchnorm-relu"):
+        super().__init__()
+        self.nonlinear = make_nonlinear(config_str, in_channels)
+        self.linear = nn.Conv1d(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.nonlinear(x))
+
+
+class DenseLayer(nn.Module):
+    """1x1 conv (on `[B, C]` or `[B, C, T]`) followed by a nonlinearity: the embedding layer."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False, config_str: str = "batchnorm-relu"):
+        super().__init__()
+        self.linear = nn.Conv1d(in_channels, out_channels, 1, bias=bias)
+        self.nonlinear = make_nonlinear(config_str, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = self.linear(x.unsqueeze(-1)).squeeze(-1)
+        else:
+            x = self.linear(x)
+        return self.nonlinear(x)
+
+    def fuse_for_inference(self) -> None:
+        """Fold the BN after the conv into it."""
+        _fold_leading_bn(self.linear, self.nonlinear)
+
+
+@register_model("campplus")
+class CAMPPlus(nn.Module):
+    """CAM++ speaker embedding network: fbank `[B, T, feat_dim]` -> embedding `[B, embedding_dim]`.
+
+    Defaults are the published CAM++ (6.85M parameters at 192-d, 7.18M at 512-d). `m_channels`, `init_channels`, `growth_rate`,
+    `bn_size` and `block_layers` shrink it for demos; `memory_efficient` recomputes the dense bottleneck in backward
+    (training only, same gradients).
+    """
+
+    def __init__(
+        self,
+        feat_dim: int = 80,
+        embedding_dim: int = 192,
+        growth_rate: int = 32,
+        bn_size: int = 4,
+        init_channels: int = 128,
+        m_channels: int = 32,
+        fcm_blocks: Sequence[int] = (2, 2),
+        block_layers: Sequence[int] = (12, 24, 16),
+        block_kernels: Sequence[int] = (3, 3, 3),
+        block_dilations: Sequence[int] = (1, 2, 2),
+        config_str: str = "batchnorm-relu",
+        memory_efficient: bool = True,
+        seg_len: int = 100,
+    ):
+        super().__init__()
+        if not len(block_layers) == len(block_kernels) == len(block_dilations):
+            raise ValueError("block_layers, block_kernels and block_dilations must have the same length")
+        self.feat_dim = feat_dim
+        self.embedding_dim = embedding_dim
+
+        self.head = FCM(num_blocks=fcm_blocks, m_channels=m_channels, feat_dim=feat_dim)
+        channels = self.head.out_channels
+        self.xvector = nn.Sequential(
+            OrderedDict(tdnn=TDNNLayer(channels, init_channels, 5, stride=2, padding=-1, config_str=config_str))
+        )
+        channels = init_channels
+        for i, (num_layers, kernel, dilation) in enumerate(zip(block_layers, block_kernels, block_dilations), 1):
+            block = CAMDenseTDNNBlock(num_layers, channels, growth_rate, bn_size * growth_rate, kernel,
+                                      dilation=dilation, config_str=config_str, memory_efficient=memory_efficient,
+                                      seg_len=seg_len)
+            self.xvector.add_module(f"block{i}", block)
+            channels = block.out_channels
+            self.xvector.add_module(f"transit{i}", TransitLayer(channels, channels // 2, bias=False,
+                                                                  config_str=config_str))
+            channels //= 2
+        self.xvector.add_module("out_nonlinear", make_nonlinear(config_str, channels))
+        self.xvector.add_module("stats", TemporalStatsPool(eps=0.0))
+        self.xvector.add_module("dense", DenseLayer(channels * 2, embedding_dim, config_str="batchnorm_"))
+
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, T, feat_dim]` -> `[B, embedding_dim]`."""
+        return self.xvector(self.head(x.transpose(1, 2)))
+
+    def fuse_for_inference(self) -> None:
+        """Fold the output BN-ReLU's BN into the last transit conv (the layers fold their own)."""
+        last_transit = [m for name, m in self.xvector.named_children() if name.startswith("transit")][-1]
+        _fold_leading_bn(last_transit.linear, self.xvector.out_nonlinear)
+
+
+def speakerlab_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """3D-Speaker `CAMPPlus` state dict -> ours. The names are identical; this only drops a `module.` prefix."""
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}

@@ -1,0 +1,232 @@
+"""ERes2Net: a Res2Net with local (inside each block) and global (across stages) attentional feature fusion.
+
+Same network as 3D-Speaker's `speakerlab.models.eres2net.ERes2Net.ERes2Net` (Chen et al., Interspeech 2023) and,
+with `variant="huge"`, its `ERes2Net_huge.ERes2Net`. Module names are identical, so 3D-Speaker checkpoints load by
+identity; see `speakerlab_key_map`.
+
+Registered as `eres2net`. Variants (all default to 192-d embeddings; pass `embedding_dim=512` for the released
+3D-Speaker-dataset base/large checkpoints):
+
+- `base`:  m_channels=32, expansion=2, base_width=32, scale=2 (3D-Speaker `conf/eres2net.yaml`, 6.6M at 192-d)
+- `large`: m_channels=64, otherwise as base ("change m_channels from 32 to 64" in that conf; 22.5M at 192-d)
+- `huge`:  m_channels=64, expansion=4, base_width=24, scale=3 (`ERes2Net_huge.py`, the 200k-speaker zh-cn model)
+
+Any of `m_channels`, `expansion`, `base_width`, `scale`, `num_blocks` given explicitly overrides the variant.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from speakerforge.models.fuse import fold_bn_into_conv, fold_bn_into_linear
+from speakerforge.models.pooling import build_pooling
+from speakerforge.models.registry import register_model
+
+__all__ = ["ERes2Net", "ERES2NET_VARIANTS", "speakerlab_key_map"]
+
+ERES2NET_VARIANTS: dict[str, dict[str, int]] = {
+    "base": dict(m_channels=32, expansion=2, base_width=32, scale=2),
+    "large": dict(m_channels=64, expansion=2, base_width=32, scale=2),
+    "huge": dict(m_channels=64, expansion=4, base_width=24, scale=3),
+}
+
+# ERes2Net clips its activations at 20 (a Hardtanh(0, 20) named ReLU in the reference).
+_RELU_CAP = 20.0
+
+
+def _capped_relu(x: torch.Tensor) -> torch.Tensor:
+    return F.hardtanh_(x, 0.0, _RELU_CAP)
+
+
+class AFF(nn.Module):
+    """Attentional feature fusion of `x` and `ds_y` (same shape): `x * a + ds_y * (2 - a)`, `a = 1 + tanh(att)`."""
+
+    def __init__(self, channels: int = 64, r: int = 4):
+        super().__init__()
+        inter = channels // r
+        self.local_att = nn.Sequential(
+            nn.Conv2d(channels * 2, inter, 1),
+            nn.BatchNorm2d(inter),
+            nn.SiLU(inplace=True),
+            nn.Conv2d(inter, channels, 1),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor, ds_y: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(self.local_att(torch.cat((x, ds_y), dim=1)))
+        # x * (1 + t) + ds_y * (1 - t), rearranged to one fused multiply-add
+        return torch.addcmul(x + ds_y, t, x - ds_y)
+
+    def fuse_for_inference(self) -> None:
+        """Fold both BNs of the attention branch into its convs."""
+        conv1, bn1, act, conv2, bn2 = self.local_att
+        self.local_att = nn.Sequential(
+            fold_bn_into_conv(conv1, bn1), nn.Identity(), act, fold_bn_into_conv(conv2, bn2), nn.Identity()
+        )
+
+
+class ERes2NetBlock(nn.Module):
+    """Res2Net basic block: 1x1 conv, `scale` hierarchical 3x3 branches, 1x1 conv, residual.
+
+    With `aff`, branch i receives AFF(previous branch, split i) instead of their sum (local feature fusion).
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        base_width: int = 32,
+        scale: int = 2,
+        expansion: int = 2,
+        aff: bool = False,
+    ):
+        super().__init__()
+        width = int(math.floor(planes * (base_width / 64.0)))
+        self.width = width
+        self.scale = scale
+        self.conv1 = nn.Conv2d(in_planes, width * scale, 1, stride=stride, bias=False)
+        self.bn1 = nn.BatchNorm2d(width * scale)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(scale))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(scale))
+        if aff:
+            self.fuse_models = nn.ModuleList(AFF(channels=width) for _ in range(scale - 1))
+        else:
+            self.fuse_models = None
+        self.conv3 = nn.Conv2d(width * scale, planes * expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * expansion)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes * expansion:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes * expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * expansion),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spx = torch.split(_capped_relu(self.bn1(self.conv1(x))), self.width, dim=1)
+        outs = []
+        sp = spx[0]
+        for i in range(self.scale):
+            if i > 0:
+                sp = self.fuse_models[i - 1](sp, spx[i]) if self.fuse_models is not None else sp + spx[i]
+            sp = _capped_relu(self.bns[i](self.convs[i](sp)))
+            outs.append(sp)
+        out = self.bn3(self.conv3(torch.cat(outs, dim=1)))
+        return _capped_relu(out + self.shortcut(x))
+
+    def fuse_for_inference(self) -> None:
+        """Fold every BN into its conv (the AFF modules fold their own)."""
+        self.conv1, self.bn1 = fold_bn_into_conv(self.conv1, self.bn1), nn.Identity()
+        for i in range(self.scale):
+            fold_bn_into_conv(self.convs[i], self.bns[i])
+            self.bns[i] = nn.Identity()
+        self.conv3, self.bn3 = fold_bn_into_conv(self.conv3, self.bn3), nn.Identity()
+        if len(self.shortcut) == 2:
+            self.shortcut = nn.Sequential(fold_bn_into_conv(self.shortcut[0], self.shortcut[1]), nn.Identity())
+
+
+@register_model("eres2net")
+class ERes2Net(nn.Module):
+    """ERes2Net speaker embedding network: fbank `[B, T, feat_dim]` -> embedding `[B, embedding_dim]`."""
+
+    def __init__(
+        self,
+        variant: str = "base",
+        feat_dim: int = 80,
+        embedding_dim: int = 192,
+        m_channels: int | None = None,
+        expansion: int | None = None,
+        base_width: int | None = None,
+        scale: int | None = None,
+        num_blocks: Sequence[int] = (3, 4, 6, 3),
+        pooling_func: str = "TSTP",
+        two_emb_layer: bool = False,
+    ):
+        super().__init__()
+        if variant not in ERES2NET_VARIANTS:
+            raise ValueError(f"unknown ERes2Net variant {variant!r}; known: {', '.join(ERES2NET_VARIANTS)}")
+        if len(num_blocks) != 4:
+            raise ValueError(f"num_blocks needs 4 stage depths, got {list(num_blocks)}")
+        preset = ERES2NET_VARIANTS[variant]
+        m = preset["m_channels"] if m_channels is None else m_channels
+        self.expansion = preset["expansion"] if expansion is None else expansion
+        self.base_width = preset["base_width"] if base_width is None else base_width
+        self.scale = preset["scale"] if scale is None else scale
+        self.variant = variant
+        self.m_channels = m
+        self.feat_dim = feat_dim
+        self.embedding_dim = embedding_dim
+        self.two_emb_layer = two_emb_layer
+
+        self.conv1 = nn.Conv2d(1, m, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(m)
+        self._in_planes = m
+        self.layer1 = self._make_layer(m, num_blocks[0], stride=1, aff=False)
+        self.layer2 = self._make_layer(m * 2, num_blocks[1], stride=2, aff=False)
+        self.layer3 = self._make_layer(m * 4, num_blocks[2], stride=2, aff=True)
+        self.layer4 = self._make_layer(m * 8, num_blocks[3], stride=2, aff=True)
+
+        # global feature fusion: each stage's output, downsampled, is fused bottom-up into the next one's
+        e = self.expansion
+        self.layer1_downsample = nn.Conv2d(m * e, m * 2 * e, 3, stride=2, padding=1, bias=False)
+        self.layer2_downsample = nn.Conv2d(m * 2 * e, m * 4 * e, 3, stride=2, padding=1, bias=False)
+        self.layer3_downsample = nn.Conv2d(m * 4 * e, m * 8 * e, 3, stride=2, padding=1, bias=False)
+        self.fuse_mode12 = AFF(channels=m * 2 * e)
+        self.fuse_mode123 = AFF(channels=m * 4 * e)
+        self.fuse_mode1234 = AFF(channels=m * 8 * e)
+
+        freq = feat_dim
+        for _ in range(3):  # three stride-2 stages
+            freq = (freq - 1) // 2 + 1
+        pool_in = m * 8 * e * freq
+        self.pool = build_pooling(pooling_func, pool_in)
+        self.seg_1 = nn.Linear(pool_in * self.pool.n_stats, embedding_dim)
+        if two_emb_layer:
+            self.seg_bn_1 = nn.BatchNorm1d(embedding_dim, affine=False)
+            self.seg_2 = nn.Linear(embedding_dim, embedding_dim)
+        else:
+            self.seg_bn_1 = nn.Identity()
+            self.seg_2 = nn.Identity()
+
+    def _make_layer(self, planes: int, num_blocks: int, stride: int, aff: bool) -> nn.Sequential:
+        blocks = []
+        for s in [stride] + [1] * (num_blocks - 1):
+            blocks.append(ERes2NetBlock(self._in_planes, planes, s, self.base_width, self.scale, self.expansion, aff))
+            self._in_planes = planes * self.expansion
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, T, feat_dim]` -> `[B, embedding_dim]`."""
+        x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
+        if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out1 = self.layer1(out)
+        out2 = self.layer2(out1)
+        fuse12 = self.fuse_mode12(out2, self.layer1_downsample(out1))
+        out3 = self.layer3(out2)
+        fuse123 = self.fuse_mode123(out3, self.layer2_downsample(fuse12))
+        out4 = self.layer4(out3)
+        fuse1234 = self.fuse_mode1234(out4, self.layer3_downsample(fuse123))
+        embed = self.seg_1(self.pool(fuse1234.contiguous()))
+        if self.two_emb_layer:
+            embed = self.seg_2(self.seg_bn_1(F.relu(embed)))
+        return embed
+
+    def fuse_for_inference(self) -> None:
+        """Fold the stem BN into its conv, and the second embedding layer's BN into `seg_2` (blocks fold their own)."""
+        self.conv1, self.bn1 = fold_bn_into_conv(self.conv1, self.bn1), nn.Identity()
+        if self.two_emb_layer:
+            # relu -> bn -> seg_2: the BN is affine on seg_2's input, so it folds into seg_2 (BN *before* linear)
+            fold_bn_into_linear(self.seg_2, self.seg_bn_1, bn_before=True)
+            self.seg_bn_1 = nn.Identity()
+
+
+def speakerlab_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """3D-Speaker `ERes2Net` state dict -> ours. The names are identical; this only drops a `module.` prefix."""
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}

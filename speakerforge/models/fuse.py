@@ -1,0 +1,119 @@
+"""Inference-time rewrites of an embedding model that keep its outputs (to float rounding) and make it faster.
+
+`optimize_for_inference(model)` returns an eval-mode copy in which
+
+1. every BatchNorm that directly follows a conv/linear is folded into it. Modules opt in by defining
+   `fuse_for_inference(self) -> None` (called children first, in eval mode), which knows the dataflow of its own
+   `forward`; in any `nn.Sequential`, a conv/linear immediately followed by a BatchNorm is folded without help;
+2. 2D-convolution models that set `channels_last_inference = True` are converted to channels-last memory format,
+   which oneDNN runs faster on CPU (the model's `forward` converts its input when its weights are channels-last).
+
+The result is for inference only: no gradients, and training it would train a different parameterisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn as nn
+
+__all__ = ["optimize_for_inference", "fold_bn_into_conv", "fold_bn_into_linear", "fold_sequential_bns"]
+
+log = logging.getLogger(__name__)
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode BN as `y = x * scale + shift`, per channel (float64 for an exact fold)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    if bn.training:
+        raise ValueError("fold BatchNorm only in eval mode: in training mode it uses batch statistics")
+    scale = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = -bn.running_mean.double() * scale
+    if bn.affine:
+        scale = scale * bn.weight.double()
+        shift = shift * bn.weight.double() + bn.bias.double()
+    return scale, shift
+
+
+def _set_weight_bias(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    dtype = layer.weight.dtype
+    layer.weight = nn.Parameter(weight.to(dtype), requires_grad=False)
+    layer.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
+
+
+@torch.no_grad()
+def fold_bn_into_conv(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """`bn(conv(x))` -> `conv'(x)`: rescale the conv's output channels and give it a bias. In place; returns conv."""
+    if conv.weight.shape[0] != bn.num_features:
+        raise ValueError(f"BatchNorm over {bn.num_features} channels cannot follow a layer with "
+                         f"{conv.weight.shape[0]} outputs")
+    scale, shift = _bn_scale_shift(bn)
+    w = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
+    b = shift if conv.bias is None else conv.bias.double() * scale + shift
+    _set_weight_bias(conv, w, b)
+    return conv
+
+
+@torch.no_grad()
+def fold_bn_into_linear(
+    linear: nn.Module, bn: nn.modules.batchnorm._BatchNorm, bn_before: bool = False
+) -> nn.Module:
+    """Fold `bn(linear(x))`, or with `bn_before` `linear(bn(x))`, into the linear (or 1x1 conv). In place."""
+    if not bn_before:
+        return fold_bn_into_conv(linear, bn)
+    scale, shift = _bn_scale_shift(bn)
+    w = linear.weight.double()  # [out, in, *kernel]; a BN before the layer scales its input channels
+    if w.dim() > 2 and any(k != 1 for k in w.shape[2:]):
+        raise ValueError("a BatchNorm before a conv folds only into a 1x1 conv (padding would see the shift)")
+    w2 = w.reshape(w.shape[0], w.shape[1])
+    b = w2 @ shift + (0.0 if linear.bias is None else linear.bias.double())
+    _set_weight_bias(linear, (w2 * scale).reshape(w.shape), b)
+    return linear
+
+
+def fold_sequential_bns(seq: nn.Sequential) -> int:
+    """Inside one Sequential, fold each BN that directly follows a conv/linear; returns how many were folded."""
+    names = list(seq._modules)
+    folded = 0
+    for prev, cur in zip(names, names[1:]):
+        layer, bn = seq._modules[prev], seq._modules[cur]
+        if isinstance(bn, _BN) and isinstance(layer, (*_CONV, nn.Linear)) and bn.track_running_stats:
+            if layer.weight.shape[0] == bn.num_features:
+                fold_bn_into_conv(layer, bn)
+                seq._modules[cur] = nn.Identity()
+                folded += 1
+    return folded
+
+
+def _count_bns(model: nn.Module) -> int:
+    return sum(isinstance(m, _BN) for m in model.modules())
+
+
+@torch.no_grad()
+def optimize_for_inference(model: nn.Module, channels_last: bool | None = None, inplace: bool = False) -> nn.Module:
+    """An eval-mode, BN-folded (and, for 2D CNNs, channels-last) copy of `model` with the same outputs."""
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()
+    before = _count_bns(model)
+    # Children before parents: a parent's fold may rely on its children being done (never the other way).
+    for module in reversed(list(model.modules())):
+        fuse = getattr(module, "fuse_for_inference", None)
+        if callable(fuse):
+            fuse()
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            fold_sequential_bns(module)
+    model.requires_grad_(False)
+    if channels_last is None:
+        channels_last = bool(getattr(model, "channels_last_inference", False))
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    log.debug("optimize_for_inference: folded %d of %d BatchNorms; channels_last=%s",
+              before - _count_bns(model), before, channels_last)
+    return model
