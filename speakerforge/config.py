@@ -56,7 +56,10 @@ class SpecAugmentConfig:
 class AugmentConfig:
     noise_dir: str | None = None
     rir_dir: str | None = None
-    prob: float = 0.0  # probability of applying one of noise / reverb / both
+    # exclusive per-utterance choices (3D-Speaker's aug_prob 0.6 = 0.2 each); used only when a folder is set
+    noise_prob: float = 0.2
+    reverb_prob: float = 0.2
+    both_prob: float = 0.2
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
 

@@ -34,12 +34,13 @@ class CropDataset(torch.utils.data.Dataset):
 
     def __init__(self, sources: list[Source], speakers: SpeakerIndex, crop_seconds: float, seed: int,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-                 sample_rate: int = SAMPLE_RATE):
+                 speeds: list[float] | None = None, sample_rate: int = SAMPLE_RATE):
         self.sources = sources
         self.speakers = speakers
         self.crop = int(round(crop_seconds * sample_rate))
         self.seed = seed
         self.augment = augment
+        self.speeds = list(speeds or speakers.speeds)  # this stage's speeds, a subset of the label space's
         self.sample_rate = sample_rate
 
     def __len__(self) -> int:
@@ -50,8 +51,8 @@ class CropDataset(torch.utils.data.Dataset):
         rng = example_rng(self.seed, epoch, draw.position)
         src = self.sources[draw.source]
         utt = src.utts[draw.item]
-        speed_index = int(rng.integers(len(self.speakers.speeds))) if len(self.speakers.speeds) > 1 else 0
-        speed = self.speakers.speeds[speed_index]
+        speed = self.speeds[int(rng.integers(len(self.speeds)))] if len(self.speeds) > 1 else self.speeds[0]
+        speed_index = self.speakers.speeds.index(speed)
         wav = load_audio(utt.path, utt.start, utt.end, self.sample_rate)
         if speed != 1.0:
             from speakerforge.data.augment import speed_perturb

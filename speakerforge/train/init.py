@@ -1,0 +1,154 @@
+"""Pretrained initialisation for `finetune --init SRC`: find the backbone weights in any source we support.
+
+Sources: a speakerforge experiment folder (its model file, or its newest checkpoint), one of our checkpoints or model
+files, a DINO/SDPN run (`--init-part teacher|student`), or a 3D-Speaker / WeSpeaker checkpoint (`--init-format`).
+The backbone loads strictly; every missing or unexpected key is listed, and a partial load happens only when asked
+for, and is then reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from speakerforge.checkpoint_io import MAGIC, load_model_file, load_state, safe_torch_load
+from speakerforge.errors import CheckpointError, ConfigError
+from speakerforge.models.modelfile import BACKBONE, load_strict
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "speakerforge", "3dspeaker", "wespeaker")
+
+
+@dataclass
+class InitWeights:
+    """Backbone weights found in a source, plus what we know of the model and its classifier."""
+
+    backbone: dict[str, torch.Tensor]
+    origin: str
+    model_spec: dict[str, Any] | None = None  # {"name", "args"} when the source says
+    classifier: torch.Tensor | None = None
+    speakers: list[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_init(src: str | Path, fmt: str = "auto", part: str | None = None) -> InitWeights:
+    """Locate and read backbone weights from `src` (see module docstring)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--init-format: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    p = Path(src)
+    if not p.exists():
+        raise CheckpointError(f"{src}: --init source not found")
+    if fmt in ("3dspeaker", "wespeaker"):
+        return _read_foreign(p, fmt)
+    if p.is_dir():
+        return _read_experiment(p, part)
+    head = p.open("rb").read(len(MAGIC))
+    if head == MAGIC:
+        return _from_training_state(load_state(p), str(p), part)
+    if p.suffix == ".safetensors":
+        return _from_model_file(p)
+    if fmt == "speakerforge":
+        raise CheckpointError(f"{src}: not a speakerforge checkpoint or model file")
+    raise CheckpointError(f"{src}: not a speakerforge checkpoint; for 3D-Speaker or WeSpeaker weights pass "
+                          "--init-format 3dspeaker|wespeaker (and the model in the config)")
+
+
+def _read_experiment(folder: Path, part: str | None) -> InitWeights:
+    model_file = folder / "model.safetensors"
+    if model_file.is_file() and part is None:
+        return _from_model_file(model_file)
+    from speakerforge.train.checkpoint import CheckpointManager
+
+    for _step, path in CheckpointManager(folder, run_id="").list():
+        try:
+            return _from_training_state(load_state(path), str(path), part, folder)
+        except CheckpointError as exc:
+            log.warning("skipping %s: %s", path, exc)
+    raise CheckpointError(f"{folder}: no model.safetensors and no readable checkpoint in {folder / 'checkpoints'}")
+
+
+def _from_model_file(path: Path) -> InitWeights:
+    state, meta = load_model_file(path)
+    backbone = {k[len(BACKBONE):]: v for k, v in state.items() if k.startswith(BACKBONE)}
+    return InitWeights(backbone, str(path), meta.get("model"), state.get("classifier.weight"), meta.get("speakers"))
+
+
+def _from_training_state(state: dict[str, Any], origin: str, part: str | None,
+                         folder: Path | None = None) -> InitWeights:
+    weights = state.get("model", {})
+    prefixes = sorted({k.split(".backbone.")[0] for k in weights if ".backbone." in k})
+    if part is None and prefixes:
+        raise CheckpointError(f"{origin}: a self-supervised run holds several backbones ({', '.join(prefixes)}); "
+                              "choose one with --init-part teacher|student")
+    prefix = f"{part}.backbone." if part else BACKBONE
+    backbone = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    if not backbone:
+        have = ", ".join(prefixes) or "backbone"
+        raise CheckpointError(f"{origin}: no weights under {prefix!r} (this checkpoint has: {have})")
+    spec = None
+    cfg_path = (folder or Path(origin).parent.parent) / "config.yaml"
+    if cfg_path.is_file():
+        import yaml
+
+        spec = (yaml.safe_load(cfg_path.read_text()) or {}).get("model")
+    classifier = weights.get("classifier.weight") if part is None else None
+    return InitWeights(backbone, origin, spec, classifier)
+
+
+def _read_foreign(path: Path, fmt: str) -> InitWeights:
+    obj = safe_torch_load(str(path))
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "embedding_model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors")
+    return InitWeights(dict(obj), str(path), None, None, None, notes=[f"format {fmt}"])
+
+
+def apply_init(module: nn.Module, init: InitWeights, fmt: str, arch: str, allow_partial: bool,
+               keep_head: bool, speakers: list[str] | None) -> None:
+    """Load the backbone into `module.backbone` (strict unless `allow_partial`) and the classifier if asked."""
+    weights = init.backbone
+    if fmt in ("3dspeaker", "wespeaker"):
+        from speakerforge.models.convert import convert_state_dict
+
+        converted = convert_state_dict(weights, fmt, arch, module.backbone)
+        weights = converted[0] if isinstance(converted, tuple) else converted
+    if allow_partial:
+        own = module.backbone.state_dict()
+        usable = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+        missing = sorted(set(own) - set(usable))
+        unexpected = sorted(set(weights) - set(usable))
+        module.backbone.load_state_dict(usable, strict=False)
+        log.warning("partial load from %s (--allow-partial): %d tensors loaded, %d left at their initial values%s, "
+                    "%d ignored%s", init.origin, len(usable), len(missing), _few(missing), len(unexpected),
+                    _few(unexpected))
+    else:
+        load_strict(module.backbone, weights, init.origin)
+        log.info("backbone loaded strictly from %s (%d tensors)", init.origin, len(weights))
+    if keep_head:
+        if init.classifier is None:
+            raise CheckpointError(f"{init.origin}: --keep-head, but the source holds no classifier")
+        if init.classifier.shape != module.classifier.weight.shape or (init.speakers and init.speakers != speakers):
+            raise CheckpointError(f"{init.origin}: --keep-head needs the same speakers; the source has "
+                                  f"{tuple(init.classifier.shape)} classifier rows for {len(init.speakers or [])} "
+                                  f"speakers, this run {tuple(module.classifier.weight.shape)}")
+        with torch.no_grad():
+            module.classifier.weight.copy_(init.classifier)
+        log.info("classifier kept from %s", init.origin)
+    else:
+        log.info("classifier rebuilt for %d classes", module.classifier.weight.shape[0])
+
+
+def _few(keys: list[str], n: int = 8) -> str:
+    if not keys:
+        return ""
+    return " (" + ", ".join(keys[:n]) + (" ..." if len(keys) > n else "") + ")"

@@ -1,0 +1,481 @@
+"""The training loop shared by `train`, `finetune` (and `pretrain` through its objective).
+
+One loop for one process or K processes under torchrun (DDP, gloo on CPU, NCCL on GPU). Everything that decides
+what happens at a step (data order, crops, augmentation, LR, margin) is a pure function of (seed, stage, epoch,
+step), and the rest (weights, optimizer, scaler, RNG) is in the checkpoint: a killed run resumes to the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from speakerforge.config import Config, to_dict
+from speakerforge.data.datasets import CropDataset, collate_crops
+from speakerforge.data.features import fbank, mean_normalize
+from speakerforge.data.sampling import MixedSampler, SpeakerIndex, load_sources
+from speakerforge.errors import ConfigError, SpeakerforgeError
+from speakerforge.models.heads import margin_at_step
+from speakerforge.models.modelfile import save_embedding_model
+from speakerforge.models.registry import build_model
+from speakerforge.train import freezing
+from speakerforge.train.checkpoint import CheckpointManager, capture_rng, restore_rng
+from speakerforge.train.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed,
+                                            shutdown_distributed)
+from speakerforge.train.experiment import choose_run_dir, prepare_run
+from speakerforge.train.objectives import SupervisedModule
+from speakerforge.train.optim import build_optimizer, set_lr, warmup_cosine
+from speakerforge.train.stages import Stage, resolve_stages
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(SpeakerforgeError):
+    """Training cannot go on (e.g. the loss stayed non-finite); the last good checkpoint is kept."""
+
+
+@dataclass
+class Progress:
+    """Where the next step starts. Saved in every checkpoint."""
+
+    stage: int = 0
+    epoch: int = 0  # within the stage
+    batch: int = 0  # within the epoch
+    global_step: int = 0
+    skipped_nonfinite: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunOptions:
+    """Command-line decisions that are not part of the config."""
+
+    resume: bool = True
+    allow_config_change: bool = False
+    command: str = "train"
+    init: Callable[[nn.Module], None] | None = None  # loads pretrained weights into the fresh module
+    init_description: dict[str, Any] = field(default_factory=dict)
+    keep_head_weights: torch.Tensor | None = None
+    stop_after_steps: int = 0  # testing aid: exit (like a kill) after this many steps of this process
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no GPU is visible; use train.device=cpu")
+    return torch.device(cfg.train.device)
+
+
+class Trainer:
+    """Supervised speaker training with stages, freezing, AMP, DDP and exact resume."""
+
+    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None):
+        self.cfg = cfg
+        self.opts = options or RunOptions()
+        self.device = _device(cfg)
+        self.env: DistEnv = init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.env.local_rank)
+            torch.cuda.set_device(self.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self._check_amp()
+        self.stages: list[Stage] = resolve_stages(cfg)
+        chosen = str(choose_run_dir(Path(exp_dir), self.opts.resume)) if self.env.is_main else None
+        self.exp = Path(broadcast_object(self.env, chosen))
+        run_id = prepare_run(self.exp, cfg, self.opts.command, self.opts.allow_config_change,
+                             self.opts.init_description) if self.env.is_main else None
+        self.run_id = broadcast_object(self.env, run_id)
+        self._setup_logging()
+        self.ckpt = CheckpointManager(self.exp, self.run_id, cfg.train.keep_last)
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _check_amp(self) -> None:
+        amp = self.cfg.train.amp
+        if amp not in ("none", "bf16", "fp16"):
+            raise ConfigError(f"train.amp: unknown value {amp!r}; use none, bf16 or fp16")
+        if amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.amp: fp16 needs a GPU; on CPU use bf16")
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16"))
+
+    def _setup_logging(self) -> None:
+        if not self.env.is_main:
+            return
+        handler = logging.FileHandler(self.exp / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("speakerforge")
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename
+                   for h in root.handlers):
+            root.addHandler(handler)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        specs_by_stage = [[(s.path, s.weight, s.name) for s in st.sources] for st in self.stages]
+        if not any(specs_by_stage):
+            raise ConfigError("no training data: give --data MANIFEST... or data.sources in the config")
+        all_specs = list(dict.fromkeys(spec for specs in specs_by_stage for spec in specs))
+        self.sources = load_sources(all_specs)
+        self._check_audio()
+        speeds = sorted({float(s) for st in self.stages for s in st.speed_perturb}, key=lambda s: (s != 1.0, s))
+        self.speakers = SpeakerIndex(self.sources, cfg.data.shared_speakers, speeds)
+        self.stage_sources = [[all_specs.index(spec) for spec in specs] for specs in specs_by_stage]
+        per_rank = cfg.data.batch_size // (self.env.world_size * cfg.train.grad_accum)
+        if per_rank * self.env.world_size * cfg.train.grad_accum != cfg.data.batch_size or per_rank < 1:
+            raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) must be a multiple of world size "
+                              f"({self.env.world_size}) x train.grad_accum ({cfg.train.grad_accum})")
+        self.micro_batch = per_rank
+        log.info("data: %d sources, %d utterances, %d speakers, %d classes (speeds %s)", len(self.sources),
+                 sum(len(s.utts) for s in self.sources), self.speakers.num_base, self.speakers.num_classes, speeds)
+
+    def _check_audio(self) -> None:
+        """Every row readable before the first step: stop with the full list, or skip and record them."""
+        from speakerforge.data.audio import audio_info
+        from speakerforge.errors import DataError
+
+        bad: list[tuple[str, str]] = []
+        for src in self.sources:
+            keep = []
+            for u in tqdm(src.utts, desc=f"checking {src.name}", disable=not self.env.is_main, leave=False,
+                          mininterval=2):
+                try:
+                    info = audio_info(u.path)
+                    if info.frames <= 0:
+                        raise DataError(f"{u.path}: no samples")
+                    keep.append(u)
+                except DataError as exc:
+                    bad.append((f"{u.source}:{u.line}", str(exc)))
+            src.utts = keep
+        if not bad:
+            return
+        if not self.cfg.data.skip_bad_audio:
+            listing = "\n  ".join(f"{where}: {what}" for where, what in bad[:50])
+            more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+            raise SpeakerforgeError(f"{len(bad)} unreadable training rows:\n  {listing}{more}\n"
+                                    "fix them, or pass --skip-bad-audio (data.skip_bad_audio=true) to skip them")
+        if self.env.is_main:
+            with open(self.exp / "skipped.tsv", "w") as f:
+                f.writelines(f"{where}\t{what}\n" for where, what in bad)
+        log.warning("skipping %d unreadable rows (listed in %s)", len(bad), self.exp / "skipped.tsv")
+        empty = [s.name for s in self.sources if not s.utts]
+        if empty:
+            raise SpeakerforgeError(f"data source(s) {', '.join(empty)}: every file is unreadable")
+
+    def _build_module(self) -> nn.Module:
+        cfg = self.cfg
+        random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed % 2**32)
+        torch.manual_seed(cfg.train.seed)
+        backbone = build_model(cfg.model.name, **cfg.model.args)
+        module = SupervisedModule(backbone, self.speakers.num_classes, kind=cfg.head.kind, scale=cfg.head.scale,
+                                  margin=self.stages[0].margin.initial, sub_centers=cfg.head.subcenters,
+                                  easy_margin=cfg.head.easy_margin)
+        if self.opts.init is not None:
+            self.opts.init(module)
+        return module.to(self.device)
+
+    def _sampler(self, stage: Stage) -> MixedSampler:
+        idx = self.stage_sources[stage.index]
+        return MixedSampler([len(self.sources[i].utts) for i in idx], [self.sources[i].weight for i in idx],
+                            seed=self.cfg.train.seed + 7919 * stage.index,
+                            samples_per_epoch=self.cfg.data.samples_per_epoch)
+
+    def _augmenter(self) -> Callable | None:
+        aug = self.cfg.data.augment
+        if not (aug.noise_dir or aug.rir_dir):
+            return None
+        from speakerforge.data.augment import AugmentConfig, Augmenter
+
+        return Augmenter(AugmentConfig(noise_dir=aug.noise_dir, rir_dir=aug.rir_dir, noise_prob=aug.noise_prob,
+                                       reverb_prob=aug.reverb_prob, both_prob=aug.both_prob), prefix="data.augment")
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def run(self) -> Path:
+        """Train every stage to the end (resuming if a checkpoint exists); returns the model file path."""
+        try:
+            return self._run()
+        finally:
+            shutdown_distributed()
+
+    def _run(self) -> Path:
+        cfg = self.cfg
+        self._build_data()
+        module = self._build_module()
+        progress = Progress()
+        state = self.ckpt.load_latest()
+        if state is not None:
+            module.load_state_dict(state["model"])
+            progress = Progress(**state["progress"])
+            log.info("resumed at stage %d epoch %d batch %d (global step %d)", progress.stage, progress.epoch,
+                     progress.batch, progress.global_step)
+        self.metrics_path = self.exp / "metrics.jsonl"
+        if self.env.is_main:
+            _truncate_metrics(self.metrics_path, progress.global_step)
+        augment = self._augmenter()
+        self.steps_done_here = 0
+        for stage in self.stages[progress.stage:]:
+            progress = self._run_stage(module, stage, progress, state, augment)
+            state = None
+        barrier(self.env)
+        return self._finish(module)
+
+    def _run_stage(self, module: nn.Module, stage: Stage, progress: Progress, state: dict | None,
+                   augment: Callable | None) -> Progress:
+        cfg = self.cfg
+        report = freezing.apply_freeze(module, freezing.parse_freeze_patterns(stage.freeze), freeze_bn=cfg.train.freeze_bn)
+        if self.env.is_main:
+            log.info("stage %d/%d %r: %d epochs, lr %g, freeze %s\n%s", stage.index + 1, len(self.stages),
+                     stage.name, stage.epochs, stage.lr, stage.freeze or "nothing", report.table())
+        groups = freezing.trainable_parameter_groups(module, base_lr=stage.lr, weight_decay=cfg.optim.weight_decay,
+                                                     lr_mult=stage.lr_mult)
+        lr_scale = self.env.world_size if cfg.optim.scale_lr_with_world_size else 1
+        optimizer = build_optimizer(groups, cfg.optim.optimizer, stage.lr * lr_scale, cfg.optim.momentum,
+                                    cfg.optim.nesterov, tuple(cfg.optim.betas))
+        if state is not None and state.get("optimizer_stage") == stage.index:
+            optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+        train_module: nn.Module = module
+        if self.env.enabled:
+            train_module = nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        sampler = self._sampler(stage)
+        steps_per_epoch = sampler.batches_per_epoch(cfg.data.batch_size)
+        if steps_per_epoch < 1:
+            raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) is larger than an epoch "
+                              f"({sampler.epoch_size} samples)")
+        total = steps_per_epoch * stage.epochs
+        first_global = progress.global_step - (progress.epoch * steps_per_epoch + progress.batch)
+        dataset = CropDataset([self.sources[i] for i in self.stage_sources[stage.index]], self.speakers,
+                              stage.crop_seconds, seed=cfg.train.seed + 7919 * stage.index, augment=augment,
+                              speeds=stage.speed_perturb)
+        integrity = cfg.train.integrity_check
+        self.integrity = freezing.UpdateIntegrityCheck({"model": module}, optimizer,
+                                                       allow_dead=cfg.train.allow_dead_params)
+        if state is not None:
+            restore_rng(state["rng"])  # last, once every object that draws at construction exists
+        nonfinite_run = 0
+        for epoch in range(progress.epoch, stage.epochs):
+            epoch_id = sum(s.epochs for s in self.stages[: stage.index]) + epoch
+            batches = sampler.batches(epoch_id, cfg.data.batch_size, progress.batch, self.env.rank,
+                                      self.env.world_size)
+            if self.env.is_main:
+                counts = [0] * len(dataset.sources)
+                for d in sampler.epoch_plan(epoch_id):
+                    counts[d.source] += 1
+                log.info("epoch %d/%d of %r: samples per source: %s", epoch + 1, stage.epochs, stage.name,
+                         ", ".join(f"{s.name}={c}" for s, c in zip(dataset.sources, counts)))
+            micro = [[(epoch_id, d) for d in b[i:i + self.micro_batch]]
+                     for b in batches for i in range(0, len(b), self.micro_batch)]
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=micro, num_workers=cfg.data.num_workers, collate_fn=collate_crops,
+                generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG (exact resume)
+                persistent_workers=False)
+            it = iter(loader)
+            bar = tqdm(total=steps_per_epoch, initial=progress.batch, disable=not self.env.is_main,
+                       desc=f"{stage.name} {epoch + 1}/{stage.epochs}", mininterval=1.0, dynamic_ncols=True)
+            loss_sum = 0.0
+            n_logged = 0
+            t0 = time.time()
+            module.train()  # BatchNorm pinned by apply_freeze stays in eval mode (a pre-hook)
+            for b in range(progress.batch, steps_per_epoch):
+                stage_step = progress.global_step - first_global
+                lr = warmup_cosine(stage_step, total, stage.lr * lr_scale, stage.min_lr,
+                                   int(stage.warmup_epochs * steps_per_epoch))
+                margin = margin_at_step(stage_step, start_step=int(stage.margin.start_epoch * steps_per_epoch),
+                                        end_step=int(max(stage.margin.end_epoch, stage.margin.start_epoch)
+                                                     * steps_per_epoch),
+                                        initial=stage.margin.initial, final=stage.margin.final,
+                                        kind=stage.margin.kind)
+                set_lr(optimizer, lr)
+                module.set_margin(margin)
+                loss, correct, count = self._step(train_module, module, optimizer, it, progress.global_step,
+                                                  check=integrity)
+                integrity = integrity and not self.integrity.done
+                progress.batch = b + 1
+                progress.global_step += 1
+                self.steps_done_here += 1
+                if math.isfinite(loss):
+                    nonfinite_run = 0
+                    loss_sum += loss
+                    n_logged += 1
+                else:
+                    nonfinite_run += 1
+                    progress.skipped_nonfinite += 1
+                    log.warning("non-finite loss at step %d: step skipped (%d in a row, %d in all)",
+                                progress.global_step, nonfinite_run, progress.skipped_nonfinite)
+                    if nonfinite_run >= cfg.train.max_nonfinite_steps:
+                        raise TrainingError(
+                            f"loss was NaN/inf for {nonfinite_run} steps in a row (step {progress.global_step}); "
+                            f"stopped. The last good checkpoint is kept in {self.ckpt.dir}; lower optim.lr, "
+                            "check the data, or raise train.max_nonfinite_steps")
+                elapsed = max(1e-9, time.time() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / max(1, count):.2f}", lr=f"{lr:.2e}",
+                                margin=f"{margin:.2f}", sps=f"{n_logged * cfg.data.batch_size / elapsed:.0f}",
+                                refresh=False)
+                if self.env.is_main and (progress.global_step % cfg.train.log_every == 0 or b + 1 == steps_per_epoch):
+                    self._log_metrics({"step": progress.global_step, "stage": stage.index, "epoch": epoch + 1,
+                                       "loss": loss, "acc": correct / max(1, count), "lr": lr, "margin": margin,
+                                       "samples_per_s": n_logged * cfg.data.batch_size / elapsed})
+                end_of_epoch = b + 1 == steps_per_epoch
+                if end_of_epoch:
+                    progress.epoch, progress.batch = epoch + 1, 0
+                    if progress.epoch == stage.epochs:
+                        progress.stage, progress.epoch = stage.index + 1, 0
+                if end_of_epoch or (cfg.train.save_every_steps and progress.global_step % cfg.train.save_every_steps == 0):
+                    metric = loss_sum / n_logged if end_of_epoch and n_logged else None
+                    self._save(module, optimizer, progress, stage.index, metric)
+                if self.opts.stop_after_steps and self.steps_done_here >= self.opts.stop_after_steps:
+                    bar.close()
+                    raise StopForTest(f"stopped after {self.steps_done_here} steps (stop_after_steps)")
+            bar.close()
+            del it, loader
+            if self.env.is_main:
+                self._plot_curves()
+        return progress
+
+    def _step(self, train_module: nn.Module, module: nn.Module, optimizer: torch.optim.Optimizer, it,
+              global_step: int, check: bool) -> tuple[float, int, int]:
+        """One optimizer step over `grad_accum` micro-batches; a non-finite loss skips the update on every rank."""
+        cfg = self.cfg
+        accum = cfg.train.grad_accum
+        optimizer.zero_grad(set_to_none=True)
+        total_loss = torch.zeros((), dtype=torch.float64)
+        correct = 0
+        count = 0
+        for k in range(accum):
+            batch = next(it)
+            wav = batch["wav"].to(self.device, non_blocking=True)
+            labels = batch["label"].to(self.device, non_blocking=True)
+            feats = self._features(wav, global_step, k)
+            sync = k == accum - 1 or not self.env.enabled
+            ctx = train_module.no_sync() if (not sync and self.env.enabled) else _nullcontext()
+            with ctx:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    loss, corr = train_module(feats, labels)
+                self.scaler.scale(loss / accum).backward()
+            total_loss += loss.detach().double().cpu() / accum
+            correct += int(corr)
+            count += len(labels)
+        finite = torch.tensor([1.0 if torch.isfinite(total_loss) else 0.0])
+        finite = all_reduce_sum(self.env, finite)
+        if finite.item() < self.env.world_size:
+            optimizer.zero_grad(set_to_none=True)
+            return float("nan"), correct, count
+        if cfg.train.grad_clip > 0:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                           cfg.train.grad_clip)
+        checker = self.integrity if check else None
+        if checker is not None:
+            checker.before_step()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        if checker is not None:
+            skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
+            checker.after_step(step_skipped=skipped)
+        reduced = all_reduce_sum(self.env, torch.tensor([float(total_loss), float(correct), float(count)]))
+        return reduced[0].item() / self.env.world_size, int(reduced[1].item()), int(reduced[2].item())
+
+    def _features(self, wav: torch.Tensor, global_step: int, micro: int) -> torch.Tensor:
+        fc = self.cfg.features
+        gen = None
+        if fc.dither > 0:
+            gen = torch.Generator(device=wav.device)
+            gen.manual_seed(_step_seed(self.cfg.train.seed, global_step, micro, self.env.rank, 1))
+        feats = fbank(wav, num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length, frame_shift=fc.frame_shift,
+                      dither=fc.dither, generator=gen)
+        if fc.mean_norm:
+            feats = mean_normalize(feats)
+        sa = self.cfg.data.augment.spec_augment
+        if sa.prob > 0:
+            from speakerforge.data.augment import spec_augment
+
+            gen = torch.Generator(device=feats.device)
+            gen.manual_seed(_step_seed(self.cfg.train.seed, global_step, micro, self.env.rank, 2))
+            pick = torch.rand(feats.shape[0], generator=gen, device=feats.device) < sa.prob
+            if pick.any():
+                feats = feats.clone()
+                feats[pick] = spec_augment(feats[pick], gen, sa.num_freq_masks, sa.max_freq_width,
+                                           sa.num_time_masks, sa.max_time_width)
+        return feats
+
+    # ------------------------------------------------------------------------------------------------ outputs
+    def _save(self, module: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, stage_index: int,
+              metric: float | None) -> None:
+        if self.env.is_main:
+            state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                     "optimizer_stage": stage_index, "scaler": self.scaler.state_dict(),
+                     "progress": progress.as_dict(), "rng": capture_rng()}
+            self.ckpt.save(state, progress.global_step, metric)
+        barrier(self.env)
+
+    def _log_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _plot_curves(self) -> None:
+        from speakerforge.train.curves import plot_training_curves
+
+        try:
+            plot_training_curves(self.metrics_path, self.exp / "training_curves.png")
+        except Exception as exc:  # a plot must never stop a training run
+            log.warning("could not draw training curves: %s", exc)
+
+    def _finish(self, module: nn.Module) -> Path:
+        out = self.exp / "model.safetensors"
+        if self.env.is_main:
+            fc = self.cfg.features
+            save_embedding_model(
+                out, module.backbone, self.cfg.model.name, dict(self.cfg.model.args),
+                features={"num_mel_bins": fc.num_mel_bins, "frame_length": fc.frame_length,
+                          "frame_shift": fc.frame_shift, "mean_norm": fc.mean_norm},
+                extra_tensors={"classifier.weight": module.classifier.weight.detach()},
+                extra_meta={"speakers": self.speakers.names, "speeds": self.speakers.speeds,
+                            "sub_centers": self.cfg.head.subcenters, "config": to_dict(self.cfg)})
+            log.info("model written to %s", out)
+        return out
+
+
+class StopForTest(Exception):
+    """Raised by `stop_after_steps` to emulate a killed run in tests (the checkpoints on disk are what counts)."""
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _step_seed(seed: int, step: int, micro: int, rank: int, what: int) -> int:
+    return (seed * 1_000_003 + step * 101 + micro * 7 + rank * 100_003 + what) % (2**63 - 1)
+
+
+def _truncate_metrics(path: Path, global_step: int) -> None:
+    """After a resume, drop rows logged after the checkpoint so curves show each step once."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [r for r in rows if json.loads(r).get("step", 0) <= global_step]
+    if len(keep) != len(rows):
+        path.write_text("".join(r + "\n" for r in keep))
