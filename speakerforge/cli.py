@@ -65,7 +65,8 @@ def _import_command_modules() -> None:
     """Commands that live beside their library (large argument sets) register themselves on import."""
     import importlib
 
-    for mod in ("speakerforge.cli_data", "speakerforge.cli_models", "speakerforge.cli_train", "speakerforge.cli_eval"):
+    for mod in ("speakerforge.cli_data", "speakerforge.cli_models", "speakerforge.cli_train", "speakerforge.cli_eval",
+                "speakerforge.cli_infer", "speakerforge.cli_demo"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
