@@ -405,6 +405,7 @@ def build_demo_corpus(
         return stamp
     _check_same_voices(out, params)
 
+    _require_tts()  # here, not in a worker, so that a missing extra is one clear error
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     _write_text_atomic(out / _BUILDING, json.dumps(params, indent=1) + "\n")

