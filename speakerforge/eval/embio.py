@@ -1,0 +1,314 @@
+"""Embedding files: `.npz` (one member per key, float32 vector) and Kaldi binary ark/scp float vectors.
+
+Kaldi's binary ark entry for a float vector is
+    `key` b" " b"\\0B" b"FV " b"\\x04" <int32 dim, little-endian> <dim float32>
+(`DV ` and float64 for double vectors); an scp line `key file.ark:offset` points at the b"\\0B".
+Text arks (`key [ 1.0 2.0 ]`) are read too. Every write is atomic: a temporary file, then a rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import secrets
+import struct
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from speakerforge.errors import DataError, where
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".npz", ".scp", ".ark")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:  # like mkstemp, but created with the user's umask rather than mode 0600
+        tmp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:  # data on disk before the rename makes the file visible
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[io.IOBase]:
+    """Open a temporary file for writing; it becomes `path` only if the block finishes without an exception."""
+    with atomic_path(path) as tmp:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as fh:
+            yield fh
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the in-memory form
+class Embeddings(Mapping[str, np.ndarray]):
+    """Keys and an (N, D) float32 matrix, row i for key i; behaves as a read-only mapping key -> vector."""
+
+    def __init__(self, keys: Sequence[str], matrix: np.ndarray, source: str = "<memory>"):
+        matrix = np.asarray(matrix)
+        if matrix.ndim != 2 or matrix.shape[0] != len(keys):
+            raise ValueError(f"expected a ({len(keys)}, D) matrix, got shape {matrix.shape}")
+        self.keys_list = list(keys)
+        self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        self.source = source
+        self.index = {k: i for i, k in enumerate(self.keys_list)}
+        if len(self.index) != len(self.keys_list):
+            seen: set[str] = set()
+            dup = next(k for k in self.keys_list if k in seen or seen.add(k))
+            raise DataError(f"{source}: key {dup!r} appears more than once; embedding keys must be unique")
+        bad = ~np.isfinite(self.matrix).all(axis=1)
+        if bad.any():
+            first = self.keys_list[int(np.flatnonzero(bad)[0])]
+            raise DataError(f"{source}: {int(bad.sum())} embeddings contain NaN or inf (first: {first!r}); "
+                            "re-extract them")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, np.ndarray], source: str = "<memory>") -> Embeddings:
+        """Stack a key -> vector mapping; vectors must share one dimension."""
+        if isinstance(mapping, Embeddings):
+            return mapping
+        keys = list(mapping)
+        if not keys:
+            raise DataError(f"{source}: no embeddings")
+        vecs = [_as_vector(mapping[k], source, k) for k in keys]
+        dim = vecs[0].shape[0]
+        for k, v in zip(keys, vecs):
+            if v.shape[0] != dim:
+                raise DataError(f"{source}: embedding {k!r} has dimension {v.shape[0]}, but {keys[0]!r} has {dim}; "
+                                "all embeddings in one file must come from the same model")
+        return cls(keys, np.stack(vecs), source=source)
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def rows(self, keys: Sequence[str], what: str = "keys") -> np.ndarray:
+        """Row indices of `keys`; unknown keys are one error listing how many and the first few."""
+        index = self.index
+        try:
+            return np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
+        except KeyError:
+            missing = list(dict.fromkeys(k for k in keys if k not in index))
+            raise DataError(f"{len(missing)} {what} have no embedding in {self.source} (first: "
+                            f"{', '.join(missing[:5])}); extract embeddings for them or fix the list") from None
+
+    def mean(self) -> np.ndarray:
+        """Mean vector (float64), e.g. of a training set, for mean subtraction before cosine scoring."""
+        return self.matrix.mean(axis=0, dtype=np.float64)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.matrix[self.index[key]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_list)
+
+    def __len__(self) -> int:
+        return len(self.keys_list)
+
+    def __repr__(self) -> str:
+        return f"Embeddings({len(self)} x {self.dim} from {self.source})"
+
+
+def _as_vector(value: np.ndarray, source: str, key: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim == 2 and arr.shape[0] == 1:  # (1, D), as some extractors save
+        arr = arr[0]
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise DataError(f"{source}: embedding {key!r} has shape {arr.shape}; expected a vector (D,)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"{source}: embedding {key!r} has dtype {arr.dtype}; expected float32 or float64")
+    return arr.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# public entry points
+def load_embeddings(path: str | Path) -> Embeddings:
+    """Read `.npz`, Kaldi `.scp` or Kaldi `.ark` embeddings."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path}: unknown embedding file type {suffix or '(none)'!r}; use .npz, .scp or .ark")
+    if not p.is_file():
+        raise DataError(f"{path}: embedding file not found")
+    if suffix == ".npz":
+        emb = read_npz(p)
+    elif suffix == ".scp":
+        emb = read_kaldi_scp(p)
+    else:
+        emb = read_kaldi_ark(p)
+    log.info("%s: %d embeddings of dimension %d", path, len(emb), emb.dim)
+    return emb
+
+
+def save_embeddings(path: str | Path, embeddings: Mapping[str, np.ndarray]) -> None:
+    """Write `.npz`, or Kaldi `.ark` with its `.scp` beside it (same stem)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        write_npz(p, embeddings)
+    elif suffix == ".ark":
+        write_kaldi(p, p.with_suffix(".scp"), embeddings)
+    else:
+        raise DataError(f"{path}: cannot write embeddings as {suffix or '(no suffix)'!r}; use .npz or .ark")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# npz
+def write_npz(path: str | Path, embeddings: Mapping[str, np.ndarray]) -> None:
+    """One uncompressed `key.npy` member per key (any key text works, unlike `np.savez(**kw)`)."""
+    emb = Embeddings.from_mapping(embeddings, source=str(path))
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, row in zip(emb.keys_list, emb.matrix):
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, row, allow_pickle=False)
+
+
+def read_npz(path: str | Path) -> Embeddings:
+    """Read a key -> vector `.npz` (no pickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            mapping = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc}); write embeddings with "
+                        "speakerforge.eval.embio.save_embeddings") from None
+    return Embeddings.from_mapping(mapping, source=str(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Kaldi ark/scp
+_BINARY = b"\0B"
+_TOKENS = {b"FV ": np.dtype("<f4"), b"DV ": np.dtype("<f8")}
+
+
+def write_kaldi(ark_path: str | Path, scp_path: str | Path | None, embeddings: Mapping[str, np.ndarray],
+                double: bool = False) -> None:
+    """Write binary float (`FV`) or double (`DV`) vectors to an ark, and an scp with byte offsets."""
+    emb = Embeddings.from_mapping(embeddings, source=str(ark_path))
+    bad = next((k for k in emb.keys_list if not k or any(c.isspace() for c in k)), None)
+    if bad is not None:
+        raise DataError(f"{ark_path}: key {bad!r} is empty or contains whitespace; Kaldi keys cannot")
+    token, dtype = (b"DV ", "<f8") if double else (b"FV ", "<f4")
+    head = token + b"\x04" + struct.pack("<i", emb.dim)
+    scp_lines = []
+    with atomic_open(ark_path, "wb") as ark_fh:
+        for key, row in zip(emb.keys_list, emb.matrix):
+            ark_fh.write(key.encode("utf-8") + b" ")
+            scp_lines.append(f"{key} {ark_path}:{ark_fh.tell()}\n")
+            ark_fh.write(_BINARY + head + row.astype(dtype).tobytes())
+    if scp_path is not None:  # written after the ark is in place, so it never points into a missing file
+        with atomic_open(scp_path, "w") as scp_fh:
+            scp_fh.writelines(scp_lines)
+
+
+def _parse_vector(buf: bytes | memoryview, pos: int, origin: str) -> tuple[np.ndarray, int]:
+    """Parse one vector at `pos` (binary or text); return it and the position after it."""
+    if bytes(buf[pos:pos + 2]) == _BINARY:
+        token = bytes(buf[pos + 2:pos + 5])
+        dtype = _TOKENS.get(token)
+        if dtype is None:
+            what = token.decode("latin-1").strip() or "nothing"
+            raise DataError(f"{origin}: found Kaldi object {what!r}, expected a float vector (FV or DV); "
+                            "matrices and compressed matrices are not embeddings")
+        if bytes(buf[pos + 5:pos + 6]) != b"\x04" or len(buf) < pos + 10:
+            raise DataError(f"{origin}: corrupt vector header (expected int32 size marker 4)")
+        (dim,) = struct.unpack_from("<i", buf, pos + 6)
+        start = pos + 10
+        end = start + dim * dtype.itemsize
+        if dim < 0 or end > len(buf):
+            raise DataError(f"{origin}: vector of dimension {dim} runs past the end of the file (truncated ark?)")
+        return np.frombuffer(buf, dtype=dtype, count=dim, offset=start).astype(np.float32), end
+    # text form: optional spaces, "[", numbers, "]"
+    end = bytes(buf[pos:pos + (1 << 22)]).find(b"]")
+    text = bytes(buf[pos:pos + end + 1]).decode("latin-1") if end >= 0 else ""
+    if not text.strip().startswith("["):
+        raise DataError(f"{origin}: neither a binary Kaldi vector (\\0B) nor a text vector `[ ... ]`")
+    try:
+        vec = np.array(text.strip()[1:-1].split(), dtype=np.float32)
+    except ValueError:
+        raise DataError(f"{origin}: text vector contains a non-number") from None
+    return vec, pos + end + 1
+
+
+def read_kaldi_ark(path: str | Path) -> Embeddings:
+    """Read every `key vector` entry of an ark, in order."""
+    buf = memoryview(Path(path).read_bytes())
+    mapping: dict[str, np.ndarray] = {}
+    pos = 0
+    while pos < len(buf):
+        while pos < len(buf) and buf[pos] in b" \t\r\n":
+            pos += 1
+        if pos >= len(buf):
+            break
+        space = bytes(buf[pos:pos + 4096]).find(b" ")
+        if space <= 0:
+            raise DataError(f"{path}@{pos}: expected `key ` before a vector; not a Kaldi ark?")
+        key = bytes(buf[pos:pos + space]).decode("utf-8", errors="replace")
+        if key in mapping:
+            raise DataError(f"{path}@{pos}: key {key!r} appears more than once")
+        mapping[key], pos = _parse_vector(buf, pos + space + 1, f"{path}@{pos} ({key})")
+    if not mapping:
+        raise DataError(f"{path}: ark file holds no vectors")
+    return Embeddings.from_mapping(mapping, source=str(path))
+
+
+def read_kaldi_scp(path: str | Path) -> Embeddings:
+    """Read `key file.ark:offset` lines; each ark is read once; relative arks are tried from the cwd and the scp."""
+    scp = Path(path)
+    entries: list[tuple[str, Path, int, int]] = []
+    for n, line in enumerate(scp.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        target = parts[1].strip() if len(parts) == 2 else ""
+        ark, _, offset = target.rpartition(":")
+        if not ark or not offset.isdigit():
+            raise DataError(f"{where(path, n)}: expected `key file.ark:offset`, got {line.strip()[:80]!r}")
+        ark_path = _locate_ark(Path(ark), scp)
+        entries.append((parts[0], ark_path, int(offset), n))
+    if not entries:
+        raise DataError(f"{path}: scp file is empty")
+    cache: dict[Path, memoryview] = {}
+    mapping: dict[str, np.ndarray] = {}
+    for key, ark_path, offset, n in entries:
+        if ark_path not in cache:
+            if not ark_path.is_file():
+                raise DataError(f"{where(path, n)}: ark file {ark_path} not found")
+            cache[ark_path] = memoryview(ark_path.read_bytes())
+        if key in mapping:
+            raise DataError(f"{where(path, n)}: key {key!r} appears more than once")
+        buf = cache[ark_path]
+        if offset >= len(buf):
+            raise DataError(f"{where(path, n)}: offset {offset} is past the end of {ark_path}")
+        mapping[key], _ = _parse_vector(buf, offset, f"{where(path, n)} ({ark_path}:{offset})")
+    return Embeddings.from_mapping(mapping, source=str(path))
+
+
+def _locate_ark(ark: Path, scp: Path) -> Path:
+    """Kaldi writes the ark path as given; when the scp has moved, look beside it too."""
+    if ark.is_absolute() or ark.exists():
+        return ark
+    for candidate in (scp.parent / ark, scp.parent / ark.name):
+        if candidate.exists():
+            return candidate
+    return ark
