@@ -1,0 +1,76 @@
+"""Config schema: unknown keys and wrong types are errors that name the key and suggest the right one."""
+
+from __future__ import annotations
+
+import pytest
+
+from speakerforge.config import Config, config_diff, dump_config, load_config, to_dict
+from speakerforge.errors import ConfigError
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_load_without_a_file():
+    cfg = load_config(None)
+    assert isinstance(cfg, Config)
+    assert cfg.features.num_mel_bins == 80
+
+
+def test_yaml_values_and_overrides_apply_in_order(tmp_path):
+    p = _write(tmp_path, "optim: {lr: 0.2}\nmodel: {name: campplus, args: {embedding_dim: 64}}\n")
+    cfg = load_config(p, ["optim.lr=0.01", "model.args.m_channels=16", "train.freeze=backbone.a,backbone.b"])
+    assert cfg.optim.lr == 0.01
+    assert cfg.model.args == {"embedding_dim": 64, "m_channels": 16}
+    assert cfg.train.freeze == ["backbone.a", "backbone.b"]
+
+
+def test_unknown_key_names_it_and_suggests_nearest(tmp_path):
+    p = _write(tmp_path, "data:\n  speed_pertub: [1.0, 0.9]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "data.speed_pertub" in str(err.value) and "data.speed_perturb" in str(err.value)
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="optimm"):
+        load_config(_write(tmp_path, "optimm: {lr: 1}\n"))
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="data.batch_size must be an integer"):
+        load_config(_write(tmp_path, "data: {batch_size: many}\n"))
+    with pytest.raises(ConfigError, match="train.freeze_bn must be true or false"):
+        load_config(None, ["train.freeze_bn=3"])
+
+
+def test_set_of_missing_key_is_an_error_with_suggestion():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["optim.lrr=0.1"])
+    assert "optim.lrr" in str(err.value) and "optim.lr" in str(err.value)
+
+
+def test_yaml_scientific_notation_string_is_accepted_as_float(tmp_path):
+    cfg = load_config(_write(tmp_path, "optim: {min_lr: 1e-5}\n"))
+    assert cfg.optim.min_lr == pytest.approx(1e-5)
+
+
+def test_stages_inherit_and_validate(tmp_path):
+    p = _write(tmp_path, "stages:\n  - {name: head, epochs: 1, freeze: [backbone], lr: 0.1}\n"
+                         "  - {name: all, epochs: 2, margin: {final: 0.5}}\n")
+    cfg = load_config(p)
+    assert cfg.stages[0].freeze == ["backbone"] and cfg.stages[1].lr is None
+    assert cfg.stages[1].margin.final == 0.5
+    with pytest.raises(ConfigError, match=r"stages\[0\]|frezee"):
+        load_config(_write(tmp_path, "stages:\n  - {frezee: [x]}\n"))
+
+
+def test_dump_round_trip_and_diff(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.3"])
+    again = load_config(_write(tmp_path, dump_config(cfg)))
+    assert to_dict(again) == to_dict(cfg)
+    diff = config_diff(to_dict(cfg), to_dict(load_config(None, ["optim.lr=0.4"])))
+    assert diff == ["optim.lr: 0.3 -> 0.4"]
