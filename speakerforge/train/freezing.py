@@ -57,6 +57,7 @@ __all__ = [
     "apply_freeze",
     "find_free_tensors",
     "frozen_batchnorms",
+    "is_frozen_batchnorm",
     "match_parameters",
     "matches",
     "parse_freeze_patterns",
