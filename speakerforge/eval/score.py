@@ -57,7 +57,7 @@ def _trial_rows(embeddings: Embeddings, trials: Trials) -> tuple[np.ndarray, np.
         enroll = np.fromiter((index[k] for k in trials.enroll), dtype=np.int64, count=len(trials))
         test = np.fromiter((index[k] for k in trials.test), dtype=np.int64, count=len(trials))
     except KeyError:
-        missing = list(dict.fromkeys(k for side in (trials.enroll, trials.test) for k in side if k not in index))
+        missing = list(dict.fromkeys(k for pair in zip(trials.enroll, trials.test) for k in pair if k not in index))
         raise DataError(f"{trials.source}: trials name {len(missing)} utterances with no embedding in "
                         f"{embeddings.source} (first: {', '.join(missing[:5])}); extract embeddings for them or "
                         "use the trial list that matches these embeddings") from None
