@@ -338,7 +338,8 @@ class Trainer:
                     progress.epoch, progress.batch = epoch + 1, 0
                     if progress.epoch == stage.epochs:
                         progress.stage, progress.epoch = stage.index + 1, 0
-                if end_of_epoch or (cfg.train.save_every_steps and progress.global_step % cfg.train.save_every_steps == 0):
+                due = end_of_epoch or (cfg.train.save_every_steps and progress.global_step % cfg.train.save_every_steps == 0)
+                if due and nonfinite_run == 0:  # never let a skipped step's checkpoint displace the last good one
                     metric = loss_sum / n_logged if end_of_epoch and n_logged else None
                     self._save(module, optimizer, progress, stage.index, metric)
                 if self.opts.stop_after_steps and self.steps_done_here >= self.opts.stop_after_steps:

@@ -1,0 +1,188 @@
+"""The training engine: exact resume, several sources, config-change rules, non-finite losses, bad data."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from speakerforge.errors import ConfigError, SpeakerforgeError
+from speakerforge.train.trainer import RunOptions, StopForTest, Trainer, TrainingError
+from tests.trainutil import assert_same_weights, model_weights, tiny_config, tiny_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _train(cfg, exp, **opts):
+    return Trainer(cfg, exp, RunOptions(**opts)).run()
+
+
+@pytest.fixture(scope="module")
+def straight(corpus, tmp_path_factory):
+    exp = tmp_path_factory.mktemp("straight")
+    _train(tiny_config([corpus], "train.save_every_steps=2", "train.epochs=3"), exp)
+    return exp
+
+
+def test_training_writes_model_curves_config_and_metrics(straight):
+    for name in ("model.safetensors", "config.yaml", "train.log", "metrics.jsonl", "training_curves.png", "run.json"):
+        assert (straight / name).is_file(), name
+    rows = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    assert {"loss", "acc", "lr", "margin", "samples_per_s"} <= rows[0].keys()
+    assert rows[-1]["margin"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("stops", [[1], [2, 3], [4]])
+def test_resume_after_stop_matches_uninterrupted_run(corpus, straight, tmp_path, stops):
+    """Stopped after k steps (checkpoints every 2 steps, so some steps are redone) and resumed: same weights."""
+    cfg = tiny_config([corpus], "train.save_every_steps=2", "train.epochs=3")
+    for k in stops:
+        with pytest.raises(StopForTest):
+            _train(cfg, tmp_path, stop_after_steps=k)
+    _train(cfg, tmp_path)
+    assert_same_weights(model_weights(straight), model_weights(tmp_path))
+
+
+def test_rerun_of_a_finished_run_changes_nothing(corpus, straight, tmp_path):
+    cfg = tiny_config([corpus], "train.save_every_steps=2", "train.epochs=3")
+    _train(cfg, tmp_path)
+    before = model_weights(tmp_path)
+    _train(cfg, tmp_path)
+    assert_same_weights(before, model_weights(tmp_path))
+
+
+def test_changed_config_is_refused_with_a_diff(corpus, tmp_path):
+    _train(tiny_config([corpus], "train.epochs=1"), tmp_path)
+    with pytest.raises(ConfigError) as err:
+        _train(tiny_config([corpus], "train.epochs=1", "optim.lr=0.01"), tmp_path)
+    assert "optim.lr: 0.05 -> 0.01" in str(err.value) and "--allow-config-change" in str(err.value)
+
+
+def test_no_resume_starts_afresh_in_a_new_subfolder_and_keeps_the_old_run(corpus, tmp_path):
+    cfg = tiny_config([corpus], "train.epochs=1")
+    _train(cfg, tmp_path)
+    old = (tmp_path / "model.safetensors").read_bytes()
+    out = _train(tiny_config([corpus], "train.epochs=1", "optim.lr=0.01"), tmp_path, resume=False)
+    assert out.parent.name == "restart-1"
+    assert (tmp_path / "model.safetensors").read_bytes() == old
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(corpus, straight, tmp_path, caplog):
+    cfg = tiny_config([corpus], "train.save_every_steps=2", "train.epochs=3")
+    with pytest.raises(StopForTest):
+        _train(cfg, tmp_path, stop_after_steps=4)
+    newest = sorted((tmp_path / "checkpoints").glob("ckpt-*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        _train(cfg, tmp_path)
+    assert newest.name in caplog.text
+    assert_same_weights(model_weights(straight), model_weights(tmp_path))
+
+
+def test_two_sources_get_separate_speaker_namespaces_and_counts(tmp_path, caplog):
+    a = tiny_corpus(tmp_path / "a", n_speakers=4, prefix="spk", seed=1)
+    b = tiny_corpus(tmp_path / "b", n_speakers=3, prefix="spk", seed=2, utts=2)  # same speaker names, other people
+    cfg = tiny_config([a, b], "train.epochs=1")
+    cfg.data.sources[1].weight = 2.0
+    cfg.data.sources[1].name = "bsrc"
+    with caplog.at_level(logging.INFO):
+        _train(cfg, tmp_path / "exp")
+    from speakerforge.checkpoint_io import load_model_file
+
+    _state, meta = load_model_file(tmp_path / "exp" / "model.safetensors")
+    assert len(meta["speakers"]) == 7 and "bsrc/spk00" in meta["speakers"] and "train/spk00" in meta["speakers"]
+    assert "train=13, bsrc=9" in caplog.text  # 22 draws split by weight x size: 16 : 2 x 6
+
+
+def test_shared_speakers_merge_names_across_sources(tmp_path):
+    a = tiny_corpus(tmp_path / "a", n_speakers=4, seed=1)
+    b = tiny_corpus(tmp_path / "b", n_speakers=3, seed=2)
+    _train(tiny_config([a, b], "train.epochs=1", "data.shared_speakers=true"), tmp_path / "exp")
+    from speakerforge.checkpoint_io import load_model_file
+
+    assert len(load_model_file(tmp_path / "exp" / "model.safetensors")[1]["speakers"]) == 4
+
+
+def test_nonfinite_losses_are_skipped_then_stop_training(corpus, tmp_path, monkeypatch):
+    from speakerforge.train import objectives
+
+    real = objectives.SupervisedModule.forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, feats, labels):
+        loss, correct = real(self, feats, labels)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] >= 3 else loss), correct
+
+    monkeypatch.setattr(objectives.SupervisedModule, "forward", sometimes_nan)
+    cfg = tiny_config([corpus], "train.save_every_steps=1", "train.max_nonfinite_steps=2", "train.epochs=3")
+    with pytest.raises(TrainingError, match="NaN/inf for 2 steps in a row"):
+        _train(cfg, tmp_path)
+    # steps 1-2 were good and checkpointed; steps 3-4 were skipped and wrote nothing: the last good one is newest
+    ckpts = sorted((tmp_path / "checkpoints").glob("ckpt-*.pt"))
+    assert ckpts[-1].name == "ckpt-000000002.pt"
+    from speakerforge.checkpoint_io import load_state
+
+    st = load_state(ckpts[-1])
+    assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
+
+
+def test_unreadable_rows_stop_before_training_or_are_skipped(corpus, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    rows = corpus.read_text().splitlines()
+    (tmp_path / "broken.wav").write_text("not audio")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    bad.write_text("\n".join(rows + [json.dumps({"key": "x1", "wav": "broken.wav", "spk": "spk00"}),
+                                     json.dumps({"key": "x2", "wav": "empty.wav", "spk": "spk00"})]) + "\n")
+    # manifests written by make_synthetic_corpus hold absolute-or-relative paths: rebase them
+    fixed = []
+    for line in bad.read_text().splitlines():
+        row = json.loads(line)
+        if not row["wav"].startswith("/") and row["key"].startswith("spk"):
+            row["wav"] = str(corpus.parent / row["wav"])
+        fixed.append(json.dumps(row))
+    bad.write_text("\n".join(fixed) + "\n")
+    with pytest.raises(SpeakerforgeError) as err:
+        _train(tiny_config([bad], "train.epochs=1"), tmp_path / "exp1")
+    assert "2 unreadable training rows" in str(err.value) and "bad.jsonl:25" in str(err.value)
+    assert not (tmp_path / "exp1" / "checkpoints").exists()
+    _train(tiny_config([bad], "train.epochs=1", "data.skip_bad_audio=true"), tmp_path / "exp2")
+    skipped = (tmp_path / "exp2" / "skipped.tsv").read_text().splitlines()
+    assert len(skipped) == 2 and skipped[0].startswith(str(bad) + ":25")
+
+
+def test_missing_source_and_batch_mismatch_are_clear_errors(corpus, tmp_path):
+    with pytest.raises(SpeakerforgeError, match="nope.jsonl: data source not found"):
+        _train(tiny_config([tmp_path / "nope.jsonl"]), tmp_path / "e1")
+    with pytest.raises(ConfigError, match="multiple of"):
+        _train(tiny_config([corpus], "data.batch_size=9", "train.grad_accum=2"), tmp_path / "e2")
+
+
+def test_grad_accumulation_splits_each_step_into_micro_batches(corpus, tmp_path, monkeypatch):
+    from speakerforge.data import datasets
+
+    sizes = []
+    real = datasets.collate_crops
+
+    def spy(batch):
+        sizes.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr("speakerforge.train.trainer.collate_crops", spy)
+    _train(tiny_config([corpus], "train.epochs=1", "train.grad_accum=2"), tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sizes == [4] * 6 and [r["step"] for r in rows] == [1, 2, 3]  # 24 samples, batch 8 = 3 steps of 2 x 4
+
+
+def test_bf16_autocast_trains_on_cpu(corpus, tmp_path):
+    _train(tiny_config([corpus], "train.epochs=1", "train.amp=bf16"), tmp_path)
+    w = model_weights(tmp_path)
+    assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        _train(tiny_config([corpus], "train.epochs=1", "train.amp=fp16"), tmp_path / "x")
