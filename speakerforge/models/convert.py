@@ -1,0 +1,287 @@
+"""Import 3D-Speaker and WeSpeaker checkpoints into our models: key maps, tensor layout fixes, checked shapes.
+
+`convert_state_dict(state_dict, source, arch, model)` returns a state dict that `model.load_state_dict(...,
+strict=True)` accepts, or raises `CheckpointError` listing every missing, unexpected and mis-shaped key.
+`split_checkpoint` does the same and also returns the margin head's tensors (WeSpeaker's `projection.*`, whose
+`weight` is laid out as our `CosineClassifier.weight`), for fine-tuning on the same speakers.
+
+What loads, and how:
+
+| arch          | 3D-Speaker                                  | WeSpeaker                                              |
+|---------------|---------------------------------------------|--------------------------------------------------------|
+| resnet*       | identity                                    | identity; build `resnet34(embedding_dim=256,           |
+|               |                                             | two_emb_layer=False)` (ResNet50+: `block="bottleneck"`) |
+| ecapa_tdnn    | `asp.*` renamed to the shared pooling's     | name table below + Linear->Conv1d reshapes + Res2Net   |
+|               | names (`ecapa.speakerlab_key_map`)          | chunk rotation; build `ecapa_tdnn(variant="wespeaker")`|
+| campplus      | identity (`campplus.speakerlab_key_map`)    | identity (WeSpeaker's CAM++ is 3D-Speaker's code)      |
+| eres2net      | identity (`eres2net.speakerlab_key_map`)    | not supported (different layout; raises)               |
+
+WeSpeaker's ECAPA-TDNN is a different implementation of the same network (lawlict's): `layer1` / `layer{2,3,4}.
+se_res2block.{0: 1x1 TDNN, 1: Res2Net convs/bns, 2: 1x1 TDNN, 3: SE linear1/linear2}` / `conv` (MFA) / `pool` /
+`bn` / `linear` / `bn2`. Its Res2Net convolves chunks 0..6 and passes chunk 7 through, where ours (SpeechBrain's)
+passes chunk 0 and convolves 1..7; the results are the same up to rotating the channels by one chunk, so the first
+1x1 TDNN's outputs and the second's inputs are rotated here and the Res2Net weights load unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+import torch.nn as nn
+
+from speakerforge.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Converted", "convert_state_dict", "split_checkpoint", "to_wespeaker", "SOURCES"]
+
+SOURCES = ("3dspeaker", "wespeaker")
+_NESTED = ("state_dict", "model_state_dict", "model", "embedding_model")
+_WRAPPER_PREFIXES = ("module.", "model.")
+_HEAD_PREFIXES = {"wespeaker": ("projection.",), "3dspeaker": ("classifier.",)}
+_LIST_LIMIT = 20
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class Converted:
+    """A converted checkpoint: `backbone` fits the model; `head` holds the margin head's tensors (prefix removed)."""
+
+    backbone: Tensors
+    head: Tensors = field(default_factory=dict)
+
+
+def _family(arch: str) -> str:
+    a = arch.lower().replace("-", "_")
+    if a.startswith("resnet"):
+        return "resnet"
+    if a.startswith("ecapa"):
+        return "ecapa"
+    if a in ("campplus", "cam++", "campp"):
+        return "campplus"
+    if a.startswith("eres2net"):
+        return "eres2net"
+    raise ConfigError(f"no checkpoint converter for arch {arch!r}; known: resnet*, ecapa_tdnn, campplus, eres2net")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Unwrapping
+
+
+def _flat_state_dict(obj: object) -> Tensors:
+    """The tensor map inside a checkpoint (a bare state dict, or one nested under a usual key)."""
+    while isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in _NESTED if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
+            raise CheckpointError(f"not a state dict: non-tensor entries {odd} and none of {list(_NESTED)} to unwrap")
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"not a state dict: got {type(obj).__name__}")
+    return dict(obj)
+
+
+def _strip_wrappers(state_dict: Tensors) -> Tensors:
+    """Drop DDP's `module.` and wrapper `model.` prefixes (repeatedly, e.g. `module.model.`)."""
+    out = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _split_head(state_dict: Tensors, source: str) -> tuple[Tensors, Tensors]:
+    backbone, head = {}, {}
+    prefixes = _HEAD_PREFIXES[source]
+    for key, value in state_dict.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            backbone[key] = value
+        else:
+            head[key[len(prefix):]] = value
+    return backbone, head
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# WeSpeaker ECAPA-TDNN: our key -> WeSpeaker key, derived from the model so that every width and option is covered.
+
+_WS_ECAPA_RULES: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
+    (r"blocks\.0\.conv\.conv\.", lambda m: "layer1.conv."),
+    (r"blocks\.0\.norm\.norm\.", lambda m: "layer1.bn."),
+    (r"blocks\.(\d+)\.tdnn1\.conv\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.0.conv."),
+    (r"blocks\.(\d+)\.tdnn1\.norm\.norm\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.0.bn."),
+    (r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.conv\.conv\.",
+     lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.convs.{m[2]}."),
+    (r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.norm\.norm\.",
+     lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.bns.{m[2]}."),
+    (r"blocks\.(\d+)\.tdnn2\.conv\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.2.conv."),
+    (r"blocks\.(\d+)\.tdnn2\.norm\.norm\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.2.bn."),
+    (r"blocks\.(\d+)\.se_block\.conv([12])\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.3.linear{m[2]}."),
+    (r"mfa\.conv\.conv\.", lambda m: "conv."),
+    (r"asp\.linear([12])\.", lambda m: f"pool.linear{m[1]}."),
+    (r"asp_bn\.norm\.", lambda m: "bn."),
+    (r"fc\.conv\.", lambda m: "linear."),
+    (r"emb_bn\.", lambda m: "bn2."),
+)
+# Our Conv1d(kernel 1) weights that are nn.Linear in WeSpeaker.
+_WS_ECAPA_LINEAR = re.compile(r"(blocks\.\d+\.se_block\.conv[12]\.conv|fc\.conv)\.weight$")
+# Tensors whose channel axis is rotated by one Res2Net chunk: (pattern, axis).
+_WS_ECAPA_ROTATED = (
+    (re.compile(r"blocks\.\d+\.tdnn1\.(conv\.conv\.(weight|bias)|norm\.norm\.(weight|bias|running_mean|running_var))$"),
+     0),
+    (re.compile(r"blocks\.\d+\.tdnn2\.conv\.conv\.weight$"), 1),
+)
+
+
+def _ws_ecapa_key(ours: str) -> str:
+    for pattern, repl in _WS_ECAPA_RULES:
+        m = re.match(pattern, ours)
+        if m:
+            return repl(m) + ours[m.end():]
+    raise CheckpointError(f"no WeSpeaker name for ECAPA parameter {ours!r} (is this a WeSpeaker-variant model?)")
+
+
+def _ecapa_chunk_width(model: nn.Module) -> int:
+    res2net = model.blocks[1].res2net_block
+    return model.channels // res2net.scale
+
+
+def _ws_ecapa_import(state_dict: Tensors, model: nn.Module) -> tuple[Tensors, dict[str, str]]:
+    if getattr(model, "variant", None) != "wespeaker":
+        raise CheckpointError(
+            "WeSpeaker ECAPA-TDNN checkpoints need ecapa_tdnn(variant='wespeaker', ...): its padding, MFA layer and "
+            "pooling differ from 3D-Speaker's"
+        )
+    to_ours = {_ws_ecapa_key(k): k for k in model.state_dict()}
+    width = _ecapa_chunk_width(model)
+    out, origin = {}, {}
+    for key, value in state_dict.items():
+        ours = to_ours.get(key)
+        if ours is None:
+            out[key] = value  # reported as unexpected by the check
+            continue
+        out[ours] = _ws_ecapa_tensor(ours, value, width, inverse=False)
+        origin[ours] = key
+    return out, origin
+
+
+def _ws_ecapa_tensor(ours_key: str, value: torch.Tensor, width: int, inverse: bool) -> torch.Tensor:
+    if _WS_ECAPA_LINEAR.search(ours_key):
+        value = value.squeeze(-1) if inverse else (value.unsqueeze(-1) if value.dim() == 2 else value)
+    for pattern, axis in _WS_ECAPA_ROTATED:
+        if pattern.search(ours_key) and value.dim() > axis:
+            value = torch.roll(value, shifts=-width if inverse else width, dims=axis)
+    return value
+
+
+def to_wespeaker(state_dict: Tensors, arch: str, model: nn.Module) -> Tensors:
+    """Our state dict -> WeSpeaker's names and layouts (the inverse of the import; for tests and export)."""
+    family = _family(arch)
+    if family in ("resnet", "campplus"):
+        return dict(state_dict)
+    if family != "ecapa":
+        raise CheckpointError(f"no WeSpeaker layout for arch {arch!r}")
+    width = _ecapa_chunk_width(model)
+    return {_ws_ecapa_key(k): _ws_ecapa_tensor(k, v, width, inverse=True) for k, v in state_dict.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dispatch and checks
+
+
+def _map_3dspeaker(state_dict: Tensors, family: str) -> Tensors:
+    if family == "resnet":
+        from speakerforge.models.resnet import speakerlab_key_map
+    elif family == "ecapa":
+        from speakerforge.models.ecapa import speakerlab_key_map
+    elif family == "campplus":
+        from speakerforge.models.campplus import speakerlab_key_map
+    else:
+        from speakerforge.models.eres2net import speakerlab_key_map
+    return speakerlab_key_map(state_dict)
+
+
+def _map_wespeaker(state_dict: Tensors, family: str, model: nn.Module) -> tuple[Tensors, dict[str, str]]:
+    if family in ("resnet", "campplus"):
+        return dict(state_dict), {}
+    if family == "ecapa":
+        return _ws_ecapa_import(state_dict, model)
+    raise CheckpointError(
+        "WeSpeaker ERes2Net checkpoints are not supported (its layout differs from 3D-Speaker's ERes2Net); "
+        "supported WeSpeaker archs: resnet*, ecapa_tdnn, campplus"
+    )
+
+
+_HINTS = {
+    ("wespeaker", "resnet"): "WeSpeaker ResNets are resnet34(embedding_dim=256, two_emb_layer=False) (ResNet50 and "
+    "deeper: resnet(num_blocks=..., block='bottleneck')); set pooling= to the recipe's pooling_func",
+    ("wespeaker", "ecapa"): "WeSpeaker ECAPA is ecapa_tdnn(variant='wespeaker', channels=512|1024), "
+    "global_context=True for its GLOB models, emb_bn=True if the checkpoint has bn2.*",
+    ("wespeaker", "campplus"): "WeSpeaker's CAM++ recipes use embedding_dim=512",
+    ("3dspeaker", "resnet"): "3D-Speaker's ResNet34 is resnet34(embedding_dim=192)",
+    ("3dspeaker", "ecapa"): "3D-Speaker's ECAPA-1024 is ecapa_tdnn(channels=1024)",
+}
+
+
+def _listing(what: str, items: list[str]) -> str:
+    more = f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
+    return f"{len(items)} {what}: {', '.join(items[:_LIST_LIMIT])}{more}"
+
+
+def _check_fits(converted: Tensors, model: nn.Module, origin: dict[str, str], hint: str | None) -> Tensors:
+    own = model.state_dict()
+    # Checkpoints from torch < 0.4.1 have no BatchNorm step counters; they do not affect the output.
+    for key in own.keys() - converted.keys():
+        if key.endswith("num_batches_tracked"):
+            converted[key] = own[key].clone()
+
+    def name(k: str) -> str:
+        return f"{k} (from {origin[k]})" if k in origin and origin[k] != k else k
+
+    missing = sorted(own.keys() - converted.keys())
+    unexpected = sorted(converted.keys() - own.keys())
+    shapes = sorted(
+        f"{name(k)}: checkpoint {tuple(converted[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own.keys() & converted.keys()
+        if converted[k].shape != own[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = [_listing(w, ks) for w, ks in (("missing", [name(k) for k in missing]),
+                                                  ("unexpected", unexpected),
+                                                  ("shape mismatch", shapes)) if ks]
+        if hint:
+            parts.append(f"hint: {hint}")
+        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))
+    return converted
+
+
+def split_checkpoint(state_dict: Mapping[str, object], source: str, arch: str, model: nn.Module) -> Converted:
+    """Checkpoint of `source` for `arch` -> (`backbone` weights that fit `model`, margin `head` tensors)."""
+    if source not in SOURCES:
+        raise ConfigError(f"checkpoint source must be one of {', '.join(SOURCES)}, got {source!r}")
+    family = _family(arch)
+    flat = _strip_wrappers(_flat_state_dict(state_dict))
+    backbone, head = _split_head(flat, source)
+    if head:
+        log.info("checkpoint: set aside %d margin-head tensor(s) (%s)", len(head), ", ".join(sorted(head)))
+    if source == "3dspeaker":
+        mapped, origin = _map_3dspeaker(backbone, family), {}
+    else:
+        mapped, origin = _map_wespeaker(backbone, family, model)
+    return Converted(_check_fits(mapped, model, origin, _HINTS.get((source, family))), head)
+
+
+def convert_state_dict(state_dict: Mapping[str, object], source: str, arch: str, model: nn.Module) -> Tensors:
+    """Checkpoint of `source` (`3dspeaker` or `wespeaker`) for `arch` -> a state dict that loads strictly into
+    `model`; margin-head keys are dropped (use `split_checkpoint` to keep them)."""
+    return split_checkpoint(state_dict, source, arch, model).backbone
