@@ -1,0 +1,429 @@
+"""Inference: one `SpeakerModel` over every saved form of a model, waveform in, embedding out.
+
+`load_model(path)` accepts
+
+- an experiment folder: its `model.safetensors`, else its newest readable checkpoint (with `config.yaml`);
+- one of its checkpoints (`checkpoints/ckpt-*.pt`, rebuilt from the run's `config.yaml`);
+- a model file (`.safetensors` written by `save_embedding_model`);
+- an ONNX file written by `speakerforge export`, with or without the fbank inside the graph.
+
+Features are computed as in training: Kaldi fbank (dither 0) and, when the model's features say so, utterance mean
+normalisation.
+
+Batching without changing results. Kaldi framing (`snip_edges`) ignores the samples after the last whole frame, so two
+waveforms with the same number of frames, cut to that frame span, give feature matrices of the same shape and the
+same values they give alone. `embed_batch` therefore batches only utterances with the same frame count: no padding,
+which models with temporal statistics pooling would see (padding frames enter the mean and standard deviation, and
+CAM++'s segment context), and no cropping. Rows then equal one-at-a-time embeddings to float rounding (batched
+matrix products sum in another order: about 1e-6 relative). `length_tolerance > 0` trades exactness for larger
+batches: utterances whose frame counts differ by at most that fraction are cropped (at the end) to the shortest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from speakerforge.checkpoint_io import MAGIC, load_state
+from speakerforge.data.audio import SAMPLE_RATE, load_audio, resample
+from speakerforge.data.features import fbank, frame_sizes, mean_normalize, num_frames
+from speakerforge.errors import CheckpointError, DataError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SpeakerModel", "load_model", "FEATURE_DEFAULTS", "ONNX_META_KEY", "cosine", "group_by_frames"]
+
+FEATURE_DEFAULTS: dict[str, Any] = {"num_mel_bins": 80, "frame_length": 25.0, "frame_shift": 10.0,
+                                    "mean_norm": True}
+ONNX_META_KEY = "speakerforge"
+ONNX_FORMAT = "speakerforge-onnx-1"
+DEFAULT_BATCH_SIZE = 16
+
+AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
+
+
+def feature_settings(features: dict[str, Any] | None) -> dict[str, Any]:
+    """The four feature settings inference needs, defaults filled in (training-only keys such as dither dropped)."""
+    given = dict(features or {})
+    return {k: type(v)(given.get(k, v)) for k, v in FEATURE_DEFAULTS.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# backends: a batch of equal-length 16 kHz waveforms [B, T] -> embeddings [B, D]
+class _TorchBackend:
+    def __init__(self, model: nn.Module, features: dict[str, Any], device: torch.device):
+        self.model = model
+        self.features = features
+        self.device = device
+
+    @torch.inference_mode()
+    def __call__(self, waves: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
+        f = self.features
+        feats = fbank(x, num_mel_bins=f["num_mel_bins"], frame_length=f["frame_length"],
+                      frame_shift=f["frame_shift"], dither=0.0)
+        if f["mean_norm"]:
+            feats = mean_normalize(feats)
+        return self.model(feats).float().cpu().numpy()
+
+
+class _OnnxBackend:
+    def __init__(self, session: Any, features: dict[str, Any], with_fbank: bool):
+        self.session = session
+        self.features = features
+        self.with_fbank = with_fbank
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+
+    def __call__(self, waves: np.ndarray) -> np.ndarray:
+        waves = np.ascontiguousarray(waves, dtype=np.float32)
+        if self.with_fbank:
+            inp = waves
+        else:
+            f = self.features
+            feats = fbank(torch.from_numpy(waves), num_mel_bins=f["num_mel_bins"], frame_length=f["frame_length"],
+                          frame_shift=f["frame_shift"], dither=0.0)
+            if f["mean_norm"]:
+                feats = mean_normalize(feats)
+            inp = feats.numpy()
+        return self.session.run([self.output_name], {self.input_name: inp})[0].astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+class SpeakerModel:
+    """A loaded speaker model: `embed`, `embed_batch`, `score`. Waveforms are 16 kHz mono float32 in [-1, 1]."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, backend: Any, embedding_dim: int, features: dict[str, Any], meta: dict[str, Any],
+                 source: str, kind: str):
+        self._backend = backend
+        self.embedding_dim = int(embedding_dim)
+        self.features = feature_settings(features)
+        self.meta = meta
+        self.source = source
+        self.kind = kind  # "model_file", "checkpoint" or "onnx"
+        self.window, self.shift, _ = frame_sizes(SAMPLE_RATE, self.features["frame_length"],
+                                                 self.features["frame_shift"])
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The torch network in eval mode (None for an ONNX model)."""
+        return getattr(self._backend, "model", None)
+
+    @property
+    def threshold(self) -> float | None:
+        """The accept threshold stated by the model file, if any."""
+        value = self.meta.get("threshold")
+        return None if value is None else float(value)
+
+    def __repr__(self) -> str:
+        return f"SpeakerModel({self.source}, {self.kind}, {self.embedding_dim}-d)"
+
+    # ---------------------------------------------------------------------------------------------- inputs
+    def waveform(self, item: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        """A path (loaded with `load_audio`) or an array at `sample_rate` (default 16 kHz) -> 16 kHz mono float32."""
+        if isinstance(item, (str, Path)):
+            return load_audio(item)
+        if isinstance(item, torch.Tensor):
+            item = item.detach().cpu().numpy()
+        wav = np.asarray(item)
+        if not np.issubdtype(wav.dtype, np.floating):
+            if np.issubdtype(wav.dtype, np.integer):
+                raise DataError(f"integer samples ({wav.dtype}); pass float samples in [-1, 1] "
+                                "(e.g. int16 / 32768)")
+            raise DataError(f"cannot use an array of {wav.dtype} as audio")
+        if wav.ndim == 2:  # [channels, samples] or [samples, channels]: the short axis holds the channels
+            wav = wav.mean(axis=0 if wav.shape[0] <= wav.shape[1] else 1)
+        if wav.ndim != 1:
+            raise DataError(f"audio array of shape {wav.shape}; expected [samples] or [channels, samples]")
+        if not np.isfinite(wav).all():
+            raise DataError("audio array holds NaN or infinite samples")
+        wav = np.ascontiguousarray(wav, dtype=np.float32)
+        return resample(wav, int(sample_rate), SAMPLE_RATE) if sample_rate else wav
+
+    def num_frames(self, num_samples: int) -> int:
+        """Feature frames of a 16 kHz waveform of `num_samples` samples."""
+        return int(num_frames(num_samples, SAMPLE_RATE, self.features["frame_length"], self.features["frame_shift"]))
+
+    def frame_span(self, frames: int) -> int:
+        """Samples that `frames` frames cover (what is left after trimming the unused tail)."""
+        return self.window + (frames - 1) * self.shift
+
+    def _check_length(self, wav: np.ndarray, what: str) -> None:
+        if wav.shape[0] < self.window:
+            raise DataError(f"{what}: {wav.shape[0] / SAMPLE_RATE:.3f} s of audio is shorter than one "
+                            f"{self.features['frame_length']:g} ms frame")
+
+    # ---------------------------------------------------------------------------------------------- embeddings
+    def embed_waves(self, waves: np.ndarray) -> np.ndarray:
+        """`[B, T]` 16 kHz waveforms of one length -> `[B, D]` float32 (the backend call, no grouping)."""
+        if waves.ndim != 2:
+            raise ValueError(f"expected [B, T] waveforms, got shape {waves.shape}")
+        if waves.shape[1] < self.window:
+            raise DataError(f"{waves.shape[1] / SAMPLE_RATE:.3f} s of audio is shorter than one frame")
+        out = self._backend(waves)
+        if out.shape != (waves.shape[0], self.embedding_dim):
+            raise CheckpointError(f"{self.source}: the model returned shape {out.shape}, expected "
+                                  f"({waves.shape[0]}, {self.embedding_dim})")
+        return out
+
+    def embed(self, item: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        """One utterance (path or array) -> embedding `[D]` float32."""
+        wav = self.waveform(item, sample_rate)
+        self._check_length(wav, _describe(item))
+        return self.embed_waves(wav[None, : self.frame_span(self.num_frames(wav.shape[0]))])[0]
+
+    def embed_batch(self, items: Sequence[AudioInput], sample_rate: int | None = None,
+                    batch_size: int = DEFAULT_BATCH_SIZE, length_tolerance: float = 0.0) -> np.ndarray:
+        """Utterances -> `[N, D]`, rows in input order; batched by equal frame count (see the module docstring)."""
+        waves = []
+        for item in items:
+            wav = self.waveform(item, sample_rate)
+            self._check_length(wav, _describe(item))
+            waves.append(wav)
+        return self.embed_waveforms(waves, batch_size=batch_size, length_tolerance=length_tolerance)
+
+    def embed_waveforms(self, waves: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE,
+                        length_tolerance: float = 0.0) -> np.ndarray:
+        """16 kHz waveforms (any lengths, each at least one frame) -> `[N, D]`, rows in input order."""
+        out = np.empty((len(waves), self.embedding_dim), dtype=np.float32)
+        frames = [self.num_frames(w.shape[0]) for w in waves]
+        for idx, n in group_by_frames(frames, batch_size, length_tolerance):
+            span = self.frame_span(n)
+            out[idx] = self.embed_waves(np.stack([waves[i][:span] for i in idx]))
+        return out
+
+    def embed_chunked(self, item: AudioInput, chunk_seconds: float, sample_rate: int | None = None,
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Mean embedding of equal chunks of `chunk_seconds` (the last one overlaps backwards); short audio whole."""
+        wav = self.waveform(item, sample_rate)
+        self._check_length(wav, _describe(item))
+        chunks = chunk_waveform(wav, int(round(chunk_seconds * SAMPLE_RATE)))
+        span = self.frame_span(self.num_frames(chunks.shape[1]))
+        embs = [self.embed_waves(chunks[i:i + batch_size, :span]) for i in range(0, chunks.shape[0], batch_size)]
+        return np.concatenate(embs).mean(axis=0, dtype=np.float64).astype(np.float32)
+
+    def score(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> float:
+        """Cosine similarity in [-1, 1]; `a` and `b` are paths, waveforms or embeddings (1-D arrays of length D)."""
+        return cosine(self._as_embedding(a, sample_rate), self._as_embedding(b, sample_rate))
+
+    def _as_embedding(self, x: AudioInput, sample_rate: int | None) -> np.ndarray:
+        if isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 1 and x.shape[0] == self.embedding_dim:
+            # A waveform this short (a few dozen ms at most) could not be embedded anyway.
+            return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+        return self.embed(x, sample_rate).astype(np.float64)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two vectors, clipped to [-1, 1]; zero vectors are an error."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise DataError(f"cannot compare embeddings of dimensions {a.shape[0]} and {b.shape[0]}")
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        raise DataError("cosine score of a zero embedding is undefined")
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+
+
+def chunk_waveform(wav: np.ndarray, chunk: int) -> np.ndarray:
+    """`[T]` -> `[n, chunk]` consecutive chunks, the last one ending at the end (overlapping its neighbour);
+    audio no longer than one chunk comes back whole as `[1, T]`."""
+    if chunk <= 0:
+        raise DataError(f"chunk length must be positive, got {chunk} samples")
+    total = wav.shape[0]
+    if total <= chunk:
+        return wav[None]
+    n = math.ceil(total / chunk)
+    starts = [i * chunk for i in range(n - 1)] + [total - chunk]
+    return np.stack([wav[s:s + chunk] for s in starts])
+
+
+def group_by_frames(frames: Sequence[int], batch_size: int,
+                    tolerance: float = 0.0) -> Iterable[tuple[list[int], int]]:
+    """Batches `(indices, frames to use)`: equal frame counts, or with `tolerance` counts within that fraction of
+    the batch's longest (all then cropped to the shortest). Longest first, at most `batch_size` each."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(frames)), key=lambda i: -frames[i])
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) >= batch_size or frames[i] < math.ceil(frames[batch[0]] * (1.0 - tolerance))):
+            yield batch, frames[batch[-1]]
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch, frames[batch[-1]]
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    return f"array of shape {tuple(getattr(item, 'shape', ()))}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading
+def load_model(path: str | Path, device: str = "cpu", optimize: bool = True, threads: int | None = None) -> SpeakerModel:
+    """Load an experiment folder, checkpoint, model file or ONNX file as a `SpeakerModel` (see module docstring).
+
+    `optimize` folds BatchNorms into convolutions (`optimize_for_inference`: same outputs, faster). `threads` sets
+    the ONNX Runtime intra-op threads (torch uses `torch.set_num_threads`).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{path}: model not found (expected an experiment folder, a checkpoint, a "
+                              ".safetensors model file or an .onnx file)")
+    if p.is_dir():
+        return _load_experiment(p, device, optimize)
+    if p.suffix.lower() == ".onnx":
+        return _load_onnx(p, threads)
+    with p.open("rb") as fh:
+        head = fh.read(len(MAGIC))
+    if head == MAGIC:
+        return _load_checkpoint(p, device, optimize)
+    return _load_model_file(p, device, optimize)
+
+
+def _finish_torch(model: nn.Module, meta: dict[str, Any], features: dict[str, Any] | None, source: str, kind: str,
+                  device: str, optimize: bool) -> SpeakerModel:
+    from speakerforge.models.fuse import optimize_for_inference
+
+    model.eval()
+    if optimize:
+        model = optimize_for_inference(model, inplace=True)
+    dev = torch.device(device)
+    model.to(dev)
+    model.requires_grad_(False)
+    dim = int(getattr(model, "embedding_dim", 0) or meta.get("embedding_dim") or 0)
+    if dim <= 0:
+        raise CheckpointError(f"{source}: the model does not state its embedding dimension")
+    log.info("loaded %s (%s, %d-d) from %s", meta.get("model", {}).get("name", "?"), kind, dim, source)
+    return SpeakerModel(_TorchBackend(model, feature_settings(features), dev), dim, feature_settings(features),
+                        meta, source, kind)
+
+
+def _load_model_file(path: Path, device: str, optimize: bool) -> SpeakerModel:
+    from speakerforge.models.modelfile import load_embedding_model
+
+    model, meta, _extras = load_embedding_model(path)
+    if not meta.get("features"):
+        log.warning("%s states no feature settings; using %s", path, FEATURE_DEFAULTS)
+    return _finish_torch(model, meta, meta.get("features"), str(path), "model_file", device, optimize)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; a checkpoint is rebuilt from its run's config.yaml "
+                              "(two folders up), or pass the model.safetensors file")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{path}: unreadable YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
+        raise CheckpointError(f"{path}: no `model: {{name, args}}` section")
+    return cfg
+
+
+def _checkpoint_backbone(state: dict[str, Any], origin: str) -> dict[str, torch.Tensor]:
+    """The embedding network's weights in a training state: `backbone.*`, or a self-supervised run's teacher."""
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{origin}: checkpoint holds no model weights")
+    for prefix in ("backbone.", "teacher.backbone.", "student.backbone."):
+        found = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        if found:
+            if prefix != "backbone.":
+                log.info("%s: self-supervised run; using the %s backbone", origin, prefix.split(".")[0])
+            return found
+    raise CheckpointError(f"{origin}: no `backbone.*` weights in this checkpoint")
+
+
+def _load_checkpoint(path: Path, device: str, optimize: bool, cfg_path: Path | None = None) -> SpeakerModel:
+    from speakerforge.models.modelfile import load_strict
+    from speakerforge.models.registry import build_model
+
+    cfg_path = cfg_path or path.parent.parent / "config.yaml"
+    cfg = _read_config(cfg_path)
+    weights = _checkpoint_backbone(load_state(path), str(path))
+    spec = cfg["model"]
+    model = build_model(spec["name"], **(spec.get("args") or {}))
+    load_strict(model, weights, str(path))
+    meta = {"model": {"name": spec["name"], "args": spec.get("args") or {}}, "features": cfg.get("features") or {},
+            "embedding_dim": getattr(model, "embedding_dim", 0), "config": str(cfg_path)}
+    return _finish_torch(model, meta, meta["features"], str(path), "checkpoint", device, optimize)
+
+
+def _load_experiment(folder: Path, device: str, optimize: bool) -> SpeakerModel:
+    model_file = folder / "model.safetensors"
+    if model_file.is_file():
+        return _load_model_file(model_file, device, optimize)
+    from speakerforge.train.checkpoint import CheckpointManager
+
+    found = CheckpointManager(folder, run_id="").list()
+    if not found:
+        raise CheckpointError(f"{folder}: no model here: expected an experiment folder with model.safetensors or "
+                              "checkpoints/ckpt-*.pt, a model file or an .onnx file")
+    for _step, ckpt in found:
+        try:
+            return _load_checkpoint(ckpt, device, optimize, folder / "config.yaml")
+        except CheckpointError as exc:
+            log.warning("skipping checkpoint %s: %s", ckpt, exc)
+    raise CheckpointError(f"{folder}: none of its {len(found)} checkpoints could be loaded (see the warnings)")
+
+
+def _load_onnx(path: Path, threads: int | None) -> SpeakerModel:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable ONNX model ({first})") from None
+    props = session.get_modelmeta().custom_metadata_map or {}
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise CheckpointError(f"{path}: expected an ONNX model with one input (waveform or fbank) and an embedding "
+                              f"output; it has {len(inputs)} inputs and {len(outputs)} outputs")
+    if ONNX_META_KEY in props:
+        try:
+            meta = json.loads(props[ONNX_META_KEY])
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: corrupt speakerforge metadata in the ONNX model") from None
+        with_fbank = bool(meta.get("with_fbank"))
+        dim = int(meta.get("embedding_dim") or 0)
+    else:
+        meta, with_fbank, dim = _guess_onnx(path, inputs, outputs)
+    if dim <= 0:
+        raise CheckpointError(f"{path}: cannot tell the embedding dimension of this ONNX model")
+    features = feature_settings(meta.get("features"))
+    log.info("loaded ONNX model %s (%d-d, fbank %s the graph)", path, dim, "inside" if with_fbank else "outside")
+    return SpeakerModel(_OnnxBackend(session, features, with_fbank), dim, features, meta, str(path), "onnx")
+
+
+def _guess_onnx(path: Path, inputs: list, outputs: list) -> tuple[dict[str, Any], bool, int]:
+    """An ONNX model exported elsewhere: waveform `[B, T]` or fbank `[B, T, 80]` in, `[B, D]` out."""
+    rank = len(inputs[0].shape)
+    out_shape = outputs[0].shape
+    dim = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else 0
+    if rank not in (2, 3) or len(out_shape) != 2:
+        raise CheckpointError(f"{path}: not a speaker-embedding ONNX model (input shape {inputs[0].shape}, output "
+                              f"shape {out_shape}); expected [B, samples] or [B, frames, bins] -> [B, D]")
+    log.warning("%s: no speakerforge metadata; assuming %s input and default features %s", path,
+                "waveform" if rank == 2 else "fbank", FEATURE_DEFAULTS)
+    return {"features": dict(FEATURE_DEFAULTS)}, rank == 2, int(dim)
