@@ -52,7 +52,7 @@ def test_csv_bad_number_and_reversed_segment_are_row_errors(tmp_path):
     assert read_manifest(tmp_path / "m.csv", problems=problems) == []
     assert [p.split(": ", 1)[0] for p in problems] == [f"{tmp_path / 'm.csv'}:{n}" for n in (2, 3, 4)]
     assert "dur must be a number of seconds, got 'one'" in problems[0]
-    assert "segment ends before it starts" in problems[1]
+    assert "segment is empty or ends before it starts" in problems[1]
     assert "finite" in problems[2]
 
 
@@ -84,7 +84,8 @@ def test_jsonl_reads_optional_fields_and_resolves_relative_paths(tmp_path):
 
 
 def test_jsonl_bad_json_and_missing_fields_name_their_lines(tmp_path):
-    (tmp_path / "m.jsonl").write_text('{"key": "a", "wav": "a.wav", "spk": "s"}\n{"key": "b", \n{"wav": "c.wav"}\n[1]\n')
+    (tmp_path / "m.jsonl").write_text('{"key": "a", "wav": "a.wav", "spk": "s"}\n{"key": "b", \n'
+                                      '{"wav": "c.wav"}\n[1]\n')
     problems: list[str] = []
     utts = read_manifest(tmp_path / "m.jsonl", problems=problems)
     assert [u.key for u in utts] == ["a"]
@@ -197,3 +198,14 @@ def test_kaldi_write_refuses_keys_with_spaces(tmp_path):
 def test_write_refuses_unknown_extension(tmp_path):
     with pytest.raises(DataError, match="cannot tell the manifest format"):
         write_manifest([Utterance("a", "/x.wav", "s")], tmp_path / "m.txt")
+
+
+def test_csv_saved_by_a_spreadsheet_with_a_bom_reads(tmp_path):
+    (tmp_path / "m.csv").write_bytes("ID,dur,path,start,stop,spk\nu1,1.0,a.wav,,,s\n".encode("utf-8-sig"))
+    assert [u.key for u in read_manifest(tmp_path / "m.csv")] == ["u1"]
+
+
+def test_non_utf8_manifest_names_the_line(tmp_path):
+    (tmp_path / "m.jsonl").write_bytes(b'{"key": "a", "wav": "a.wav"}\n\xff\xfe\x00binary\n')
+    with pytest.raises(DataError, match=r"m\.jsonl:2: not UTF-8 text"):
+        read_manifest(tmp_path / "m.jsonl")

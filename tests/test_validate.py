@@ -90,7 +90,8 @@ def test_manifest_with_missing_columns_names_file_and_line(tmp_path, write_wav):
     (tmp_path / "rows.csv").write_text("ID,dur,path,start,stop,spk\na,,a.wav,,,s\nb,,a.wav\n")
     (tmp_path / "header.csv").write_text("ID,path\na,a.wav\n")
     report = validate_manifests([tmp_path / "rows.csv", tmp_path / "header.csv"])
-    assert report.problems[0] == f"{tmp_path / 'rows.csv'}:3: 3 fields but the header has 6 (ID,dur,path,start,stop,spk)"
+    assert report.problems[0] == (f"{tmp_path / 'rows.csv'}:3: 3 fields but the header has 6 "
+                                  "(ID,dur,path,start,stop,spk)")
     assert report.problems[1].startswith(f"{tmp_path / 'header.csv'}:1: header lacks column(s) spk")
     assert len(report.problems) == 2 and report.rows == 1
 

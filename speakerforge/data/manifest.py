@@ -89,13 +89,12 @@ def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[U
     if not Path(path).exists():
         raise DataError(f"{path}: manifest not found")
     fmt = manifest_format(path)
-    collected: list[str] = []
 
     def report(src: str, line: int, what: str) -> None:
         message = f"{where(src, line)}: {what}"
         if problems is None:
             raise DataError(message)
-        collected.append(message)
+        problems.append(message)
 
     reader = {"kaldi": _read_kaldi, "csv": _read_csv, "jsonl": _read_jsonl}[fmt]
     utts = reader(Path(path), report)
@@ -104,8 +103,6 @@ def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[U
         if dups:
             more = f" (and {len(dups) - 1} more)" if len(dups) > 1 else ""
             raise DataError(dups[0] + more + "; every key must be unique")
-    else:
-        problems.extend(collected)
     return utts
 
 
@@ -125,7 +122,7 @@ def duplicate_problems(utts: Iterable[Utterance], seen: dict[str, Utterance] | N
 def _lines(path: Path) -> Iterable[tuple[int, str]]:
     """Non-blank lines with their 1-based numbers; a file that is not UTF-8 text is a DataError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets start CSV files with a BOM
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise DataError(f"{where(path, line)}: not UTF-8 text; is this really a manifest?") from None
@@ -168,7 +165,7 @@ def _number(value: object, name: str, src: str, line: int, report: Report) -> tu
 
 def _segment_ok(start: float | None, end: float | None, src: str, line: int, report: Report) -> bool:
     if start is not None and end is not None and end <= start:
-        report(src, line, f"segment ends before it starts (start={start:g}, end={end:g})")
+        report(src, line, f"segment is empty or ends before it starts (start={start:g}, end={end:g})")
         return False
     return True
 

@@ -119,7 +119,7 @@ def _finish(corpus: str, utts: list[Utterance], out_dir: str | Path, fmt: str, s
     if not utts:
         raise DataError(f"{corpus}: no usable utterances found; check the folder and the warnings above")
     result = _result(corpus, {"manifest": _write(utts, out_dir, "manifest", fmt)}, utts, skip)
-    log.info("%s", result.summary())
+    log.debug("%s", result.summary())
     return result
 
 
@@ -379,7 +379,7 @@ def prepare_cnceleb(src: str | Path, out_dir: str | Path, fmt: str = "jsonl", sp
     everything = scan.train + scan.enroll + scan.test
     result = _result("cnceleb", outputs, everything, skip)
     result.trials = len(scan.trials)
-    log.info("%s", result.summary())
+    log.debug("%s", result.summary())
     return result
 
 
