@@ -94,5 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(code or 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m speakerforge.cli`: run the package's module, where commands register
+    from speakerforge.cli import main as _package_main
+
+    sys.exit(_package_main())

@@ -229,6 +229,7 @@ class Trainer:
             _truncate_metrics(self.metrics_path, progress.global_step)
         augment = self._augmenter()
         self.steps_done_here = 0
+        self._last_plot = time.time()
         for stage in self.stages[progress.stage:]:
             progress = self._run_stage(module, stage, progress, state, augment)
             state = None
@@ -347,8 +348,10 @@ class Trainer:
                     raise StopForTest(f"stopped after {self.steps_done_here} steps (stop_after_steps)")
             bar.close()
             del it, loader
-            if self.env.is_main:
+            # Curves are redrawn at most every two minutes (matplotlib is slow to start) and at each stage's end.
+            if self.env.is_main and (epoch + 1 == stage.epochs or time.time() - self._last_plot > 120):
                 self._plot_curves()
+                self._last_plot = time.time()
         return progress
 
     def _step(self, train_module: nn.Module, module: nn.Module, optimizer: torch.optim.Optimizer, it,
