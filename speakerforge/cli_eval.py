@@ -12,9 +12,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from speakerforge.cli import command
 from speakerforge.errors import DataError
+
+if TYPE_CHECKING:
+    from speakerforge.eval.trials import Scores, Trials
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ def _args_score(p: argparse.ArgumentParser) -> None:
                    help="trial list: `1 enroll test`, `enroll test target|nontarget`, or `enroll test`")
     p.add_argument("--out", required=True, metavar="SCORES", help="output: `enroll test score [label]` lines")
     p.add_argument("--cohort", metavar="COHORT", help="cohort embeddings for AS-norm (e.g. training-speaker means)")
-    p.add_argument("--asnorm-top", type=int, default=300, metavar="N",
+    p.add_argument("--asnorm-top", type=int, metavar="N",
                    help="AS-norm: top-N cohort scores per side (default 300; >= cohort size is S-norm)")
     p.add_argument("--mean-from", metavar="FILE",
                    help="subtract the mean of these embeddings (e.g. the training set) before scoring")
@@ -62,16 +66,19 @@ def _run_score(args: argparse.Namespace) -> int:
     from speakerforge.eval.score import score_trials
     from speakerforge.eval.trials import read_trials, write_scores
 
-    if args.asnorm_top < 2:
-        raise DataError(f"--asnorm-top must be at least 2, got {args.asnorm_top}")
+    if args.asnorm_top is not None and not args.cohort:
+        raise DataError("--asnorm-top needs --cohort (the cohort embeddings for AS-norm)")
+    top_n = 300 if args.asnorm_top is None else args.asnorm_top
+    if top_n < 2:
+        raise DataError(f"--asnorm-top must be at least 2, got {top_n}")
     trials = read_trials(args.trials)
     embeddings = load_embeddings(args.embeddings)
     mean = load_embeddings(args.mean_from).mean() if args.mean_from else None
     cohort = load_embeddings(args.cohort) if args.cohort else None
-    scores = score_trials(embeddings, trials, mean=mean, cohort=cohort, top_n=args.asnorm_top)
+    scores = score_trials(embeddings, trials, mean=mean, cohort=cohort, top_n=top_n)
     with atomic_open(args.out, "w") as fh:
         write_scores(fh, trials.enroll, trials.test, scores, trials.labels, precision=args.precision)
-    how = "cosine" + (" - mean" if mean is not None else "") + (f" + AS-norm top {args.asnorm_top}" if cohort else "")
+    how = "cosine" + (" - mean" if mean is not None else "") + (f" + AS-norm top {top_n}" if cohort else "")
     log.info("wrote %d scores (%s) to %s", len(trials), how, args.out)
     return 0
 
@@ -89,7 +96,7 @@ def _args_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", help="DET plot title")
 
 
-def _labelled_scores(path: str, trials):  # -> Scores with labels
+def _labelled_scores(path: str, trials: Trials | None) -> Scores:
     from speakerforge.eval.trials import align_scores, read_scores
 
     scores = read_scores(path)

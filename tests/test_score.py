@@ -300,3 +300,20 @@ def test_score_command_bad_inputs_fail_with_a_message_and_no_output(files, capsy
                   "mean vector has dimension 3")
     assert not (d / "s").exists()
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_npz_written_by_numpy_stored_or_compressed_is_read(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.arange(3.0), y=np.ones((1, 3), np.float32))  # (1, D) is accepted
+    np.savez_compressed(tmp_path / "b.npz", x=np.arange(3.0), y=np.ones(3))
+    for name in ("a.npz", "b.npz"):
+        e = load_embeddings(tmp_path / name)
+        assert e.keys_list == ["x", "y"] and e.matrix.tolist() == [[0, 1, 2], [1, 1, 1]]
+    (tmp_path / "c.npz").write_bytes((tmp_path / "a.npz").read_bytes()[:100])
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_embeddings(tmp_path / "c.npz")
+
+
+def test_asnorm_top_without_cohort_is_an_error(files, capsys):
+    d, *_ = files
+    _assert_fails(["score", "--embeddings", str(d / "emb.npz"), "--trials", str(d / "trials"), "--out", str(d / "s"),
+                   "--asnorm-top", "50"], capsys, "--asnorm-top needs --cohort")

@@ -177,22 +177,70 @@ def save_embeddings(path: str | Path, embeddings: Mapping[str, np.ndarray]) -> N
 def write_npz(path: str | Path, embeddings: Mapping[str, np.ndarray]) -> None:
     """One uncompressed `key.npy` member per key (any key text works, unlike `np.savez(**kw)`)."""
     emb = Embeddings.from_mapping(embeddings, source=str(path))
+    # Every member has the same .npy header (dtype, shape); build it once.
+    head = io.BytesIO()
+    np.lib.format.write_array(head, emb.matrix[0], allow_pickle=False)
+    header = head.getvalue()[: -emb.matrix[0].nbytes]
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for key, row in zip(emb.keys_list, emb.matrix):
-                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, row, allow_pickle=False)
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                zf.writestr(info, header + row.tobytes())
 
 
 def read_npz(path: str | Path) -> Embeddings:
-    """Read a key -> vector `.npz` (no pickles)."""
+    """Read a key -> vector `.npz` (no pickles); any numpy-written npz, stored or compressed."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            mapping = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        mapping = _read_npz_members(Path(path))
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); write embeddings with "
                         "speakerforge.eval.embio.save_embeddings") from None
     return Embeddings.from_mapping(mapping, source=str(path))
+
+
+def _read_npz_members(path: Path) -> dict[str, np.ndarray]:
+    # np.load's NpzFile costs ~90 us per member (zip member object + literal_eval of the header); embedding files
+    # have 1e5 members with identical headers, so stored members are sliced from the file and headers are cached.
+    data = memoryview(path.read_bytes())
+    headers: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf:  # only its central directory is read here
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+                name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+                start = info.header_offset + 30 + name_len + extra_len
+                member = data[start:start + info.file_size]
+            else:
+                member = memoryview(zf.read(info))
+            out[key] = _parse_npy(member, headers, info.filename)
+    return out
+
+
+def _parse_npy(member: memoryview, cache: dict, name: str) -> np.ndarray:
+    if bytes(member[:6]) != b"\x93NUMPY":
+        raise ValueError(f"member {name} is not a .npy array")
+    major = member[6]
+    size_fmt, start = ("<H", 10) if major == 1 else ("<I", 12)
+    (header_len,) = struct.unpack_from(size_fmt, member, 8)
+    header = bytes(member[: start + header_len])
+    if header not in cache:
+        fh = io.BytesIO(header)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            cache[header] = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            cache[header] = np.lib.format.read_array_header_2_0(fh)
+        else:  # rare (utf-8 headers): let numpy read it, uncached
+            return np.lib.format.read_array(io.BytesIO(member), allow_pickle=False)
+    shape, fortran, dtype = cache[header]
+    if dtype.hasobject:
+        raise ValueError(f"member {name} holds Python objects; only numeric arrays are read")
+    count = int(np.prod(shape, dtype=np.int64))
+    arr = np.frombuffer(member, dtype=dtype, count=count, offset=start + header_len)
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 # --------------------------------------------------------------------------------------------------------------

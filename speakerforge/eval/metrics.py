@@ -35,11 +35,21 @@ P_TARGETS = (0.01, 0.05)
 class ErrorRates:
     """Miss and false-alarm rates at every point of the sorted score list (the DET curve)."""
 
-    thresholds: np.ndarray  # sorted scores, ascending (float64)
-    p_miss: np.ndarray  # fraction of targets at or below each point
-    p_fa: np.ndarray  # fraction of nontargets above each point
+    scores: np.ndarray  # as given
+    order: np.ndarray  # argsort of `scores`: point i rejects trials order[:i + 1]
+    p_miss: np.ndarray  # fraction of targets rejected at each point
+    p_fa: np.ndarray  # fraction of nontargets accepted at each point
     n_target: int
     n_nontarget: int
+
+    def threshold(self, i: int) -> float:
+        """Score of the trial at point i: trials scoring above it are accepted there."""
+        return float(self.scores[self.order[i]])
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """All sorted scores (float64); materialised only on request, as it is a 1e7-element gather."""
+        return self.scores[self.order].astype(np.float64)
 
 
 def check_scores(scores: np.ndarray, labels: np.ndarray | None = None,
@@ -57,9 +67,10 @@ def check_scores(scores: np.ndarray, labels: np.ndarray | None = None,
         return
     if labels.shape != scores.shape:
         raise DataError(f"{scores.size} scores but {labels.size} labels; they must pair up one to one")
-    if not np.isin(labels, (0, 1)).all():
-        raise DataError(f"labels must be 0 (nontarget) or 1 (target), found {sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]}")
     n_target = int(np.count_nonzero(labels == 1))
+    if n_target + int(np.count_nonzero(labels == 0)) != labels.size:
+        other = sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]
+        raise DataError(f"labels must be 0 (nontarget) or 1 (target), found {other}")
     if n_target == 0 or n_target == labels.size:
         kind = "nontarget" if n_target == 0 else "target"
         raise DataError(f"all {labels.size} trials are {kind} trials; EER and minDCF need both target and "
@@ -82,15 +93,17 @@ def error_rates(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np
     s, lab = _as_arrays(scores, labels)
     check_scores(s, lab, describe)
     order = np.argsort(s)
-    is_target = lab[order] == 1
+    is_target = (lab == 1)[order]  # gather one byte per trial, not eight
     n_target = int(np.count_nonzero(is_target))
     n_nontarget = is_target.size - n_target
     # Integer cumulative counts are exact; dividing them gives the reference's float64 values bit for bit.
-    tgt_count = np.cumsum(is_target, dtype=np.int64)
-    p_miss = tgt_count / float(n_target)
-    imp_count = np.arange(1, is_target.size + 1, dtype=np.int64) - tgt_count
-    p_fa = 1 - imp_count / float(n_nontarget)
-    return ErrorRates(s[order].astype(np.float64), p_miss, p_fa, n_target, n_nontarget)
+    count_type = np.int32 if is_target.size < 2**31 else np.int64
+    p_miss = np.cumsum(is_target, dtype=count_type).astype(np.float64)
+    p_miss /= n_target
+    p_fa = np.cumsum(~is_target, dtype=count_type).astype(np.float64)
+    p_fa /= n_nontarget
+    np.subtract(1.0, p_fa, out=p_fa)
+    return ErrorRates(s, order, p_miss, p_fa, n_target, n_nontarget)
 
 
 def eer_point(rates: ErrorRates) -> tuple[float, float, int]:
@@ -105,7 +118,7 @@ def eer_point(rates: ErrorRates) -> tuple[float, float, int]:
         miss2, fa2 = 0.0, 1.0
     miss1, fa1 = rates.p_miss[x1], rates.p_fa[x1]
     a = (miss1 - fa1) / (fa2 - fa1 - (miss2 - miss1))
-    return float(miss1 + a * (miss2 - miss1)), float(rates.thresholds[x1]), x1
+    return float(miss1 + a * (miss2 - miss1)), rates.threshold(x1), x1
 
 
 def min_dcf_point(rates: ErrorRates, p_target: float, c_miss: float = 1.0,
@@ -113,7 +126,7 @@ def min_dcf_point(rates: ErrorRates, p_target: float, c_miss: float = 1.0,
     """(normalised minDCF, threshold, index of the minimising point)."""
     cost = c_miss * rates.p_miss * p_target + c_fa * rates.p_fa * (1 - p_target)
     i = int(np.argmin(cost))
-    return float(cost[i] / min(c_miss * p_target, c_fa * (1 - p_target))), float(rates.thresholds[i]), i
+    return float(cost[i] / min(c_miss * p_target, c_fa * (1 - p_target))), rates.threshold(i), i
 
 
 def metrics_from_rates(rates: ErrorRates, p_targets: Sequence[float] = P_TARGETS, c_miss: float = 1.0,

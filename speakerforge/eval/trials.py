@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -175,7 +176,9 @@ def align_scores(scores: Scores, trials: Trials) -> Scores:
         raise DataError(f"{trials.source}: trial list has no labels ({trials.format} format); evaluation needs "
                         "`1 enroll test` / `enroll test target` style lines")
     if scores.enroll == trials.enroll and scores.test == trials.test:  # the usual case: scored from this list
-        return Scores(scores.enroll, scores.test, scores.scores, trials.labels, scores.source, scores.line_numbers)
+        out = Scores(scores.enroll, scores.test, scores.scores, trials.labels, scores.source, scores.line_numbers)
+        _warn_on_label_changes(scores.labels, out)
+        return out
     row_of = {pair: i for i, pair in enumerate(zip(scores.enroll, scores.test))}
     if len(row_of) != len(scores):
         dup = next(i for i, pair in enumerate(zip(scores.enroll, scores.test)) if row_of[pair] != i)
@@ -191,10 +194,21 @@ def align_scores(scores: Scores, trials: Trials) -> Scores:
                  trials.source)
     idx = np.asarray(rows, dtype=np.int64)
     lines = [scores.line_numbers[i] for i in rows] if scores.line_numbers is not None else None
-    return Scores(list(trials.enroll), list(trials.test), scores.scores[idx], trials.labels, scores.source, lines)
+    out = Scores(list(trials.enroll), list(trials.test), scores.scores[idx], trials.labels, scores.source, lines)
+    _warn_on_label_changes(None if scores.labels is None else scores.labels[idx], out)
+    return out
 
 
-def write_scores(fh, enroll: list[str], test: list[str], scores: np.ndarray, labels: np.ndarray | None,
+def _warn_on_label_changes(old: np.ndarray | None, aligned: Scores) -> None:
+    if old is None:
+        return
+    changed = np.flatnonzero(old != aligned.labels)
+    if changed.size:
+        log.warning("%d labels in %s differ from the trial list, which wins (first: %s)", changed.size,
+                    aligned.source, aligned.describe(int(changed[0])))
+
+
+def write_scores(fh: TextIO, enroll: list[str], test: list[str], scores: np.ndarray, labels: np.ndarray | None,
                  precision: int = 6) -> None:
     """Write `enroll test score [target|nontarget]` lines to an open text file."""
     fmt = f"{{:.{precision}f}}"
