@@ -1,0 +1,229 @@
+"""Kaldi-compatible log-mel filterbank features in pure torch, batched; utterance mean normalisation.
+
+The numbers are those of Kaldi `compute-fbank-feats`, `kaldi-native-fbank` and
+`torchaudio.compliance.kaldi.fbank` with: povey window, pre-emphasis 0.97, per-frame DC offset removal,
+`snip_edges=True`, power spectrum of a zero-padded FFT (next power of two), Kaldi mel banks
+(mel = 1127 ln(1 + f / 700), 20 Hz to Nyquist), no energy coefficient, and log with a floor at the float32
+epsilon.
+
+Input convention: waveforms are float in [-1, 1], what `speakerforge.data.audio.load_audio` returns. Kaldi and its
+reimplementations are fed int16-scale samples, so `fbank` multiplies by 32768 internally (folded into its matrices,
+not a separate pass) and returns exactly their numbers. Any other scale would only add a constant to every log-mel
+value (2 ln scale), which utterance mean normalisation removes anyway. `dither` is likewise in int16 units, as in
+Kaldi (dither=1.0 is one least significant bit).
+
+How it is computed: the per-frame steps after DC removal (pre-emphasis, window, zero padding, DFT) are linear, so
+they are folded, in float64, into one real DFT basis `[window, 2 * bins]`; a frame's spectrum is then one matrix
+product. On CPU this is faster than `torch.fft.rfft` plus the elementwise steps once the batch holds a few frames, and
+markedly more accurate in float32 (about 1e-4 from a float64 computation, where float32 FFTs, kaldi-native-fbank's
+included, drift by up to several 1e-3 on low-energy bins). It also exports to ONNX as plain MatMul nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+INT16_SCALE = 32768.0
+PREEMPHASIS = 0.97
+POVEY_EXPONENT = 0.85
+LOW_FREQ = 20.0
+# Kaldi floors mel energies at FLT_EPSILON before the log, whatever the compute dtype.
+LOG_FLOOR = torch.finfo(torch.float32).eps
+
+
+@dataclass(frozen=True)
+class FbankConfig:
+    """Feature settings; the defaults are the speaker-verification standard (80 bins, 25 ms / 10 ms, 16 kHz)."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 80
+    frame_length: float = 25.0  # ms
+    frame_shift: float = 10.0  # ms
+    dither: float = 0.0  # int16 units; applied by `Fbank` in training mode only
+    mean_norm: bool = False  # subtract the utterance mean (used by `Fbank` only)
+
+
+def frame_sizes(sample_rate: int = 16000, frame_length: float = 25.0, frame_shift: float = 10.0) -> tuple[int, int, int]:
+    """Window, shift and padded FFT size in samples, rounded the way Kaldi rounds them."""
+    window = int(sample_rate * 0.001 * frame_length)
+    shift = int(sample_rate * 0.001 * frame_shift)
+    if window < 2 or shift < 1:
+        raise ValueError(f"frame_length={frame_length} ms and frame_shift={frame_shift} ms at {sample_rate} Hz give "
+                         f"a window of {window} and a shift of {shift} samples; need at least 2 and 1")
+    return window, shift, 1 << (window - 1).bit_length()
+
+
+def num_frames(
+    num_samples: int | Tensor,
+    sample_rate: int = 16000,
+    frame_length: float = 25.0,
+    frame_shift: float = 10.0,
+) -> int | Tensor:
+    """Frames Kaldi makes from `num_samples` with snip_edges=True (0 when shorter than one window); int or tensor."""
+    window, shift, _ = frame_sizes(sample_rate, frame_length, frame_shift)
+    if isinstance(num_samples, Tensor):
+        return torch.where(num_samples >= window, torch.div(num_samples - window, shift, rounding_mode="floor") + 1, 0)
+    return 0 if num_samples < window else (num_samples - window) // shift + 1
+
+
+def povey_window(size: int) -> Tensor:
+    """Kaldi's povey window (a Hann window to the power 0.85), float64."""
+    n = torch.arange(size, dtype=torch.float64)
+    return (0.5 - 0.5 * torch.cos(2 * math.pi * n / (size - 1))) ** POVEY_EXPONENT
+
+
+def _mel(freq: Tensor) -> Tensor:
+    return 1127.0 * torch.log1p(freq / 700.0)
+
+
+def mel_banks(num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: float = LOW_FREQ,
+              high_freq: float | None = None) -> Tensor:
+    """Kaldi's triangular mel filters on FFT bins `0 .. fft_size/2 - 1` (Kaldi gives the Nyquist bin no weight).
+
+    Returns float64 `[fft_size // 2, num_mel_bins]`.
+    """
+    high_freq = sample_rate / 2 if high_freq is None else high_freq
+    if not 0.0 <= low_freq < high_freq <= sample_rate / 2:
+        raise ValueError(f"mel range {low_freq}..{high_freq} Hz does not fit {sample_rate} Hz audio")
+    mel_low, mel_high = _mel(torch.tensor(low_freq, dtype=torch.float64)), _mel(torch.tensor(high_freq, dtype=torch.float64))
+    delta = (mel_high - mel_low) / (num_mel_bins + 1)
+    left = mel_low + delta * torch.arange(num_mel_bins, dtype=torch.float64)
+    center, right = left + delta, left + 2 * delta
+    mel = _mel(torch.arange(fft_size // 2, dtype=torch.float64) * (sample_rate / fft_size))[:, None]
+    rising, falling = (mel - left) / (center - left), (right - mel) / (right - center)
+    weights = torch.where(mel <= center, rising, falling)
+    return torch.where((mel > left) & (mel < right), weights, torch.zeros_like(weights))
+
+
+def dft_basis(window: int, fft_size: int, preemphasis: float = PREEMPHASIS, scale: float = INT16_SCALE) -> Tensor:
+    """Matrix `[window, 2 * (fft_size // 2)]` mapping a zero-mean frame to the real and imaginary parts of its spectrum.
+
+    It folds, in order: scaling to int16 range, pre-emphasis, the povey window and the zero-padded DFT, so
+    `(frame - frame.mean()) @ basis` equals Kaldi's FFT of the processed frame (bins 0 .. fft_size/2 - 1). float64.
+    """
+    n = torch.arange(window, dtype=torch.float64)
+    k = torch.arange(fft_size // 2, dtype=torch.float64)
+    angle = 2 * math.pi * torch.outer(n, k) / fft_size
+    basis = povey_window(window)[:, None] * torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1)
+    # Pre-emphasis y[i] = x[i] - a x[i-1], y[0] = x[0] - a x[0]: as a matrix P (y = P x), the frame meets P^T basis.
+    emphasis = torch.eye(window, dtype=torch.float64)
+    emphasis[1:, :-1] -= preemphasis * torch.eye(window - 1, dtype=torch.float64)
+    emphasis[0, 0] -= preemphasis
+    return emphasis.T @ basis * scale
+
+
+@lru_cache(maxsize=32)
+def _matrices(sample_rate: int, num_mel_bins: int, frame_length: float, frame_shift: float,
+              device: torch.device, dtype: torch.dtype) -> tuple[int, int, Tensor, Tensor]:
+    """(window, shift, DFT basis, doubled mel matrix), built once per setting, device and dtype."""
+    window, shift, fft_size = frame_sizes(sample_rate, frame_length, frame_shift)
+    basis = dft_basis(window, fft_size)
+    mel = mel_banks(num_mel_bins, fft_size, sample_rate)
+    # The power re^2 + im^2 is folded into the mel product: squares of [re | im] meet the mel matrix stacked twice.
+    mel = torch.cat([mel, mel], dim=0)
+    return window, shift, basis.to(device, dtype).contiguous(), mel.to(device, dtype).contiguous()
+
+
+def _log_mel(wave: Tensor, window: int, shift: int, basis: Tensor, mel: Tensor, dither: float = 0.0,
+             generator: torch.Generator | None = None) -> Tensor:
+    """Shared core of `fbank` and `Fbank`: `[..., T]` float -> `[..., frames, bins]`; T must hold one window."""
+    frames = wave.unfold(-1, window, shift)
+    if dither != 0.0:
+        # Kaldi draws fresh noise for every frame, overlapping samples included; the basis holds the int16 scale.
+        noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
+        frames = frames + noise * (dither / INT16_SCALE)
+    # DC removal stays outside the basis: folded in, a near-silent frame on an offset would lose its few significant
+    # float32 digits to cancellation (0.01 off in log energy on real LibriSpeech silences).
+    spectrum = (frames - frames.mean(dim=-1, keepdim=True)) @ basis
+    return (spectrum.square() @ mel).clamp_min(LOG_FLOOR).log()
+
+
+def _check_waveform(waveform: Tensor) -> Tensor:
+    if not isinstance(waveform, Tensor):
+        raise TypeError(f"fbank expects a torch.Tensor waveform, got {type(waveform).__name__}")
+    if not waveform.is_floating_point():
+        raise TypeError(f"fbank expects float samples in [-1, 1] (int16 / 32768), got dtype {waveform.dtype}")
+    if waveform.dim() not in (1, 2):
+        raise ValueError(f"fbank expects a waveform [T] or a batch [B, T], got shape {tuple(waveform.shape)}")
+    return waveform if waveform.dtype == torch.float64 else waveform.float()
+
+
+def fbank(
+    waveform: Tensor,
+    sample_rate: int = 16000,
+    num_mel_bins: int = 80,
+    frame_length: float = 25.0,
+    frame_shift: float = 10.0,
+    dither: float = 0.0,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Kaldi log-mel fbank of a float waveform in [-1, 1]: `[T] -> [frames, bins]`, `[B, T] -> [B, frames, bins]`.
+
+    `dither` is Gaussian noise in int16 units drawn from `generator` (for reproducible training); 0 at test time.
+    Computes in float64 when given float64, else float32.
+    """
+    wave = _check_waveform(waveform)
+    window, shift, basis, mel = _matrices(sample_rate, num_mel_bins, float(frame_length), float(frame_shift),
+                                          wave.device, wave.dtype)
+    if wave.shape[-1] < window:
+        return wave.new_zeros(*wave.shape[:-1], 0, num_mel_bins)
+    return _log_mel(wave, window, shift, basis, mel, dither, generator)
+
+
+def mean_normalize(feats: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """Subtract the utterance mean over time from `[T, F]` or `[B, T, F]`.
+
+    With `lengths` (`[B]` valid frame counts of a padded batch) each mean covers only the valid frames, and the
+    padded frames come back as zeros.
+    """
+    if feats.dim() not in (2, 3):
+        raise ValueError(f"mean_normalize expects [T, F] or [B, T, F], got shape {tuple(feats.shape)}")
+    if lengths is None:
+        return feats - feats.mean(dim=-2, keepdim=True)
+    if feats.dim() != 3 or lengths.shape != feats.shape[:1]:
+        raise ValueError(f"lengths {tuple(lengths.shape)} needs a batch [B, T, F], got {tuple(feats.shape)}")
+    valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths.to(feats.device)[:, None]
+    valid = valid.unsqueeze(-1).to(feats.dtype)
+    mean = (feats * valid).sum(dim=1, keepdim=True) / lengths.to(feats.device, feats.dtype).clamp_min(1)[:, None, None]
+    return (feats - mean) * valid
+
+
+class Fbank(nn.Module):
+    """`fbank` as a module `[B, T] -> [B, frames, bins]`, for models that take waveforms (and ONNX graphs).
+
+    Dither is applied in training mode only, so an exported (eval) graph is deterministic. Export with the dynamo
+    exporter and a time axis of at least one window, e.g.::
+
+        batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=400)
+        torch.onnx.export(Fbank(mean_norm=True).eval(), (wave,), "fbank.onnx", dynamo=True,
+                          input_names=["wave"], output_names=["feats"],
+                          dynamic_shapes=({0: batch, 1: time},))
+    """
+
+    def __init__(self, config: FbankConfig | None = None, **kwargs: object) -> None:
+        super().__init__()
+        self.config = FbankConfig(**{**(asdict(config) if config else {}), **kwargs})
+        c = self.config
+        window, shift, basis, mel = _matrices(c.sample_rate, c.num_mel_bins, float(c.frame_length),
+                                              float(c.frame_shift), torch.device("cpu"), torch.float32)
+        self.window, self.shift = window, shift
+        # Not persistent: rebuilt from the config, so checkpoints stay free of constants.
+        self.register_buffer("basis", basis.clone(), persistent=False)
+        self.register_buffer("mel", mel.clone(), persistent=False)
+
+    def forward(self, waveform: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        wave = _check_waveform(waveform).to(self.basis.dtype)
+        if wave.shape[-1] < self.window:
+            raise ValueError(f"waveform of {wave.shape[-1]} samples is shorter than one {self.window}-sample window")
+        dither = self.config.dither if self.training else 0.0
+        feats = _log_mel(wave, self.window, self.shift, self.basis, self.mel, dither, generator)
+        return feats - feats.mean(dim=-2, keepdim=True) if self.config.mean_norm else feats
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())
