@@ -7,14 +7,15 @@ strict=True)` accepts, or raises `CheckpointError` listing every missing, unexpe
 
 What loads, and how:
 
-| arch          | 3D-Speaker                                  | WeSpeaker                                              |
-|---------------|---------------------------------------------|--------------------------------------------------------|
-| resnet*       | identity                                    | identity; build `resnet34(embedding_dim=256,           |
-|               |                                             | two_emb_layer=False)` (ResNet50+: `block="bottleneck"`) |
-| ecapa_tdnn    | `asp.*` renamed to the shared pooling's     | name table below + Linear->Conv1d reshapes + Res2Net   |
-|               | names (`ecapa.speakerlab_key_map`)          | chunk rotation; build `ecapa_tdnn(variant="wespeaker")`|
-| campplus      | identity (`campplus.speakerlab_key_map`)    | identity (WeSpeaker's CAM++ is 3D-Speaker's code)      |
-| eres2net      | identity (`eres2net.speakerlab_key_map`)    | not supported (different layout; raises)               |
+| arch       | 3D-Speaker                               | WeSpeaker                                                |
+|------------|------------------------------------------|----------------------------------------------------------|
+| resnet*    | identity                                 | identity; build `resnet34(embedding_dim=256,             |
+|            |                                          | two_emb_layer=False)` (ResNet50+: `block="bottleneck"`)  |
+| ecapa_tdnn | `asp.*` renamed to the shared pooling's  | name table below + Linear->Conv1d reshapes + Res2Net     |
+|            | names (`ecapa.speakerlab_key_map`)       | chunk rotation; build `ecapa_tdnn(variant="wespeaker")`  |
+| campplus   | identity (`campplus.speakerlab_key_map`) | identity (WeSpeaker's CAM++ is 3D-Speaker's code)        |
+| eres2net   | identity (`eres2net.speakerlab_key_map`) | not supported: its AFF blocks name the first split conv  |
+|            |                                          | `conv2_1`/`bn2_1` (a rename; not written yet), raises    |
 
 WeSpeaker's ECAPA-TDNN is a different implementation of the same network (lawlict's): `layer1` / `layer{2,3,4}.
 se_res2block.{0: 1x1 TDNN, 1: Res2Net convs/bns, 2: 1x1 TDNN, 3: SE linear1/linear2}` / `conv` (MFA) / `pool` /
@@ -217,8 +218,8 @@ def _map_wespeaker(state_dict: Tensors, family: str, model: nn.Module) -> tuple[
     if family == "ecapa":
         return _ws_ecapa_import(state_dict, model)
     raise CheckpointError(
-        "WeSpeaker ERes2Net checkpoints are not supported (its layout differs from 3D-Speaker's ERes2Net); "
-        "supported WeSpeaker archs: resnet*, ecapa_tdnn, campplus"
+        "WeSpeaker ERes2Net checkpoints are not supported yet (its AFF blocks name their first split conv "
+        "conv2_1/bn2_1 where 3D-Speaker's use convs.0/bns.0); supported WeSpeaker archs: resnet*, ecapa_tdnn, campplus"
     )
 
 

@@ -9,7 +9,8 @@ SpeechBrain's), with identical state-dict keys except the pooling, which is the 
 `speakerforge.models.pooling.AttentiveStatsPool`: `asp.tdnn.conv.conv.*` -> `asp.linear1.*`, `asp.tdnn.norm.norm.*`
 -> `asp.norm.*`, `asp.conv.conv.*` -> `asp.linear2.*` (`speakerforge.models.convert` maps them). 3D-Speaker's
 ECAPA-512 is `channels=512` (MFA 1536), its ECAPA-1024 `channels=1024` (MFA 3072, 20.8 M parameters).
-Its RDINO/SDPN copies are the same network with `embedding_dim=512` and `input_norm=True`.
+Its RDINO/SDPN copies are the same network and keys with `embedding_dim=512, input_norm=True` (they also take the
+log of linear mel input and expect `[B, F, T]`; our input is already log fbank `[B, T, F]`).
 
 `variant="wespeaker"` is WeSpeaker's `ECAPA_TDNN` (lawlict's layout), which differs in more than names: zero instead
 of reflect padding, the MFA conv always outputs 1536 channels and has no BatchNorm, the pooling attention has no
