@@ -1,0 +1,246 @@
+"""ONNX export of an embedding model, checked against PyTorch before the file is kept.
+
+The graph takes fbank `[batch, frames, bins]` (`feats`), or with `with_fbank` a 16 kHz waveform `[batch, samples]`
+(`waveform`) and computes the Kaldi fbank and mean normalisation inside (`speakerforge.data.features.Fbank`: DFT and
+mel filters as matrix products). Batch and time axes are dynamic; the output is `embedding` `[batch, D]`.
+
+Parity: a traced graph can bake in a shape it saw at export time and still match PyTorch at that shape (SpeechBrain
+#2661). So the check runs ONNX Runtime at two other lengths (one shorter, one longer than the example, batch 2) and
+refuses the export when the largest difference exceeds `atol` relative to the embedding scale (max(1, max |ref|)).
+The file is written under a temporary name and renamed only after the check passes.
+
+Metadata (`metadata_props`): `speakerforge` holds JSON with the format, model, embedding dimension, `with_fbank`,
+input name, sample rate, features and (when the model file has one) the threshold; `embedding_dim`, `with_fbank` and
+`sample_rate` are also plain entries for other tools.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from speakerforge.data.audio import SAMPLE_RATE
+from speakerforge.errors import SpeakerforgeError
+from speakerforge.inference import ONNX_FORMAT, ONNX_META_KEY, SpeakerModel, feature_settings, load_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_onnx", "ExportReport", "ExportError", "ONNX_FORMAT"]
+
+DEFAULT_OPSET = 17
+DEFAULT_ATOL = 1e-4
+# The example length must exceed every shape-dependent branch of the models (CAM++'s segment context changes form
+# above 100 frames after its stride-2 TDNN), so it is 4 s; the check lengths differ from it and from each other.
+EXAMPLE_FRAMES = 400
+CHECK_FRAMES = (157, 611)
+
+
+class ExportError(SpeakerforgeError):
+    """The exported graph does not reproduce the PyTorch model, or could not be produced."""
+
+
+@dataclass
+class ExportReport:
+    """What `export_onnx` did: where, how, and how far ONNX Runtime is from PyTorch at each checked length."""
+
+    path: str
+    with_fbank: bool
+    opset: int
+    embedding_dim: int
+    max_abs_diff: dict[int, float] = field(default_factory=dict)  # frames -> max |onnx - torch|
+    scale: float = 1.0
+    seconds: float = 0.0
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values()) if self.max_abs_diff else 0.0
+
+    def summary(self) -> str:
+        diffs = ", ".join(f"{n} frames {d:.2e}" for n, d in self.max_abs_diff.items())
+        return (f"{self.path}: {'waveform' if self.with_fbank else 'fbank'} input, {self.embedding_dim}-d, opset "
+                f"{self.opset}; parity max |diff| vs PyTorch: {diffs} (embedding scale {self.scale:.3g})")
+
+
+class _FeatsToEmbedding(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.net(feats)
+
+
+class _WaveToEmbedding(nn.Module):
+    """Waveform -> fbank (+ mean norm) -> network, with frames gathered by index rather than `Tensor.unfold`, which
+    the TorchScript exporter cannot export with a dynamic length. The arithmetic after framing is `Fbank`'s; the
+    parity check compares against `features.fbank` itself."""
+
+    def __init__(self, net: nn.Module, features: dict[str, Any]):
+        super().__init__()
+        from speakerforge.data.features import Fbank
+
+        fb = Fbank(sample_rate=SAMPLE_RATE, num_mel_bins=features["num_mel_bins"],
+                   frame_length=features["frame_length"], frame_shift=features["frame_shift"])
+        self.window, self.shift, self.mean_norm = fb.window, fb.shift, bool(features["mean_norm"])
+        self.register_buffer("basis", fb.basis.clone(), persistent=False)
+        self.register_buffer("mel", fb.mel.clone(), persistent=False)
+        self.register_buffer("offsets", torch.arange(self.window), persistent=False)
+        self.net = net
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        from speakerforge.data.features import LOG_FLOOR
+
+        frames = (waveform.shape[-1] - self.window) // self.shift + 1
+        index = torch.arange(frames, device=waveform.device).unsqueeze(1) * self.shift + self.offsets
+        x = waveform[:, index]  # [B, frames, window]
+        spectrum = (x - x.mean(dim=-1, keepdim=True)) @ self.basis
+        feats = (spectrum.square() @ self.mel).clamp_min(LOG_FLOOR).log()
+        if self.mean_norm:
+            feats = feats - feats.mean(dim=-2, keepdim=True)
+        return self.net(feats)
+
+
+def _reference(net: nn.Module, x: torch.Tensor, with_fbank: bool, features: dict[str, Any]) -> torch.Tensor:
+    """What the PyTorch backend computes: `features.fbank` and `mean_normalize`, then the network."""
+    if not with_fbank:
+        return net(x)
+    from speakerforge.data.features import fbank, mean_normalize
+
+    feats = fbank(x, num_mel_bins=features["num_mel_bins"], frame_length=features["frame_length"],
+                  frame_shift=features["frame_shift"])
+    return net(mean_normalize(feats) if features["mean_norm"] else feats)
+
+
+def export_onnx(model: str | Path | SpeakerModel, out: str | Path, with_fbank: bool = False,
+                opset: int = DEFAULT_OPSET, dynamo: bool = False, atol: float = DEFAULT_ATOL,
+                seed: int = 0) -> ExportReport:
+    """Export `model` (anything `load_model` reads, except ONNX) to `out`; parity-checked, written atomically."""
+    started = time.perf_counter()
+    sm = model if isinstance(model, SpeakerModel) else load_model(model, optimize=False)
+    if sm.model is None:
+        raise ExportError(f"{sm.source}: already an ONNX model; export from the model file or experiment folder")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ExportError(f"{out}: the output should end in .onnx")
+    net = _export_copy(sm.model)
+    features = feature_settings(sm.features)
+    wrapper = (_WaveToEmbedding(net, features) if with_fbank else _FeatsToEmbedding(net)).eval()
+    input_name = "waveform" if with_fbank else "feats"
+    gen = torch.Generator().manual_seed(seed)
+    example = _example_input(sm, with_fbank, EXAMPLE_FRAMES, 1, gen)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _torch_export(wrapper, example, tmp, input_name, opset, dynamo)
+        meta = {"format": ONNX_FORMAT, "model": sm.meta.get("model"), "embedding_dim": sm.embedding_dim,
+                "with_fbank": with_fbank, "input": input_name, "sample_rate": SAMPLE_RATE, "features": features,
+                "source": sm.source}
+        if sm.threshold is not None:
+            meta["threshold"] = sm.threshold
+        _write_metadata(tmp, meta)
+        report = ExportReport(str(out), with_fbank, opset, sm.embedding_dim)
+        _check_parity(net, tmp, sm, with_fbank, features, report, atol, gen)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report.seconds = time.perf_counter() - started
+    log.info("%s", report.summary())
+    return report
+
+
+def _export_copy(model: nn.Module) -> nn.Module:
+    """The BN-folded network, in the default memory format (channels-last is a runtime choice of PyTorch's)."""
+    from speakerforge.models.fuse import optimize_for_inference
+
+    net = optimize_for_inference(model, channels_last=False).float().cpu().eval()
+    return net.to(memory_format=torch.contiguous_format)
+
+
+def _example_input(sm: SpeakerModel, with_fbank: bool, frames: int, batch: int,
+                   gen: torch.Generator) -> torch.Tensor:
+    if with_fbank:
+        # noise with a slow envelope: a speech-like dynamic range rather than flat white noise
+        samples = sm.frame_span(frames)
+        env = torch.linspace(0.05, 0.5, samples).repeat(batch, 1)
+        return (torch.rand(batch, samples, generator=gen) * 2 - 1) * env
+    feats = torch.randn(batch, frames, sm.features["num_mel_bins"], generator=gen)
+    return feats - feats.mean(dim=1, keepdim=True)
+
+
+def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, input_name: str, opset: int,
+                  dynamo: bool) -> None:
+    import warnings
+
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+            if dynamo:
+                batch, time_ = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=8)
+                torch.onnx.export(wrapper, (example,), str(path), dynamo=True, opset_version=opset,
+                                  input_names=[input_name], output_names=["embedding"],
+                                  dynamic_shapes=({0: batch, 1: time_},), external_data=False)
+            else:
+                torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
+                                  input_names=[input_name], output_names=["embedding"], do_constant_folding=True,
+                                  dynamic_axes={input_name: {0: "batch", 1: "time"}, "embedding": {0: "batch"}})
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        exporter = "dynamo" if dynamo else "TorchScript"
+        other = "the TorchScript exporter (default)" if dynamo else "--dynamo"
+        raise ExportError(f"ONNX export ({exporter} exporter, opset {opset}) failed: {first}; try {other} or "
+                          "another --opset") from None
+
+
+def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    entries = {ONNX_META_KEY: json.dumps(meta, sort_keys=True), "embedding_dim": str(meta["embedding_dim"]),
+               "with_fbank": str(bool(meta["with_fbank"])).lower(), "sample_rate": str(meta["sample_rate"])}
+    for prop in [p for p in proto.metadata_props if p.key in entries]:
+        proto.metadata_props.remove(prop)
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "speakerforge"
+    onnx.save(proto, str(path))
+
+
+def _check_parity(net: nn.Module, path: Path, sm: SpeakerModel, with_fbank: bool, features: dict[str, Any],
+                  report: ExportReport, atol: float, gen: torch.Generator) -> None:
+    """ONNX Runtime vs PyTorch at lengths other than the example's, batch 2; ExportError beyond tolerance."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(f"ONNX Runtime cannot load the exported graph: {str(exc).splitlines()[0][:300]}") from None
+    name = session.get_inputs()[0].name
+    for frames in CHECK_FRAMES:
+        x = _example_input(sm, with_fbank, frames, 2, gen)
+        with torch.inference_mode():
+            ref = _reference(net, x, with_fbank, features).numpy()
+        try:
+            got = session.run(None, {name: x.numpy()})[0]
+        except Exception as exc:
+            raise ExportError(f"the exported graph fails at {frames} frames (exported at {EXAMPLE_FRAMES}): "
+                              f"{str(exc).splitlines()[0][:300]}") from None
+        if got.shape != ref.shape:
+            raise ExportError(f"the exported graph returns shape {got.shape} at {frames} frames, PyTorch "
+                              f"{ref.shape}: a shape was fixed at export time")
+        report.max_abs_diff[frames] = float(np.abs(got - ref).max())
+        report.scale = max(report.scale, float(np.abs(ref).max()))
+    if report.worst > atol * report.scale:
+        raise ExportError(f"the ONNX graph does not match PyTorch: max |diff| {report.worst:.3g} (tolerance "
+                          f"{atol:g} x embedding scale {report.scale:.3g}) at lengths {list(CHECK_FRAMES)} frames; "
+                          "no file written")
