@@ -10,10 +10,13 @@ Scores: `enroll test score [label]`, label `target|nontarget|1|0` (all lines lab
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, Iterator, TextIO
 
 import numpy as np
 
@@ -60,30 +63,68 @@ class Scores:
     scores: np.ndarray  # float64
     labels: np.ndarray | None  # int8, 1 = target
     source: str = "<memory>"
-    line_numbers: list[int] | None = None  # line of each trial in `source`, for error messages
+    line_numbers: np.ndarray | None = None  # line of each trial in `source`, for error messages
 
     def __len__(self) -> int:
         return len(self.enroll)
 
     def describe(self, i: int) -> str:
         """Name trial i for a message: its keys and, when read from a file, `file:line`."""
-        pos = where(self.source, self.line_numbers[i]) if self.line_numbers is not None else f"trial {i + 1}"
+        pos = where(self.source, int(self.line_numbers[i])) if self.line_numbers is not None else f"trial {i + 1}"
         return f"{self.enroll[i]} {self.test[i]} ({pos})"
 
 
-def _read_lines(path: str | Path, what: str) -> list[tuple[int, list[str]]]:
-    """Non-blank lines as (line number, tokens); missing or empty files are errors."""
+_CHUNK_LINES = 1 << 18
+
+# format -> (tokens per line, enroll column, test column, label column, label words)
+_TRIAL_LAYOUTS: dict[str, tuple[int, int, int, int | None, dict[str, int] | None]] = {
+    "voxceleb": (3, 1, 2, 0, _DIGIT_LABELS),
+    "kaldi": (3, 0, 1, 2, _WORD_LABELS),
+    "enroll-test-digit": (3, 0, 1, 2, _DIGIT_LABELS),
+    "unlabeled": (2, 0, 1, None, None),
+}
+
+
+def _row_chunks(path: str | Path, what: str) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+    """Non-blank lines, split, in chunks: (line numbers, token lists). Missing or empty files are errors."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: {what} file not found")
+    seen = 0
+    start = 0
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8") as fh:
+            while lines := list(itertools.islice(fh, _CHUNK_LINES)):
+                rows = [line.split() for line in lines]
+                if all(rows):
+                    numbers = np.arange(start + 1, start + 1 + len(rows))
+                else:
+                    keep = [i for i, r in enumerate(rows) if r]
+                    rows = [rows[i] for i in keep]
+                    numbers = start + 1 + np.asarray(keep, dtype=np.int64)
+                start += len(lines)
+                if rows:
+                    seen += len(rows)
+                    yield numbers, rows
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); expected a {what} list")
-    rows = [(n, line.split()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not rows:
-        raise DataError(f"{path}: {what} file is empty; {FORMAT_HELP if what == 'trials' else 'expected lines `enroll test score [label]`'}")
-    return rows
+        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason}); expected a {what} list") from None
+    if not seen:
+        expected = FORMAT_HELP if what == "trials" else "expected lines `enroll test score [label]`"
+        raise DataError(f"{path}: {what} file is empty; {expected}")
+
+
+def _columns(rows: list[list[str]], width: int, bad_line: Callable[[int], DataError]) -> list[tuple[str, ...]]:
+    """Columns of rows that all have `width` tokens; otherwise the error for the first row that does not."""
+    if all(len(r) == width for r in rows):
+        return list(zip(*rows))
+    raise bad_line(next(i for i, r in enumerate(rows) if len(r) != width))
+
+
+def _map_labels(column: tuple[str, ...], words: dict[str, int], bad_line: Callable[[int], DataError]) -> np.ndarray:
+    try:
+        return np.fromiter(map(words.__getitem__, column), dtype=np.int8, count=len(column))
+    except KeyError:
+        raise bad_line(next(i for i, w in enumerate(column) if w not in words)) from None
 
 
 def _detect_format(tokens: list[str]) -> str | None:
@@ -99,71 +140,97 @@ def _detect_format(tokens: list[str]) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Millions of small token lists trigger the cyclic GC over and over (3x the parse time); none form cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_trials(path: str | Path) -> Trials:
     """Read a trial list in any of the supported formats (see module docstring)."""
-    rows = _read_lines(path, "trials")
-    first_line, first = rows[0]
-    fmt = _detect_format(first)
-    if fmt is None:
-        raise DataError(f"{where(path, first_line)}: cannot read trial line {' '.join(first)[:80]!r}; {FORMAT_HELP}")
+    with _gc_paused():
+        return _read_trials(path)
+
+
+def read_scores(path: str | Path) -> Scores:
+    """Read `enroll test score [label]` lines; scores may be any float text, including nan/inf (checked later)."""
+    with _gc_paused():
+        return _read_scores(path)
+
+
+def _read_trials(path: str | Path) -> Trials:
     enroll: list[str] = []
     test: list[str] = []
-    labels: list[int] = []
-    for n, tok in rows:
-        try:
-            if fmt == "voxceleb" and len(tok) == 3:
-                labels.append(_DIGIT_LABELS[tok[0]])
-                e, t = tok[1], tok[2]
-            elif fmt == "kaldi" and len(tok) == 3:
-                labels.append(_WORD_LABELS[tok[2]])
-                e, t = tok[0], tok[1]
-            elif fmt == "enroll-test-digit" and len(tok) == 3:
-                labels.append(_DIGIT_LABELS[tok[2]])
-                e, t = tok[0], tok[1]
-            elif fmt == "unlabeled" and len(tok) == 2:
-                e, t = tok
-            else:
-                raise KeyError
-        except KeyError:
-            raise DataError(f"{where(path, n)}: malformed trial line {' '.join(tok)[:80]!r}; the file started in "
-                            f"{fmt} format ({where(path, first_line)}); {FORMAT_HELP}") from None
-        enroll.append(e)
-        test.append(t)
-    lab = np.asarray(labels, dtype=np.int8) if fmt != "unlabeled" else None
+    labels: list[np.ndarray] = []
+    fmt = first_line = None
+    for numbers, rows in _row_chunks(path, "trials"):
+        if fmt is None:
+            first_line, fmt = int(numbers[0]), _detect_format(rows[0])
+            if fmt is None:
+                raise DataError(f"{where(path, first_line)}: cannot read trial line {' '.join(rows[0])[:80]!r}; "
+                                f"{FORMAT_HELP}")
+            width, e_col, t_col, l_col, words = _TRIAL_LAYOUTS[fmt]
+
+        def bad_line(i: int) -> DataError:
+            return DataError(f"{where(path, int(numbers[i]))}: malformed trial line {' '.join(rows[i])[:80]!r}; the "
+                             f"file started in {fmt} format ({where(path, first_line)}); {FORMAT_HELP}")
+
+        cols = _columns(rows, width, bad_line)
+        if l_col is not None:
+            labels.append(_map_labels(cols[l_col], words, bad_line))
+        enroll.extend(cols[e_col])
+        test.extend(cols[t_col])
+    lab = np.concatenate(labels) if labels else None
     log.info("%s: %d trials (%s format%s)", path, len(enroll), fmt,
              "" if lab is None else f", {int(lab.sum())} target")
     return Trials(enroll, test, lab, source=str(path), format=fmt)
 
 
-def read_scores(path: str | Path) -> Scores:
-    """Read `enroll test score [label]` lines; scores may be any float text, including nan/inf (checked later)."""
-    rows = _read_lines(path, "scores")
-    labelled = len(rows[0][1]) == 4
+def _read_scores(path: str | Path) -> Scores:
     enroll: list[str] = []
     test: list[str] = []
-    values = np.empty(len(rows), dtype=np.float64)
-    labels = np.empty(len(rows), dtype=np.int8) if labelled else None
-    lines: list[int] = []
-    for i, (n, tok) in enumerate(rows):
-        ok = len(tok) == (4 if labelled else 3)
-        if ok:
-            try:
-                values[i] = float(tok[2])
-            except ValueError:
-                ok = False
-        if ok and labels is not None:
-            lab = _ANY_LABELS.get(tok[3])
-            ok = lab is not None
-            if ok:
-                labels[i] = lab
-        if not ok:
-            expect = "`enroll test score label`" if labelled else "`enroll test score`"
-            raise DataError(f"{where(path, n)}: malformed score line {' '.join(tok)[:80]!r}; expected {expect} "
-                            f"like the first line ({where(path, rows[0][0])}); label is target|nontarget|1|0")
-        enroll.append(tok[0])
-        test.append(tok[1])
-        lines.append(n)
-    return Scores(enroll, test, values, labels, source=str(path), line_numbers=lines)
+    values: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    lines: list[np.ndarray] = []
+    width = first_line = None
+    for numbers, rows in _row_chunks(path, "scores"):
+        if width is None:
+            first_line, width = int(numbers[0]), len(rows[0])
+            expect = "`enroll test score label`" if width == 4 else "`enroll test score`"
+
+        def bad_line(i: int) -> DataError:
+            return DataError(f"{where(path, int(numbers[i]))}: malformed score line {' '.join(rows[i])[:80]!r}; "
+                             f"expected {expect} like the first line ({where(path, first_line)}); label is "
+                             "target|nontarget|1|0")
+
+        if width not in (3, 4):
+            raise bad_line(0)
+        cols = _columns(rows, width, bad_line)
+        try:
+            values.append(np.array(cols[2], dtype=np.float64))
+        except ValueError:
+            raise bad_line(next(i for i, v in enumerate(cols[2]) if not _is_float(v))) from None
+        if width == 4:
+            labels.append(_map_labels(cols[3], _ANY_LABELS, bad_line))
+        enroll.extend(cols[0])
+        test.extend(cols[1])
+        lines.append(numbers)
+    return Scores(enroll, test, np.concatenate(values), np.concatenate(labels) if labels else None,
+                  source=str(path), line_numbers=np.concatenate(lines))
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def align_scores(scores: Scores, trials: Trials) -> Scores:
@@ -193,7 +260,7 @@ def align_scores(scores: Scores, trials: Trials) -> Scores:
         log.info("%s: %d scored pairs are not in %s and are left out", scores.source, len(scores) - len(trials),
                  trials.source)
     idx = np.asarray(rows, dtype=np.int64)
-    lines = [scores.line_numbers[i] for i in rows] if scores.line_numbers is not None else None
+    lines = scores.line_numbers[idx] if scores.line_numbers is not None else None
     out = Scores(list(trials.enroll), list(trials.test), scores.scores[idx], trials.labels, scores.source, lines)
     _warn_on_label_changes(None if scores.labels is None else scores.labels[idx], out)
     return out
