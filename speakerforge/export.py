@@ -182,7 +182,10 @@ def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, input_n
     import warnings
 
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # Grad mode on (the weights need none): modules that write into preallocated buffers under no_grad (CAM++'s
+        # dense blocks) then take their plain concatenation path, which exports as Concat rather than in-place
+        # slice updates.
+        with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             if dynamo:

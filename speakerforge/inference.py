@@ -290,6 +290,9 @@ def load_model(path: str | Path, device: str = "cpu", optimize: bool = True, thr
         head = fh.read(len(MAGIC))
     if head == MAGIC:
         return _load_checkpoint(p, device, optimize)
+    if p.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"{path}: not a model: expected an experiment folder, a speakerforge checkpoint "
+                              "(ckpt-*.pt), a .safetensors model file or an .onnx file")
     return _load_model_file(p, device, optimize)
 
 

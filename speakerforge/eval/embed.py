@@ -1,0 +1,244 @@
+"""Embedding extraction for a whole data set: manifest (or folder of audio files) in, `.npz` (and Kaldi ark/scp) out.
+
+Utterances are sorted by duration (longest first) and embedded through `SpeakerModel.embed_waveforms`, which batches
+only utterances with the same number of frames, so every embedding equals the one `SpeakerModel.embed` gives for that
+utterance alone (to float rounding). Audio is decoded by a small thread pool ahead of the model.
+
+`chunk` (seconds) cuts each utterance longer than that into equal chunks, the last one overlapping its neighbour so
+that it ends at the end of the audio; the embedding is the mean of the chunk embeddings. All chunks of all long
+utterances have one length, so they batch together.
+
+Nothing is written until every embedding is computed; each output file is written atomically. The run's real-time
+factor (processing time / audio duration) is logged, returned, and written to `OUT.json` beside the embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from speakerforge.data.audio import SAMPLE_RATE, audio_info, load_audio
+from speakerforge.data.manifest import Utterance, read_manifest
+from speakerforge.errors import DataError
+from speakerforge.inference import DEFAULT_BATCH_SIZE, SpeakerModel, chunk_waveform, load_model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ExtractStats", "extract_embeddings", "list_utterances", "embed_utterances", "AUDIO_SUFFIXES"]
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".sph")
+# Utterances handed to the model at a time: equal-frame batches are formed inside each window.
+WINDOW_BATCHES = 4
+
+
+@dataclass
+class ExtractStats:
+    """What one extraction did, and how fast (`rtf` = processing seconds / audio seconds)."""
+
+    utterances: int
+    audio_seconds: float
+    processing_seconds: float
+    model_seconds: float
+    rtf: float
+    model_rtf: float
+    chunked: int = 0  # utterances embedded as a mean over chunks
+    model: str = ""
+    backend: str = ""
+    embedding_dim: int = 0
+    chunk: float | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    threads: int | None = None
+    outputs: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.utterances} embeddings ({self.embedding_dim}-d) from {self.audio_seconds / 3600:.2f} h of "
+                f"audio in {self.processing_seconds:.1f} s: RTF {self.rtf:.4f} end to end, {self.model_rtf:.4f} in "
+                f"features + model ({self.backend})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# inputs
+def list_utterances(data: str | Path) -> list[Utterance]:
+    """A manifest (CSV, JSONL, Kaldi data dir) or a folder of audio files (keys: relative paths without suffix)."""
+    p = Path(data)
+    if not p.exists():
+        raise DataError(f"{data}: data not found (expected a manifest or a folder of audio files)")
+    if p.is_dir() and not (p / "wav.scp").is_file():
+        return _scan_audio_dir(p)
+    utts = read_manifest(p)
+    if not utts:
+        raise DataError(f"{data}: the manifest lists no utterances")
+    return utts
+
+
+def _scan_audio_dir(folder: Path) -> list[Utterance]:
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+    if not files:
+        raise DataError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) and no wav.scp in this folder")
+    utts, seen = [], {}
+    for f in files:
+        key = f.relative_to(folder).with_suffix("").as_posix()
+        if key in seen:
+            raise DataError(f"{f}: key {key!r} is also the key of {seen[key]}; rename one of them")
+        seen[key] = f
+        utts.append(Utterance(key=key, path=str(f), spk=None, source=str(folder)))
+    log.info("%s: %d audio files", folder, len(utts))
+    return utts
+
+
+def _duration(u: Utterance) -> float:
+    """Seconds of the utterance, from the manifest when it says, else from the file header."""
+    if u.start is not None and u.end is not None and u.end >= 0:
+        return u.end - u.start
+    if u.duration is not None and u.start is None:
+        return u.duration
+    total = audio_info(u.path).duration
+    return total - (u.start or 0.0)
+
+
+def _load(u: Utterance) -> np.ndarray:
+    try:
+        end = u.end if u.end is not None and u.end >= 0 else None
+        return load_audio(u.path, u.start, end)
+    except DataError as exc:
+        raise DataError(f"{u.where}: {exc}") from None
+
+
+def _prefetch(utts: Sequence[Utterance], workers: int, ahead: int) -> Iterator[np.ndarray]:
+    """Decoded audio in order, `ahead` files decoded in advance by `workers` threads (soundfile releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="audio") as pool:
+        queue: deque[Future] = deque()
+        it = iter(utts)
+        for u in it:
+            queue.append(pool.submit(_load, u))
+            if len(queue) >= ahead:
+                break
+        while queue:
+            wav = queue.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append(pool.submit(_load, nxt))
+            yield wav
+
+
+# --------------------------------------------------------------------------------------------------------------
+# embedding
+def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: float | None = None,
+                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
+                     length_tolerance: float = 0.0, workers: int = 2) -> tuple[np.ndarray, dict[str, float]]:
+    """`[N, D]` embeddings in the order of `utts`, plus timing counters (audio, model seconds, chunked count)."""
+    if chunk is not None and chunk * SAMPLE_RATE < model.window:
+        raise DataError(f"--chunk {chunk} s is shorter than one feature frame")
+    durations = np.array([_duration(u) for u in utts])
+    order = np.argsort(-durations, kind="stable")
+    chunk_len = int(round(chunk * SAMPLE_RATE)) if chunk else 0
+    window = max(1, batch_size * WINDOW_BATCHES)
+    out = np.empty((len(utts), model.embedding_dim), dtype=np.float32)
+    counters = {"audio_seconds": 0.0, "model_seconds": 0.0, "chunked": 0}
+    sorted_utts = [utts[i] for i in order]
+    bar = tqdm(total=len(utts), unit="utt", desc="extract", disable=None if progress else True)
+    try:
+        wavs = _prefetch(sorted_utts, workers, ahead=window * 2)
+        for start in range(0, len(utts), window):
+            idx = order[start:start + window]
+            batch = [next(wavs) for _ in idx]
+            for u, w in zip((utts[i] for i in idx), batch):
+                if w.shape[0] < model.window:
+                    raise DataError(f"{u.where}: {w.shape[0] / SAMPLE_RATE:.3f} s of audio is shorter than one "
+                                    "feature frame")
+                counters["audio_seconds"] += w.shape[0] / SAMPLE_RATE
+            t0 = time.perf_counter()
+            out[idx] = _embed_window(model, batch, chunk_len, batch_size, length_tolerance, counters)
+            counters["model_seconds"] += time.perf_counter() - t0
+            bar.update(len(idx))
+    finally:
+        bar.close()
+    return out, counters
+
+
+def _embed_window(model: SpeakerModel, wavs: list[np.ndarray], chunk_len: int, batch_size: int,
+                  tolerance: float, counters: dict[str, float]) -> np.ndarray:
+    """Whole utterances batched by frame count; long ones (with chunking) as the mean over their chunks."""
+    long = [i for i, w in enumerate(wavs) if chunk_len and w.shape[0] > chunk_len]
+    short = [i for i in range(len(wavs)) if not (chunk_len and wavs[i].shape[0] > chunk_len)]
+    out = np.empty((len(wavs), model.embedding_dim), dtype=np.float32)
+    if short:
+        out[short] = model.embed_waveforms([wavs[i] for i in short], batch_size, tolerance)
+    if long:
+        pieces = [chunk_waveform(wavs[i], chunk_len) for i in long]
+        embs = model.embed_waveforms([c for p in pieces for c in p], batch_size)
+        pos = 0
+        for i, p in zip(long, pieces):
+            out[i] = embs[pos:pos + len(p)].mean(axis=0, dtype=np.float64)
+            pos += len(p)
+        counters["chunked"] += len(long)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+def extract_embeddings(model: str | Path | SpeakerModel, data: str | Path, out: str | Path, *,
+                       chunk: float | None = None, ark: str | Path | None = None,
+                       batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None, progress: bool = True,
+                       length_tolerance: float = 0.0, device: str = "cpu") -> ExtractStats:
+    """Embed every utterance of `data` with `model`; write `out` (.npz), `ark` (+ .scp) and `out`.json stats."""
+    from speakerforge.checkpoint_io import atomic_write_text
+    from speakerforge.eval import embio
+
+    out = Path(out)
+    if out.suffix.lower() != ".npz":
+        raise DataError(f"{out}: the embeddings file should end in .npz (use --ark for Kaldi ark/scp)")
+    if ark is not None and Path(ark).suffix.lower() != ".ark":
+        raise DataError(f"{ark}: the Kaldi output should end in .ark (its .scp is written beside it)")
+    if chunk is not None and chunk <= 0:
+        raise DataError(f"--chunk must be positive, got {chunk}")
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    utts = list_utterances(data)
+    sm = model if isinstance(model, SpeakerModel) else load_model(model, device=device, threads=threads)
+
+    started = time.perf_counter()
+    matrix, counters = embed_utterances(sm, utts, chunk, batch_size, progress, length_tolerance)
+    embeddings = embio.Embeddings([u.key for u in utts], matrix, source=str(out))
+    outputs = []
+    if ark is not None:
+        scp = Path(ark).with_suffix(".scp")
+        embio.write_kaldi(ark, scp, embeddings)
+        outputs += [str(ark), str(scp)]
+    embio.write_npz(out, embeddings)
+    outputs.append(str(out))
+    elapsed = time.perf_counter() - started
+
+    audio = counters["audio_seconds"]
+    stats = ExtractStats(
+        utterances=len(utts), audio_seconds=audio, processing_seconds=elapsed,
+        model_seconds=counters["model_seconds"], rtf=elapsed / audio if audio else 0.0,
+        model_rtf=counters["model_seconds"] / audio if audio else 0.0, chunked=int(counters["chunked"]),
+        model=sm.source, backend=sm.kind, embedding_dim=sm.embedding_dim, chunk=chunk, batch_size=batch_size,
+        threads=threads, outputs=outputs)
+    stats_path = out.with_name(out.name + ".json")
+    info: dict[str, Any] = asdict(stats)
+    info.update(data=str(data), length_tolerance=length_tolerance, torch_threads=_torch_threads(),
+                cpu_count=os.cpu_count())
+    atomic_write_text(stats_path, json.dumps(info, indent=1) + "\n")
+    log.info("%s; written %s (stats in %s)", stats.summary(), ", ".join(outputs), stats_path)
+    return stats
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
