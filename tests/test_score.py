@@ -317,3 +317,29 @@ def test_asnorm_top_without_cohort_is_an_error(files, capsys):
     d, *_ = files
     _assert_fails(["score", "--embeddings", str(d / "emb.npz"), "--trials", str(d / "trials"), "--out", str(d / "s"),
                    "--asnorm-top", "50"], capsys, "--asnorm-top needs --cohort")
+
+
+def test_line_numbers_stay_exact_across_read_chunks_and_blank_lines(tmp_path, monkeypatch):
+    import speakerforge.eval.trials as trials_mod
+
+    monkeypatch.setattr(trials_mod, "_CHUNK_LINES", 4)
+    lines = [f"{i % 2} e{i} t{i}" for i in range(11)]
+    lines[5] = ""
+    lines[9] = "1 e9"  # line 10, in the third chunk
+    (tmp_path / "t").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=f"{tmp_path / 't'}:10: malformed trial line"):
+        read_trials(tmp_path / "t")
+    (tmp_path / "s").write_text("".join(f"e{i} t{i} {i / 10}\n" if i != 6 else "\n" for i in range(11)))
+    s = read_scores(tmp_path / "s")
+    assert len(s) == 10 and s.describe(6) == f"e7 t7 ({tmp_path / 's'}:8)"
+
+
+def test_trial_labels_override_score_labels_with_a_warning(tmp_path, caplog):
+    from speakerforge.eval.trials import align_scores
+
+    (tmp_path / "s").write_text("a b 0.9 target\nc d 0.1 target\n")
+    (tmp_path / "t").write_text("c d nontarget\na b target\n")
+    with caplog.at_level("WARNING"):
+        aligned = align_scores(read_scores(tmp_path / "s"), read_trials(tmp_path / "t"))
+    assert aligned.scores.tolist() == [0.1, 0.9] and aligned.labels.tolist() == [0, 1]
+    assert "1 labels in" in caplog.text and f"c d ({tmp_path / 's'}:2)" in caplog.text
