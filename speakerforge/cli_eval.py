@@ -1,7 +1,7 @@
-"""Evaluation commands. One section per command: arguments, then a thin `_run_*` over the library.
+"""Evaluation commands (no model needed). One section per command: arguments, then a thin `_run_*` over the library.
 
-Sections: score, eval. Model-based commands (extract, verify, embed, export) go in their own sections at the end;
-shared helpers sit at the top. Library modules are imported inside the `_run_*` functions so that the CLI starts
+Sections: shared helpers, score, eval. A new command is one more section of the same shape; the model-based ones
+(extract, embed, verify, export) live in `cli_infer.py`. Library modules are imported inside the `_run_*` functions so that the CLI starts
 fast and commands that need no torch never import it.
 """
 
@@ -133,7 +133,3 @@ def _run_eval(args: argparse.Namespace) -> int:
               file=sys.stdout)
     log.info("wrote %s and %s", json_path, det_path)
     return 0
-
-
-# --------------------------------------------------------------------------------------------------------------
-# extract / verify / embed / export: model-based commands, added here in their own sections.
