@@ -188,6 +188,7 @@ def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, input_n
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+            warnings.simplefilter("ignore", category=DeprecationWarning)  # "legacy exporter": chosen on purpose
             if dynamo:
                 batch, time_ = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=8)
                 torch.onnx.export(wrapper, (example,), str(path), dynamo=True, opset_version=opset,

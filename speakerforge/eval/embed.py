@@ -102,7 +102,10 @@ def _duration(u: Utterance) -> float:
         return u.end - u.start
     if u.duration is not None and u.start is None:
         return u.duration
-    total = audio_info(u.path).duration
+    try:
+        total = audio_info(u.path).duration
+    except DataError as exc:
+        raise DataError(f"{u.where}: {exc}") from None
     return total - (u.start or 0.0)
 
 
