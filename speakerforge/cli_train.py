@@ -84,19 +84,15 @@ def _run_finetune(args: argparse.Namespace) -> int:
         cfg.train.freeze_bn = False
     if args.allow_dead_params:
         cfg.train.allow_dead_params = True
-    holder: dict = {}
 
-    def do_init(module) -> None:
-        apply_init(module, init, args.init_format, cfg.model.name, args.allow_partial, args.keep_head,
-                   holder.get("speakers"))
+    def do_init(module, speakers: list[str]) -> None:
+        apply_init(module, init, args.init_format, cfg.model.name, args.allow_partial, args.keep_head, speakers)
 
     options = RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change,
                          command="finetune", init=do_init,
                          init_description={"init": str(Path(args.init).resolve()), "format": args.init_format,
                                            "part": args.init_part, "keep_head": args.keep_head,
                                            "allow_partial": args.allow_partial})
-    trainer = Trainer(cfg, args.exp, options)
-    holder["trainer"] = trainer
-    out = trainer.run()
+    out = Trainer(cfg, args.exp, options).run()
     print(f"model: {out}")
     return 0

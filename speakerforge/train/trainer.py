@@ -66,7 +66,7 @@ class RunOptions:
     resume: bool = True
     allow_config_change: bool = False
     command: str = "train"
-    init: Callable[[nn.Module], None] | None = None  # loads pretrained weights into the fresh module
+    init: Callable[[nn.Module, list[str]], None] | None = None  # (fresh module, class names) -> loads weights
     init_description: dict[str, Any] = field(default_factory=dict)
     keep_head_weights: torch.Tensor | None = None
     stop_after_steps: int = 0  # testing aid: exit (like a kill) after this many steps of this process
@@ -179,21 +179,19 @@ class Trainer:
 
     def _build_module(self) -> nn.Module:
         cfg = self.cfg
-        random.seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed % 2**32)
-        torch.manual_seed(cfg.train.seed)
+        _seed_everything(cfg.train.seed)
         backbone = build_model(cfg.model.name, **cfg.model.args)
         module = SupervisedModule(backbone, self.speakers.num_classes, kind=cfg.head.kind, scale=cfg.head.scale,
                                   margin=self.stages[0].margin.initial, sub_centers=cfg.head.subcenters,
                                   easy_margin=cfg.head.easy_margin)
         if self.opts.init is not None:
-            self.opts.init(module)
+            self.opts.init(module, self.speakers.names)
         return module.to(self.device)
 
     def _sampler(self, stage: Stage) -> MixedSampler:
         idx = self.stage_sources[stage.index]
         return MixedSampler([len(self.sources[i].utts) for i in idx], [self.sources[i].weight for i in idx],
-                            seed=self.cfg.train.seed + 7919 * stage.index,
+                            seed=self.cfg.train.seed,
                             samples_per_epoch=self.cfg.data.samples_per_epoch)
 
     def _augmenter(self) -> Callable | None:
@@ -263,16 +261,19 @@ class Trainer:
         total = steps_per_epoch * stage.epochs
         first_global = progress.global_step - (progress.epoch * steps_per_epoch + progress.batch)
         dataset = CropDataset([self.sources[i] for i in self.stage_sources[stage.index]], self.speakers,
-                              stage.crop_seconds, seed=cfg.train.seed + 7919 * stage.index, augment=augment,
+                              stage.crop_seconds, seed=cfg.train.seed, augment=augment,
                               speeds=stage.speed_perturb)
         integrity = cfg.train.integrity_check
         self.integrity = freezing.UpdateIntegrityCheck({"model": module}, optimizer,
                                                        allow_dead=cfg.train.allow_dead_params)
+        # A stage draws its data, crops and RNG from (seed, stage-local epoch/step) only, so a stage run inside a
+        # staged config is exactly a separate run initialised from the previous stage's weights.
+        _seed_everything(cfg.train.seed)
         if state is not None:
             restore_rng(state["rng"])  # last, once every object that draws at construction exists
         nonfinite_run = 0
         for epoch in range(progress.epoch, stage.epochs):
-            epoch_id = sum(s.epochs for s in self.stages[: stage.index]) + epoch
+            epoch_id = epoch
             batches = sampler.batches(epoch_id, cfg.data.batch_size, progress.batch, self.env.rank,
                                       self.env.world_size)
             if self.env.is_main:
@@ -305,8 +306,7 @@ class Trainer:
                                         kind=stage.margin.kind)
                 set_lr(optimizer, lr)
                 module.set_margin(margin)
-                loss, correct, count = self._step(train_module, module, optimizer, it, progress.global_step,
-                                                  check=integrity)
+                loss, correct, count = self._step(train_module, module, optimizer, it, stage_step, check=integrity)
                 integrity = integrity and not self.integrity.done
                 progress.batch = b + 1
                 progress.global_step += 1
@@ -355,7 +355,7 @@ class Trainer:
         return progress
 
     def _step(self, train_module: nn.Module, module: nn.Module, optimizer: torch.optim.Optimizer, it,
-              global_step: int, check: bool) -> tuple[float, int, int]:
+              stage_step: int, check: bool) -> tuple[float, int, int]:
         """One optimizer step over `grad_accum` micro-batches; a non-finite loss skips the update on every rank."""
         cfg = self.cfg
         accum = cfg.train.grad_accum
@@ -367,7 +367,7 @@ class Trainer:
             batch = next(it)
             wav = batch["wav"].to(self.device, non_blocking=True)
             labels = batch["label"].to(self.device, non_blocking=True)
-            feats = self._features(wav, global_step, k)
+            feats = self._features(wav, stage_step, k)
             sync = k == accum - 1 or not self.env.enabled
             ctx = train_module.no_sync() if (not sync and self.env.enabled) else _nullcontext()
             with ctx:
@@ -399,12 +399,12 @@ class Trainer:
         reduced = all_reduce_sum(self.env, torch.tensor([float(total_loss), float(correct), float(count)]))
         return reduced[0].item() / self.env.world_size, int(reduced[1].item()), int(reduced[2].item())
 
-    def _features(self, wav: torch.Tensor, global_step: int, micro: int) -> torch.Tensor:
+    def _features(self, wav: torch.Tensor, step: int, micro: int) -> torch.Tensor:
         fc = self.cfg.features
         gen = None
         if fc.dither > 0:
             gen = torch.Generator(device=wav.device)
-            gen.manual_seed(_step_seed(self.cfg.train.seed, global_step, micro, self.env.rank, 1))
+            gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, 1))
         feats = fbank(wav, num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length, frame_shift=fc.frame_shift,
                       dither=fc.dither, generator=gen)
         if fc.mean_norm:
@@ -414,7 +414,7 @@ class Trainer:
             from speakerforge.data.augment import spec_augment
 
             gen = torch.Generator(device=feats.device)
-            gen.manual_seed(_step_seed(self.cfg.train.seed, global_step, micro, self.env.rank, 2))
+            gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, 2))
             pick = torch.rand(feats.shape[0], generator=gen, device=feats.device) < sa.prob
             if pick.any():
                 feats = feats.clone()
@@ -469,6 +469,12 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _step_seed(seed: int, step: int, micro: int, rank: int, what: int) -> int:
