@@ -174,7 +174,7 @@ def test_grad_accumulation_splits_each_step_into_micro_batches(corpus, tmp_path,
         sizes.append(len(batch))
         return real(batch)
 
-    monkeypatch.setattr("speakerforge.train.trainer.collate_crops", spy)
+    monkeypatch.setattr(Trainer, "collate", staticmethod(spy))
     _train(tiny_config([corpus], "train.epochs=1", "train.grad_accum=2"), tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert sizes == [4] * 6 and [r["step"] for r in rows] == [1, 2, 3]  # 24 samples, batch 8 = 3 steps of 2 x 4

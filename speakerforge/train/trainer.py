@@ -125,7 +125,7 @@ class Trainer:
         if root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
 
-    def _build_data(self) -> None:
+    def build_data(self) -> None:
         cfg = self.cfg
         specs_by_stage = [[(s.path, s.weight, s.name) for s in st.sources] for st in self.stages]
         if not any(specs_by_stage):
@@ -177,7 +177,7 @@ class Trainer:
         if empty:
             raise SpeakerforgeError(f"data source(s) {', '.join(empty)}: every file is unreadable")
 
-    def _build_module(self) -> nn.Module:
+    def build_module(self) -> nn.Module:
         cfg = self.cfg
         _seed_everything(cfg.train.seed)
         backbone = build_model(cfg.model.name, **cfg.model.args)
@@ -213,8 +213,8 @@ class Trainer:
 
     def _run(self) -> Path:
         cfg = self.cfg
-        self._build_data()
-        module = self._build_module()
+        self.build_data()
+        module = self.build_module()
         progress = Progress()
         state = self.ckpt.load_latest()
         if state is not None:
@@ -232,7 +232,7 @@ class Trainer:
             progress = self._run_stage(module, stage, progress, state, augment)
             state = None
         barrier(self.env)
-        return self._finish(module)
+        return self.finish(module)
 
     def _run_stage(self, module: nn.Module, stage: Stage, progress: Progress, state: dict | None,
                    augment: Callable | None) -> Progress:
@@ -260,12 +260,11 @@ class Trainer:
                               f"({sampler.epoch_size} samples)")
         total = steps_per_epoch * stage.epochs
         first_global = progress.global_step - (progress.epoch * steps_per_epoch + progress.batch)
-        dataset = CropDataset([self.sources[i] for i in self.stage_sources[stage.index]], self.speakers,
-                              stage.crop_seconds, seed=cfg.train.seed, augment=augment,
-                              speeds=stage.speed_perturb)
+        dataset = self.make_dataset(stage, augment)
         integrity = cfg.train.integrity_check
         self.integrity = freezing.UpdateIntegrityCheck({"model": module}, optimizer,
-                                                       allow_dead=cfg.train.allow_dead_params)
+                                                       allow_dead=cfg.train.allow_dead_params,
+                                                       ignore=self.integrity_ignore(stage))
         # A stage draws its data, crops and RNG from (seed, stage-local epoch/step) only, so a stage run inside a
         # staged config is exactly a separate run initialised from the previous stage's weights.
         _seed_everything(cfg.train.seed)
@@ -285,7 +284,7 @@ class Trainer:
             micro = [[(epoch_id, d) for d in b[i:i + self.micro_batch]]
                      for b in batches for i in range(0, len(b), self.micro_batch)]
             loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=micro, num_workers=cfg.data.num_workers, collate_fn=collate_crops,
+                dataset, batch_sampler=micro, num_workers=cfg.data.num_workers, collate_fn=self.collate,
                 generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG (exact resume)
                 persistent_workers=False)
             it = iter(loader)
@@ -299,14 +298,10 @@ class Trainer:
                 stage_step = progress.global_step - first_global
                 lr = warmup_cosine(stage_step, total, stage.lr * lr_scale, stage.min_lr,
                                    int(stage.warmup_epochs * steps_per_epoch))
-                margin = margin_at_step(stage_step, start_step=int(stage.margin.start_epoch * steps_per_epoch),
-                                        end_step=int(max(stage.margin.end_epoch, stage.margin.start_epoch)
-                                                     * steps_per_epoch),
-                                        initial=stage.margin.initial, final=stage.margin.final,
-                                        kind=stage.margin.kind)
                 set_lr(optimizer, lr)
-                module.set_margin(margin)
+                scheduled = self.schedule(module, stage, stage_step, steps_per_epoch)
                 loss, correct, count = self._step(train_module, module, optimizer, it, stage_step, check=integrity)
+                self.after_optimizer_step(module, stage, stage_step, total)
                 integrity = integrity and not self.integrity.done
                 progress.batch = b + 1
                 progress.global_step += 1
@@ -328,11 +323,11 @@ class Trainer:
                 elapsed = max(1e-9, time.time() - t0)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / max(1, count):.2f}", lr=f"{lr:.2e}",
-                                margin=f"{margin:.2f}", sps=f"{n_logged * cfg.data.batch_size / elapsed:.0f}",
-                                refresh=False)
+                                **{k: f"{v:.3g}" for k, v in scheduled.items()},
+                                sps=f"{n_logged * cfg.data.batch_size / elapsed:.0f}", refresh=False)
                 if self.env.is_main and (progress.global_step % cfg.train.log_every == 0 or b + 1 == steps_per_epoch):
                     self._log_metrics({"step": progress.global_step, "stage": stage.index, "epoch": epoch + 1,
-                                       "loss": loss, "acc": correct / max(1, count), "lr": lr, "margin": margin,
+                                       "loss": loss, "acc": correct / max(1, count), "lr": lr, **scheduled,
                                        "samples_per_s": n_logged * cfg.data.batch_size / elapsed})
                 end_of_epoch = b + 1 == steps_per_epoch
                 if end_of_epoch:
@@ -365,19 +360,16 @@ class Trainer:
         count = 0
         for k in range(accum):
             batch = next(it)
-            wav = batch["wav"].to(self.device, non_blocking=True)
-            labels = batch["label"].to(self.device, non_blocking=True)
-            feats = self._features(wav, stage_step, k)
             sync = k == accum - 1 or not self.env.enabled
             ctx = train_module.no_sync() if (not sync and self.env.enabled) else _nullcontext()
             with ctx:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
-                    loss, corr = train_module(feats, labels)
+                    loss, corr, n = self.compute_loss(train_module, batch, stage_step, k)
                 self.scaler.scale(loss / accum).backward()
             total_loss += loss.detach().double().cpu() / accum
             correct += int(corr)
-            count += len(labels)
+            count += int(n)
         finite = torch.tensor([1.0 if torch.isfinite(total_loss) else 0.0])
         finite = all_reduce_sum(self.env, finite)
         if finite.item() < self.env.world_size:
@@ -399,7 +391,41 @@ class Trainer:
         reduced = all_reduce_sum(self.env, torch.tensor([float(total_loss), float(correct), float(count)]))
         return reduced[0].item() / self.env.world_size, int(reduced[1].item()), int(reduced[2].item())
 
-    def _features(self, wav: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+    # ------------------------------------------------------------------------------------------------ hooks
+    # What differs between supervised training and other objectives (SSL pretraining) is confined to these.
+    def make_dataset(self, stage: Stage, augment: Callable | None) -> torch.utils.data.Dataset:
+        return CropDataset([self.sources[i] for i in self.stage_sources[stage.index]], self.speakers,
+                           stage.crop_seconds, seed=self.cfg.train.seed, augment=augment,
+                           speeds=stage.speed_perturb)
+
+    collate = staticmethod(collate_crops)
+
+    def compute_loss(self, train_module: nn.Module, batch: dict[str, Any], stage_step: int,
+                     micro: int) -> tuple[torch.Tensor, torch.Tensor | int, int]:
+        """(loss, correct predictions, examples) of one micro-batch."""
+        wav = batch["wav"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        feats = self.features(wav, stage_step, micro)
+        loss, correct = train_module(feats, labels)
+        return loss, correct, len(labels)
+
+    def schedule(self, module: nn.Module, stage: Stage, stage_step: int, steps_per_epoch: int) -> dict[str, float]:
+        """Apply per-step schedules other than the LR; returns them for the log."""
+        m = stage.margin
+        margin = margin_at_step(stage_step, start_step=int(m.start_epoch * steps_per_epoch),
+                                end_step=int(max(m.end_epoch, m.start_epoch) * steps_per_epoch),
+                                initial=m.initial, final=m.final, kind=m.kind)
+        module.set_margin(margin)
+        return {"margin": margin}
+
+    def after_optimizer_step(self, module: nn.Module, stage: Stage, stage_step: int, total_steps: int) -> None:
+        """Called after every optimizer step (an EMA teacher updates here)."""
+
+    def integrity_ignore(self, stage: Stage) -> list[str]:
+        """Parameters the update-integrity check may skip at this stage."""
+        return []
+
+    def features(self, wav: torch.Tensor, step: int, micro: int) -> torch.Tensor:
         fc = self.cfg.features
         gen = None
         if fc.dither > 0:
@@ -444,7 +470,7 @@ class Trainer:
         except Exception as exc:  # a plot must never stop a training run
             log.warning("could not draw training curves: %s", exc)
 
-    def _finish(self, module: nn.Module) -> Path:
+    def finish(self, module: nn.Module) -> Path:
         out = self.exp / "model.safetensors"
         if self.env.is_main:
             fc = self.cfg.features
