@@ -133,3 +133,9 @@ def test_other_seed_in_same_folder_is_refused(tiny_corpus):
     out, _ = tiny_corpus
     with pytest.raises(DataError, match="seed=3"):
         demo.build_demo_corpus(out, **{**TINY, "seed": 4})
+
+
+def test_too_few_test_utterances_for_trials_is_refused(tmp_path):
+    with pytest.raises(DataError, match=">= 2 utterances"):
+        demo.build_demo_corpus(tmp_path / "c", **{**TINY, "test_utts_per_speaker": 1})
+    assert not (tmp_path / "c").exists()

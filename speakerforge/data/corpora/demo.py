@@ -386,9 +386,9 @@ def build_demo_corpus(
     2 workers on 2 cores. Reruns skip finished files; the same parameters return at once.
     """
     out = Path(out_dir)
-    if min(train_speakers, utts_per_speaker, test_utts_per_speaker) < 1 or test_speakers < 2:
-        raise DataError("the demo corpus needs >= 1 training speaker and utterance, >= 2 test speakers "
-                        "and >= 1 test utterance per speaker")
+    if min(train_speakers, utts_per_speaker) < 1 or min(test_speakers, test_utts_per_speaker) < 2:
+        raise DataError("the demo corpus needs >= 1 training speaker and utterance, and >= 2 test speakers with "
+                        ">= 2 utterances each (for target and nontarget trials)")
     params = {
         "version": CORPUS_VERSION, "seed": int(seed), "alpha": float(alpha), "noise": float(noise),
         "speed_range": [float(speed_range[0]), float(speed_range[1])], "sample_rate": SAMPLE_RATE,
