@@ -50,7 +50,10 @@ def _args_extract(p: argparse.ArgumentParser) -> None:
                    help="embed utterances longer than SEC seconds as the mean over SEC-second chunks")
     p.add_argument("--batch-size", type=_positive_int, default=16,
                    help="utterances per forward pass (only equal-length ones share a batch)")
-    _add_runtime(p)
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads in all (default: every core)")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="model workers sharing the threads (default: one single-threaded worker per thread)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (ignored for .onnx)")
 
 
 @command("extract", "embed every utterance of a manifest or folder into .npz (and Kaldi ark/scp); reports the RTF",
@@ -58,9 +61,9 @@ def _args_extract(p: argparse.ArgumentParser) -> None:
 def _run_extract(args: argparse.Namespace) -> int:
     from speakerforge.eval.embed import extract_embeddings
 
-    _set_threads(args.threads)
     stats = extract_embeddings(args.model, args.data, args.out, chunk=args.chunk, ark=args.ark,
-                               batch_size=args.batch_size, threads=args.threads, device=args.device)
+                               batch_size=args.batch_size, threads=args.threads, workers=args.workers,
+                               device=args.device)
     print(stats.summary())
     print(f"written: {', '.join(stats.outputs)}")
     return 0

@@ -38,7 +38,7 @@ __all__ = ["ExtractStats", "extract_embeddings", "list_utterances", "embed_utter
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".sph")
 # Utterances handed to the model at a time: equal-frame batches are formed inside each window.
-WINDOW_BATCHES = 4
+WINDOW_BATCHES = 2
 
 
 @dataclass
@@ -48,9 +48,9 @@ class ExtractStats:
     utterances: int
     audio_seconds: float
     processing_seconds: float
-    model_seconds: float
+    model_seconds: float  # features + model, summed over workers
     rtf: float
-    model_rtf: float
+    model_rtf: float  # model_seconds / workers / audio_seconds
     chunked: int = 0  # utterances embedded as a mean over chunks
     model: str = ""
     backend: str = ""
@@ -58,12 +58,14 @@ class ExtractStats:
     chunk: float | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     threads: int | None = None
+    workers: int = 1
     outputs: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.utterances} embeddings ({self.embedding_dim}-d) from {self.audio_seconds / 3600:.2f} h of "
                 f"audio in {self.processing_seconds:.1f} s: RTF {self.rtf:.4f} end to end, {self.model_rtf:.4f} in "
-                f"features + model ({self.backend})")
+                f"features + model ({self.backend}, {self.workers} worker{'s' if self.workers > 1 else ''} x "
+                f"{max(1, (self.threads or 1) // self.workers)} thread)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -137,9 +139,10 @@ def _prefetch(utts: Sequence[Utterance], workers: int, ahead: int) -> Iterator[n
 # --------------------------------------------------------------------------------------------------------------
 # embedding
 def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: float | None = None,
-                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
-                     length_tolerance: float = 0.0, workers: int = 2) -> tuple[np.ndarray, dict[str, float]]:
-    """`[N, D]` embeddings in the order of `utts`, plus timing counters (audio, model seconds, chunked count)."""
+                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, length_tolerance: float = 0.0,
+                     workers: int = 1, loaders: int = 2) -> tuple[np.ndarray, dict[str, float]]:
+    """`[N, D]` embeddings in the order of `utts`, plus counters (audio seconds, model seconds summed over workers,
+    chunked utterances). `workers` threads run the model on different windows of utterances at once."""
     if chunk is not None and chunk * SAMPLE_RATE < model.window:
         raise DataError(f"--chunk {chunk} s is shorter than one feature frame")
     durations = np.array([_duration(u) for u in utts])
@@ -150,28 +153,42 @@ def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: floa
     counters = {"audio_seconds": 0.0, "model_seconds": 0.0, "chunked": 0}
     sorted_utts = [utts[i] for i in order]
     bar = tqdm(total=len(utts), unit="utt", desc="extract", disable=None if progress else True)
+
+    def collect(item: tuple[np.ndarray, Future]) -> None:
+        idx, future = item
+        out[idx], seconds, chunked = future.result()
+        counters["model_seconds"] += seconds
+        counters["chunked"] += chunked
+        bar.update(len(idx))
+
     try:
-        wavs = _prefetch(sorted_utts, workers, ahead=window * 2)
-        for start in range(0, len(utts), window):
-            idx = order[start:start + window]
-            batch = [next(wavs) for _ in idx]
-            for u, w in zip((utts[i] for i in idx), batch):
-                if w.shape[0] < model.window:
-                    raise DataError(f"{u.where}: {w.shape[0] / SAMPLE_RATE:.3f} s of audio is shorter than one "
-                                    "feature frame")
-                counters["audio_seconds"] += w.shape[0] / SAMPLE_RATE
-            t0 = time.perf_counter()
-            out[idx] = _embed_window(model, batch, chunk_len, batch_size, length_tolerance, counters)
-            counters["model_seconds"] += time.perf_counter() - t0
-            bar.update(len(idx))
+        wavs = _prefetch(sorted_utts, loaders, ahead=window * (workers + 1))
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="embed") as pool:
+            pending: deque[tuple[np.ndarray, Future]] = deque()
+            for start in range(0, len(utts), window):
+                idx = order[start:start + window]
+                batch = [next(wavs) for _ in idx]
+                for u, w in zip((utts[i] for i in idx), batch):
+                    if w.shape[0] < model.window:
+                        raise DataError(f"{u.where}: {w.shape[0] / SAMPLE_RATE:.3f} s of audio is shorter than one "
+                                        "feature frame")
+                    counters["audio_seconds"] += w.shape[0] / SAMPLE_RATE
+                pending.append((idx, pool.submit(_embed_window, model, batch, chunk_len, batch_size,
+                                                 length_tolerance)))
+                while len(pending) > workers:  # every worker busy and one window queued
+                    collect(pending.popleft())
+            while pending:
+                collect(pending.popleft())
     finally:
         bar.close()
     return out, counters
 
 
 def _embed_window(model: SpeakerModel, wavs: list[np.ndarray], chunk_len: int, batch_size: int,
-                  tolerance: float, counters: dict[str, float]) -> np.ndarray:
-    """Whole utterances batched by frame count; long ones (with chunking) as the mean over their chunks."""
+                  tolerance: float) -> tuple[np.ndarray, float, int]:
+    """Whole utterances batched by frame count; long ones (with chunking) as the mean over their chunks.
+    Returns the embeddings, the seconds spent, and how many utterances were chunked."""
+    started = time.perf_counter()
     long = [i for i, w in enumerate(wavs) if chunk_len and w.shape[0] > chunk_len]
     short = [i for i in range(len(wavs)) if not (chunk_len and wavs[i].shape[0] > chunk_len)]
     out = np.empty((len(wavs), model.embedding_dim), dtype=np.float32)
@@ -184,16 +201,21 @@ def _embed_window(model: SpeakerModel, wavs: list[np.ndarray], chunk_len: int, b
         for i, p in zip(long, pieces):
             out[i] = embs[pos:pos + len(p)].mean(axis=0, dtype=np.float64)
             pos += len(p)
-        counters["chunked"] += len(long)
-    return out
+    return out, time.perf_counter() - started, len(long)
 
 
 # --------------------------------------------------------------------------------------------------------------
 def extract_embeddings(model: str | Path | SpeakerModel, data: str | Path, out: str | Path, *,
                        chunk: float | None = None, ark: str | Path | None = None,
-                       batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None, progress: bool = True,
-                       length_tolerance: float = 0.0, device: str = "cpu") -> ExtractStats:
-    """Embed every utterance of `data` with `model`; write `out` (.npz), `ark` (+ .scp) and `out`.json stats."""
+                       batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None, workers: int | None = None,
+                       progress: bool = True, length_tolerance: float = 0.0, device: str = "cpu") -> ExtractStats:
+    """Embed every utterance of `data` with `model`; write `out` (.npz), `ark` (+ .scp) and `out`.json stats.
+
+    `threads` CPU threads (default: every core) are used as `workers` model workers (default: one per thread) of
+    `threads // workers` intra-op threads each. Single-threaded workers on different utterances use the cores
+    without synchronising inside each small convolution, which is faster here and degrades gracefully on a
+    shared machine. (An ONNX `SpeakerModel` passed in keeps the threads its session was created with.)
+    """
     from speakerforge.checkpoint_io import atomic_write_text
     from speakerforge.eval import embio
 
@@ -206,15 +228,21 @@ def extract_embeddings(model: str | Path | SpeakerModel, data: str | Path, out: 
         raise DataError(f"--chunk must be positive, got {chunk}")
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
+    threads = int(threads or os.cpu_count() or 1)
+    workers = int(workers or (threads if device == "cpu" else 1))
+    intra = max(1, threads // workers)
     utts = list_utterances(data)
-    sm = model if isinstance(model, SpeakerModel) else load_model(model, device=device, threads=threads)
+    sm = model if isinstance(model, SpeakerModel) else load_model(model, device=device, threads=intra)
 
+    import torch
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(intra)
     started = time.perf_counter()
-    matrix, counters = embed_utterances(sm, utts, chunk, batch_size, progress, length_tolerance)
+    try:
+        matrix, counters = embed_utterances(sm, utts, chunk, batch_size, progress, length_tolerance, workers)
+    finally:
+        torch.set_num_threads(torch_threads)
     embeddings = embio.Embeddings([u.key for u in utts], matrix, source=str(out))
     outputs = []
     if ark is not None:
@@ -229,19 +257,13 @@ def extract_embeddings(model: str | Path | SpeakerModel, data: str | Path, out: 
     stats = ExtractStats(
         utterances=len(utts), audio_seconds=audio, processing_seconds=elapsed,
         model_seconds=counters["model_seconds"], rtf=elapsed / audio if audio else 0.0,
-        model_rtf=counters["model_seconds"] / audio if audio else 0.0, chunked=int(counters["chunked"]),
+        model_rtf=counters["model_seconds"] / workers / audio if audio else 0.0, chunked=int(counters["chunked"]),
         model=sm.source, backend=sm.kind, embedding_dim=sm.embedding_dim, chunk=chunk, batch_size=batch_size,
-        threads=threads, outputs=outputs)
+        threads=threads, workers=workers, outputs=outputs)
     stats_path = out.with_name(out.name + ".json")
     info: dict[str, Any] = asdict(stats)
-    info.update(data=str(data), length_tolerance=length_tolerance, torch_threads=_torch_threads(),
+    info.update(data=str(data), length_tolerance=length_tolerance, intra_op_threads=intra,
                 cpu_count=os.cpu_count())
     atomic_write_text(stats_path, json.dumps(info, indent=1) + "\n")
     log.info("%s; written %s (stats in %s)", stats.summary(), ", ".join(outputs), stats_path)
     return stats
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
