@@ -237,12 +237,12 @@ class Trainer:
     def _run_stage(self, module: nn.Module, stage: Stage, progress: Progress, state: dict | None,
                    augment: Callable | None) -> Progress:
         cfg = self.cfg
-        report = freezing.apply_freeze(module, freezing.parse_freeze_patterns(stage.freeze), freeze_bn=cfg.train.freeze_bn)
+        report = self.apply_freeze(module, stage)
         if self.env.is_main:
             log.info("stage %d/%d %r: %d epochs, lr %g, freeze %s\n%s", stage.index + 1, len(self.stages),
                      stage.name, stage.epochs, stage.lr, stage.freeze or "nothing", report.table())
         groups = freezing.trainable_parameter_groups(module, base_lr=stage.lr, weight_decay=cfg.optim.weight_decay,
-                                                     lr_mult=stage.lr_mult)
+                                                     lr_mult=stage.lr_mult, param_overrides=self.param_overrides(stage))
         lr_scale = self.env.world_size if cfg.optim.scale_lr_with_world_size else 1
         optimizer = build_optimizer(groups, cfg.optim.optimizer, stage.lr * lr_scale, cfg.optim.momentum,
                                     cfg.optim.nesterov, tuple(cfg.optim.betas))
@@ -375,6 +375,7 @@ class Trainer:
         if finite.item() < self.env.world_size:
             optimizer.zero_grad(set_to_none=True)
             return float("nan"), correct, count
+        self.before_optimizer_step(module, stage_step)
         if cfg.train.grad_clip > 0:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
@@ -417,6 +418,18 @@ class Trainer:
                                 initial=m.initial, final=m.final, kind=m.kind)
         module.set_margin(margin)
         return {"margin": margin}
+
+    def apply_freeze(self, module: nn.Module, stage: Stage) -> freezing.FreezeReport:
+        """Freeze this stage's patterns (SSL keeps its EMA teacher out of the freeze logic here)."""
+        return freezing.apply_freeze(module, freezing.parse_freeze_patterns(stage.freeze),
+                                     freeze_bn=self.cfg.train.freeze_bn)
+
+    def param_overrides(self, stage: Stage) -> dict[str, dict[str, Any]]:
+        """Optimizer options per parameter pattern (SDPN: the prototypes' own weight decay)."""
+        return {}
+
+    def before_optimizer_step(self, module: nn.Module, stage_step: int) -> None:
+        """Called after backward, before clipping and the step (DINO drops its last layer's gradient here)."""
 
     def after_optimizer_step(self, module: nn.Module, stage: Stage, stage_step: int, total_steps: int) -> None:
         """Called after every optimizer step (an EMA teacher updates here)."""
