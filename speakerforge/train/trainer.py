@@ -133,7 +133,11 @@ class Trainer:
         all_specs = list(dict.fromkeys(spec for specs in specs_by_stage for spec in specs))
         self.sources = load_sources(all_specs)
         self._check_audio()
-        speeds = sorted({float(s) for st in self.stages for s in st.speed_perturb}, key=lambda s: (s != 1.0, s))
+        # The label space covers every speed of the config and its stages, so a stage without speed perturbation
+        # (3D-Speaker's large-margin stage) keeps the classifier of the run it continues.
+        speeds = sorted({float(s) for s in cfg.data.speed_perturb} | {float(s) for st in self.stages
+                                                                      for s in st.speed_perturb},
+                        key=lambda s: (s != 1.0, s))
         self.speakers = SpeakerIndex(self.sources, cfg.data.shared_speakers, speeds)
         self.stage_sources = [[all_specs.index(spec) for spec in specs] for specs in specs_by_stage]
         per_rank = cfg.data.batch_size // (self.env.world_size * cfg.train.grad_accum)
