@@ -69,13 +69,12 @@ def reference_fbank(wave: np.ndarray, sample_rate: int = 16000, num_mel_bins: in
 
     lo, hi = mel(20.0), mel(sample_rate / 2)
     delta = (hi - lo) / (num_mel_bins + 1)
-    banks = np.zeros((fft // 2 + 1, num_mel_bins))
+    banks = np.zeros((fft // 2 + 1, num_mel_bins))  # Kaldi leaves the Nyquist bin (the last row) out
+    m = mel(np.arange(fft // 2) * sample_rate / fft)
     for b in range(num_mel_bins):
         left, center, right = lo + b * delta, lo + (b + 1) * delta, lo + (b + 2) * delta
-        for i in range(fft // 2):  # Kaldi leaves the Nyquist bin out
-            m = mel(i * sample_rate / fft)
-            if left < m < right:
-                banks[i, b] = (m - left) / (center - left) if m <= center else (right - m) / (right - center)
+        weight = np.where(m <= center, (m - left) / (center - left), (right - m) / (right - center))
+        banks[: fft // 2, b] = np.where((m > left) & (m < right), weight, 0.0)
     return np.log(np.maximum(power @ banks, np.finfo(np.float32).eps))
 
 
