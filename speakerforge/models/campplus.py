@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
-from speakerforge.models.fuse import fold_bn_into_conv
+from speakerforge.errors import ConfigError
+from speakerforge.models.fuse import fold_bn_into_conv, uses_channels_last
 from speakerforge.models.pooling import TemporalStatsPool
 from speakerforge.models.registry import register_model
 
@@ -37,7 +38,7 @@ def make_nonlinear(config_str: str, channels: int) -> nn.Sequential:
         elif name == "batchnorm_":
             layers["batchnorm"] = nn.BatchNorm1d(channels, affine=False)
         else:
-            raise ValueError(f"unknown nonlinearity {name!r} in {config_str!r}; use batchnorm, batchnorm_, relu, prelu")
+            raise ConfigError(f"unknown nonlinearity {name!r} in {config_str!r}; use batchnorm, batchnorm_, relu, prelu")
     return nn.Sequential(layers)
 
 
@@ -89,7 +90,10 @@ class FCM(nn.Module):
         self.layer2 = self._make_layer(m_channels, m_channels, num_blocks[1], stride=2)
         self.conv2 = nn.Conv2d(m_channels, m_channels, 3, stride=(2, 1), padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(m_channels)
-        self.out_channels = m_channels * (feat_dim // 8)
+        freq = feat_dim
+        for _ in range(3):  # layer1, layer2 and conv2 each halve the frequency axis (rounding up)
+            freq = (freq - 1) // 2 + 1
+        self.out_channels = m_channels * freq
 
     @staticmethod
     def _make_layer(in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
@@ -99,7 +103,10 @@ class FCM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, F, T]` -> `[B, C * F/8, T]`."""
-        out = F.relu(self.bn1(self.conv1(x.unsqueeze(1))))
+        x = x.unsqueeze(1)
+        if uses_channels_last(self.conv2):
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer2(self.layer1(out))
         out = F.relu(self.bn2(self.conv2(out)))
         return out.flatten(1, 2)
@@ -127,7 +134,7 @@ class TDNNLayer(nn.Module):
         super().__init__()
         if padding < 0:
             if kernel_size % 2 == 0:
-                raise ValueError(f"'same' padding needs an odd kernel size, got {kernel_size}")
+                raise ConfigError(f"'same' padding needs an odd kernel size, got {kernel_size}")
             padding = (kernel_size - 1) // 2 * dilation
         self.linear = nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias)
         self.nonlinear = make_nonlinear(config_str, out_channels)
@@ -197,7 +204,7 @@ class CAMDenseTDNNLayer(nn.Module):
     ):
         super().__init__()
         if kernel_size % 2 == 0:
-            raise ValueError(f"CAM++ dense layers need an odd kernel size, got {kernel_size}")
+            raise ConfigError(f"CAM++ dense layers need an odd kernel size, got {kernel_size}")
         padding = (kernel_size - 1) // 2 * dilation
         self.memory_efficient = memory_efficient
         self.nonlinear1 = make_nonlinear(config_str, in_channels)
@@ -305,6 +312,9 @@ class CAMPPlus(nn.Module):
     (training only, same gradients).
     """
 
+    # oneDNN runs the small-channel 2D convs of the FCM front end several times faster in channels-last layout
+    channels_last_inference = True
+
     def __init__(
         self,
         feat_dim: int = 80,
@@ -323,7 +333,7 @@ class CAMPPlus(nn.Module):
     ):
         super().__init__()
         if not len(block_layers) == len(block_kernels) == len(block_dilations):
-            raise ValueError("block_layers, block_kernels and block_dilations must have the same length")
+            raise ConfigError("block_layers, block_kernels and block_dilations must have the same length")
         self.feat_dim = feat_dim
         self.embedding_dim = embedding_dim
 

@@ -19,7 +19,13 @@ import logging
 import torch
 import torch.nn as nn
 
-__all__ = ["optimize_for_inference", "fold_bn_into_conv", "fold_bn_into_linear", "fold_sequential_bns"]
+__all__ = [
+    "optimize_for_inference",
+    "fold_bn_into_conv",
+    "fold_bn_into_linear",
+    "fold_sequential_bns",
+    "uses_channels_last",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +95,18 @@ def fold_sequential_bns(seq: nn.Sequential) -> int:
                 seq._modules[cur] = nn.Identity()
                 folded += 1
     return folded
+
+
+def uses_channels_last(conv: nn.Module) -> bool:
+    """Whether a 2D conv's weight was converted to channels-last (`model.to(memory_format=torch.channels_last)`).
+
+    Ask a conv with more than one input channel: with one, both layouts have the same strides and PyTorch reports
+    the weight as contiguous in both.
+    """
+    w = conv.weight
+    if w.dim() != 4 or w.shape[1] == 1:
+        raise ValueError("uses_channels_last needs a 2D conv with more than one input channel")
+    return not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
 
 
 def _count_bns(model: nn.Module) -> int:

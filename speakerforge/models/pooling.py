@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from speakerforge.errors import ConfigError
+
 __all__ = ["TemporalStatsPool", "AttentiveStatsPool", "build_pooling", "POOLING_ALIASES"]
 
 
@@ -47,7 +49,7 @@ class TemporalStatsPool(nn.Module):
     def __init__(self, use_mean: bool = True, use_std: bool = True, eps: float = 1e-8, unbiased: bool = True):
         super().__init__()
         if not (use_mean or use_std):
-            raise ValueError("TemporalStatsPool needs at least one of use_mean, use_std")
+            raise ConfigError("TemporalStatsPool needs at least one of use_mean, use_std")
         self.use_mean = use_mean
         self.use_std = use_std
         self.eps = eps
@@ -155,7 +157,7 @@ POOLING_ALIASES: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 def build_pooling(name: str, in_dim: int, **kwargs: Any) -> nn.Module:
     """Pooling layer by its WeSpeaker / 3D-Speaker name (`TSTP`, `TAP`, `TSDP`, `ASTP`); `in_dim` = flattened C."""
     if name not in POOLING_ALIASES:
-        raise ValueError(f"unknown pooling {name!r}; known: {', '.join(POOLING_ALIASES)}")
+        raise ConfigError(f"unknown pooling {name!r}; known: {', '.join(POOLING_ALIASES)}")
     cls, fixed = POOLING_ALIASES[name]
     if cls is AttentiveStatsPool:
         return cls(in_dim, **fixed, **kwargs)
