@@ -61,6 +61,9 @@ def read_init(src: str | Path, fmt: str = "auto", part: str | None = None) -> In
 
 def _read_experiment(folder: Path, part: str | None) -> InitWeights:
     model_file = folder / "model.safetensors"
+    if part is None and _is_pretrain_run(folder):
+        raise CheckpointError(f"{folder}: a self-supervised run holds two backbones (teacher, student); choose one "
+                              "with --init-part teacher|student")
     if model_file.is_file() and part is None:
         return _from_model_file(model_file)
     from speakerforge.train.checkpoint import CheckpointManager
@@ -71,6 +74,15 @@ def _read_experiment(folder: Path, part: str | None) -> InitWeights:
         except CheckpointError as exc:
             log.warning("skipping %s: %s", path, exc)
     raise CheckpointError(f"{folder}: no model.safetensors and no readable checkpoint in {folder / 'checkpoints'}")
+
+
+def _is_pretrain_run(folder: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((folder / "run.json").read_text()).get("command") == "pretrain"
+    except (OSError, ValueError):
+        return False
 
 
 def _from_model_file(path: Path) -> InitWeights:

@@ -241,6 +241,11 @@ class PretrainTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------ freezing
     def apply_freeze(self, module: nn.Module, stage: Stage) -> freezing.FreezeReport:
         """Freeze the stage's patterns and the never-trained tensors over student + objective; the teacher stays out."""
+        free = freezing.find_free_tensors({"": module})
+        if free:  # checked first: the prototypes' param_overrides key would otherwise report only "matches nothing"
+            raise freezing.IntegrityError(
+                f"tensors that require grad but are not registered parameters: {', '.join(free)}; they would be "
+                "neither optimized nor saved (3D-Speaker #191): make them an nn.Parameter of their module")
         patterns = freezing.parse_freeze_patterns(stage.freeze) + module.fixed_parameters()
         report = freezing.apply_freeze(_TrainablePart(module), patterns, freeze_bn=self.cfg.train.freeze_bn)
         module.teacher.requires_grad_(False)
