@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from speakerforge.data.audio import SAMPLE_RATE
-from speakerforge.errors import SpeakerforgeError
+from speakerforge.errors import SpeakerforgeError, check_output_path
 from speakerforge.inference import ONNX_FORMAT, ONNX_META_KEY, SpeakerModel, feature_settings, load_model
 
 log = logging.getLogger(__name__)
@@ -80,19 +80,24 @@ class _FeatsToEmbedding(nn.Module):
 
 
 class _WaveToEmbedding(nn.Module):
-    """Waveform -> fbank (+ mean norm) -> network, with frames gathered by index rather than `Tensor.unfold`, which
-    the TorchScript exporter cannot export with a dynamic length. The arithmetic after framing is `Fbank`'s; the
-    parity check compares against `features.fbank` itself."""
+    """Waveform -> Kaldi fbank (+ mean norm) -> network, built from the features module's public pieces
+    (`frame_sizes`, `dft_basis`, `mel_banks`, `LOG_FLOOR`) with the steps of its `fbank`. `Fbank` itself frames with
+    `Tensor.unfold`, which the TorchScript exporter cannot export over a dynamic length, so frames are gathered by
+    index here. The parity check compares the graph against `features.fbank`, so any drift between the two is
+    caught at export time."""
 
     def __init__(self, net: nn.Module, features: dict[str, Any]):
         super().__init__()
-        from speakerforge.data.features import Fbank
+        from speakerforge.data.features import dft_basis, frame_sizes, mel_banks
 
-        fb = Fbank(sample_rate=SAMPLE_RATE, num_mel_bins=features["num_mel_bins"],
-                   frame_length=features["frame_length"], frame_shift=features["frame_shift"])
-        self.window, self.shift, self.mean_norm = fb.window, fb.shift, bool(features["mean_norm"])
-        self.register_buffer("basis", fb.basis.clone(), persistent=False)
-        self.register_buffer("mel", fb.mel.clone(), persistent=False)
+        self.window, self.shift, fft_size = frame_sizes(SAMPLE_RATE, features["frame_length"],
+                                                        features["frame_shift"])
+        self.mean_norm = bool(features["mean_norm"])
+        basis = dft_basis(self.window, fft_size)  # [window, 2 * bins]: real parts, then imaginary parts
+        self.bins = basis.shape[1] // 2
+        self.register_buffer("basis", basis.float(), persistent=False)
+        self.register_buffer("mel", mel_banks(features["num_mel_bins"], fft_size, SAMPLE_RATE).float(),
+                             persistent=False)
         self.register_buffer("offsets", torch.arange(self.window), persistent=False)
         self.net = net
 
@@ -103,7 +108,8 @@ class _WaveToEmbedding(nn.Module):
         index = torch.arange(frames, device=waveform.device).unsqueeze(1) * self.shift + self.offsets
         x = waveform[:, index]  # [B, frames, window]
         spectrum = (x - x.mean(dim=-1, keepdim=True)) @ self.basis
-        feats = (spectrum.square() @ self.mel).clamp_min(LOG_FLOOR).log()
+        power = spectrum[..., : self.bins].square() + spectrum[..., self.bins:].square()
+        feats = (power @ self.mel).clamp_min(LOG_FLOOR).log()
         if self.mean_norm:
             feats = feats - feats.mean(dim=-2, keepdim=True)
         return self.net(feats)
@@ -138,6 +144,7 @@ def export_onnx(model: str | Path | SpeakerModel, out: str | Path, with_fbank: b
     gen = torch.Generator().manual_seed(seed)
     example = _example_input(sm, with_fbank, EXAMPLE_FRAMES, 1, gen)
 
+    check_output_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -189,6 +196,7 @@ def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, input_n
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             warnings.simplefilter("ignore", category=DeprecationWarning)  # "legacy exporter": chosen on purpose
+            warnings.filterwarnings("ignore", message=r"var_mean\(\): degrees of freedom")  # shape inference probe
             if dynamo:
                 batch, time_ = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=8)
                 torch.onnx.export(wrapper, (example,), str(path), dynamo=True, opset_version=opset,

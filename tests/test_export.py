@@ -83,3 +83,15 @@ def test_export_command_prints_parity_and_refuses_onnx_input(model_files, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len([e for e in err if "error:" in e]) == 1 and "already an ONNX model" in err[-1]
     assert not (tmp_path / "again.onnx").exists()
+
+
+def test_the_graphs_fbank_is_the_features_modules_fbank():
+    """The in-graph fbank is rebuilt from the features module's pieces; it must give `fbank` + `mean_normalize`."""
+    from speakerforge.data.features import fbank, mean_normalize
+
+    frontend = export_mod._WaveToEmbedding(torch.nn.Identity(), FEATURES)
+    wave = torch.from_numpy(np.stack([noise(1.234, 1), noise(1.234, 2)]))
+    expected = mean_normalize(fbank(wave))
+    got = frontend(wave)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
