@@ -165,6 +165,27 @@ def test_teacher_after_one_step_is_the_ema_of_the_student(corpus, tmp_path):
     assert ema_momentum(6, 6) == 1.0 and ema_momentum(3, 6) == pytest.approx(0.998)
 
 
+@pytest.mark.parametrize("name, args", [("eres2net", {"embedding_dim": 16, "m_channels": 8, "num_blocks": [1, 1, 1, 1]}),
+                                         ("resnet34", {"embedding_dim": 16, "m_channels": 4})])
+def test_any_registry_backbone_trains_as_student_with_an_ema_teacher(name, args):
+    from speakerforge.models.registry import build_model
+
+    torch.manual_seed(0)
+
+    def branch():
+        return SSLBranch(build_model(name, **args), SDPNHead(16, 32, 16, 3, use_bn=True))
+
+    module = SSLModule("sdpn", branch(), branch(), SDPNObjective(8, 16), weights={"memax": 1.0, "koleo": 0.1})
+    before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
+    loss, *_ = module(torch.randn(3, 40, 80), torch.randn(12, 20, 80), 1, 4)
+    loss.backward()
+    torch.optim.SGD(module.parameters(), lr=0.1).step()
+    ema_update(module.teacher, module.student, 0.9)
+    assert all(p.grad is None for p in module.teacher.parameters())
+    moved = [k for k, v in module.teacher.named_parameters() if not torch.equal(v, before[k])]
+    assert len(moved) > len(before) // 4
+
+
 def test_ema_update_leaves_equal_parameters_bit_identical():
     torch.manual_seed(0)
     student = SSLBranch(torch.nn.Linear(4, 4), SDPNHead(4, 8, 4, 2))
@@ -236,6 +257,13 @@ def test_dino_last_layer_is_frozen_during_the_first_epoch_only(corpus, tmp_path)
     v0 = initial.student.head.last_layer.parametrizations.weight.original1.detach()
     assert torch.equal(by_step[3], v0)  # 3 steps = epoch 1: untouched (no gradient, no momentum, no decay)
     assert not torch.equal(by_step[6], v0)
+    # a DINO run stopped before the last layer unfreezes resumes bit-exactly (centre, teacher BN statistics, ...)
+    with pytest.raises(StopForTest):
+        pretrain(ssl_config(corpus, *sets), tmp_path / "resumed", stop_after_steps=2)
+    pretrain(ssl_config(corpus, *sets), tmp_path / "resumed")
+    straight, resumed = latest_state(tmp_path / "run"), latest_state(tmp_path / "resumed")
+    assert "objective.center" in resumed["model"]
+    assert_same_weights(straight["model"], resumed["model"])
 
 
 # ------------------------------------------------------------------------------------------------ fine-tuning
