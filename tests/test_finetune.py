@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from speakerforge.config import SourceConfig, StageConfig
 from speakerforge.train.trainer import RunOptions, StopForTest, Trainer
 from tests.trainutil import TINY_MODEL, assert_same_weights, model_weights, tiny_config, tiny_corpus
 
+ROOT = Path(__file__).resolve().parents[1]
 BASE_SETS = [*TINY_MODEL, "data.batch_size=8", "data.crop_seconds=0.8", "train.threads=1", "optim.lr=0.05",
              "train.seed=3", "train.epochs=1"]
 
@@ -190,3 +192,25 @@ def test_lr_multiplier_applies_per_group(data, tmp_path):
     groups = load_state(sorted((exp / "checkpoints").glob("ckpt-*.pt"))[-1])["optimizer"]["param_groups"]
     lrs = sorted({round(g["lr"], 6) for g in groups})
     assert lrs == [0.005, 0.05]
+
+
+def test_large_margin_recipe_keeps_the_speed_perturbed_classifier(tmp_path):
+    """3D-Speaker's large-margin stage as configs/large-margin.yaml: keep-head works after a speed-perturbed run."""
+    from speakerforge.config import load_config
+
+    corpus = tiny_corpus(tmp_path / "c", n_speakers=4, seed=5)
+    sp = ["--set", "data.speed_perturb=[1.0, 0.9, 1.1]"]
+    assert main(["--quiet", "train", "--exp", str(tmp_path / "sup"), "--data", str(corpus), *_sets(), *sp]) == 0
+    assert model_weights(tmp_path / "sup")["classifier.weight"].shape[0] == 12  # 4 speakers x 3 speeds
+    lm = load_config(ROOT / "configs/large-margin.yaml")
+    assert lm.stages[0].speed_perturb == [1.0] and lm.stages[0].margin.final == 0.5
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs/large-margin.yaml").read_text())
+    raw["stages"][0]["epochs"] = 1
+    raw["data"].update(crop_seconds=1.0, batch_size=8, num_workers=0)
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--quiet", "finetune", "--config", str(tmp_path / "lm.yaml"), "--init", str(tmp_path / "sup"),
+                 "--keep-head", "--exp", str(tmp_path / "lm"), "--data", str(corpus), *_sets()]) == 0
+    rows = (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()
+    assert '"margin": 0.5' in rows[0]
