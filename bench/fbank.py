@@ -3,7 +3,8 @@
 kaldi-native-fbank computes one utterance at a time (its only mode) and is timed from a float32 numpy array to the
 stacked feature matrix, the way Python code uses it, with the samples handed over as a ready list (its fastest way).
 Each round times every method once on the same utterances; the best round is reported (the machine may be shared,
-and the best round is the one least disturbed), the median beside it.
+and the best round is the one least disturbed), the median beside it, and frames per CPU-second of the process (all
+its threads, spin-waiting included) as a figure that depends less on what else runs.
 
     python bench/fbank.py [--utterances 64] [--seconds 3] [--batches 16 64] [--rounds 5] [--threads 2] [--with-rfft]
 
@@ -96,13 +97,15 @@ def main() -> None:
             print(f"  {name}: max |float32 - float64| {(got.double() - exact).abs().max().item():.1e}")
 
     times: dict[str, list[float]] = {name: [] for name in methods}
+    cpu: dict[str, list[float]] = {name: [] for name in methods}
     for fn in methods.values():  # warm-up: caches, MKL/oneDNN kernels
         fn()
     for _ in range(args.rounds):
         for name, fn in methods.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
 
     base_name = next(iter(methods))
     base = frames_total / best_and_median(times[base_name])[0]
@@ -110,7 +113,8 @@ def main() -> None:
         best, median = best_and_median(times[name])
         rate = frames_total / best
         print(f"{name:38s} {rate / 1e3:8.1f} kframes/s (median round {frames_total / median / 1e3:7.1f})  "
-              f"x{rate / base:5.2f} vs kaldi-native-fbank")
+              f"x{rate / base:5.2f} vs kaldi-native-fbank   {frames_total / min(cpu[name]) / 1e3:7.1f} kframes/CPU-s")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,20 @@ def test_other_sample_rates_match_kaldi_native_fbank(sample_rate, kind):
     assert max_diff(got, knf_fbank(wave, sample_rate)) <= TOL
 
 
+def test_mel_banks_and_basis_are_built_once_per_setting():
+    from speakerforge.data.features import _matrices
+
+    wave = torch.zeros(2000)
+    fbank(wave, 16000, 64)
+    before = _matrices.cache_info()
+    fbank(wave, 16000, 64)
+    fbank(wave[None], 16000, 64)
+    after = _matrices.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)
+    fbank(wave, 8000, 64)
+    assert _matrices.cache_info().misses == after.misses + 1
+
+
 def test_frame_sizes_follow_kaldi_rounding():
     assert frame_sizes(16000) == (400, 160, 512)
     assert frame_sizes(8000) == (200, 80, 256)
@@ -279,6 +293,7 @@ def test_fbank_module_equals_function_and_applies_mean_norm():
     assert Fbank().state_dict() == {}
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's own exporter internals (pytree deprecations)
 def test_onnx_export_with_dynamic_batch_and_time_matches_torch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     module = Fbank(mean_norm=True).eval()

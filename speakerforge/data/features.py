@@ -8,13 +8,13 @@ epsilon.
 
 Input convention: waveforms are float in [-1, 1], what `speakerforge.data.audio.load_audio` returns. Kaldi and its
 reimplementations are fed int16-scale samples, so `fbank` multiplies by 32768 internally (folded into its matrices,
-not a separate pass) and returns exactly their numbers. Any other scale would only add a constant to every log-mel
+not a separate pass) and returns their numbers (to float32 rounding, see below). Any other scale would only add a constant to every log-mel
 value (2 ln scale), which utterance mean normalisation removes anyway. `dither` is likewise in int16 units, as in
 Kaldi (dither=1.0 is one least significant bit).
 
 How it is computed: the per-frame steps after DC removal (pre-emphasis, window, zero padding, DFT) are linear, so
-they are folded, in float64, into one real DFT basis `[window, 2 * bins]`; a frame's spectrum is then one matrix
-product, then the power spectrum meets the mel matrix in a second one. `torch.fft.rfft` with elementwise pre-emphasis
+they are folded, in float64, into one real DFT basis `[window, fft_size]` (real | imaginary parts); a frame's
+spectrum is then one matrix product, and the power spectrum meets the mel matrix in a second one. `torch.fft.rfft` with elementwise pre-emphasis
 and window does fewer flops and ran up to ~2x faster on 2 CPU cores (`bench/fbank.py --with-rfft`), but its float32
 rounding puts bins lying 25+ nats below their frame's peak up to 2e-2 away from a float64 computation on real speech;
 the matmul with its float64-built basis stays within ~5e-4 (2e-3 at worst over 251 LibriSpeech utterances), closer
