@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from speakerforge.errors import CheckpointError
+from speakerforge.errors import CheckpointError, check_output_path
 
 MAGIC = b"SPKFORGE-CKPT-1\n"
 _DIGEST_LEN = 64  # hex sha256
@@ -30,6 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     On any error the temp file is removed and the previous `path` (if any) is untouched.
     """
     p = Path(path)
+    check_output_path(p)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:

@@ -1,7 +1,8 @@
 """`speakerforge <command>`: one entry point; each command is a thin layer over a library function.
 
 Commands import their library modules lazily so that `speakerforge validate` does not pay for importing torch.
-User errors (`SpeakerforgeError`) become one line on stderr and a non-zero exit; `--debug` shows the traceback.
+User errors (`SpeakerforgeError`, and an `OSError` about a named file) become one line on stderr and a non-zero exit;
+`--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from speakerforge.errors import SpeakerforgeError
+from speakerforge.errors import SpeakerforgeError, describe_os_error
 
 log = logging.getLogger("speakerforge")
 
@@ -44,7 +45,13 @@ def _run_validate(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(problem, file=sys.stdout)
     print(report.summary(), file=sys.stdout)
-    return 1 if report.problems else 0
+    if not report.problems:
+        return 0
+    # The report (stdout) lists every problem; the verdict on stderr is the one error line every command gives.
+    n = len(report.problems)
+    more = f" (and {n - 1} more, listed above)" if n > 1 else ""
+    print(f"speakerforge validate: error: {report.problems[0]}{more}", file=sys.stderr)
+    return 1
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -74,19 +81,40 @@ def _import_command_modules() -> None:
                 raise
 
 
+def _close_progress_bars() -> None:
+    """Close progress bars an error left open, so that the error line starts a line of its own."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return
+    for bar in list(getattr(std.tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point."""
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    console = logging.StreamHandler()
+    console.setLevel(level)  # --quiet holds for the console even where a command logs INFO to its own log file
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[console])
     _help, _add, run = _COMMANDS[args.command]
     try:
         code = run(args)
     except SpeakerforgeError as exc:
         if args.debug:
             raise
+        _close_progress_bars()
         print(f"speakerforge {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        # A file the user named cannot be read or written (a file where a folder should be, permissions, full
+        # disk): their environment, not a bug. OSErrors without a file name stay tracebacks.
+        if args.debug or exc.filename is None:
+            raise
+        _close_progress_bars()
+        print(f"speakerforge {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"speakerforge {args.command}: interrupted", file=sys.stderr)

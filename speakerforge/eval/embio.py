@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speakerforge.errors import DataError, where
+from speakerforge.errors import DataError, check_output_path, where
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ SUFFIXES = (".npz", ".scp", ".ark")
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
     final = Path(path)
+    check_output_path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     while True:  # like mkstemp, but created with the user's umask rather than mode 0600
         tmp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
