@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
@@ -46,6 +47,7 @@ FEATURE_DEFAULTS: dict[str, Any] = {"num_mel_bins": 80, "frame_length": 25.0, "f
 ONNX_META_KEY = "speakerforge"
 ONNX_FORMAT = "speakerforge-onnx-1"
 DEFAULT_BATCH_SIZE = 16
+SILENCE_PEAK = 1e-4  # -80 dBFS: below this, audio counts as silent (16-bit digital silence is +-1 LSB = 3e-5)
 
 AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
 
@@ -113,6 +115,7 @@ class SpeakerModel:
         self.kind = kind  # "model_file", "checkpoint" or "onnx"
         self.window, self.shift, _ = frame_sizes(SAMPLE_RATE, self.features["frame_length"],
                                                  self.features["frame_shift"])
+        self._min_frames: int | None = None
 
     @property
     def model(self) -> nn.Module | None:
@@ -158,29 +161,91 @@ class SpeakerModel:
         """Samples that `frames` frames cover (what is left after trimming the unused tail)."""
         return self.window + (frames - 1) * self.shift
 
-    def _check_length(self, wav: np.ndarray, what: str) -> None:
-        if wav.shape[0] < self.window:
-            raise DataError(f"{what}: {wav.shape[0] / SAMPLE_RATE:.3f} s of audio is shorter than one "
-                            f"{self.features['frame_length']:g} ms frame")
+    @property
+    def min_frames(self) -> int:
+        """The fewest feature frames the network turns into a finite embedding (probed once, on first use).
+
+        Convolutions with reflect padding fail on inputs shorter than their padding (ECAPA: 5 frames), and
+        statistics pooling over one or two frames divides by zero (NaN); the limit depends on the network, so it is
+        measured on the network itself rather than declared per family, and holds for ONNX models too.
+        """
+        if self._min_frames is None:
+            self._min_frames = self._probe_min_frames()
+        return self._min_frames
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest 16 kHz waveform this model embeds (`min_frames` frames)."""
+        return self.frame_span(self.min_frames)
+
+    def _probe_min_frames(self, limit: int = 512) -> int:
+        rng = np.random.default_rng(0)
+        noise = (0.1 * rng.standard_normal(self.frame_span(limit))).astype(np.float32)
+
+        def works(frames: int) -> bool:
+            try:
+                with warnings.catch_warnings():  # "degrees of freedom <= 0" is the expected failure, not news
+                    warnings.simplefilter("ignore")
+                    out = self._backend(noise[None, : self.frame_span(frames)])
+            except Exception:  # e.g. padding larger than the input; ONNX Runtime raises its own types
+                return False
+            return out.shape == (1, self.embedding_dim) and bool(np.isfinite(out).all())
+
+        if works(1):
+            return 1
+        bad, good = 1, 2
+        while not works(good):
+            if good >= limit:
+                raise CheckpointError(f"{self.source}: the model gives no finite embedding even for {limit} frames "
+                                      "of noise; is it a speaker-embedding model?")
+            bad, good = good, min(2 * good, limit)
+        while good - bad > 1:  # the smallest working count, assuming every longer input works too
+            mid = (bad + good) // 2
+            bad, good = (bad, mid) if works(mid) else (mid, good)
+        log.debug("%s: embeds inputs of at least %d frames", self.source, good)
+        return good
+
+    def check_input(self, wav: np.ndarray, what: str) -> None:
+        """Refuse audio too short for the network, naming `what`; warn about silent audio (it still embeds)."""
+        n = wav.shape[0]
+        if n < self.window:
+            raise DataError(f"{what}: {n / SAMPLE_RATE:.3f} s of audio is shorter than one "
+                            f"{self.features['frame_length']:g} ms feature frame")
+        if n < self.min_samples:
+            raise DataError(f"{what}: {n / SAMPLE_RATE:.3f} s of audio is shorter than the "
+                            f"{self.min_samples / SAMPLE_RATE:.3f} s ({self.min_frames} frames) this model needs "
+                            "for an embedding")
+        if n and float(np.max(np.abs(wav))) <= SILENCE_PEAK:
+            log.warning("%s: silent audio (peak below -80 dBFS); its embedding carries no speaker information", what)
 
     # ---------------------------------------------------------------------------------------------- embeddings
-    def embed_waves(self, waves: np.ndarray) -> np.ndarray:
-        """`[B, T]` 16 kHz waveforms of one length -> `[B, D]` float32 (the backend call, no grouping)."""
+    def embed_waves(self, waves: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
+        """`[B, T]` 16 kHz waveforms of one length -> `[B, D]` float32 (the backend call, no grouping).
+
+        Never returns a non-finite embedding: that is a DataError naming the input (`names[i]` when given)."""
         if waves.ndim != 2:
             raise ValueError(f"expected [B, T] waveforms, got shape {waves.shape}")
-        if waves.shape[1] < self.window:
-            raise DataError(f"{waves.shape[1] / SAMPLE_RATE:.3f} s of audio is shorter than one frame")
+        if waves.shape[1] < self.min_samples:
+            who = f"{names[0]}: " if names is not None and len(names) == 1 else ""
+            raise DataError(f"{who}{waves.shape[1] / SAMPLE_RATE:.3f} s of audio is shorter than the "
+                            f"{self.min_samples / SAMPLE_RATE:.3f} s this model needs for an embedding")
         out = self._backend(waves)
         if out.shape != (waves.shape[0], self.embedding_dim):
             raise CheckpointError(f"{self.source}: the model returned shape {out.shape}, expected "
                                   f"({waves.shape[0]}, {self.embedding_dim})")
+        bad = ~np.isfinite(out).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            who = names[i] if names is not None else f"input {i + 1} of {waves.shape[0]}"
+            raise DataError(f"{who}: {self.source} gave a NaN/inf embedding for this audio "
+                            f"({waves.shape[1] / SAMPLE_RATE:.3f} s); check the audio for extreme sample values")
         return out
 
     def embed(self, item: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """One utterance (path or array) -> embedding `[D]` float32."""
         wav = self.waveform(item, sample_rate)
-        self._check_length(wav, _describe(item))
-        return self.embed_waves(wav[None, : self.frame_span(self.num_frames(wav.shape[0]))])[0]
+        self.check_input(wav, _describe(item))
+        return self.embed_waves(wav[None, : self.frame_span(self.num_frames(wav.shape[0]))], [_describe(item)])[0]
 
     def embed_batch(self, items: Sequence[AudioInput], sample_rate: int | None = None,
                     batch_size: int = DEFAULT_BATCH_SIZE, length_tolerance: float = 0.0) -> np.ndarray:
@@ -188,28 +253,37 @@ class SpeakerModel:
         waves = []
         for item in items:
             wav = self.waveform(item, sample_rate)
-            self._check_length(wav, _describe(item))
+            self.check_input(wav, _describe(item))
             waves.append(wav)
-        return self.embed_waveforms(waves, batch_size=batch_size, length_tolerance=length_tolerance)
+        return self.embed_waveforms(waves, batch_size=batch_size, length_tolerance=length_tolerance,
+                                    names=[_describe(item) for item in items])
 
     def embed_waveforms(self, waves: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE,
-                        length_tolerance: float = 0.0) -> np.ndarray:
-        """16 kHz waveforms (any lengths, each at least one frame) -> `[N, D]`, rows in input order."""
+                        length_tolerance: float = 0.0, names: Sequence[str] | None = None) -> np.ndarray:
+        """16 kHz waveforms (any lengths, each at least `min_samples`) -> `[N, D]`, rows in input order.
+        `names` name the waveforms in error messages."""
         out = np.empty((len(waves), self.embedding_dim), dtype=np.float32)
         frames = [self.num_frames(w.shape[0]) for w in waves]
         for idx, n in group_by_frames(frames, batch_size, length_tolerance):
             span = self.frame_span(n)
-            out[idx] = self.embed_waves(np.stack([waves[i][:span] for i in idx]))
+            out[idx] = self.embed_waves(np.stack([waves[i][:span] for i in idx]),
+                                        None if names is None else [names[i] for i in idx])
         return out
 
     def embed_chunked(self, item: AudioInput, chunk_seconds: float, sample_rate: int | None = None,
                       batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """Mean embedding of equal chunks of `chunk_seconds` (the last one overlaps backwards); short audio whole."""
         wav = self.waveform(item, sample_rate)
-        self._check_length(wav, _describe(item))
-        chunks = chunk_waveform(wav, int(round(chunk_seconds * SAMPLE_RATE)))
+        self.check_input(wav, _describe(item))
+        chunk = int(round(chunk_seconds * SAMPLE_RATE))
+        if chunk < self.min_samples:
+            raise DataError(f"chunks of {chunk_seconds:g} s are shorter than the {self.min_samples / SAMPLE_RATE:.3f} s "
+                            "this model needs for an embedding")
+        chunks = chunk_waveform(wav, chunk)
         span = self.frame_span(self.num_frames(chunks.shape[1]))
-        embs = [self.embed_waves(chunks[i:i + batch_size, :span]) for i in range(0, chunks.shape[0], batch_size)]
+        name = [_describe(item)]
+        embs = [self.embed_waves(chunks[i:i + batch_size, :span], name * len(chunks[i:i + batch_size]))
+                for i in range(0, chunks.shape[0], batch_size)]
         return np.concatenate(embs).mean(axis=0, dtype=np.float64).astype(np.float32)
 
     def score(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> float:
@@ -377,12 +451,14 @@ def _load_experiment(folder: Path, device: str, optimize: bool) -> SpeakerModel:
     if not found:
         raise CheckpointError(f"{folder}: no model here: expected an experiment folder with model.safetensors or "
                               "checkpoints/ckpt-*.pt, a model file or an .onnx file")
+    reasons = []
     for _step, ckpt in found:
         try:
             return _load_checkpoint(ckpt, device, optimize, folder / "config.yaml")
         except CheckpointError as exc:
             log.warning("skipping checkpoint %s: %s", ckpt, exc)
-    raise CheckpointError(f"{folder}: none of its {len(found)} checkpoints could be loaded (see the warnings)")
+            reasons.append(str(exc))
+    raise CheckpointError(f"{folder}: none of its {len(found)} checkpoints could be loaded (newest: {reasons[0]})")
 
 
 def _load_onnx(path: Path, threads: int | None) -> SpeakerModel:

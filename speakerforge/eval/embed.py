@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from speakerforge.data.audio import SAMPLE_RATE, audio_info, load_audio
 from speakerforge.data.manifest import Utterance, read_manifest
-from speakerforge.errors import DataError
+from speakerforge.errors import DataError, check_output_path
 from speakerforge.inference import DEFAULT_BATCH_SIZE, SpeakerModel, chunk_waveform, load_model
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,9 @@ def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: floa
                      workers: int = 1, loaders: int = 2) -> tuple[np.ndarray, dict[str, float]]:
     """`[N, D]` embeddings in the order of `utts`, plus counters (audio seconds, model seconds summed over workers,
     chunked utterances). `workers` threads run the model on different windows of utterances at once."""
-    if chunk is not None and chunk * SAMPLE_RATE < model.window:
-        raise DataError(f"--chunk {chunk} s is shorter than one feature frame")
+    if chunk is not None and chunk * SAMPLE_RATE < model.min_samples:
+        raise DataError(f"--chunk {chunk:g} s is shorter than the {model.min_samples / SAMPLE_RATE:.3f} s this model "
+                        "needs for an embedding")
     durations = np.array([_duration(u) for u in utts])
     order = np.argsort(-durations, kind="stable")
     chunk_len = int(round(chunk * SAMPLE_RATE)) if chunk else 0
@@ -168,13 +169,12 @@ def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: floa
             for start in range(0, len(utts), window):
                 idx = order[start:start + window]
                 batch = [next(wavs) for _ in idx]
-                for u, w in zip((utts[i] for i in idx), batch):
-                    if w.shape[0] < model.window:
-                        raise DataError(f"{u.where}: {w.shape[0] / SAMPLE_RATE:.3f} s of audio is shorter than one "
-                                        "feature frame")
+                names = [f"{utts[i].where}: {utts[i].path}" for i in idx]
+                for name, w in zip(names, batch):
+                    model.check_input(w, name)
                     counters["audio_seconds"] += w.shape[0] / SAMPLE_RATE
                 pending.append((idx, pool.submit(_embed_window, model, batch, chunk_len, batch_size,
-                                                 length_tolerance)))
+                                                 length_tolerance, names)))
                 while len(pending) > workers:  # every worker busy and one window queued
                     collect(pending.popleft())
             while pending:
@@ -185,7 +185,7 @@ def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: floa
 
 
 def _embed_window(model: SpeakerModel, wavs: list[np.ndarray], chunk_len: int, batch_size: int,
-                  tolerance: float) -> tuple[np.ndarray, float, int]:
+                  tolerance: float, names: list[str]) -> tuple[np.ndarray, float, int]:
     """Whole utterances batched by frame count; long ones (with chunking) as the mean over their chunks.
     Returns the embeddings, the seconds spent, and how many utterances were chunked."""
     started = time.perf_counter()
@@ -193,10 +193,12 @@ def _embed_window(model: SpeakerModel, wavs: list[np.ndarray], chunk_len: int, b
     short = [i for i in range(len(wavs)) if not (chunk_len and wavs[i].shape[0] > chunk_len)]
     out = np.empty((len(wavs), model.embedding_dim), dtype=np.float32)
     if short:
-        out[short] = model.embed_waveforms([wavs[i] for i in short], batch_size, tolerance)
+        out[short] = model.embed_waveforms([wavs[i] for i in short], batch_size, tolerance,
+                                           names=[names[i] for i in short])
     if long:
         pieces = [chunk_waveform(wavs[i], chunk_len) for i in long]
-        embs = model.embed_waveforms([c for p in pieces for c in p], batch_size)
+        embs = model.embed_waveforms([c for p in pieces for c in p], batch_size,
+                                     names=[names[i] for i, p in zip(long, pieces) for _ in p])
         pos = 0
         for i, p in zip(long, pieces):
             out[i] = embs[pos:pos + len(p)].mean(axis=0, dtype=np.float64)
@@ -226,6 +228,13 @@ def extract_embeddings(model: str | Path | SpeakerModel, data: str | Path, out: 
         raise DataError(f"{ark}: the Kaldi output should end in .ark (its .scp is written beside it)")
     if chunk is not None and chunk <= 0:
         raise DataError(f"--chunk must be positive, got {chunk}")
+    # Unusable output paths fail now, not after the whole extraction.
+    targets = [out, out.with_name(out.name + ".json")]
+    if ark is not None:
+        targets += [Path(ark), Path(ark).with_suffix(".scp")]
+    for target in targets:
+        check_output_path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}")
     threads = int(threads or os.cpu_count() or 1)
