@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from speakerforge.cli import command
+from speakerforge.errors import DataError
 
 _READERS = {
     "librispeech": "LibriSpeech: SPEAKER/CHAPTER/*.flac, or SPEAKER-CHAPTER-UTT.flac files side by side",
@@ -70,6 +71,10 @@ def _prepare_synthetic(args: argparse.Namespace) -> int:
     from speakerforge.data.corpora.synthetic import make_synthetic_corpus, make_trials, write_trials
 
     name = f"manifest.{args.format}"
+    if args.trials and (args.speakers < 2 or args.utts_per_speaker < 2):
+        # make_trials would refuse only after the corpus is written; refuse before writing anything.
+        raise DataError(f"--trials {args.trials}: trials need at least two speakers with two utterances each "
+                        f"(--speakers {args.speakers}, --utts-per-speaker {args.utts_per_speaker})")
     utts = make_synthetic_corpus(args.out, n_speakers=args.speakers, utts_per_speaker=args.utts_per_speaker,
                                  seconds=args.seconds, sample_rate=args.sample_rate, seed=args.seed,
                                  prefix=args.prefix, manifest_name=name)

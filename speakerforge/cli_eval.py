@@ -119,7 +119,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     rates = {}
     for name, path in zip(names, paths):
         s = _labelled_scores(path, trials)
-        rates[name] = error_rates(s.scores, s.labels, describe=s.describe)
+        rates[name] = error_rates(s.scores, s.labels, describe=s.describe,
+                                  source=trials.source if trials is not None else path)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.scores).parent
     det_path, json_path = out_dir / "det.png", out_dir / "metrics.json"
     metrics = plot_det(det_path, rates, title=args.title)

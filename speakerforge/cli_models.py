@@ -63,6 +63,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
     p = Path(args.path)
     if p.is_dir():
+        if not any((p / name).exists() for name in ("run.json", "config.yaml", "checkpoints", "model.safetensors")):
+            raise CheckpointError(f"{p}: not an experiment folder (no run.json, config.yaml, checkpoints/ or "
+                                  "model.safetensors)")
         info: dict = {"experiment": str(p)}
         for name in ("run.json", "checkpoints/index.json"):
             if (p / name).is_file():
@@ -77,11 +80,17 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if p.suffix == ".onnx":
         import onnx
 
-        m = onnx.load(str(p), load_external_data=False)
+        try:
+            m = onnx.load(str(p), load_external_data=False)
+        except Exception as exc:  # protobuf DecodeError and friends
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{p}: not a readable ONNX model ({first})") from None
         print(json.dumps({"onnx": str(p), "inputs": [i.name for i in m.graph.input],
                           "metadata": {x.key: x.value for x in m.metadata_props}}, indent=1))
         return 0
-    if p.open("rb").read(len(MAGIC)) == MAGIC:
+    with p.open("rb") as fh:
+        head = fh.read(len(MAGIC))
+    if head == MAGIC:
         st = load_state(p)
         n = sum(v.numel() for v in st.get("model", {}).values())
         print(json.dumps({"checkpoint": str(p), "meta": st.get("meta"), "progress": st.get("progress"),

@@ -164,17 +164,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{path}: is a directory; expected a YAML config file")
         if not p.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; expected a YAML config file") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+            raise ConfigError(_yaml_error(path, exc)) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train, ...)")
     for item in overrides or []:
         _apply_override(raw, item)
     return from_dict(Config, raw, where=str(path) if path else "config")
+
+
+def _yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:
+    """One line, `file:line:column: invalid YAML (problem)`, from PyYAML's multi-line message."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = ": ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x)
+    return f"{at}: invalid YAML ({what or str(exc).splitlines()[0]})"
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

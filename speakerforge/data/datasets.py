@@ -13,6 +13,7 @@ import torch
 
 from speakerforge.data.audio import SAMPLE_RATE, load_audio
 from speakerforge.data.sampling import Draw, Source, SpeakerIndex
+from speakerforge.errors import DataError
 
 
 def example_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
@@ -53,7 +54,10 @@ class CropDataset(torch.utils.data.Dataset):
         utt = src.utts[draw.item]
         speed = self.speeds[int(rng.integers(len(self.speeds)))] if len(self.speeds) > 1 else self.speeds[0]
         speed_index = self.speakers.speeds.index(speed)
-        wav = load_audio(utt.path, utt.start, utt.end, self.sample_rate)
+        try:
+            wav = load_audio(utt.path, utt.start, utt.end, self.sample_rate)
+        except DataError as exc:  # decoded only now (NaN samples, a file changed since the header check)
+            raise DataError(f"{utt.where}: {exc}") from None
         if speed != 1.0:
             from speakerforge.data.augment import speed_perturb
 

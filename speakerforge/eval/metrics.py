@@ -53,10 +53,14 @@ class ErrorRates:
 
 
 def check_scores(scores: np.ndarray, labels: np.ndarray | None = None,
-                 describe: Callable[[int], str] | None = None) -> None:
-    """Raise DataError on empty input, NaN/inf scores, bad labels, or a single class."""
+                 describe: Callable[[int], str] | None = None, source: str | None = None) -> None:
+    """Raise DataError on empty input, NaN/inf scores, bad labels, or a single class.
+
+    `describe(i)` names trial i; `source` (the file the labels come from) prefixes the messages about the whole list.
+    """
+    at = f"{source}: " if source else ""
     if scores.ndim != 1 or scores.size == 0:
-        raise DataError(f"no trials to evaluate (got scores of shape {scores.shape})")
+        raise DataError(f"{at}no trials to evaluate (got scores of shape {scores.shape})")
     bad = ~np.isfinite(scores)
     if bad.any():
         first = int(np.argmax(bad))
@@ -66,14 +70,14 @@ def check_scores(scores: np.ndarray, labels: np.ndarray | None = None,
     if labels is None:
         return
     if labels.shape != scores.shape:
-        raise DataError(f"{scores.size} scores but {labels.size} labels; they must pair up one to one")
+        raise DataError(f"{at}{scores.size} scores but {labels.size} labels; they must pair up one to one")
     n_target = int(np.count_nonzero(labels == 1))
     if n_target + int(np.count_nonzero(labels == 0)) != labels.size:
         other = sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]
-        raise DataError(f"labels must be 0 (nontarget) or 1 (target), found {other}")
+        raise DataError(f"{at}labels must be 0 (nontarget) or 1 (target), found {other}")
     if n_target == 0 or n_target == labels.size:
         kind = "nontarget" if n_target == 0 else "target"
-        raise DataError(f"all {labels.size} trials are {kind} trials; EER and minDCF need both target and "
+        raise DataError(f"{at}all {labels.size} trials are {kind} trials; EER and minDCF need both target and "
                         "nontarget trials (wrong trial list or labels?)")
 
 
@@ -88,10 +92,10 @@ def _as_arrays(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.
 
 
 def error_rates(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                describe: Callable[[int], str] | None = None) -> ErrorRates:
+                describe: Callable[[int], str] | None = None, source: str | None = None) -> ErrorRates:
     """P_miss and P_fa at every sorted position (see module docstring for ties)."""
     s, lab = _as_arrays(scores, labels)
-    check_scores(s, lab, describe)
+    check_scores(s, lab, describe, source)
     order = np.argsort(s)
     is_target = (lab == 1)[order]  # gather one byte per trial, not eight
     n_target = int(np.count_nonzero(is_target))

@@ -88,6 +88,8 @@ _TRIAL_LAYOUTS: dict[str, tuple[int, int, int, int | None, dict[str, int] | None
 def _row_chunks(path: str | Path, what: str) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
     """Non-blank lines, split, in chunks: (line numbers, token lists). Missing or empty files are errors."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory; expected a {what} file")
     if not p.is_file():
         raise DataError(f"{path}: {what} file not found")
     seen = 0

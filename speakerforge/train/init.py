@@ -68,12 +68,16 @@ def _read_experiment(folder: Path, part: str | None) -> InitWeights:
         return _from_model_file(model_file)
     from speakerforge.train.checkpoint import CheckpointManager
 
+    reasons = []
     for _step, path in CheckpointManager(folder, run_id="").list():
         try:
             return _from_training_state(load_state(path), str(path), part, folder)
         except CheckpointError as exc:
             log.warning("skipping %s: %s", path, exc)
-    raise CheckpointError(f"{folder}: no model.safetensors and no readable checkpoint in {folder / 'checkpoints'}")
+            reasons.append(str(exc))
+    why = f" (newest: {reasons[0]})" if reasons else ""
+    raise CheckpointError(f"{folder}: no model.safetensors and no readable checkpoint in {folder / 'checkpoints'}"
+                          f"{why}")
 
 
 def _is_pretrain_run(folder: Path) -> bool:

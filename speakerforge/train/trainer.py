@@ -97,6 +97,9 @@ class Trainer:
         self.stages: list[Stage] = resolve_stages(cfg)
         chosen = str(choose_run_dir(Path(exp_dir), self.opts.resume)) if self.env.is_main else None
         self.exp = Path(broadcast_object(self.env, chosen))
+        # What existed before this run, so that a run failing before its first checkpoint can be taken back.
+        self._new_folders = [p for p in (self.exp, *self.exp.parents) if not p.exists()]
+        self._new_run = not (self.exp / "run.json").is_file()
         run_id = prepare_run(self.exp, cfg, self.opts.command, self.opts.allow_config_change,
                              self.opts.init_description) if self.env.is_main else None
         self.run_id = broadcast_object(self.env, run_id)
@@ -169,10 +172,12 @@ class Trainer:
         if not bad:
             return
         if not self.cfg.data.skip_bad_audio:
-            listing = "\n  ".join(f"{where}: {what}" for where, what in bad[:50])
-            more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-            raise SpeakerforgeError(f"{len(bad)} unreadable training rows:\n  {listing}{more}\n"
-                                    "fix them, or pass --skip-bad-audio (data.skip_bad_audio=true) to skip them")
+            for where, what in bad[1:50]:
+                log.error("unreadable training row %s: %s", where, what)
+            rows = f"{len(bad)} unreadable training row{'s' if len(bad) > 1 else ''}"
+            others = "; the others are logged above, and `speakerforge validate` lists all" if len(bad) > 1 else ""
+            raise SpeakerforgeError(f"{rows} (first: {bad[0][0]}: {bad[0][1]}){others}; fix them, or pass "
+                                    "--skip-bad-audio (data.skip_bad_audio=true) to skip them")
         if self.env.is_main:
             with open(self.exp / "skipped.tsv", "w") as f:
                 f.writelines(f"{where}\t{what}\n" for where, what in bad)
@@ -212,8 +217,30 @@ class Trainer:
         """Train every stage to the end (resuming if a checkpoint exists); returns the model file path."""
         try:
             return self._run()
+        except SpeakerforgeError:
+            self._discard_if_never_started()
+            raise
         finally:
             shutdown_distributed()
+
+    def _discard_if_never_started(self) -> None:
+        """A new run that stopped on a user error before its first checkpoint leaves nothing behind: its run.json
+        would otherwise make the corrected command "resume" it and refuse the corrected config."""
+        if not (self.env.is_main and self._new_run) or self.ckpt.list():
+            return
+        root = logging.getLogger("speakerforge")
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)
+                        and Path(h.baseFilename) == (self.exp / "train.log").absolute()]:
+            root.removeHandler(handler)
+            handler.close()
+        for name in ("config.yaml", "run.json", "train.log", "skipped.tsv", "metrics.jsonl", "training_curves.png",
+                     "checkpoints/index.json"):
+            (self.exp / name).unlink(missing_ok=True)
+        for folder in [self.exp / "checkpoints", *self._new_folders]:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                pass
 
     def _run(self) -> Path:
         cfg = self.cfg

@@ -8,6 +8,7 @@ a prefix, so that corpora whose IDs could collide (VoxCeleb2 and CN-Celeb both u
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -187,8 +188,18 @@ def scan_commonvoice(src: str | Path, include_other: bool = False, speaker_prefi
     return _with_durations(utts, skip, "commonvoice") if durations else utts
 
 
+def _read_text(path: Path) -> str:
+    """A listing file's text; not UTF-8 is a DataError naming the line (a binary file, a wrong encoding)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{where(path, line)}: not UTF-8 text; is this the file the corpus release ships?") from None
+
+
 def _read_cv_tsv(tsv: Path, clips: Path, speaker_prefix: str, skip: _Skips) -> Iterable[Utterance]:
-    with open(tsv, encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(tsv), newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, None)
         if header is None or "client_id" not in header or "path" not in header:
@@ -214,7 +225,7 @@ def _clip_durations(tsv: Path) -> dict[str, float]:
     if not tsv.is_file():
         return {}
     out = {}
-    with open(tsv, encoding="utf-8", newline="") as f:
+    with io.StringIO(_read_text(tsv), newline="") as f:
         for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
             if len(row) >= 2 and row[1].strip().isdigit() and int(row[1]) > 0:
                 out[row[0]] = int(row[1]) / 1000.0
@@ -329,7 +340,7 @@ def _cn_speaker_list(root: Path) -> set[str] | None:
     for name in ("dev/dev.lst", "spk.lst"):
         p = root / name
         if p.is_file():
-            return {line.split()[0] for line in p.read_text(encoding="utf-8").splitlines() if line.strip()}
+            return {line.split()[0] for line in _read_text(p).splitlines() if line.strip()}
     return None
 
 
@@ -350,7 +361,7 @@ def _cn_trials(path: Path, enroll: set[str], test: set[str], skip: _Skips) -> li
     """`enroll_id test/ID-genre-...-NNN.wav 1|0` -> (label, enroll key, test key)."""
     labels = {"1": 1, "0": 0, "target": 1, "nontarget": 0}
     out = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for line, text in enumerate(_read_text(path).splitlines(), 1):
         parts = text.split()
         if not parts:
             continue
