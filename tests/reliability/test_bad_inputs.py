@@ -1,0 +1,634 @@
+"""Bad-input catalogue: every command against every kind of bad input it can meet.
+
+One table (`CASES`), one contract, checked for every row through `speakerforge.cli.main(argv)` in-process:
+
+* the exit code is not 0;
+* stderr holds exactly one line, `speakerforge <command>: error: ...`, naming the file (and line, or key);
+* no traceback (unless `--debug`: see `test_debug_shows_the_traceback`);
+* nothing is left behind: the case's output folder stays empty (no partial file, no temp file) and no temp file
+  appears anywhere in the shared fixture tree.
+
+A few rows are also run as a real `python -m speakerforge` subprocess (exit code, stderr without a traceback).
+Inputs that look odd but are fine (8 kHz and 44.1 kHz audio, silent audio) have their own tests: they must work,
+and embeddings are always finite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speakerforge.checkpoint_io import MAGIC, save_state
+from speakerforge.cli import main
+from speakerforge.errors import SpeakerforgeError
+from tests.trainutil import tiny_corpus
+
+REPO = Path(__file__).resolve().parents[2]
+SR = 16000
+# tests.trainutil.TINY_MODEL as --set items without spaces (argv templates are split on spaces), plus settings
+# small enough that the model fixture trains in seconds on one CPU thread.
+TINY_SETS = ["model.name=ecapa_tdnn", "model.args.channels=16", "model.args.embedding_dim=16", "data.batch_size=8", "data.crop_seconds=0.5", "train.threads=1", "train.epochs=1",
+             "optim.lr=0.05", "train.seed=3"]
+
+
+def _sets(*extra: str) -> str:
+    return " ".join(f"--set {s}" for s in [*TINY_SETS, *extra])
+
+
+def _noise(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    n = int(round(seconds * sr))
+    rng = np.random.default_rng(seed)
+    env = np.interp(np.arange(n), np.linspace(0, n, 12), rng.uniform(0.02, 0.3, 12))
+    return (env * rng.standard_normal(n)).astype(np.float32)
+
+
+class Planted:
+    """A pickle that runs a shell command when unpickled: `touch MARKER`."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the world: every bad input, built once per module
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths by name (used as `{name}` in the case table). Read-only for the cases."""
+    root = tmp_path_factory.mktemp("world")
+    w: dict[str, Path] = {"root": root}
+    a = root / "audio"
+    a.mkdir()
+
+    def wav(name: str, samples: np.ndarray, sr: int = SR, subtype: str = "PCM_16") -> Path:
+        sf.write(a / name, samples, sr, subtype=subtype)
+        return a / name
+
+    w["good_a"] = wav("good_a.wav", _noise(1.0, 1))
+    w["good_b"] = wav("good_b.wav", _noise(1.3, 2))
+    w["sr8k"] = wav("sr8k.wav", _noise(1.0, 3, 8000), 8000)
+    w["sr44k"] = wav("sr44k.wav", np.stack([_noise(1.0, 4, 44100)] * 2, axis=1), 44100)
+    w["silent"] = wav("silent.wav", np.zeros(SR, np.float32))
+    w["short"] = wav("short.wav", _noise(0.010, 5))  # 10 ms: not even one 25 ms frame
+    w["short40"] = wav("short40.wav", _noise(0.040, 6))  # 40 ms: 2 frames, fewer than the network accepts
+    nan = _noise(1.0, 7)
+    nan[100:200] = np.nan
+    w["nan"] = wav("nan.wav", nan, subtype="FLOAT")
+    w["empty"] = a / "empty.wav"
+    w["empty"].write_bytes(b"")
+    w["text"] = a / "text.wav"
+    w["text"].write_text("this is a text file, not audio\n")
+    w["m4a"] = a / "clip.m4a"
+    w["m4a"].write_bytes(b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00" + bytes(range(256)) * 4)
+    w["dir_wav"] = a / "folder.wav"
+    w["dir_wav"].mkdir()
+    w["a_file"] = root / "a_file.txt"  # a regular file: paths under it cannot be created, even by root
+    w["a_file"].write_text("I am a file\n")
+    w["a_dir"] = root / "a_dir"
+    w["a_dir"].mkdir()
+    w["marker"] = root / "MARKER_code_ran"
+
+    # manifests: one row each, or a few
+    m = root / "man"
+    for name in ("empty", "text", "nan", "short", "short40", "m4a", "dir_wav", "silent"):
+        w[f"m_{name}"] = _jsonl(m / f"{name}.jsonl", [{"key": "ok", "wav": str(w["good_a"]), "spk": "s1"},
+                                                      {"key": name, "wav": str(w[name]), "spk": "s2"}])
+    w["m_missing_audio"] = _jsonl(m / "missing_audio.jsonl", [{"key": "ok", "wav": str(w["good_a"]), "spk": "s1"},
+                                                              {"key": "gone", "wav": "nope/gone.wav", "spk": "s1"}])
+    w["m_dup"] = _jsonl(m / "dup.jsonl", [{"key": "a", "wav": str(w["good_a"]), "spk": "s1"},
+                                          {"key": "b", "wav": str(w["good_b"]), "spk": "s1"},
+                                          {"key": "a", "wav": str(w["good_b"]), "spk": "s2"}])
+    w["m_rates"] = _jsonl(m / "rates.jsonl", [{"key": "r8", "wav": str(w["sr8k"]), "spk": "s1"},
+                                              {"key": "r44", "wav": str(w["sr44k"]), "spk": "s2"}])
+    w["m_badcols"] = m / "badcols.csv"
+    w["m_badcols"].write_text(f"ID,dur,path,start,stop\na,1.0,{w['good_a']},,\n")
+    w["m_badjson"] = m / "badjson.jsonl"
+    w["m_badjson"].write_text(json.dumps({"key": "a", "wav": str(w["good_a"]), "spk": "s"}) + "\n{not json\n")
+    w["m_unknown_format"] = m / "list.txt"
+    w["m_unknown_format"].write_text(f"a {w['good_a']}\n")
+    w["m_dir_jsonl"] = m / "folder.jsonl"
+    w["m_dir_jsonl"].mkdir()
+    w["kaldi_pipe"] = m / "kaldi_pipe"
+    w["kaldi_pipe"].mkdir()
+    (w["kaldi_pipe"] / "wav.scp").write_text(f"a {w['good_a']}\nb sox x.wav -t wav - | touch {w['marker']} |\n")
+    (w["kaldi_pipe"] / "utt2spk").write_text("a s1\nb s2\n")
+
+    # training corpus, configs
+    w["corpus"] = tiny_corpus(root / "corpus", n_speakers=4, utts=3, seconds=1.0)
+    cfg = root / "cfg"
+    cfg.mkdir()
+    w["cfg_unknown"] = cfg / "unknown.yaml"
+    w["cfg_unknown"].write_text("optim:\n  lrr: 0.1\n")
+    w["cfg_type"] = cfg / "type.yaml"
+    w["cfg_type"].write_text("train:\n  epochs: ten\n")
+    w["cfg_yaml"] = cfg / "broken.yaml"
+    w["cfg_yaml"].write_text("train:\n  epochs: [1, 2\n  seed: 3\n")
+
+    # one tiny trained model, its checkpoint, and model files that are not models
+    w["exp"] = root / "exp"
+    assert main(["--quiet", "train", "--exp", str(w["exp"]), "--data", str(w["corpus"]), *_sets().split()]) == 0
+    w["model"] = w["exp"] / "model.safetensors"
+    w["fake_onnx"] = root / "fake.onnx"
+    w["fake_onnx"].write_bytes(b"\x00garbage, not a protobuf\xff\xfe")
+    w["planted_pt"] = root / "planted.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "evil": Planted(w["marker"])}, w["planted_pt"])
+    w["planted_pkl"] = root / "planted.pkl"
+    w["planted_pkl"].write_bytes(pickle.dumps(Planted(w["marker"])))
+    # a checkpoint with a valid header and checksum whose payload is the planted pickle
+    w["planted_exp"] = root / "planted_exp"
+    (w["planted_exp"] / "checkpoints").mkdir(parents=True)
+    (w["planted_exp"] / "config.yaml").write_text((w["exp"] / "config.yaml").read_text())
+    payload = w["planted_pt"].read_bytes()
+    import hashlib
+
+    w["planted_ckpt"] = w["planted_exp"] / "checkpoints" / "ckpt-000000010.pt"
+    w["planted_ckpt"].write_bytes(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+    # embeddings, trials, scores
+    e = root / "eval"
+    e.mkdir()
+    rng = np.random.default_rng(0)
+    keys = ["u1", "u2", "u3", "u4"]
+    w["emb"] = e / "emb.npz"
+    np.savez(w["emb"], **{k: rng.standard_normal(16).astype(np.float32) for k in keys})
+    w["emb_nan"] = e / "emb_nan.npz"
+    np.savez(w["emb_nan"], u1=np.full(16, np.nan, np.float32), u2=np.ones(16, np.float32))
+    w["cohort8"] = e / "cohort8.npz"
+    np.savez(w["cohort8"], **{f"c{i}": rng.standard_normal(8).astype(np.float32) for i in range(5)})
+    w["emb_text"] = e / "text.npz"
+    w["emb_text"].write_text("not a zip file\n")
+    w["trials"] = e / "trials.txt"
+    w["trials"].write_text("1 u1 u2\n0 u1 u3\n1 u3 u4\n0 u2 u4\n")
+    w["trials_unknown"] = e / "trials_unknown.txt"
+    w["trials_unknown"].write_text("1 u1 u2\n0 u1 ghost\n")
+    w["trials_malformed"] = e / "trials_malformed.txt"
+    w["trials_malformed"].write_text("1 u1 u2\n0 u1 u3\n1 u3\n0 u2 u4\n")
+    w["trials_target"] = e / "trials_target.txt"
+    w["trials_target"].write_text("1 u1 u2\n1 u3 u4\n")
+    w["scores_target"] = e / "target.score"
+    w["scores_target"].write_text("u1 u2 0.5 target\nu3 u4 0.7 target\n")
+    w["scores_nan"] = e / "nan.score"
+    w["scores_nan"].write_text("u1 u2 0.5 target\nu1 u3 nan nontarget\n")
+    w["scores_malformed"] = e / "malformed.score"
+    w["scores_malformed"].write_text("u1 u2 0.5 target\nu1 u3 high nontarget\n")
+    w["scores_unlabelled"] = e / "unlabelled.score"
+    w["scores_unlabelled"].write_text("u1 u2 0.5\nu1 u3 0.1\n")
+    w["scores_unlabelled_target"] = e / "unlabelled_target.score"
+    w["scores_unlabelled_target"].write_text("u1 u2 0.5\nu3 u4 0.1\n")
+    w["scores_ok"] = e / "ok.score"
+    w["scores_ok"].write_text("u1 u2 0.5 target\nu1 u3 0.1 nontarget\n")
+
+    # corpus folders for `prepare`
+    p = root / "prep"
+    (p / "libri_empty").mkdir(parents=True)
+    (p / "libri_empty" / "readme.txt").write_text("no audio here\n")
+    (p / "libri_bad" / "19" / "198").mkdir(parents=True)
+    (p / "libri_bad" / "19" / "198" / "19-198-0001.flac").write_text("not flac\n")
+    (p / "libri_ok" / "19" / "198").mkdir(parents=True)
+    sf.write(p / "libri_ok" / "19" / "198" / "19-198-0001.flac", _noise(0.5, 8), SR)
+    (p / "cv_none").mkdir()
+    (p / "cv_header" / "clips").mkdir(parents=True)
+    (p / "cv_header" / "validated.tsv").write_text("speaker\tfile\nabc\tx.mp3\n")
+    (p / "cv_binary" / "clips").mkdir(parents=True)
+    (p / "cv_binary" / "validated.tsv").write_bytes(b"client_id\tpath\n\xff\xfe\x00garbage\x81\n")
+    for name in ("libri_ok", "libri_empty", "libri_bad", "cv_none", "cv_header", "cv_binary"):
+        w[name] = p / name
+    return {k: str(v) for k, v in w.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the table
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: str  # formatted with the world's paths and {out} (a fresh empty folder), then split on spaces
+    needles: tuple[str, ...]  # each must appear in the error line (formatted the same way)
+    subprocess: bool = False
+
+    @property
+    def command(self) -> str:
+        return self.argv.split()[0]
+
+
+def C(id: str, argv: str, *needles: str, subprocess: bool = False) -> Case:
+    return Case(id, argv, needles, subprocess)
+
+
+MODEL = "--model {model}"
+CASES = [
+    # ---- validate: problems are listed on stdout; the verdict is one error line on stderr
+    C("validate-missing-manifest", "validate {root}/absent.jsonl", "{root}/absent.jsonl", "not found",
+      subprocess=True),
+    C("validate-missing-audio", "validate {m_missing_audio}", "{m_missing_audio}:2", "gone.wav", "not found"),
+    C("validate-empty-audio", "validate {m_empty}", "{m_empty}:2", "empty.wav", "empty"),
+    C("validate-corrupt-audio", "validate {m_text}", "{m_text}:2", "text.wav", "cannot decode"),
+    C("validate-nan-audio-deep", "validate --deep {m_nan}", "{m_nan}:2", "nan.wav", "NaN"),
+    C("validate-unsupported-format", "validate {m_m4a}", "{m_m4a}:2", "clip.m4a", "cannot decode"),
+    C("validate-directory-as-audio", "validate {m_dir_wav}", "{m_dir_wav}:2", "folder.wav", "directory"),
+    C("validate-duplicate-ids", "validate {m_dup}", "{m_dup}:3", "duplicate ID 'a'", "{m_dup}:1"),
+    C("validate-bad-csv-columns", "validate {m_badcols}", "{m_badcols}:1", "spk"),
+    C("validate-bad-json-line", "validate {m_badjson}", "{m_badjson}:2", "bad JSON"),
+    C("validate-unknown-manifest-format", "validate {m_unknown_format}", "{m_unknown_format}", "'.txt'"),
+    C("validate-kaldi-pipe", "validate {kaldi_pipe}", "{kaldi_pipe}/wav.scp:2", "pipe"),
+    C("validate-directory-as-manifest", "validate {m_dir_jsonl}", "{m_dir_jsonl}", "wav.scp"),
+    # ---- prepare
+    C("prepare-librispeech-missing", "prepare librispeech {root}/nolibri --out {out}/m", "{root}/nolibri",
+      "not found"),
+    C("prepare-librispeech-no-files", "prepare librispeech {libri_empty} --out {out}/m", "{libri_empty}",
+      "no LibriSpeech files"),
+    C("prepare-librispeech-corrupt-only", "prepare librispeech {libri_bad} --out {out}/m", "librispeech",
+      "no usable utterances"),
+    C("prepare-librispeech-unwritable-out", "prepare librispeech {libri_ok} --out {unwritable}/m",
+      "{unwritable}"),
+    C("prepare-commonvoice-no-tsv", "prepare commonvoice {cv_none} --out {out}/m", "{cv_none}", "validated.tsv"),
+    C("prepare-commonvoice-bad-header", "prepare commonvoice {cv_header} --out {out}/m", "{cv_header}/validated.tsv:1",
+      "client_id"),
+    C("prepare-commonvoice-binary-tsv", "prepare commonvoice {cv_binary} --out {out}/m", "{cv_binary}/validated.tsv",
+      "UTF-8"),
+    C("prepare-synthetic-zero-speakers", "prepare synthetic --out {out}/s --speakers 0", "synthetic", "speakers"),
+    C("prepare-synthetic-trials-impossible", "prepare synthetic --out {out}/s --speakers 1 --trials 10",
+      "trials", "two speakers"),
+    C("prepare-synthetic-unwritable-out", "prepare synthetic --out {unwritable}/s --speakers 2", "{unwritable}"),
+    C("prepare-demo-unwritable-out", "prepare demo --out {unwritable}/d --train-speakers 1 --test-speakers 2",
+      "{unwritable}"),
+    C("prepare-demo-too-few-speakers", "prepare demo --out {out}/d --test-speakers 1", "test speakers"),
+    # ---- train
+    C("train-config-missing", "train --config {root}/none.yaml --exp {out}/e --data {corpus}", "{root}/none.yaml",
+      "not found"),
+    C("train-config-is-directory", "train --config {a_dir} --exp {out}/e --data {corpus}", "{a_dir}", "directory"),
+    C("train-config-unknown-key", "train --config {cfg_unknown} --exp {out}/e --data {corpus}", "{cfg_unknown}",
+      "'optim.lrr'", "'optim.lr'", subprocess=True),
+    C("train-config-wrong-type", "train --config {cfg_type} --exp {out}/e --data {corpus}", "{cfg_type}",
+      "train.epochs", "integer"),
+    C("train-config-invalid-yaml", "train --config {cfg_yaml} --exp {out}/e --data {corpus}", "{cfg_yaml}:3:",
+      "invalid YAML"),
+    C("train-set-missing-key", "train --exp {out}/e --data {corpus} --set train.epoch=3", "'train.epoch'",
+      "'train.epochs'"),
+    C("train-set-wrong-type", "train --exp {out}/e --data {corpus} --set data.batch_size=big", "data.batch_size",
+      "integer"),
+    C("train-data-missing", "train --exp {out}/e --data {root}/nope.jsonl " + _sets(), "{root}/nope.jsonl",
+      "not found"),
+    C("train-data-duplicate-ids", "train --exp {out}/e --data {m_dup} " + _sets(), "{m_dup}:3", "duplicate ID"),
+    C("train-data-bad-columns", "train --exp {out}/e --data {m_badcols} " + _sets(), "{m_badcols}:1", "spk"),
+    C("train-data-kaldi-pipe", "train --exp {out}/e --data {kaldi_pipe} " + _sets(), "{kaldi_pipe}/wav.scp:2",
+      "pipe"),
+    C("train-data-corrupt-audio", "train --exp {out}/e --data {m_text} " + _sets(), "{m_text}:2", "text.wav",
+      "--skip-bad-audio"),
+    C("train-data-empty-and-missing-audio", "train --exp {out}/e --data {m_empty} {m_missing_audio} " + _sets(),
+      "2 unreadable", "{m_empty}:2", "empty.wav"),
+    C("train-data-nan-audio", "train --exp {out}/e --data {m_nan} " + _sets("data.batch_size=2"), "{m_nan}:2",
+      "nan.wav", "NaN"),
+    C("train-unwritable-exp", "train --exp {unwritable}/e --data {corpus} " + _sets(), "{unwritable}"),
+    # ---- finetune
+    C("finetune-init-missing", "finetune --init {root}/none --exp {out}/e --data {corpus} " + _sets(),
+      "{root}/none", "not found"),
+    C("finetune-init-planted-pickle", "finetune --init {planted_pt} --init-format 3dspeaker --exp {out}/e "
+      "--data {corpus} " + _sets(), "{planted_pt}", "refused"),
+    C("finetune-init-planted-checkpoint", "finetune --init {planted_exp} --exp {out}/e --data {corpus} " + _sets(),
+      "{planted_exp}", "refused"),
+    C("finetune-init-not-a-checkpoint", "finetune --init {fake_onnx} --exp {out}/e --data {corpus} " + _sets(),
+      "{fake_onnx}", "not a speakerforge checkpoint"),
+    C("finetune-freeze-matches-nothing", "finetune --init {exp} --freeze backbone.nothing_here --exp {out}/e "
+      "--data {corpus} " + _sets(), "backbone.nothing_here", "matches no"),
+    C("finetune-set-missing-key", "finetune --init {exp} --exp {out}/e --data {corpus} --set train.frezee=x",
+      "'train.frezee'", "'train.freeze'"),
+    # ---- extract
+    C("extract-model-missing", "extract --model {root}/none.safetensors --data {m_rates} --out {out}/e.npz",
+      "{root}/none.safetensors", "not found"),
+    C("extract-model-fake-onnx", "extract --model {fake_onnx} --data {m_rates} --out {out}/e.npz", "{fake_onnx}",
+      "ONNX"),
+    C("extract-model-planted-checkpoint", "extract --model {planted_ckpt} --data {m_rates} --out {out}/e.npz",
+      "{planted_ckpt}", "refused"),
+    C("extract-data-missing", "extract " + MODEL + " --data {root}/none.jsonl --out {out}/e.npz",
+      "{root}/none.jsonl", "not found"),
+    C("extract-corrupt-audio", "extract " + MODEL + " --data {m_text} --out {out}/e.npz", "{m_text}:2", "text.wav",
+      "cannot decode"),
+    C("extract-empty-audio", "extract " + MODEL + " --data {m_empty} --out {out}/e.npz", "{m_empty}:2",
+      "empty.wav"),
+    C("extract-nan-audio", "extract " + MODEL + " --data {m_nan} --out {out}/e.npz", "{m_nan}:2", "nan.wav", "NaN"),
+    C("extract-too-short-audio", "extract " + MODEL + " --data {m_short} --out {out}/e.npz", "{m_short}:2",
+      "short.wav", "shorter"),
+    C("extract-too-short-for-the-network", "extract " + MODEL + " --data {m_short40} --out {out}/e.npz",
+      "{m_short40}:2", "short40.wav", "shorter"),
+    C("extract-unsupported-format", "extract " + MODEL + " --data {m_m4a} --out {out}/e.npz", "{m_m4a}:2",
+      "clip.m4a"),
+    C("extract-duplicate-ids", "extract " + MODEL + " --data {m_dup} --out {out}/e.npz", "{m_dup}:3",
+      "duplicate ID"),
+    C("extract-kaldi-pipe", "extract " + MODEL + " --data {kaldi_pipe} --out {out}/e.npz", "{kaldi_pipe}/wav.scp:2",
+      "pipe"),
+    C("extract-out-not-npz", "extract " + MODEL + " --data {m_rates} --out {out}/e.txt", "{out}/e.txt", ".npz"),
+    C("extract-out-is-directory", "extract " + MODEL + " --data {m_rates} --out {out}/d.npz", "{out}/d.npz",
+      "is a folder"),
+    C("extract-unwritable-out", "extract " + MODEL + " --data {m_rates} --out {unwritable}/e.npz", "{unwritable}"),
+    # ---- score
+    C("score-unknown-utterances", "score --embeddings {emb} --trials {trials_unknown} --out {out}/s.txt",
+      "{trials_unknown}", "ghost"),
+    C("score-malformed-trials", "score --embeddings {emb} --trials {trials_malformed} --out {out}/s.txt",
+      "{trials_malformed}:3", subprocess=True),
+    C("score-cohort-dimension", "score --embeddings {emb} --trials {trials} --cohort {cohort8} --out {out}/s.txt",
+      "{cohort8}", "8", "16"),
+    C("score-embeddings-missing", "score --embeddings {root}/no.npz --trials {trials} --out {out}/s.txt",
+      "{root}/no.npz", "not found"),
+    C("score-embeddings-corrupt", "score --embeddings {emb_text} --trials {trials} --out {out}/s.txt", "{emb_text}"),
+    C("score-embeddings-nan", "score --embeddings {emb_nan} --trials {trials_target} --out {out}/s.txt",
+      "{emb_nan}", "NaN"),
+    C("score-trials-is-directory", "score --embeddings {emb} --trials {a_dir} --out {out}/s.txt", "{a_dir}",
+      "directory"),
+    C("score-unwritable-out", "score --embeddings {emb} --trials {trials} --out {unwritable}/s.txt",
+      "{unwritable}"),
+    # ---- eval
+    C("eval-all-target-trials", "eval --scores {scores_target} --out-dir {out}", "{scores_target}",
+      "all 2 trials are target"),
+    C("eval-all-target-trial-list", "eval --scores {scores_unlabelled_target} --trials {trials_target} "
+      "--out-dir {out}", "{trials_target}", "all 2 trials are target"),
+    C("eval-nan-scores", "eval --scores {scores_nan} --out-dir {out}", "{scores_nan}:2", "NaN"),
+    C("eval-malformed-scores", "eval --scores {scores_malformed} --out-dir {out}", "{scores_malformed}:2"),
+    C("eval-unlabelled-without-trials", "eval --scores {scores_unlabelled} --out-dir {out}", "{scores_unlabelled}",
+      "--trials"),
+    C("eval-scores-missing", "eval --scores {root}/no.score --out-dir {out}", "{root}/no.score", "not found"),
+    C("eval-unwritable-out-dir", "eval --scores {scores_ok} --out-dir {unwritable}/d", "{unwritable}"),
+    # ---- verify
+    C("verify-too-short", "verify " + MODEL + " {good_a} {short}", "{short}", "shorter", subprocess=True),
+    C("verify-too-short-for-the-network", "verify " + MODEL + " {good_a} {short40}", "{short40}", "shorter"),
+    C("verify-nan-audio", "verify " + MODEL + " {nan} {good_a}", "{nan}", "NaN"),
+    C("verify-missing-audio", "verify " + MODEL + " {good_a} {root}/none.wav", "{root}/none.wav", "not found"),
+    C("verify-corrupt-audio", "verify " + MODEL + " {text} {good_a}", "{text}", "cannot decode"),
+    C("verify-empty-audio", "verify " + MODEL + " {empty} {good_a}", "{empty}", "empty"),
+    C("verify-unsupported-format", "verify " + MODEL + " {m4a} {good_a}", "{m4a}", "cannot decode"),
+    C("verify-directory-as-audio", "verify " + MODEL + " {dir_wav} {good_a}", "{dir_wav}", "directory"),
+    C("verify-model-planted-pickle", "verify --model {planted_pt} {good_a} {good_b}", "{planted_pt}", "not a model"),
+    C("verify-model-directory-without-model", "verify --model {a_dir} {good_a} {good_b}", "{a_dir}", "no model"),
+    # ---- embed
+    C("embed-too-short", "embed " + MODEL + " {good_a} {short} --out {out}/e.npz", "{short}", "shorter"),
+    C("embed-too-short-for-the-network", "embed " + MODEL + " {short40} --out {out}/e.npz", "{short40}", "shorter"),
+    C("embed-empty-audio", "embed " + MODEL + " {empty} --out {out}/e.npz", "{empty}", "empty"),
+    C("embed-nan-audio", "embed " + MODEL + " {good_a} {nan} --out {out}/e.npz", "{nan}", "NaN"),
+    C("embed-model-fake-onnx", "embed --model {fake_onnx} {good_a} --out {out}/e.npz", "{fake_onnx}", "ONNX"),
+    C("embed-out-bad-suffix", "embed " + MODEL + " {good_a} --out {out}/e.txt", "{out}/e.txt", ".npz"),
+    C("embed-unwritable-out", "embed " + MODEL + " {good_a} --out {unwritable}/e.npz", "{unwritable}"),
+    # ---- export
+    C("export-model-missing", "export --model {root}/none --onnx {out}/m.onnx", "{root}/none", "not found"),
+    C("export-model-planted-checkpoint", "export --model {planted_ckpt} --onnx {out}/m.onnx", "{planted_ckpt}",
+      "refused"),
+    C("export-model-is-onnx", "export --model {fake_onnx} --onnx {out}/m.onnx", "{fake_onnx}"),
+    C("export-unwritable-out", "export " + MODEL + " --onnx {unwritable}/m.onnx", "{unwritable}"),
+    # ---- convert
+    C("convert-planted-pickle", "convert --from 3dspeaker --arch ecapa_tdnn {planted_pt} {out}/m.safetensors",
+      "{planted_pt}", "refused", subprocess=True),
+    C("convert-plain-pickle", "convert --from wespeaker --arch ecapa_tdnn {planted_pkl} {out}/m.safetensors",
+      "{planted_pkl}"),
+    C("convert-input-missing", "convert --from 3dspeaker --arch ecapa_tdnn {root}/none.pt {out}/m.safetensors",
+      "{root}/none.pt"),
+    C("convert-input-is-directory", "convert --from 3dspeaker --arch ecapa_tdnn {a_dir} {out}/m.safetensors",
+      "{a_dir}"),
+    C("convert-set-unknown-argument", "convert --from 3dspeaker --arch ecapa_tdnn --set model.args.chanels=8 "
+      "{planted_pt} {out}/m.safetensors", "chanels"),
+    C("convert-set-wrong-type", "convert --from 3dspeaker --arch ecapa_tdnn --set model.args.channels=wide "
+      "{planted_pt} {out}/m.safetensors", "channels", "wide"),
+    C("convert-set-not-a-model-key", "convert --from 3dspeaker --arch ecapa_tdnn --set train.lr=1 "
+      "{planted_pt} {out}/m.safetensors", "train.lr"),
+    C("convert-unknown-arch", "convert --from 3dspeaker --arch ecapa {planted_pt} {out}/m.safetensors", "'ecapa'"),
+    # ---- inspect
+    C("inspect-missing", "inspect {root}/none.safetensors", "{root}/none.safetensors", "not found"),
+    C("inspect-fake-onnx", "inspect {fake_onnx}", "{fake_onnx}", "ONNX", subprocess=True),
+    C("inspect-planted-pickle", "inspect {planted_pt}", "{planted_pt}"),
+    C("inspect-planted-checkpoint", "inspect {planted_ckpt}", "{planted_ckpt}", "refused"),
+    C("inspect-text-file", "inspect {a_file}", "{a_file}"),
+    C("inspect-folder-without-experiment", "inspect {a_dir}", "{a_dir}", "experiment"),
+]
+
+if (REPO / "speakerforge" / "cli_ssl.py").is_file():
+    CASES += [
+        C("pretrain-data-missing", "pretrain --exp {out}/e --data {root}/nope.jsonl " + _sets("ssl.method=dino"),
+          "{root}/nope.jsonl", "not found"),
+        C("pretrain-unknown-method", "pretrain --exp {out}/e --data {corpus} " + _sets("ssl.method=byol"),
+          "ssl.method", "byol"),
+        C("pretrain-set-missing-key", "pretrain --exp {out}/e --data {corpus} --set optim.lrr=1", "'optim.lrr'"),
+        C("pretrain-data-kaldi-pipe", "pretrain --exp {out}/e --data {kaldi_pipe} " + _sets("ssl.method=dino"),
+          "{kaldi_pipe}/wav.scp:2", "pipe"),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running one case
+def _unwritable(world: dict[str, str], tmp: Path) -> str:
+    """A folder that cannot be written: chmod 0o500, or (as root, where modes do not stop writes) a path under a
+    regular file, which fails for everyone."""
+    folder = tmp / "readonly"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        (folder / "probe").write_text("x")
+    except OSError:
+        return str(folder)
+    (folder / "probe").unlink()
+    folder.chmod(0o700)
+    return world["a_file"]
+
+
+def _paths(world: dict[str, str], tmp: Path) -> dict[str, str]:
+    out = tmp / "out"
+    out.mkdir()
+    (out / "d.npz").mkdir()  # a directory where extract's output file should go
+    paths = dict(world, out=str(out), unwritable=_unwritable(world, tmp))
+    return paths
+
+
+def _argv(case: Case, paths: dict[str, str]) -> list[str]:
+    return case.argv.format(**paths).split()
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _temp_files(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith("~"))
+
+
+def check_error(case: Case, code: int, err: str, paths: dict[str, str]) -> str:
+    """The contract of a failing command; returns the error line."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code not in (0, None), f"{case.id}: exit code {code} on bad input; stderr: {err!r}"
+    assert "Traceback" not in err, f"{case.id}: traceback without --debug:\n{err}"
+    errors = [line for line in lines if line.startswith("speakerforge ")]
+    assert len(errors) == 1, f"{case.id}: expected exactly one error line, stderr was:\n{err}"
+    line = errors[0]
+    assert line.startswith(f"speakerforge {case.command}: error: "), f"{case.id}: {line!r}"
+    for needle in case.needles:
+        needle = needle.format(**paths)
+        assert needle in line, f"{case.id}: {needle!r} not in the error line {line!r}"
+    return line
+
+
+def check_nothing_left(case: Case, paths: dict[str, str], world_files_before: set[str]) -> None:
+    out = Path(paths["out"])
+    left = [f for f in _files_under(out)]
+    assert left == [], f"{case.id}: left behind in the output folder: {left}"
+    assert _temp_files(Path(paths["root"])) == [], f"{case.id}: temp files in the fixture tree"
+    assert set(_files_under(Path(paths["root"]))) == world_files_before, \
+        f"{case.id}: files appeared in the fixture tree: {set(_files_under(Path(paths['root']))) - world_files_before}"
+    assert not Path(paths["marker"]).exists(), f"{case.id}: the planted command ran"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_in_one_line_and_leaves_nothing(case: Case, world: dict[str, str], tmp_path: Path,
+                                                        capsys) -> None:
+    paths = _paths(world, tmp_path)
+    before = set(_files_under(Path(world["root"])))
+    code = main(_argv(case, paths))
+    captured = capsys.readouterr()
+    check_error(case, code, captured.err, paths)
+    check_nothing_left(case, paths, before)
+
+
+SUBPROCESS_CASES = [c for c in CASES if c.subprocess]
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES, ids=[c.id for c in SUBPROCESS_CASES])
+def test_bad_input_as_a_real_process(case: Case, world: dict[str, str], tmp_path: Path) -> None:
+    paths = _paths(world, tmp_path)
+    before = set(_files_under(Path(world["root"])))
+    proc = subprocess.run([sys.executable, "-m", "speakerforge", "--quiet", *_argv(case, paths)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    line = check_error(case, proc.returncode, proc.stderr, paths)
+    assert proc.returncode == (1 if case.command == "validate" else 2)  # validate: 1 = problems found
+    assert proc.stderr.strip() == line, f"{case.id}: more than the error line on stderr:\n{proc.stderr}"
+    check_nothing_left(case, paths, before)
+
+
+def test_the_catalogue_covers_every_command() -> None:
+    from speakerforge.cli import _COMMANDS, build_parser
+
+    build_parser()
+    covered = {c.command for c in CASES}
+    expected = {"validate", "prepare", "train", "finetune", "extract", "score", "eval", "verify", "embed", "export",
+                "convert", "inspect"} | ({"pretrain"} if "pretrain" in _COMMANDS else set())
+    assert expected <= covered, expected - covered
+    corpora = {c.argv.split()[1] for c in CASES if c.command == "prepare"}
+    assert {"librispeech", "commonvoice", "synthetic", "demo"} <= corpora
+    assert len(CASES) >= 25
+
+
+def test_debug_shows_the_traceback(world: dict[str, str], tmp_path: Path) -> None:
+    case = next(c for c in CASES if c.id == "score-malformed-trials")
+    paths = _paths(world, tmp_path)
+    with pytest.raises(SpeakerforgeError, match="trials_malformed.txt:3"):
+        main(["--debug", *_argv(case, paths)])
+    proc = subprocess.run([sys.executable, "-m", "speakerforge", "--debug", *_argv(case, paths)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr and "trials_malformed.txt:3" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# odd but valid inputs: they must work
+def test_8khz_and_44khz_audio_are_resampled_by_every_command(world: dict[str, str], tmp_path: Path, capsys) -> None:
+    from speakerforge.eval.embio import load_embeddings
+
+    w = world
+    assert main(["validate", "--deep", w["m_rates"]]) == 0
+    assert main(["verify", "--model", w["model"], w["sr8k"], w["sr44k"], "--threshold", "0.5"]) == 0
+    assert main(["embed", "--model", w["model"], w["sr8k"], w["sr44k"], "--out", str(tmp_path / "e.npz")]) == 0
+    assert main(["extract", "--model", w["model"], "--data", w["m_rates"], "--out", str(tmp_path / "x.npz"),
+                 "--threads", "1"]) == 0
+    emb = load_embeddings(tmp_path / "x.npz")
+    assert sorted(emb) == ["r44", "r8"] and np.isfinite(emb.matrix).all()
+    assert main(["prepare", "synthetic", "--out", str(tmp_path / "s8"), "--speakers", "2", "--utts-per-speaker", "1",
+                 "--seconds", "0.5", "--sample-rate", "8000"]) == 0
+    assert main(["validate", str(tmp_path / "s8" / "manifest.jsonl")]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_silent_audio_warns_and_gives_a_finite_embedding(world: dict[str, str], tmp_path: Path, capsys,
+                                                         caplog) -> None:
+    from speakerforge.eval.embio import load_embeddings
+    from speakerforge.inference import load_model
+
+    w = world
+    model = load_model(w["model"])
+    with caplog.at_level("WARNING"):
+        e = model.embed(w["silent"])
+    assert np.isfinite(e).all() and e.shape == (model.embedding_dim,)
+    assert any("silent" in r.getMessage() and "silent.wav" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["extract", "--model", w["model"], "--data", w["m_silent"], "--out", str(tmp_path / "x.npz"),
+                     "--threads", "1"]) == 0
+    assert any("silent" in r.getMessage() and f"{w['m_silent']}:2" in r.getMessage() for r in caplog.records)
+    assert np.isfinite(load_embeddings(tmp_path / "x.npz").matrix).all()
+    assert main(["verify", "--model", w["model"], w["silent"], w["good_a"], "--threshold", "0.5"]) == 0
+    assert main(["embed", "--model", w["model"], w["silent"], "--out", str(tmp_path / "e.npz")]) == 0
+    assert np.isfinite(load_embeddings(tmp_path / "e.npz").matrix).all()
+
+
+def test_shortest_audio_the_network_accepts_gives_a_finite_embedding(world: dict[str, str]) -> None:
+    from speakerforge.inference import load_model
+
+    model = load_model(world["model"])
+    n = model.min_samples
+    assert n >= model.window
+    wav = _noise(1.0, 9)
+    assert np.isfinite(model.embed(wav[:n])).all()
+    with pytest.raises(SpeakerforgeError, match="shorter"):
+        model.embed(wav[: n - model.shift])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# part 4: security
+def test_all_checkpoint_loading_goes_through_checkpoint_io() -> None:
+    """`torch.load` and unpickling appear only in `checkpoint_io.py`, where `weights_only=True` is enforced."""
+    offenders = []
+    for path in sorted((REPO / "speakerforge").rglob("*.py")):
+        if path.name == "checkpoint_io.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if any(s in code for s in ("torch.load(", "pickle.load(", "pickle.loads(", "pickle.Unpickler",
+                                       "cPickle", "dill.load", "joblib.load")):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert offenders == [], "load checkpoints through speakerforge.checkpoint_io:\n" + "\n".join(offenders)
+    source = (REPO / "speakerforge" / "checkpoint_io.py").read_text()
+    loads = [line for line in source.splitlines() if "torch.load(" in line]
+    assert loads and all("weights_only=True" in line for line in loads)
+
+
+def test_kaldi_pipes_are_refused_by_validate_and_train_and_never_run(world: dict[str, str], tmp_path: Path,
+                                                                     capsys) -> None:
+    w = world
+    assert main(["validate", w["kaldi_pipe"]]) != 0
+    assert "Kaldi pipe commands are not supported" in capsys.readouterr().out
+    assert main(["train", "--exp", str(tmp_path / "e"), "--data", w["kaldi_pipe"], *_sets().split()]) != 0
+    assert "Kaldi pipe commands are not supported" in capsys.readouterr().err
+    assert not Path(w["marker"]).exists()
+
+
+def test_a_failed_start_does_not_block_the_corrected_rerun(world: dict[str, str], tmp_path: Path, capsys) -> None:
+    """A run that stopped on bad data before its first step leaves no run behind that would refuse the fix."""
+    exp = tmp_path / "e"
+    assert main(["--quiet", "train", "--exp", str(exp), "--data", world["m_text"], *_sets().split()]) != 0
+    started = time.perf_counter()
+    assert main(["--quiet", "train", "--exp", str(exp), "--data", world["corpus"], *_sets().split()]) == 0, \
+        capsys.readouterr().err
+    assert (exp / "model.safetensors").is_file()
+    assert time.perf_counter() - started < 120
