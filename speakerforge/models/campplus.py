@@ -67,9 +67,11 @@ class BasicResBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        # in place: these tensors are the largest in the network, and none is needed by the backward pass
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out += self.shortcut(x)
+        return F.relu(out, inplace=True)
 
     def fuse_for_inference(self) -> None:
         """Fold every BN into its conv (eval mode only)."""
@@ -106,9 +108,9 @@ class FCM(nn.Module):
         x = x.unsqueeze(1)
         if uses_channels_last(self.conv2):
             x = x.contiguous(memory_format=torch.channels_last)
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.layer2(self.layer1(out))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         return out.flatten(1, 2)
 
     def fuse_for_inference(self) -> None:
@@ -180,10 +182,15 @@ class CAMLayer(nn.Module):
         t = x.shape[-1]
         # [B, C, n_seg]: utterance mean + mean of each segment (the last one may be shorter)
         context = x.mean(-1, keepdim=True) + F.avg_pool1d(x, self.seg_len, self.seg_len, ceil_mode=True)
-        m = self.sigmoid(self.linear2(self.relu(self.linear1(context))))
+        m = self.sigmoid(_pointwise(self.linear2, self.relu(_pointwise(self.linear1, context))))
         if m.shape[-1] == 1:
             return y * m
         return y * m.repeat_interleave(self.seg_len, dim=-1)[..., :t]
+
+
+def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 Conv1d on a short `[B, C, n]` input as one matrix product (cheaper to dispatch than a convolution)."""
+    return F.linear(x.transpose(1, 2), conv.weight.squeeze(-1), conv.bias).transpose(1, 2)
 
 
 class CAMDenseTDNNLayer(nn.Module):

@@ -59,9 +59,9 @@ class AFF(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, ds_y: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(self.local_att(torch.cat((x, ds_y), dim=1)))
+        t = torch.tanh_(self.local_att(torch.cat((x, ds_y), dim=1)))
         # x * (1 + t) + ds_y * (1 - t), rearranged to one fused multiply-add
-        return torch.addcmul(x + ds_y, t, x - ds_y)
+        return (x + ds_y).addcmul_(t, x - ds_y)
 
     def fuse_for_inference(self) -> None:
         """Fold both BNs of the attention branch into its convs."""
@@ -118,7 +118,8 @@ class ERes2NetBlock(nn.Module):
             sp = _capped_relu(self.bns[i](self.convs[i](sp)))
             outs.append(sp)
         out = self.bn3(self.conv3(torch.cat(outs, dim=1)))
-        return _capped_relu(out + self.shortcut(x))
+        out += self.shortcut(x)  # in place: a fresh tensor that the backward pass does not need
+        return _capped_relu(out)
 
     def fuse_for_inference(self) -> None:
         """Fold every BN into its conv (the AFF modules fold their own)."""
@@ -209,7 +210,7 @@ class ERes2Net(nn.Module):
         x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
         if uses_channels_last(self.layer1_downsample):
             x = x.contiguous(memory_format=torch.channels_last)
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out1 = self.layer1(out)
         out2 = self.layer2(out1)
         fuse12 = self.fuse_mode12(out2, self.layer1_downsample(out1))

@@ -1,0 +1,167 @@
+"""Inference speed of every registered embedding model, ours (eager and `optimize_for_inference`) vs 3D-Speaker.
+
+    .venv/bin/python bench/models.py                      # all registered families, batch 1 and 16, 3 s inputs
+    .venv/bin/python bench/models.py --models campplus eres2net --batches 1 --rounds 15
+
+Families come from the model registry, so a newly registered one is measured without touching this file; its
+3D-Speaker counterpart (`speakerlab`, test-only) is looked up in `REFERENCES` below, and its weights are copied into
+ours through the family module's `speakerlab_key_map`, so all three versions compute the same function (the max
+output difference is printed). The three are timed interleaved, round by round, and the speed-up is the median of
+the per-round ratios: on a shared machine, load changes between rounds but hits a round's three runs alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from speakerforge.models.fuse import optimize_for_inference  # noqa: E402
+from speakerforge.models.registry import build_model, list_models  # noqa: E402
+
+
+@dataclass
+class Case:
+    """One benchmarked configuration: our registered name and arguments, and speakerlab's class and arguments."""
+
+    label: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None  # "speakerlab.module:Class"
+    reference_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+# Registered name -> speakerlab class and the arguments that make it our default model.
+REFERENCES: dict[str, tuple[str, dict[str, Any]]] = {
+    "campplus": ("speakerlab.models.campplus.DTDNN:CAMPPlus", {"feat_dim": 80, "embedding_size": 192}),
+    "eres2net": ("speakerlab.models.eres2net.ERes2Net:ERes2Net", {"feat_dim": 80, "embedding_size": 192}),
+    "ecapa_tdnn": ("speakerlab.models.ecapa_tdnn.ECAPA_TDNN:ECAPA_TDNN",
+                   {"input_size": 80, "lin_neurons": 192, "channels": [512, 512, 512, 512, 1536]}),
+    "resnet34": ("speakerlab.models.resnet.ResNet:ResNet", {"feat_dim": 80, "embedding_size": 192}),
+}
+ALIASES = {"resnet": "resnet34"}  # registered names whose default model is another's: measured once
+
+# Non-default configurations worth their own line.
+EXTRA_CASES = [
+    Case("eres2net[large]", "eres2net", {"variant": "large"},
+         "speakerlab.models.eres2net.ERes2Net:ERes2Net", {"feat_dim": 80, "embedding_size": 192, "m_channels": 64}),
+]
+
+
+def registry_cases() -> list[Case]:
+    """One case per registered model (with its speakerlab reference when known), then the extra ones."""
+    cases = []
+    for name in list_models():
+        if name in ALIASES:
+            continue
+        ref, ref_kwargs = REFERENCES.get(name, (None, {}))
+        cases.append(Case(name, name, {}, ref, ref_kwargs))
+    return cases + [c for c in EXTRA_CASES if c.name in list_models()]
+
+
+def _import_reference(path: str, kwargs: dict[str, Any]) -> nn.Module | None:
+    module, cls = path.split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)(**kwargs)
+    except ModuleNotFoundError as exc:
+        print(f"  (reference {path} unavailable: {exc}; install speakerlab==0.0.6 --no-deps)")
+        return None
+
+
+def _key_map(model: nn.Module) -> Callable[[dict], dict]:
+    return getattr(importlib.import_module(type(model).__module__), "speakerlab_key_map", lambda sd: sd)
+
+
+def build_versions(case: Case) -> dict[str, nn.Module]:
+    """`speakerlab` (if available), `ours` (eager) and `ours-opt`, all eval mode, with the same weights."""
+    ours = build_model(case.name, **case.kwargs).eval()
+    versions: dict[str, nn.Module] = {}
+    if case.reference:
+        ref = _import_reference(case.reference, case.reference_kwargs)
+        if ref is not None:
+            ref.eval()
+            try:
+                ours.load_state_dict(_key_map(ours)(ref.state_dict()))
+                versions["speakerlab"] = ref
+            except RuntimeError as exc:
+                print(f"  (weights of {case.reference} do not fit {case.label}: {str(exc)[:200]}; not compared)")
+    versions["ours"] = ours
+    versions["ours-opt"] = optimize_for_inference(ours)
+    return versions
+
+
+def time_interleaved(versions: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict[str, list[float]]:
+    """Seconds per forward for each version, `rounds` times, the versions taking turns inside every round."""
+    times: dict[str, list[float]] = {k: [] for k in versions}
+    with torch.inference_mode():
+        for model in versions.values():  # warm-up: allocator, oneDNN primitive caches
+            model(x.clone())
+            model(x.clone())
+        for _ in range(rounds):
+            for name, model in versions.items():
+                inp = x.clone()  # some references modify their input in place
+                t0 = time.perf_counter()
+                model(inp)
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def max_output_diff(versions: dict[str, nn.Module], x: torch.Tensor) -> dict[str, float]:
+    """Largest absolute difference of each version's embeddings from the first version's."""
+    with torch.inference_mode():
+        outs = {k: m(x.clone()) for k, m in versions.items()}
+    first = next(iter(outs.values()))
+    return {k: (v - first).abs().max().item() for k, v in list(outs.items())[1:]}
+
+
+def report(case: Case, batch: int, times: dict[str, list[float]], diffs: dict[str, float]) -> None:
+    base = "speakerlab" if "speakerlab" in times else None
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        line = f"{case.label:<18} B={batch:<3} {name:<11} {batch / med:8.1f} utt/s  (median {med * 1e3:8.1f} ms"
+        line += f", min {min(ts) * 1e3:8.1f} ms)"
+        if base and name != base:
+            ratios = [r / o for r, o in zip(times[base], ts)]
+            line += f"  x{statistics.median(ratios):.2f} vs speakerlab  (max |diff| {diffs.get(name, 0.0):.1e})"
+        print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", help="case labels to run (default: all registered)")
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 16])
+    parser.add_argument("--frames", type=int, default=300, help="input length (100 frames = 1 s)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cases = registry_cases()
+    if args.models:
+        unknown = set(args.models) - {c.label for c in cases}
+        if unknown:
+            parser.error(f"unknown model(s) {sorted(unknown)}; known: {[c.label for c in cases]}")
+        cases = [c for c in cases if c.label in args.models]
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.frames} frames, batches {args.batches}, "
+          f"{args.rounds} interleaved rounds")
+    for case in cases:
+        versions = build_versions(case)
+        for batch in args.batches:
+            x = torch.randn(batch, args.frames, 80)
+            diffs = max_output_diff(versions, x)
+            report(case, batch, time_interleaved(versions, x, args.rounds), diffs)
+
+
+if __name__ == "__main__":
+    main()
