@@ -178,7 +178,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train, ...)")
     for item in overrides or []:
         _apply_override(raw, item)
-    return from_dict(Config, raw, where=str(path) if path else "config")
+    cfg = from_dict(Config, raw, where=str(path) if path else "config")
+    check_values(cfg, where=str(path) if path else "config")
+    return cfg
+
+
+# Numbers that have a valid range: outside it, training fails deep inside (a negative LR in the optimizer, a
+# zero-length crop in a convolution) or silently does nothing (0 epochs writes an untrained model).
+_AT_LEAST: dict[str, float] = {
+    "train.epochs": 1, "train.grad_accum": 1, "train.keep_last": 1, "train.log_every": 1,
+    "train.max_nonfinite_steps": 1, "data.batch_size": 1, "features.num_mel_bins": 1, "head.subcenters": 1,
+    "train.grad_clip": 0, "train.threads": 0, "train.save_every_steps": 0, "data.min_seconds": 0,
+    "data.num_workers": 0, "data.samples_per_epoch": 0, "optim.min_lr": 0, "optim.warmup_epochs": 0,
+    "optim.weight_decay": 0, "margin.start_epoch": 0, "margin.end_epoch": 0,
+}
+_ABOVE_ZERO = ("optim.lr", "data.crop_seconds", "features.frame_length", "features.frame_shift", "head.scale")
+_STAGE_AT_LEAST = {"epochs": 1, "min_lr": 0, "warmup_epochs": 0}
+_STAGE_ABOVE_ZERO = ("lr", "crop_seconds")
+
+
+def check_values(cfg: Config, where: str = "config") -> None:
+    """ConfigError for a number outside its range (e.g. `train.epochs` 0, a negative `optim.lr`), naming the key."""
+    def get(obj: Any, dotted: str) -> Any:
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def check(key: str, value: Any, low: float, strict: bool) -> None:
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if value < low or (strict and value == low) or value != value:
+            bound = f"> {low:g}" if strict else f">= {low:g}"
+            raise ConfigError(f"{where}: {key} must be {bound}, got {value!r}")
+
+    for key, low in _AT_LEAST.items():
+        check(key, get(cfg, key), low, strict=False)
+    for key in _ABOVE_ZERO:
+        check(key, get(cfg, key), 0, strict=True)
+    for i, stage in enumerate(cfg.stages):
+        for name, low in _STAGE_AT_LEAST.items():
+            check(f"stages[{i}].{name}", getattr(stage, name), low, strict=False)
+        for name in _STAGE_ABOVE_ZERO:
+            check(f"stages[{i}].{name}", getattr(stage, name), 0, strict=True)
+    for i, src in enumerate(cfg.data.sources):
+        check(f"data.sources[{i}].weight", src.weight, 0, strict=True)
 
 
 def _yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:

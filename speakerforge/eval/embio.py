@@ -149,6 +149,8 @@ def load_embeddings(path: str | Path) -> Embeddings:
     suffix = p.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unknown embedding file type {suffix or '(none)'!r}; use .npz, .scp or .ark")
+    if p.is_dir():
+        raise DataError(f"{path}: is a directory; expected an embedding file")
     if not p.is_file():
         raise DataError(f"{path}: embedding file not found")
     if suffix == ".npz":

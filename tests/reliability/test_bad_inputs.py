@@ -285,6 +285,9 @@ CASES = [
       "'train.epochs'"),
     C("train-set-wrong-type", "train --exp {out}/e --data {corpus} --set data.batch_size=big", "data.batch_size",
       "integer"),
+    C("train-set-zero-epochs", "train --exp {out}/e --data {corpus} " + _sets("train.epochs=0"), "train.epochs",
+      ">= 1"),
+    C("train-set-negative-lr", "train --exp {out}/e --data {corpus} " + _sets("optim.lr=-0.1"), "optim.lr", "> 0"),
     C("train-data-missing", "train --exp {out}/e --data {root}/nope.jsonl " + _sets(), "{root}/nope.jsonl",
       "not found"),
     C("train-data-duplicate-ids", "train --exp {out}/e --data {m_dup} " + _sets(), "{m_dup}:3", "duplicate ID"),
@@ -353,6 +356,8 @@ CASES = [
       "{emb_nan}", "NaN"),
     C("score-trials-is-directory", "score --embeddings {emb} --trials {a_dir} --out {out}/s.txt", "{a_dir}",
       "directory"),
+    C("score-embeddings-is-directory", "score --embeddings {out}/d.npz --trials {trials} --out {out}/s.txt",
+      "{out}/d.npz", "directory"),
     C("score-unwritable-out", "score --embeddings {emb} --trials {trials} --out {unwritable}/s.txt",
       "{unwritable}"),
     # ---- eval
