@@ -113,11 +113,12 @@ def dft_basis(window: int, fft_size: int, preemphasis: float = PREEMPHASIS, scal
     k = torch.arange(fft_size // 2, dtype=torch.float64)
     angle = 2 * math.pi * torch.outer(n, k) / fft_size
     basis = povey_window(window)[:, None] * torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1)
-    # Pre-emphasis y[i] = x[i] - a x[i-1], y[0] = x[0] - a x[0]: as a matrix P (y = P x), the frame meets P^T basis.
-    emphasis = torch.eye(window, dtype=torch.float64)
-    emphasis[1:, :-1] -= preemphasis * torch.eye(window - 1, dtype=torch.float64)
-    emphasis[0, 0] -= preemphasis
-    return emphasis.T @ basis * scale
+    # Pre-emphasis y[i] = x[i] - a x[i-1], y[0] = x[0] - a x[0] is a matrix P (y = P x); the frame meets P^T basis,
+    # whose row j is basis[j] - a basis[j+1] (and row 0 loses a further a basis[0]).
+    folded = basis.clone()
+    folded[:-1] -= preemphasis * basis[1:]
+    folded[0] -= preemphasis * basis[0]
+    return folded * scale
 
 
 @lru_cache(maxsize=32)
