@@ -82,7 +82,7 @@ class Demo:
     def run(self) -> Path:
         t_start = time.time()
         corpus = self.out / "corpus"
-        spk = ["--train-speakers", "12", "--test-speakers", "4"] if self.quick else []
+        spk = ["--train-speakers", "8", "--test-speakers", "3"] if self.quick else []
         self.run_cli("prepare the demo corpus (Kokoro TTS voices)", ["prepare", "demo", "--out", str(corpus), *spk],
                      done=corpus / "corpus.json")
         self.run_cli("validate the manifests", ["validate", str(corpus / "train.jsonl"), str(corpus / "test.jsonl")])
