@@ -390,7 +390,7 @@ class Trainer:
         correct = 0
         count = 0
         for k in range(accum):
-            batch = next(it)
+            batch = _next_batch(it)
             sync = k == accum - 1 or not self.env.enabled
             ctx = train_module.no_sync() if (not sync and self.env.enabled) else _nullcontext()
             with ctx:
@@ -539,6 +539,20 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def _next_batch(it: Any) -> Any:
+    """`next(it)`; a user error raised in a DataLoader worker comes back as its own message, without the worker's
+    traceback that torch pastes into it (`Caught DataError in DataLoader worker process 0. Original Traceback...`)."""
+    try:
+        return next(it)
+    except SpeakerforgeError as exc:
+        text = str(exc)
+        if "Original Traceback" not in text:
+            raise
+        prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+        original = text[text.rfind(prefix) + len(prefix):].strip() if prefix in text else text.strip().splitlines()[-1]
+        raise type(exc)(original) from None
 
 
 def _seed_everything(seed: int) -> None:

@@ -300,6 +300,8 @@ CASES = [
       "2 unreadable", "{m_empty}:2", "empty.wav"),
     C("train-data-nan-audio", "train --exp {out}/e --data {m_nan} " + _sets("data.batch_size=2"), "{m_nan}:2",
       "nan.wav", "NaN"),
+    C("train-data-nan-audio-in-a-worker", "train --exp {out}/e --data {m_nan} "
+      + _sets("data.batch_size=2", "data.num_workers=1"), "{m_nan}:2", "nan.wav", "NaN"),
     C("train-unwritable-exp", "train --exp {unwritable}/e --data {corpus} " + _sets(), "{unwritable}"),
     # ---- finetune
     C("finetune-init-missing", "finetune --init {root}/none --exp {out}/e --data {corpus} " + _sets(),
