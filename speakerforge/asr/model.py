@@ -1,0 +1,319 @@
+"""A small SeACo-Paraformer: non-autoregressive ASR with a hotword (contextual) bias branch.
+
+Module names are FunASR's, so that freeze lists mean the same thing here and there:
+- `encoder`: low frame rate stacking of fbank frames, then SAN-M-like blocks (self-attention plus an FSMN-style
+  depthwise convolution memory, then a feed-forward layer);
+- `predictor`: CIF weights (conv + linear + sigmoid) integrated into one embedding per token (`speakerforge.asr.cif`);
+- `decoder`: non-autoregressive decoder over the CIF embeddings (self-attention, cross-attention to the encoder);
+  `decoder.embed` is the token embedding the hotword branch uses;
+- `bias_encoder`: LSTM over each hotword's token embeddings, last valid step;
+- `seaco_decoder`: cross-attention layers (no input/output layers) run once with the CIF embeddings and once with the
+  decoder states as queries over the hotword list; the two outputs are summed;
+- `hotword_output_layer`: vocabulary + `<no_bias>` (the last id);
+- `ctc` (optional): a linear CTC head on the encoder.
+The hotword list always ends with the no-bias entry (the single `<sos/eos>` token), as in FunASR.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from speakerforge.asr import cif as cif_ops
+
+ASR_PART = ("encoder", "predictor", "decoder", "ctc")
+HOTWORD_PART = ("bias_encoder", "seaco_decoder", "hotword_output_layer")
+
+
+@dataclass
+class ModelArgs:
+    """`model.args` of an ASR config (validated with `speakerforge.config.from_dict`)."""
+
+    num_mel_bins: int = 80
+    lfr_m: int = 5  # frames stacked
+    lfr_n: int = 3  # frame step (30 ms at a 10 ms shift)
+    d_model: int = 144
+    heads: int = 4
+    ffn_dim: int = 384
+    encoder_layers: int = 4
+    decoder_layers: int = 2
+    seaco_layers: int = 1
+    fsmn_kernel: int = 11
+    dropout: float = 0.1
+    ctc: bool = True
+
+
+def lfr(feats: Tensor, lengths: Tensor, m: int, n: int) -> tuple[Tensor, Tensor]:
+    """Low frame rate: stack `m` frames every `n` (left-padded with the first frame, as FunASR), `[B, T, F]`."""
+    b, t, f = feats.shape
+    pad_left = (m - 1) // 2
+    x = torch.cat([feats[:, :1].expand(b, pad_left, f), feats, feats.new_zeros(b, m, f)], dim=1)
+    out_len = torch.div(lengths + n - 1, n, rounding_mode="floor")
+    t_out = int(out_len.max().item()) if b else 0
+    idx = torch.arange(t_out, device=feats.device)[:, None] * n + torch.arange(m, device=feats.device)[None, :]
+    return x[:, idx].reshape(b, t_out, m * f), out_len
+
+
+def sinusoid(t: int, d: int, device: torch.device) -> Tensor:
+    pos = torch.arange(t, device=device, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d))
+    pe = torch.zeros(t, d, device=device)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d: int, hidden: int, dropout: float):
+        super().__init__(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, d))
+
+
+class SanmBlock(nn.Module):
+    """Self-attention + FSMN-like depthwise convolution memory + feed-forward, pre-norm residuals."""
+
+    def __init__(self, d: int, heads: int, ffn: int, kernel: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.fsmn = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d, bias=False)
+        self.norm2 = nn.LayerNorm(d)
+        self.ffn = FeedForward(d, ffn, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        h = self.norm1(x)
+        a, _ = self.attn(h, h, h, key_padding_mask=pad, need_weights=False)
+        mem = self.fsmn(h.masked_fill(pad[..., None], 0).transpose(1, 2)).transpose(1, 2)
+        x = x + self.drop(a) + self.drop(mem)
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.lfr_m, self.lfr_n = a.lfr_m, a.lfr_n
+        self.input_layer = nn.Linear(a.num_mel_bins * a.lfr_m, a.d_model)
+        self.blocks = nn.ModuleList(SanmBlock(a.d_model, a.heads, a.ffn_dim, a.fsmn_kernel, a.dropout)
+                                    for _ in range(a.encoder_layers))
+        self.after_norm = nn.LayerNorm(a.d_model)
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x, lengths = lfr(feats, lengths, self.lfr_m, self.lfr_n)
+        x = self.input_layer(x)
+        x = x + sinusoid(x.shape[1], x.shape[2], x.device)
+        pad = torch.arange(x.shape[1], device=x.device)[None, :] >= lengths[:, None]
+        for blk in self.blocks:
+            x = blk(x, pad)
+        return self.after_norm(x), lengths
+
+
+class Predictor(nn.Module):
+    """CIF weights from encoder frames (FunASR's CifPredictorV2 shape: conv, ReLU, linear, sigmoid)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.conv = nn.Conv1d(d, d, 3, padding=1)
+        self.output = nn.Linear(d, 1)
+
+    def forward(self, enc: Tensor, enc_lengths: Tensor, target_lengths: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(token embeddings `[B, K, D]`, token mask, raw alpha sums `[B]`, token counts `[B]`).
+
+        With `target_lengths` (training) the alphas are scaled to fire exactly that many tokens.
+        """
+        h = torch.relu(self.conv(enc.transpose(1, 2))).transpose(1, 2)
+        alphas = torch.sigmoid(self.output(h)).squeeze(-1)
+        valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lengths[:, None]
+        alphas = alphas * valid
+        raw_sum = alphas.sum(-1)
+        if target_lengths is not None:
+            alphas = cif_ops.scale_to_targets(alphas, target_lengths)
+            n = target_lengths.long()
+        else:
+            n = cif_ops.num_fired(alphas).clamp_min(1)
+        emb, mask = cif_ops.cif(enc, alphas, n)
+        return emb, mask, raw_sum, n
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, self_attn: bool = True):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True) if self_attn else None
+        self.norm1 = nn.LayerNorm(d) if self_attn else None
+        self.norm2 = nn.LayerNorm(d)
+        self.src_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.norm3 = nn.LayerNorm(d)
+        self.ffn = FeedForward(d, ffn, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, x_pad: Tensor | None, mem: Tensor, mem_pad: Tensor | None) -> Tensor:
+        if self.self_attn is not None:
+            h = self.norm1(x)
+            x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=x_pad, need_weights=False)[0])
+        h = self.norm2(x)
+        x = x + self.drop(self.src_attn(h, mem, mem, key_padding_mask=mem_pad, need_weights=False)[0])
+        return x + self.drop(self.ffn(self.norm3(x)))
+
+
+class Decoder(nn.Module):
+    """Non-autoregressive decoder; `embed` is the token embedding shared with the hotword branch."""
+
+    def __init__(self, a: ModelArgs, vocab_size: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, a.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(a.d_model, a.heads, a.ffn_dim, a.dropout)
+                                    for _ in range(a.decoder_layers))
+        self.after_norm = nn.LayerNorm(a.d_model)
+        self.output_layer = nn.Linear(a.d_model, vocab_size)
+
+    def forward(self, tokens_in: Tensor, token_mask: Tensor, enc: Tensor, enc_pad: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits `[B, K, V]`, hidden states `[B, K, D]`)."""
+        x = tokens_in
+        for layer in self.layers:
+            x = layer(x, ~token_mask, enc, enc_pad)
+        h = self.after_norm(x)
+        return self.output_layer(h), h
+
+
+class BiasEncoder(nn.Module):
+    """LSTM over a hotword's token embeddings; its representation is the output at the last valid step."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.lstm = nn.LSTM(d, d, num_layers=1, batch_first=True)
+
+    def forward(self, emb: Tensor, lengths: Tensor) -> Tensor:
+        out, _ = self.lstm(emb)
+        return out[torch.arange(out.shape[0], device=out.device), (lengths - 1).clamp_min(0)]
+
+
+class SeacoDecoder(nn.Module):
+    """Cross-attention layers from queries (CIF embeddings or decoder states) to the hotword representations."""
+
+    def __init__(self, a: ModelArgs):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(a.d_model, a.heads, a.ffn_dim, a.dropout, self_attn=False)
+                                    for _ in range(a.seaco_layers))
+        self.after_norm = nn.LayerNorm(a.d_model)
+
+    def forward(self, queries: Tensor, hotwords: Tensor) -> Tensor:
+        mem = hotwords.unsqueeze(0).expand(queries.shape[0], -1, -1)
+        x = queries
+        for layer in self.layers:
+            x = layer(x, None, mem, None)
+        return self.after_norm(x)
+
+    def scores(self, queries: Tensor, hotwords: Tensor) -> Tensor:
+        """Attention probability of each hotword `[B, K, H]` in the first layer (heads averaged), for filtering."""
+        layer = self.layers[0]
+        mem = hotwords.unsqueeze(0).expand(queries.shape[0], -1, -1)
+        _, w = layer.src_attn(layer.norm2(queries), mem, mem, need_weights=True, average_attn_weights=True)
+        return w
+
+
+class SeacoParaformer(nn.Module):
+    """The whole model; `forward` computes the selected losses, `recognize` decodes (optionally with hotwords)."""
+
+    def __init__(self, vocab_size: int, args: ModelArgs | None = None, sos_id: int = 1, blank_id: int = 0):
+        super().__init__()
+        a = args or ModelArgs()
+        self.args = a
+        self.vocab_size = vocab_size
+        self.no_bias_id = vocab_size  # the last output of hotword_output_layer
+        self.sos_id, self.blank_id = sos_id, blank_id
+        self.encoder = Encoder(a)
+        self.predictor = Predictor(a.d_model)
+        self.decoder = Decoder(a, vocab_size)
+        self.bias_encoder = BiasEncoder(a.d_model)
+        self.seaco_decoder = SeacoDecoder(a)
+        self.hotword_output_layer = nn.Linear(a.d_model, vocab_size + 1)
+        self.ctc = nn.Linear(a.d_model, vocab_size) if a.ctc else None
+
+    # ------------------------------------------------------------------------------------------------ parts
+    def encode(self, feats: Tensor, feat_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        enc, lengths = self.encoder(feats, feat_lengths)
+        pad = torch.arange(enc.shape[1], device=enc.device)[None, :] >= lengths[:, None]
+        return enc, lengths, pad
+
+    def hotword_embeddings(self, hotwords: Tensor, hotword_lengths: Tensor) -> Tensor:
+        """`[H, L]` token ids (the list ends with the no-bias entry) -> `[H, D]`."""
+        return self.bias_encoder(self.decoder.embed(hotwords), hotword_lengths)
+
+    def bias_logits(self, cif_emb: Tensor, dec_hidden: Tensor, hw_emb: Tensor) -> Tensor:
+        """Hotword branch logits `[B, K, V + 1]`: the two attention passes summed, then the output layer."""
+        merged = self.seaco_decoder(cif_emb, hw_emb) + self.seaco_decoder(dec_hidden, hw_emb)
+        return self.hotword_output_layer(merged)
+
+    # ------------------------------------------------------------------------------------------------ training
+    def forward(self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+                hotwords: Tensor | None = None, hotword_lengths: Tensor | None = None,
+                hotword_labels: Tensor | None = None, losses: tuple[str, ...] = ("ce", "cif")) -> dict[str, Tensor]:
+        """Loss terms named in `losses` (ce, ctc, cif, hotword) plus token accuracies; targets padded with -1."""
+        enc, enc_lengths, enc_pad = self.encode(feats, feat_lengths)
+        out: dict[str, Tensor] = {}
+        if "ctc" in losses:
+            if self.ctc is None:
+                raise ValueError("loss 'ctc' selected but the model has no ctc head (model.args.ctc: false)")
+            logp = F.log_softmax(self.ctc(enc), -1).transpose(0, 1)
+            out["ctc"] = F.ctc_loss(logp, targets.clamp_min(0), enc_lengths, target_lengths, blank=self.blank_id,
+                                    reduction="sum", zero_infinity=True) / targets.shape[0]
+        need_dec = "ce" in losses or "hotword" in losses
+        if not (need_dec or "cif" in losses):
+            return out
+        emb, mask, raw_sum, _ = self.predictor(enc, enc_lengths, target_lengths)
+        if "cif" in losses:
+            out["cif"] = (raw_sum - target_lengths.to(raw_sum.dtype)).abs().mean()
+        if not need_dec:
+            return out
+        logits, hidden = self.decoder(emb, mask, enc, enc_pad)
+        if "ce" in losses:
+            out["ce"] = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-1)
+            out["ce_acc"] = _accuracy(logits, targets)
+        if "hotword" in losses:
+            if hotwords is None or hotword_labels is None:
+                raise ValueError("loss 'hotword' needs a hotword list and labels")
+            hw = self.hotword_embeddings(hotwords, hotword_lengths)
+            blogits = self.bias_logits(emb, hidden, hw)
+            out["hotword"] = F.cross_entropy(blogits.transpose(1, 2), hotword_labels, ignore_index=-1)
+            out["hotword_acc"] = _accuracy(blogits, hotword_labels)
+        return out
+
+    # ------------------------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def recognize(self, feats: Tensor, feat_lengths: Tensor, hotwords: Tensor | None = None,
+                  hotword_lengths: Tensor | None = None, filter_threshold: int = 50,
+                  filter_keep: int = 20) -> list[list[int]]:
+        """Greedy token ids per utterance. With a hotword list (ending with the no-bias entry) the bias branch
+        replaces the ASR distribution wherever its argmax is not `<no_bias>` (FunASR's merge); a list longer
+        than `filter_threshold` is first cut per utterance to the `filter_keep` hotwords of highest attention."""
+        enc, enc_lengths, enc_pad = self.encode(feats, feat_lengths)
+        emb, mask, _, n = self.predictor(enc, enc_lengths)
+        logits, hidden = self.decoder(emb, mask, enc, enc_pad)
+        probs = logits.softmax(-1)
+        if hotwords is not None and hotwords.shape[0] > 1:
+            hw = self.hotword_embeddings(hotwords, hotword_lengths)
+            rows = []
+            for i in range(emb.shape[0]):
+                e, h, hw_i = emb[i:i + 1, : n[i]], hidden[i:i + 1, : n[i]], hw
+                if hw.shape[0] - 1 > filter_threshold:
+                    score = self.seaco_decoder.scores(e, hw[:-1])[0].max(0).values  # [H-1]
+                    keep = score.topk(min(filter_keep, score.numel())).indices.sort().values
+                    hw_i = torch.cat([hw[keep], hw[-1:]])
+                b = self.bias_logits(e, h, hw_i).softmax(-1)[0]
+                p = probs[i, : n[i]]
+                use_bias = b.argmax(-1) != self.no_bias_id
+                rows.append(torch.where(use_bias[:, None], b[:, :-1], p))
+            return [r.argmax(-1).tolist() for r in rows]
+        return [probs[i, : n[i]].argmax(-1).tolist() for i in range(probs.shape[0])]
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """(correct, counted) as a 2-vector, labels -1 ignored."""
+    valid = labels >= 0
+    correct = ((logits.argmax(-1) == labels) & valid).sum()
+    return torch.stack([correct, valid.sum()])
