@@ -13,6 +13,8 @@ import io
 import json
 import os
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,14 +102,22 @@ def safe_torch_load(src: Any, map_location: str | torch.device = "cpu", name: st
     """`torch.load` that refuses anything but tensors and plain containers (no code runs on load)."""
     label = name or str(src)
     try:
-        return torch.load(src, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol warning would be noise before the refusal
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(src, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{label}: refused to load: the file holds Python objects other than tensors and plain containers "
-            f"(loading it could run code). Re-save it as a state_dict or safetensors. ({_first_line(exc)})"
+            f"(loading it could run code{_blocked_object(exc)}). Re-save it as a state_dict or safetensors."
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(f"{label}: cannot read checkpoint ({_first_line(exc)})") from None
+
+
+def _blocked_object(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused (e.g. `posix.system`), without its advice to turn the check off."""
+    m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f"; it names {m.group(1)}" if m else ""
 
 
 def _first_line(exc: BaseException) -> str:
