@@ -155,6 +155,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=list)
     ssl: dict[str, Any] = field(default_factory=dict)  # method-specific settings, validated by the SSL objective
+    asr: dict[str, Any] = field(default_factory=dict)  # ASR settings, validated by speakerforge.asr.trainer
 
 
 # --------------------------------------------------------------------------------------------------------------
