@@ -1,0 +1,212 @@
+"""ASR training data: FunASR JSONL (`key`, `source`, `target`) and hotword examples drawn from the transcripts.
+
+Hotwords are sampled as FunASR does: per utterance, with probability 0.75 one random span of 2-8 tokens (0.1 of the
+time two spans); the batch shares one hotword list (every span of the batch, so each utterance's spans are the
+others' distractors) with the no-bias entry appended; the hotword label of a token is the token itself inside one of
+its utterance's spans and `<no_bias>` elsewhere. The draw of an utterance is a pure function of (seed, stage, epoch,
+position in the epoch), so a resumed run draws the same hotwords.
+`span_unit: word` draws whole words (of at least `min_len` tokens) instead of token spans: the natural unit for names
+in a character vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from speakerforge.asr.vocab import SPACE, CharVocab
+from speakerforge.data.audio import load_audio
+from speakerforge.data.manifest import Utterance
+from speakerforge.data.sampling import Draw, Source
+from speakerforge.errors import DataError
+
+
+@dataclass(frozen=True)
+class AsrUtterance(Utterance):
+    """A manifest row with its transcript."""
+
+    text: str = ""
+
+
+@dataclass
+class HotwordSampling:
+    """How training hotwords are drawn (FunASR's defaults)."""
+
+    prob: float = 0.75  # at least one span
+    double_prob: float = 0.1  # two spans
+    min_len: int = 2
+    max_len: int = 8
+    span_unit: str = "token"  # token | word
+
+
+def read_asr_jsonl(path: str | Path) -> list[AsrUtterance]:
+    """FunASR JSONL: `{"key", "source", "target"}` per line (`source_len`, `target_len` optional, unused)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: ASR data file not found")
+    out = []
+    for line, text in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line}: bad JSON ({exc.msg})") from None
+        missing = [k for k in ("key", "source", "target") if not isinstance(obj, dict) or not isinstance(obj.get(k), str)]
+        if missing:
+            raise DataError(f"{path}:{line}: missing field(s) {', '.join(missing)}; each line needs "
+                            '{"key": ..., "source": AUDIO, "target": TEXT}')
+        audio = Path(obj["source"])
+        if not audio.is_absolute():
+            audio = p.parent / audio
+        out.append(AsrUtterance(obj["key"], str(audio), None, source=str(path), line=line, text=obj["target"]))
+    if not out:
+        raise DataError(f"{path}: holds no utterances")
+    return out
+
+
+def write_asr_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Write `{"key", "source", "target"}` rows (paths relative to the file's folder when inside it)."""
+    from speakerforge.checkpoint_io import atomic_write_text
+
+    p = Path(path)
+    lines = []
+    for r in rows:
+        src = Path(r["source"])
+        try:
+            src = src.resolve().relative_to(p.parent.resolve())
+        except ValueError:
+            pass
+        lines.append(json.dumps({"key": r["key"], "source": str(src), "target": r["target"]}, ensure_ascii=False))
+    atomic_write_text(p, "".join(x + "\n" for x in lines))
+
+
+def load_asr_sources(specs: list[tuple[str, float, str]]) -> list[Source]:
+    """`(path, weight, name)` -> sources of `AsrUtterance`s for the shared sampler."""
+    out, names = [], set()
+    for path, weight, name in specs:
+        base = name or Path(path).stem
+        unique, k = base, 2
+        while unique in names:
+            unique, k = f"{base}{k}", k + 1
+        names.add(unique)
+        out.append(Source(unique, str(path), float(weight), read_asr_jsonl(path)))
+    return out
+
+
+def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampling,
+                 space_id: int | None = None) -> list[tuple[int, int]]:
+    """`[start, end)` hotword spans of one utterance (none, one or two, never overlapping)."""
+    r = rng.random()
+    want = 2 if r < cfg.double_prob else 1 if r < cfg.prob else 0
+    if want == 0:
+        return []
+    if cfg.span_unit == "word":
+        candidates = _word_spans(tokens, space_id, cfg.min_len)
+    else:
+        candidates = None
+    spans: list[tuple[int, int]] = []
+    for _ in range(want * 4):  # a few tries to place a second non-overlapping span
+        if len(spans) == want:
+            break
+        if candidates is not None:
+            if not candidates:
+                break
+            s, e = candidates[int(rng.integers(len(candidates)))]
+        else:
+            n = len(tokens)
+            if n < cfg.min_len:
+                break
+            length = int(rng.integers(cfg.min_len, min(cfg.max_len, n) + 1))
+            s = int(rng.integers(0, n - length + 1))
+            e = s + length
+        if all(e <= a or s >= b for a, b in spans):
+            spans.append((s, e))
+    return sorted(spans)
+
+
+def _word_spans(tokens: list[int], space_id: int | None, min_len: int) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for i, t in enumerate([*tokens, space_id]):
+        if t == space_id or i == len(tokens):
+            if i - start >= min_len:
+                out.append((start, i))
+            start = i + 1
+    return out
+
+
+class AsrDataset(torch.utils.data.Dataset):
+    """Items `(epoch, Draw)` -> waveform, token ids and this epoch's hotword spans."""
+
+    def __init__(self, sources: list[Source], vocab: CharVocab, seed: int, stage: int,
+                 sampling: HotwordSampling):
+        self.sources = sources
+        self.vocab = vocab
+        self.seed, self.stage = int(seed), int(stage)
+        self.sampling = sampling
+        self.space_id = vocab.index.get(SPACE)
+
+    def __len__(self) -> int:
+        return sum(len(s.utts) for s in self.sources)
+
+    def __getitem__(self, item: tuple[int, Draw]) -> dict[str, Any]:
+        epoch, d = item
+        u = self.sources[d.source].utts[d.item]
+        tokens = self.vocab.encode(u.text)
+        if not tokens:
+            raise DataError(f"{u.where}: empty transcript")
+        rng = np.random.default_rng([self.seed, 17, self.stage, epoch, d.position])
+        spans = sample_spans(tokens, rng, self.sampling, self.space_id)
+        wav = load_audio(u.path, u.start, u.end)
+        return {"key": u.key, "wav": torch.from_numpy(wav), "tokens": tokens, "spans": spans}
+
+
+def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int, int]]], no_bias_id: int,
+                  sos_id: int) -> dict[str, torch.Tensor]:
+    """One hotword list for the batch (unique spans in order, then the no-bias entry) and per-token labels."""
+    words: dict[tuple[int, ...], int] = {}
+    for toks, spans in zip(token_lists, span_lists):
+        for s, e in spans:
+            words.setdefault(tuple(toks[s:e]), len(words))
+    entries = [list(w) for w in words] + [[sos_id]]
+    lengths = torch.tensor([len(w) for w in entries])
+    hot = torch.zeros(len(entries), int(lengths.max()), dtype=torch.long)
+    for i, w in enumerate(entries):
+        hot[i, : len(w)] = torch.tensor(w)
+    n = max(len(t) for t in token_lists)
+    labels = torch.full((len(token_lists), n), -1, dtype=torch.long)
+    for i, (toks, spans) in enumerate(zip(token_lists, span_lists)):
+        labels[i, : len(toks)] = no_bias_id
+        for s, e in spans:
+            labels[i, s:e] = torch.tensor(toks[s:e])
+    return {"hotwords": hot, "hotword_lengths": lengths, "hotword_labels": labels}
+
+
+def make_collate(no_bias_id: int, sos_id: int):
+    """A collate function (picklable through functools.partial-free closure only with num_workers 0)."""
+    return _Collate(no_bias_id, sos_id)
+
+
+class _Collate:
+    def __init__(self, no_bias_id: int, sos_id: int):
+        self.no_bias_id, self.sos_id = no_bias_id, sos_id
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        wav_lengths = torch.tensor([len(it["wav"]) for it in items])
+        wav = torch.zeros(len(items), int(wav_lengths.max()))
+        for i, it in enumerate(items):
+            wav[i, : len(it["wav"])] = it["wav"]
+        toks = [it["tokens"] for it in items]
+        target_lengths = torch.tensor([len(t) for t in toks])
+        targets = torch.full((len(items), int(target_lengths.max())), -1, dtype=torch.long)
+        for i, t in enumerate(toks):
+            targets[i, : len(t)] = torch.tensor(t)
+        batch = {"keys": [it["key"] for it in items], "wav": wav, "wav_lengths": wav_lengths, "targets": targets,
+                 "target_lengths": target_lengths}
+        batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id))
+        return batch

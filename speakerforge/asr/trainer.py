@@ -1,0 +1,203 @@
+"""`speakerforge asr train`: the SeACo-Paraformer-style model through the shared training loop.
+
+`AsrTrainer` overrides the `Trainer` hooks; stages, freezing (FunASR prefix semantics, a pattern that matches nothing
+is an error), per-stage optimizers, checkpoints and exact resume are the trainer's. Specific here:
+- data: FunASR JSONL (`key`, `source`, `target`), whole utterances, hotwords re-drawn every epoch
+  (`speakerforge.asr.data`);
+- the `asr:` config section: vocabulary, loss terms per stage (`asr.stage_losses: {stage name: [ce, ctc, cif,
+  hotword]}`, default `asr.losses`), their weights, and the hotword sampling;
+- every stage's freeze list is checked against the module names before the first step of the first stage, so a
+  typo in stage 2 is not found after stage 1 has run;
+- `decoder.embed` is used only by the hotword branch; a stage without the hotword loss may leave it untouched;
+- the run writes `model.safetensors` with the vocabulary, model arguments and feature settings for `asr decode/eval`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from speakerforge.asr.data import AsrDataset, HotwordSampling, load_asr_sources, make_collate
+from speakerforge.asr.model import ModelArgs, SeacoParaformer
+from speakerforge.asr.vocab import CharVocab
+from speakerforge.config import Config, from_dict, to_dict
+from speakerforge.data.features import fbank, mean_normalize
+from speakerforge.errors import ConfigError
+from speakerforge.train import freezing
+from speakerforge.train.stages import Stage
+from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("ce", "ctc", "cif", "hotword")
+DEFAULT_WEIGHTS = {"ce": 1.0, "ctc": 0.3, "cif": 1.0, "hotword": 1.0}
+
+
+@dataclass
+class AsrConfig:
+    """The `asr:` section."""
+
+    vocab: list[str] = field(default_factory=list)  # empty: characters of the training transcripts
+    losses: list[str] = field(default_factory=lambda: list(LOSSES))  # for stages not in stage_losses
+    stage_losses: dict[str, list[str]] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    hotwords: HotwordSampling = field(default_factory=HotwordSampling)
+
+
+def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrConfig:
+    """Validate the `asr:` section: unknown keys, loss names, weights, sampling ranges."""
+    a = from_dict(AsrConfig, dict(raw or {}), where, "asr.")
+    for key, names in [("asr.losses", a.losses), *((f"asr.stage_losses.{k}", v) for k, v in a.stage_losses.items())]:
+        bad = [n for n in names if n not in LOSSES]
+        if bad or not names:
+            raise ConfigError(f"{where}: {key}: unknown loss {bad[0]!r}" if bad else f"{where}: {key} is empty"
+                              f"; choose from {', '.join(LOSSES)}")
+    for k, w in a.loss_weights.items():
+        if k not in LOSSES or w < 0:
+            raise ConfigError(f"{where}: asr.loss_weights.{k}={w!r}: weights are >= 0, for {', '.join(LOSSES)}")
+    h = a.hotwords
+    if not (0 <= h.double_prob <= h.prob <= 1):
+        raise ConfigError(f"{where}: asr.hotwords: need 0 <= double_prob <= prob <= 1")
+    if not (1 <= h.min_len <= h.max_len) or h.span_unit not in ("token", "word"):
+        raise ConfigError(f"{where}: asr.hotwords: need 1 <= min_len <= max_len and span_unit token|word")
+    return a
+
+
+class AsrTrainer(Trainer):
+    """Two-stage (or any-stage) SeACo-Paraformer training; see the module docstring."""
+
+    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None):
+        self.asr = parse_asr_config(cfg.asr, "config")  # before the run folder is created
+        self.model_args = from_dict(ModelArgs, dict(cfg.model.args), "config", "model.args.")
+        options = dataclasses.replace(options or RunOptions(), command="asr-train")
+        super().__init__(cfg, exp_dir, options)
+        names = [s.name for s in self.stages]
+        unknown = [k for k in self.asr.stage_losses if k not in names]
+        if unknown:
+            raise ConfigError(f"asr.stage_losses.{unknown[0]}: no stage of that name (stages: {', '.join(names)})")
+        self._losses: tuple[str, ...] = ()
+        self._terms: dict[str, float] = {}
+        self._terms_n = 0
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def stage_losses(self, stage: Stage) -> tuple[str, ...]:
+        names = self.asr.stage_losses.get(stage.name, self.asr.losses)
+        if not self.model_args.ctc:
+            if stage.name in self.asr.stage_losses and "ctc" in names:
+                raise ConfigError(f"asr.stage_losses.{stage.name}: ctc selected but model.args.ctc is false")
+            names = [n for n in names if n != "ctc"]
+        return tuple(names)
+
+    def build_data(self) -> None:
+        cfg = self.cfg
+        specs_by_stage = [[(s.path, s.weight, s.name) for s in st.sources] for st in self.stages]
+        if not any(specs_by_stage):
+            raise ConfigError("no training data: give --data TRAIN.jsonl or data.sources in the config")
+        all_specs = list(dict.fromkeys(spec for specs in specs_by_stage for spec in specs))
+        self.sources = load_asr_sources(all_specs)
+        self._check_audio()
+        self.speakers = None
+        self.stage_sources = [[all_specs.index(spec) for spec in specs] for specs in specs_by_stage]
+        per_rank = cfg.data.batch_size // (self.env.world_size * cfg.train.grad_accum)
+        if per_rank * self.env.world_size * cfg.train.grad_accum != cfg.data.batch_size or per_rank < 1:
+            raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) must be a multiple of world size "
+                              f"({self.env.world_size}) x train.grad_accum ({cfg.train.grad_accum})")
+        self.micro_batch = per_rank
+        texts = [u.text for s in self.sources for u in s.utts]
+        self.vocab = CharVocab(self.asr.vocab) if self.asr.vocab else CharVocab.from_texts(texts)
+        self.collate = make_collate(len(self.vocab), self.vocab.sos_id)
+        log.info("data: %d sources, %d utterances, vocabulary of %d tokens", len(self.sources), len(texts),
+                 len(self.vocab))
+
+    def build_module(self) -> nn.Module:
+        _seed_everything(self.cfg.train.seed)
+        if self.opts.init is not None:
+            raise ConfigError("asr train starts from random weights or resumes; --init is not supported yet")
+        module = SeacoParaformer(len(self.vocab), self.model_args, sos_id=self.vocab.sos_id,
+                                 blank_id=self.vocab.blank_id)
+        for stage in self.stages:  # every stage's freeze list against the module names, before any training
+            try:
+                freezing.match_parameters(module, freezing.parse_freeze_patterns(stage.freeze))
+            except ConfigError as exc:
+                raise ConfigError(f"stage {stage.name!r}: {exc}") from None
+            self.stage_losses(stage)
+        return module.to(self.device)
+
+    def make_dataset(self, stage: Stage, augment: Callable | None) -> torch.utils.data.Dataset:
+        self._losses = self.stage_losses(stage)
+        log.info("stage %r: losses %s", stage.name, ", ".join(
+            f"{n} x {self.asr.loss_weights.get(n, DEFAULT_WEIGHTS[n]):g}" for n in self._losses))
+        return AsrDataset([self.sources[i] for i in self.stage_sources[stage.index]], self.vocab,
+                          self.cfg.train.seed, stage.index, self.asr.hotwords)
+
+    def integrity_ignore(self, stage: Stage) -> list[str]:
+        return [] if "hotword" in self.stage_losses(stage) else ["model.decoder.embed"]
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def schedule(self, module: nn.Module, stage: Stage, stage_step: int, steps_per_epoch: int) -> dict[str, float]:
+        """No per-step schedule besides the LR; the returned dict collects this step's loss terms for the log."""
+        self._terms = {}
+        self._terms_n = 0
+        return self._terms
+
+    def features(self, wav: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+        raise NotImplementedError("AsrTrainer computes features per utterance (utterance_features)")
+
+    def utterance_features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded `[B, S]` waveforms -> padded `[B, T, F]` fbank, each normalised over its own frames."""
+        fc = self.cfg.features
+        feats = [fbank(wav[i, : int(n)], num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length,
+                       frame_shift=fc.frame_shift) for i, n in enumerate(lengths)]
+        if fc.mean_norm:
+            feats = [mean_normalize(f) for f in feats]
+        return pad_features(feats)
+
+    def compute_loss(self, train_module: nn.Module, batch: dict[str, Any], stage_step: int,
+                     micro: int) -> tuple[torch.Tensor, torch.Tensor | int, int]:
+        dev = self.device
+        feats, feat_lengths = self.utterance_features(batch["wav"], batch["wav_lengths"])
+        out = train_module(feats.to(dev), feat_lengths.to(dev), batch["targets"].to(dev),
+                           batch["target_lengths"].to(dev), batch["hotwords"].to(dev),
+                           batch["hotword_lengths"].to(dev), batch["hotword_labels"].to(dev), losses=self._losses)
+        loss = sum(self.asr.loss_weights.get(n, DEFAULT_WEIGHTS[n]) * out[n] for n in self._losses)
+        acc = out.get("ce_acc", out.get("hotword_acc"))
+        n = self._terms_n
+        for k in self._losses:
+            self._terms[k] = (self._terms.get(k, 0.0) * n + float(out[k].detach())) / (n + 1)
+        if "hotword_acc" in out:
+            self._terms["hw_acc"] = float(out["hotword_acc"][0]) / max(1.0, float(out["hotword_acc"][1]))
+        self._terms_n = n + 1
+        if acc is None:
+            return loss, 0, 0
+        return loss, int(acc[0]), int(acc[1])
+
+    # ------------------------------------------------------------------------------------------------ outputs
+    def finish(self, module: nn.Module) -> Path:
+        from speakerforge.checkpoint_io import save_model_file
+
+        out = self.exp / "model.safetensors"
+        if self.env.is_main:
+            fc = self.cfg.features
+            save_model_file(out, module.state_dict(), {
+                "kind": "asr", "model": "seaco_paraformer", "args": dataclasses.asdict(self.model_args),
+                "vocab": self.vocab.tokens,
+                "features": {"num_mel_bins": fc.num_mel_bins, "frame_length": fc.frame_length,
+                             "frame_shift": fc.frame_shift, "mean_norm": fc.mean_norm},
+                "config": to_dict(self.cfg)})
+            log.info("ASR model written to %s", out)
+        return out
+
+
+def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of `[T_i, F]` -> (`[B, T, F]` zero-padded, lengths `[B]`)."""
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    out = feats[0].new_zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        out[i, : f.shape[0]] = f
+    return out, lengths

@@ -1,0 +1,73 @@
+"""Two-stage SeACo training: each stage changes exactly the part it trains; bad freeze lists fail before training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speakerforge.asr.model import ASR_PART, HOTWORD_PART
+from speakerforge.asr.trainer import AsrTrainer
+from speakerforge.errors import ConfigError
+
+from tests.asr.helpers import tiny_config, write_tone_corpus
+
+TEXTS = ["ab cd", "bad cab", "dab", "ace bed", "cade", "bee dab"]
+
+TWO_STAGES = [
+    {"name": "asr", "epochs": 1, "freeze": ["bias_encoder", "seaco_decoder", "hotword_output_layer"]},
+    {"name": "hotword", "epochs": 1, "freeze": "encoder,predictor,decoder,ctc"},
+]
+STAGE_LOSSES = {"stage_losses": {"asr": ["ce", "ctc", "cif"], "hotword": ["hotword"]}}
+
+
+class _Snapshots(AsrTrainer):
+    """Records the weights at the start of every stage and at the end."""
+
+    snaps: list[dict[str, torch.Tensor]]
+
+    def apply_freeze(self, module, stage):
+        self.snaps = getattr(self, "snaps", [])
+        self.snaps.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+        return super().apply_freeze(module, stage)
+
+    def finish(self, module):
+        self.snaps.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+        return super().finish(module)
+
+
+def _changed(a: dict, b: dict, prefixes: tuple[str, ...]) -> dict[str, bool]:
+    return {k: not torch.equal(a[k], b[k]) for k in a if k.split(".")[0] in prefixes}
+
+
+def test_stage1_trains_only_the_asr_part_and_stage2_only_the_hotword_part(tmp_path):
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    trainer = _Snapshots(tiny_config(data, TWO_STAGES, STAGE_LOSSES), tmp_path / "exp")
+    out = trainer.run()
+    assert out.is_file()
+    start, after1, after2 = trainer.snaps
+    hot1 = _changed(start, after1, HOTWORD_PART)
+    assert hot1 and not any(hot1.values()), "stage 1 changed hotword modules"
+    asr1 = _changed(start, after1, ASR_PART)
+    changed1 = {k for k, v in asr1.items() if v}
+    # everything of the ASR part trained except the embedding (used by the hotword branch only)
+    assert set(asr1) - changed1 == {"decoder.embed.weight"}
+    asr2 = _changed(after1, after2, ASR_PART)
+    assert asr2 and not any(asr2.values()), "stage 2 changed the ASR part"
+    hot2 = _changed(after1, after2, HOTWORD_PART)
+    assert all(hot2.values()), [k for k, v in hot2.items() if not v]
+
+
+def test_a_freeze_prefix_that_matches_nothing_fails_before_training(tmp_path):
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    stages = [dict(TWO_STAGES[0]), {"name": "hotword", "epochs": 1, "freeze": "encoder,predictor,decodr"}]
+    with pytest.raises(ConfigError, match="decodr"):
+        AsrTrainer(tiny_config(data, stages, STAGE_LOSSES), tmp_path / "exp").run()
+    assert not (tmp_path / "exp" / "checkpoints").exists() or not any((tmp_path / "exp" / "checkpoints").iterdir())
+
+
+def test_a_trainable_module_left_out_of_the_stage_losses_is_reported(tmp_path):
+    """Stage 2 without `ctc` in its freeze list: the CTC head gets no gradient, and the trainer says so."""
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    stages = [{"name": "hotword", "epochs": 1, "freeze": "encoder,predictor,decoder"}]
+    with pytest.raises(ConfigError, match="ctc"):
+        AsrTrainer(tiny_config(data, stages, {"stage_losses": {"hotword": ["hotword"]}}), tmp_path / "exp").run()
