@@ -102,7 +102,7 @@ class Demo:
                 sources.append(str(libri))
         else:
             print("\n(../shared/data/librispeech-251 not found: training on the TTS corpus alone)")
-        quick = ["--set", "train.epochs=2"] if self.quick else []
+        quick = ["--set", "train.epochs=2", "--set", "data.batch_size=8"] if self.quick else []
         exp = self.out / "exp"
         self.run_cli("train a small ECAPA-TDNN (resumes if interrupted)",
                      ["train", "--config", str(self.cfg / "demo-ecapa.yaml"), "--exp", str(exp / "supervised"),
@@ -111,15 +111,15 @@ class Demo:
         self.run_cli("fine-tune on the held-out training speakers, in two stages (head only, then all)",
                      ["finetune", "--config", str(self.cfg / "demo-finetune.yaml"), "--init", str(exp / "supervised"),
                       "--exp", str(exp / "finetuned"), "--data", str(work / "train_b.jsonl"),
-                      *(["--set", "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]"]
-                        if self.quick else [])])
+                      *(["--set", "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]",
+                         "--set", "data.batch_size=8"] if self.quick else [])])
         self.evaluate("fine-tuned (staged)", exp / "finetuned", corpus)
         if (self.cfg / "demo-sdpn.yaml").is_file():
             self.ssl(corpus, work, exp)
         return self.report(corpus, time.time() - t_start)
 
     def ssl(self, corpus: Path, work: Path, exp: Path) -> None:
-        quick = ["--set", "train.epochs=1"] if self.quick else []
+        quick = ["--set", "train.epochs=1", "--set", "data.batch_size=8"] if self.quick else []
         self.run_cli("self-supervised SDPN pretraining on all training audio, labels ignored",
                      ["pretrain", "--config", str(self.cfg / "demo-sdpn.yaml"), "--exp", str(exp / "sdpn"),
                       "--data", str(corpus / "train.jsonl"), *quick])
@@ -129,7 +129,8 @@ class Demo:
             self.run_cli(f"fine-tune from the SDPN teacher: {name.split('+ ')[1]}",
                          ["finetune", "--config", str(self.cfg / "demo-ecapa.yaml"), "--init", str(exp / "sdpn"),
                           "--init-part", "teacher", "--exp", str(folder), "--data", str(corpus / "train.jsonl"),
-                          "--set", "train.epochs=2" if self.quick else "train.epochs=4", *extra])
+                          "--set", "train.epochs=2" if self.quick else "train.epochs=4",
+                          *(["--set", "data.batch_size=8"] if self.quick else []), *extra])
             self.evaluate(name, folder, corpus)
 
     def evaluate(self, name: str, model: Path, corpus: Path) -> None:
