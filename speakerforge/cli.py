@@ -73,7 +73,7 @@ def _import_command_modules() -> None:
     import importlib
 
     for mod in ("speakerforge.cli_data", "speakerforge.cli_models", "speakerforge.cli_train", "speakerforge.cli_eval",
-                "speakerforge.cli_infer", "speakerforge.cli_demo", "speakerforge.cli_ssl"):
+                "speakerforge.cli_infer", "speakerforge.cli_demo", "speakerforge.cli_ssl", "speakerforge.cli_asr"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
