@@ -101,6 +101,11 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
 def safe_torch_load(src: Any, map_location: str | torch.device = "cpu", name: str | None = None) -> Any:
     """`torch.load` that refuses anything but tensors and plain containers (no code runs on load)."""
     label = name or str(src)
+    if isinstance(src, (str, Path)):
+        if Path(src).is_dir():
+            raise CheckpointError(f"{label}: is a directory; expected a checkpoint file")
+        if not Path(src).exists():
+            raise CheckpointError(f"{label}: checkpoint not found")
     try:
         with warnings.catch_warnings():  # a plain pickle's protocol warning would be noise before the refusal
             warnings.filterwarnings("ignore", message="Detected pickle protocol")

@@ -20,6 +20,7 @@ import logging
 import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,11 +255,25 @@ def _init_worker(voice_cfg: dict[str, Any], threads: int) -> None:
     global _ENGINE
     if mp.parent_process() is not None:
         _ENGINE = None  # a forked copy of the parent's session would share its dead thread pool
+        _exit_with_parent()
     _VOICE_CFG.clear()
     _VOICE_CFG.update(voice_cfg)
     _VOICE_CACHE.clear()
     logging.getLogger("phonemizer").setLevel(logging.ERROR)
     load_tts(threads)
+
+
+def _exit_with_parent() -> None:
+    """Leave when the parent is killed (SIGKILL, OOM killer): pool workers would otherwise wait on their task queue
+    forever, each holding the model. Any file being written is a hidden temp file, removed by the next build."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _voice(index: int) -> Speaker:
@@ -313,7 +328,7 @@ def _run_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], worke
                         "utterances were written and are kept; rerun with fewer workers to finish") from None
     finally:
         if pool is not None:
-            # Finished files are complete (atomic writes); on an interrupt, drop the queue and return promptly.
+            # On an interrupt: drop the queued jobs, let the running ones finish (their files are complete).
             pool.shutdown(wait=True, cancel_futures=True)
     return done
 
@@ -405,9 +420,9 @@ def build_demo_corpus(
         return stamp
     _check_same_voices(out, params)
 
+    out.mkdir(parents=True, exist_ok=True)  # an unusable output path is the first thing to report
     _require_tts()  # here, not in a worker, so that a missing extra is one clear error
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    out.mkdir(parents=True, exist_ok=True)
     _write_text_atomic(out / _BUILDING, json.dumps(params, indent=1) + "\n")
     (out / STAMP).unlink(missing_ok=True)  # the stamp must never describe a corpus that is being changed
     for stale in (out / "wav").glob("*/.*.tmp"):  # left by a killed worker mid-write
@@ -494,7 +509,7 @@ def _check_same_voices(out: Path, params: dict[str, Any]) -> None:
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no corpus there yet (or no folder: reported when writing)
         return None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable ({exc}); delete it to rebuild the demo corpus") from None

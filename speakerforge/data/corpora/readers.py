@@ -58,9 +58,11 @@ class _Skips:
 
     def __init__(self, corpus: str, shown: int = 5):
         self.corpus, self.shown, self.count = corpus, shown, 0
+        self.first: str | None = None
 
     def __call__(self, reason: str) -> None:
         self.count += 1
+        self.first = self.first or reason
         if self.count <= self.shown:
             log.warning("%s: skipped %s", self.corpus, reason)
         elif self.count == self.shown + 1:
@@ -116,9 +118,11 @@ def _result(corpus: str, outputs: dict[str, Path], utts: list[Utterance], skip: 
     return PrepareResult(corpus, outputs, len(utts), len({u.spk for u in utts}), seconds, skip.count)
 
 
-def _finish(corpus: str, utts: list[Utterance], out_dir: str | Path, fmt: str, skip: _Skips) -> PrepareResult:
+def _finish(corpus: str, src: str | Path, utts: list[Utterance], out_dir: str | Path, fmt: str,
+            skip: _Skips) -> PrepareResult:
     if not utts:
-        raise DataError(f"{corpus}: no usable utterances found; check the folder and the warnings above")
+        why = f" ({skip.count} skipped; first: {skip.first})" if skip.first else ""
+        raise DataError(f"{src}: no usable {corpus} utterances{why}")
     result = _result(corpus, {"manifest": _write(utts, out_dir, "manifest", fmt)}, utts, skip)
     log.debug("%s", result.summary())
     return result
@@ -147,7 +151,7 @@ def prepare_librispeech(src: str | Path, out_dir: str | Path, fmt: str = "jsonl"
                         durations: bool = True) -> PrepareResult:
     """Write `OUT/manifest.{jsonl,csv}` for a LibriSpeech folder."""
     skip = _Skips("librispeech")
-    return _finish("librispeech", scan_librispeech(src, speaker_prefix, durations, skip), out_dir, fmt, skip)
+    return _finish("librispeech", src, scan_librispeech(src, speaker_prefix, durations, skip), out_dir, fmt, skip)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,7 +241,7 @@ def prepare_commonvoice(src: str | Path, out_dir: str | Path, fmt: str = "jsonl"
     """Write `OUT/manifest.{jsonl,csv}` for a Common Voice locale folder or a folder of locale folders."""
     skip = _Skips("commonvoice")
     utts = scan_commonvoice(src, include_other, speaker_prefix, durations, skip)
-    return _finish("commonvoice", utts, out_dir, fmt, skip)
+    return _finish("commonvoice", src, utts, out_dir, fmt, skip)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,7 +275,7 @@ def prepare_voxceleb(src: str | Path, out_dir: str | Path, fmt: str = "jsonl", s
                      durations: bool = True) -> PrepareResult:
     """Write `OUT/manifest.{jsonl,csv}` for a VoxCeleb1/2 wav folder."""
     skip = _Skips("voxceleb")
-    return _finish("voxceleb", scan_voxceleb(src, speaker_prefix, durations, skip), out_dir, fmt, skip)
+    return _finish("voxceleb", src, scan_voxceleb(src, speaker_prefix, durations, skip), out_dir, fmt, skip)
 
 
 # ----------------------------------------------------------------------------------------------------------------
