@@ -117,13 +117,19 @@ def test_rerun_returns_at_once_without_rewriting_and_rebuilds_a_deleted_wav(tiny
     assert time.perf_counter() - t0 < 1.0
     assert again == stamp and _mtimes(out) == before
 
+    # The state a killed build leaves: a missing file, a half-written temp file, no stamp yet.
     victim = out / "wav" / "spk0003" / "spk0003-0001.wav"
     victim.unlink()
+    stale = victim.with_name(f".{victim.name}.tmp")
+    stale.write_bytes(b"RIFF half a file")
+    (out / "corpus.json").unlink()
     rebuilt = demo.build_demo_corpus(out, workers=1, **TINY)
     assert victim.exists() and sf.info(str(victim)).samplerate == 16000
+    assert not stale.exists() and (out / "corpus.json").exists()
     assert rebuilt["build"]["synthesized_utts"] == 1
     after = _mtimes(out)
     untouched = [p for p in before if p.endswith(".wav") and p != str(victim)]
+    assert len(untouched) == 7
     assert all(after[p] == before[p] for p in untouched)
 
 
