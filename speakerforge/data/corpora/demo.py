@@ -396,9 +396,10 @@ def build_demo_corpus(
 
     Writes `wav/SPK/SPK-UTT.wav` (16 kHz mono), `train.jsonl` and `test.jsonl` (key, wav, spk, dur), the sentences
     as Kaldi `train.text`/`test.text`, `trials.txt` (balanced, test speakers only) and, last, `corpus.json`, whose
-    content is returned. Defaults: 40 x 6 training and 10 x 15 test
-    utterances of about 2 s (about 14 minutes of audio, 2,100 trials), sized to build in under 10 minutes with
-    2 workers on 2 cores. Reruns skip finished files; the same parameters return at once.
+    content is returned. Defaults: 40 x 6 training and 10 x 15 test utterances of about 2.3 s (15 minutes of
+    audio, 29 MB, 2,100 trials), sized for 10 minutes with 2 workers on 2 cores: measured 757 CPU-seconds in all
+    (about 6.5 minutes on two idle cores; 8.8 at the 1.7x real time measured in shared/data/README.md).
+    Reruns skip finished files and resume an interrupted build; the same parameters return at once.
     """
     out = Path(out_dir)
     if min(train_speakers, utts_per_speaker) < 1 or min(test_speakers, test_utts_per_speaker) < 2:
