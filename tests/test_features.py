@@ -295,14 +295,19 @@ def test_fbank_module_equals_function_and_applies_mean_norm():
     assert Fbank().state_dict() == {}
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch's own exporter internals (pytree deprecations)
-def test_onnx_export_with_dynamic_batch_and_time_matches_torch(tmp_path):
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")  # the exporters' own internals
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["torchscript", "dynamo"])
+def test_onnx_export_with_dynamic_batch_and_time_matches_torch(tmp_path, dynamo):
     ort = pytest.importorskip("onnxruntime")
     module = Fbank(mean_norm=True).eval()
     path = tmp_path / "fbank.onnx"
-    batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=400)
-    torch.onnx.export(module, (torch.randn(2, 16000) * 0.1,), str(path), dynamo=True, input_names=["wave"],
-                      output_names=["feats"], dynamic_shapes=({0: batch, 1: time},), verbose=False)
+    if dynamo:
+        batch, time = torch.export.Dim("batch"), torch.export.Dim("time", min=400)
+        axes = {"dynamic_shapes": ({0: batch, 1: time},)}
+    else:
+        axes = {"dynamic_axes": {"wave": {0: "batch", 1: "time"}, "feats": {0: "batch", 1: "frames"}}}
+    torch.onnx.export(module, (torch.randn(2, 16000) * 0.1,), str(path), dynamo=dynamo, input_names=["wave"],
+                      output_names=["feats"], verbose=False, **axes)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in [(2, 16000), (3, 12345), (1, 400), (1, 48000)]:
         wave = torch.randn(*shape) * 0.1
