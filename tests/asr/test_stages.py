@@ -71,3 +71,18 @@ def test_a_trainable_module_left_out_of_the_stage_losses_is_reported(tmp_path):
     stages = [{"name": "hotword", "epochs": 1, "freeze": "encoder,predictor,decoder"}]
     with pytest.raises(ConfigError, match="ctc"):
         AsrTrainer(tiny_config(data, stages, {"stage_losses": {"hotword": ["hotword"]}}), tmp_path / "exp").run()
+
+
+def test_eval_prints_a_row_per_condition_and_filters_long_lists(tmp_path):
+    """`asr eval` end to end on a 1-step model: no list, true list, true + 60 distractors (> 50: filtered)."""
+    from speakerforge.asr.infer import evaluate
+
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    out = AsrTrainer(tiny_config(data, [dict(TWO_STAGES[0], epochs=1)], {"stage_losses": {"asr": ["ce", "cif"]}},
+                                 integrity_check=False), tmp_path / "exp").run()
+    (tmp_path / "true.txt").write_text("cab\ndab\n")
+    (tmp_path / "d60.txt").write_text("".join(f"zz{chr(97 + i % 26)}{chr(97 + i // 26)}\n" for i in range(60)))
+    rows, table = evaluate(out, data, tmp_path / "true.txt", [tmp_path / "d60.txt"])
+    assert list(rows) == ["no hotwords", "true hotwords", "true + 60 distractors"]
+    assert len(table.splitlines()) == 4
+    assert all(0 <= r["recall"] <= 100 for r in rows.values())
