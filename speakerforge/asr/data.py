@@ -107,6 +107,8 @@ def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampli
     if want == 0:
         return []
     if cfg.span_unit == "word":
+        if space_id is None:
+            raise ValueError("span_unit 'word' needs the space token id (the vocabulary has no space)")
         candidates = _word_spans(tokens, space_id, cfg.min_len)
     else:
         candidates = None

@@ -1,0 +1,38 @@
+"""Hotword sampling as FunASR: rates, span lengths, exact redraw from (seed, epoch, position), batch labels."""
+
+import numpy as np
+import torch
+
+from speakerforge.asr.data import HotwordSampling, hotword_batch, sample_spans
+
+
+def test_span_rates_and_lengths_follow_funasr_defaults():
+    toks = list(range(3, 23))
+    counts = [len(sample_spans(toks, np.random.default_rng([0, i]), HotwordSampling())) for i in range(4000)]
+    frac = np.bincount(counts, minlength=3) / len(counts)
+    assert abs(frac[0] - 0.25) < 0.03 and abs(frac[2] - 0.10) < 0.02
+    spans = [s for i in range(500) for s in sample_spans(toks, np.random.default_rng([1, i]), HotwordSampling())]
+    assert all(2 <= e - s <= 8 for s, e in spans)
+
+
+def test_same_seed_epoch_position_draws_the_same_spans():
+    toks = list(range(3, 40))
+    a = [sample_spans(toks, np.random.default_rng([7, 17, 0, 3, p]), HotwordSampling()) for p in range(50)]
+    b = [sample_spans(toks, np.random.default_rng([7, 17, 0, 3, p]), HotwordSampling()) for p in range(50)]
+    c = [sample_spans(toks, np.random.default_rng([7, 17, 0, 4, p]), HotwordSampling()) for p in range(50)]
+    assert a == b and a != c
+
+
+def test_word_spans_are_whole_words():
+    space = 9
+    toks = [3, 4, space, 5, 6, 7, space, 8]
+    for i in range(50):
+        for s, e in sample_spans(toks, np.random.default_rng(i), HotwordSampling(prob=1.0, span_unit="word"), space):
+            assert (s, e) in {(0, 2), (3, 6)}
+
+
+def test_batch_shares_one_list_ending_with_no_bias_and_labels_only_own_spans():
+    hb = hotword_batch([[3, 4, 5, 6], [7, 8, 9]], [[(1, 3)], []], no_bias_id=20, sos_id=1)
+    assert hb["hotwords"].tolist() == [[4, 5], [1, 0]]
+    assert hb["hotword_lengths"].tolist() == [2, 1]
+    assert torch.equal(hb["hotword_labels"], torch.tensor([[20, 4, 5, 20], [20, 20, 20, -1]]))
