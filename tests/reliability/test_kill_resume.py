@@ -16,7 +16,7 @@ import pytest
 from tests.trainutil import TINY_MODEL, assert_same_weights, model_weights, tiny_corpus
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cmd(corpus: Path, exp: Path) -> list[str]:
