@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 

@@ -95,20 +95,9 @@ class AsrTrainer(Trainer):
         return tuple(names)
 
     def build_data(self) -> None:
-        cfg = self.cfg
-        specs_by_stage = [[(s.path, s.weight, s.name) for s in st.sources] for st in self.stages]
-        if not any(specs_by_stage):
-            raise ConfigError("no training data: give --data TRAIN.jsonl or data.sources in the config")
-        all_specs = list(dict.fromkeys(spec for specs in specs_by_stage for spec in specs))
-        self.sources = load_asr_sources(all_specs)
-        self._check_audio()
+        self.load_stage_sources(load_asr_sources)
         self.speakers = None
-        self.stage_sources = [[all_specs.index(spec) for spec in specs] for specs in specs_by_stage]
-        per_rank = cfg.data.batch_size // (self.env.world_size * cfg.train.grad_accum)
-        if per_rank * self.env.world_size * cfg.train.grad_accum != cfg.data.batch_size or per_rank < 1:
-            raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) must be a multiple of world size "
-                              f"({self.env.world_size}) x train.grad_accum ({cfg.train.grad_accum})")
-        self.micro_batch = per_rank
+        self.check_batch_size()
         texts = [u.text for s in self.sources for u in s.utts]
         self.vocab = CharVocab(self.asr.vocab) if self.asr.vocab else CharVocab.from_texts(texts)
         self.collate = make_collate(len(self.vocab), self.vocab.sos_id)

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from speakerforge.errors import ConfigError
 

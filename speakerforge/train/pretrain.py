@@ -179,23 +179,12 @@ class PretrainTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------ setup
     def build_data(self) -> None:
-        cfg = self.cfg
-        specs_by_stage = [[(s.path, s.weight, s.name) for s in st.sources] for st in self.stages]
-        if not any(specs_by_stage):
-            raise ConfigError("no training data: give --data MANIFEST... or data.sources in the config")
-        all_specs = list(dict.fromkeys(spec for specs in specs_by_stage for spec in specs))
-        self.sources = load_sources(all_specs, need_speakers=False)
-        self._check_audio()
+        self.load_stage_sources(lambda specs: load_sources(specs, need_speakers=False))
         self.speakers = None
-        self.stage_sources = [[all_specs.index(spec) for spec in specs] for specs in specs_by_stage]
-        per_rank = cfg.data.batch_size // (self.env.world_size * cfg.train.grad_accum)
-        if per_rank * self.env.world_size * cfg.train.grad_accum != cfg.data.batch_size or per_rank < 1:
-            raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) must be a multiple of world size "
-                              f"({self.env.world_size}) x train.grad_accum ({cfg.train.grad_accum})")
+        per_rank = self.check_batch_size()
         if self.ssl.method == "sdpn" and per_rank < 2 and self.ssl.koleo_weight > 0:
             raise ConfigError("ssl.koleo_weight > 0 needs at least 2 examples per micro-batch (KoLeo compares each "
                               "embedding with its nearest neighbour in the batch)")
-        self.micro_batch = per_rank
         s = self.ssl
         log.info("data: %d sources, %d utterances (labels unused); %s views: %d x %g s global, %d x %g s local",
                  len(self.sources), sum(len(x.utts) for x in self.sources), s.method, s.global_crops,

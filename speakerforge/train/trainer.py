@@ -130,26 +130,37 @@ class Trainer:
 
     def build_data(self) -> None:
         cfg = self.cfg
-        specs_by_stage = [[(s.path, s.weight, s.name) for s in st.sources] for st in self.stages]
-        if not any(specs_by_stage):
-            raise ConfigError("no training data: give --data MANIFEST... or data.sources in the config")
-        all_specs = list(dict.fromkeys(spec for specs in specs_by_stage for spec in specs))
-        self.sources = load_sources(all_specs)
-        self._check_audio()
+        self.load_stage_sources(load_sources)
         # The label space covers every speed of the config and its stages, so a stage without speed perturbation
         # (3D-Speaker's large-margin stage) keeps the classifier of the run it continues.
         speeds = sorted({float(s) for s in cfg.data.speed_perturb} | {float(s) for st in self.stages
                                                                       for s in st.speed_perturb},
                         key=lambda s: (s != 1.0, s))
         self.speakers = SpeakerIndex(self.sources, cfg.data.shared_speakers, speeds)
+        self.check_batch_size()
+        log.info("data: %d sources, %d utterances, %d speakers, %d classes (speeds %s)", len(self.sources),
+                 sum(len(s.utts) for s in self.sources), self.speakers.num_base, self.speakers.num_classes, speeds)
+
+    def load_stage_sources(self, read: Callable[[list[tuple[str, float, str]]], list]) -> None:
+        """Read the sources of every stage once (`read` turns (path, weight, name) specs into sources), check their
+        audio, and record which sources each stage draws from."""
+        specs_by_stage = [[(s.path, s.weight, s.name) for s in st.sources] for st in self.stages]
+        if not any(specs_by_stage):
+            raise ConfigError("no training data: give --data MANIFEST... or data.sources in the config")
+        all_specs = list(dict.fromkeys(spec for specs in specs_by_stage for spec in specs))
+        self.sources = read(all_specs)
+        self._check_audio()
         self.stage_sources = [[all_specs.index(spec) for spec in specs] for specs in specs_by_stage]
+
+    def check_batch_size(self) -> int:
+        """The per-rank micro-batch: data.batch_size is the global batch of one optimizer step."""
+        cfg = self.cfg
         per_rank = cfg.data.batch_size // (self.env.world_size * cfg.train.grad_accum)
         if per_rank * self.env.world_size * cfg.train.grad_accum != cfg.data.batch_size or per_rank < 1:
             raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) must be a multiple of world size "
                               f"({self.env.world_size}) x train.grad_accum ({cfg.train.grad_accum})")
         self.micro_batch = per_rank
-        log.info("data: %d sources, %d utterances, %d speakers, %d classes (speeds %s)", len(self.sources),
-                 sum(len(s.utts) for s in self.sources), self.speakers.num_base, self.speakers.num_classes, speeds)
+        return per_rank
 
     def _check_audio(self) -> None:
         """Every row readable before the first step: stop with the full list, or skip and record them."""
@@ -243,7 +254,6 @@ class Trainer:
                 pass
 
     def _run(self) -> Path:
-        cfg = self.cfg
         self.build_data()
         module = self.build_module()
         progress = Progress()
