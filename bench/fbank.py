@@ -10,17 +10,25 @@ its threads, spin-waiting included) as a figure that depends less on what else r
 
 `--with-rfft` adds the alternative design (unfold, elementwise DC removal / pre-emphasis / window, torch.fft.rfft)
 with its distance from a float64 computation, which is why the library uses the DFT-basis matmul instead.
+
+OpenMP threads wait passively here unless OMP_WAIT_POLICY says otherwise: on a shared machine, a torch thread that
+spin-waits at the end of each parallel region takes the core its partner needs, and batched fbank then ran 2-8x
+slower with wide swings between rounds (compare with `OMP_WAIT_POLICY=ACTIVE python bench/fbank.py`). On an idle
+machine the policy makes little difference.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import time
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP runtime
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from speakerforge.data.features import INT16_SCALE, fbank, frame_sizes, mel_banks, num_frames, povey_window
 
@@ -89,7 +97,8 @@ def main() -> None:
 
     ref = knf_fbank(as_lists[0])
     print(f"{args.utterances} utterances x {args.seconds:g} s at {sample_rate} Hz ({frames_total} frames), "
-          f"torch threads {args.threads}, load average {os.getloadavg()[0]:.1f}, "
+          f"torch threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"load average {os.getloadavg()[0]:.1f}, "
           f"max |ours - kaldi-native-fbank| {np.abs(fbank(waves[0]).numpy() - ref).max():.1e}")
     if args.with_rfft:
         exact = fbank(waves[:8].double())
