@@ -14,12 +14,16 @@ Kaldi (dither=1.0 is one least significant bit).
 
 How it is computed: the per-frame steps after DC removal (pre-emphasis, window, zero padding, DFT) are linear, so
 they are folded, in float64, into one real DFT basis `[window, fft_size]` (real | imaginary parts); a frame's
-spectrum is then one matrix product, and the power spectrum meets the mel matrix in a second one. `torch.fft.rfft` with elementwise pre-emphasis
-and window does fewer flops and ran up to ~2x faster on 2 CPU cores (`bench/fbank.py --with-rfft`), but its float32
-rounding puts bins lying 25+ nats below their frame's peak up to 2e-2 away from a float64 computation on real speech;
-the matmul with its float64-built basis stays within ~5e-4 (2e-3 at worst over 251 LibriSpeech utterances), closer
-than kaldi-native-fbank itself (up to 1.3e-2 there). The batched matmul is still several times faster than
-kaldi-native-fbank, and it exports to ONNX as plain MatMul nodes.
+spectrum is then one matrix product, and the power spectrum meets the mel matrix in a second one. Folding the
+pre-emphasis into the float64-built basis is what keeps the low bins accurate in float32: pre-emphasis cuts them by
+up to 30 dB, and any path that applies it (or the FFT) in float32 first carries rounding error of the unfiltered
+signal's size into them. `torch.fft.rfft` with elementwise pre-emphasis and window does fewer flops and ran ~1.5-2.5x
+faster (`bench/fbank.py --with-rfft`), but puts bins lying 25+ nats below their frame's peak up to 2e-2 away from a
+float64 computation on real speech, and even with exact pre-emphasis a float32 transform of the emphasised frame
+stayed 2-40x further off than the folded matmul. The matmul stays within ~1e-4 (median) and 2e-3 (worst) over 251
+LibriSpeech utterances, closer than kaldi-native-fbank itself (median 5e-4, worst 1.3e-2, float32 FFT). It ran
+~1.4-1.9x faster per CPU-second than kaldi-native-fbank on a shared 2-core machine, and exports to ONNX as plain
+MatMul nodes.
 """
 
 from __future__ import annotations
