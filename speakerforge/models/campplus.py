@@ -9,6 +9,7 @@ Registered as `campplus`: `build_model("campplus", embedding_dim=192)`. Released
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Sequence
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from speakerforge.errors import ConfigError
-from speakerforge.models.fuse import fold_bn_into_conv, uses_channels_last
+from speakerforge.models.fuse import conv_bn_act, fold_bn_into_conv, fuse_conv_bn_act, uses_channels_last
 from speakerforge.models.pooling import TemporalStatsPool
 from speakerforge.models.registry import register_model
 
@@ -42,11 +43,29 @@ def make_nonlinear(config_str: str, channels: int) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-def _fold_leading_bn(conv: nn.Conv1d | nn.Conv2d, nonlinear: nn.Sequential) -> None:
-    """conv -> nonlinear(batchnorm, ...): fold the BN into the conv and drop it from the Sequential."""
-    if "batchnorm" in nonlinear._modules and next(iter(nonlinear._modules)) == "batchnorm":
-        fold_bn_into_conv(conv, nonlinear.batchnorm)
-        nonlinear.batchnorm = nn.Identity()
+def _fuse_into_conv(conv: nn.Conv1d, nonlinear: nn.Sequential) -> tuple[nn.Module, nn.Sequential]:
+    """conv -> nonlinear(batchnorm, relu, ...): fold the BN into the conv and the ReLU into it as a post-op; returns
+    the new conv and what is left of the nonlinearity (eval mode only)."""
+    rest = list(nonlinear._modules.items())
+    if rest and rest[0][0] == "batchnorm":
+        fold_bn_into_conv(conv, rest.pop(0)[1])
+    act = "none"
+    if rest and rest[0][0] == "relu":
+        rest.pop(0)
+        act = "relu"
+    return fuse_conv_bn_act(conv, None, act), nn.Sequential(OrderedDict(rest))
+
+
+@functools.lru_cache(maxsize=64)
+def _context_pooling_matrix(frames: int, seg_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`[T, n_seg]` matrix P such that `x @ P` is, per segment, the utterance mean plus that segment's mean (the
+    last segment may be shorter, as with `avg_pool1d(ceil_mode=True)`)."""
+    n_seg = -(-frames // seg_len)
+    p = torch.full((frames, n_seg), 1.0 / frames, dtype=torch.float64)
+    for j in range(n_seg):
+        start, stop = j * seg_len, min((j + 1) * seg_len, frames)
+        p[start:stop, j] += 1.0 / (stop - start)
+    return p.to(dtype=dtype, device=device)
 
 
 class BasicResBlock(nn.Module):
@@ -67,16 +86,13 @@ class BasicResBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # in place: these tensors are the largest in the network, and none is needed by the backward pass
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = self.bn2(self.conv2(out))
-        out += self.shortcut(x)
-        return F.relu(out, inplace=True)
+        out = conv_bn_act(self.conv1, self.bn1, x, "relu")
+        return conv_bn_act(self.conv2, self.bn2, out, "relu", residual=self.shortcut(x))
 
     def fuse_for_inference(self) -> None:
-        """Fold every BN into its conv (eval mode only)."""
-        self.conv1, self.bn1 = fold_bn_into_conv(self.conv1, self.bn1), nn.Identity()
-        self.conv2, self.bn2 = fold_bn_into_conv(self.conv2, self.bn2), nn.Identity()
+        """Fold every BN into its conv, with the ReLUs and the residual add as fused post-ops (eval mode only)."""
+        self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
+        self.conv2, self.bn2 = fuse_conv_bn_act(self.conv2, self.bn2, "relu"), nn.Identity()
         if len(self.shortcut) == 2:
             self.shortcut = nn.Sequential(fold_bn_into_conv(self.shortcut[0], self.shortcut[1]), nn.Identity())
 
@@ -108,15 +124,14 @@ class FCM(nn.Module):
         x = x.unsqueeze(1)
         if uses_channels_last(self.conv2):
             x = x.contiguous(memory_format=torch.channels_last)
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = self.layer2(self.layer1(out))
-        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = conv_bn_act(self.conv1, self.bn1, x, "relu")
+        out = conv_bn_act(self.conv2, self.bn2, self.layer2(self.layer1(out)), "relu")
         return out.flatten(1, 2)
 
     def fuse_for_inference(self) -> None:
-        """Fold the stem and exit BNs into their convs (blocks fold themselves)."""
-        self.conv1, self.bn1 = fold_bn_into_conv(self.conv1, self.bn1), nn.Identity()
-        self.conv2, self.bn2 = fold_bn_into_conv(self.conv2, self.bn2), nn.Identity()
+        """Fold the stem and exit BNs into their convs, ReLUs as fused post-ops (blocks fold themselves)."""
+        self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
+        self.conv2, self.bn2 = fuse_conv_bn_act(self.conv2, self.bn2, "relu"), nn.Identity()
 
 
 class TDNNLayer(nn.Module):
@@ -145,8 +160,8 @@ class TDNNLayer(nn.Module):
         return self.nonlinear(self.linear(x))
 
     def fuse_for_inference(self) -> None:
-        """Fold the BN that follows the conv into it."""
-        _fold_leading_bn(self.linear, self.nonlinear)
+        """Fold the BN (and ReLU) that follow the conv into it."""
+        self.linear, self.nonlinear = _fuse_into_conv(self.linear, self.nonlinear)
 
 
 class CAMLayer(nn.Module):
@@ -154,7 +169,8 @@ class CAMLayer(nn.Module):
     segment-level (`seg_len` frames) average context.
 
     The mask is piecewise constant over segments, so it is computed once per segment and broadcast, which is the
-    same arithmetic as the reference (that expands the context to every frame first) with far fewer operations.
+    same arithmetic as the reference (that expands the context to every frame first) with far fewer operations;
+    the context itself is one matrix product with a cached pooling matrix.
     """
 
     def __init__(
@@ -177,20 +193,21 @@ class CAMLayer(nn.Module):
         self.sigmoid = nn.Sigmoid()
         self.seg_len = seg_len
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`out` (inference only): write the result there instead of into a new tensor."""
         y = self.linear_local(x)
         t = x.shape[-1]
-        # [B, C, n_seg]: utterance mean + mean of each segment (the last one may be shorter)
-        context = x.mean(-1, keepdim=True) + F.avg_pool1d(x, self.seg_len, self.seg_len, ceil_mode=True)
-        m = self.sigmoid(_pointwise(self.linear2, self.relu(_pointwise(self.linear1, context))))
-        if m.shape[-1] == 1:
-            return y * m
-        return y * m.repeat_interleave(self.seg_len, dim=-1)[..., :t]
+        # [B, n_seg, C]: utterance mean + mean of each segment
+        context = torch.matmul(x, _context_pooling_matrix(t, self.seg_len, x.dtype, x.device)).transpose(1, 2)
+        h = self.relu(F.linear(context, self.linear1.weight.squeeze(-1), self.linear1.bias))
+        m = self.sigmoid(F.linear(h, self.linear2.weight.squeeze(-1), self.linear2.bias)).transpose(1, 2)
+        if m.shape[-1] > 1:
+            m = m.repeat_interleave(self.seg_len, dim=-1)[..., :t]
+        return torch.mul(y, m, out=out) if out is not None else y * m
 
-
-def _pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 Conv1d on a short `[B, C, n]` input as one matrix product (cheaper to dispatch than a convolution)."""
-    return F.linear(x.transpose(1, 2), conv.weight.squeeze(-1), conv.bias).transpose(1, 2)
+    def fuse_for_inference(self) -> None:
+        """Run the local conv through oneDNN (PyTorch's own path for dilated batch-1 conv1d is slow)."""
+        self.linear_local = fuse_conv_bn_act(self.linear_local, None, "none")
 
 
 class CAMDenseTDNNLayer(nn.Module):
@@ -223,17 +240,19 @@ class CAMDenseTDNNLayer(nn.Module):
     def bn_function(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear1(self.nonlinear1(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`out` (inference only): write the result there instead of into a new tensor."""
         if self.training and self.memory_efficient and x.requires_grad:
             # recompute the (wide) pre-activation in backward instead of keeping it: DenseNet's memory trick
             x = cp.checkpoint(self.bn_function, x, use_reentrant=False)
         else:
             x = self.bn_function(x)
-        return self.cam_layer(self.nonlinear2(x))
+        return self.cam_layer(self.nonlinear2(x), out=out)
 
     def fuse_for_inference(self) -> None:
-        """Fold the BN after the bottleneck conv into it (the leading BN acts on the concatenation: kept)."""
-        _fold_leading_bn(self.linear1, self.nonlinear2)
+        """Fold the BN (and ReLU) after the bottleneck conv into it; the leading BN acts on the concatenation of
+        all earlier layers' outputs, each layer with its own statistics, so it stays."""
+        self.linear1, self.nonlinear2 = _fuse_into_conv(self.linear1, self.nonlinear2)
 
 
 class CAMDenseTDNNBlock(nn.Module):
@@ -272,9 +291,9 @@ class CAMDenseTDNNBlock(nn.Module):
         buf = x.new_empty(b, self.out_channels, t)
         buf[:, :c] = x
         for layer in self.children():
-            out = layer(buf[:, :c])
-            buf[:, c : c + out.shape[1]] = out
-            c += out.shape[1]
+            k = layer.cam_layer.linear_local.out_channels
+            layer(buf[:, :c], out=buf[:, c : c + k])
+            c += k
         return buf
 
 
@@ -288,6 +307,10 @@ class TransitLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.nonlinear(x))
+
+    def fuse_for_inference(self) -> None:
+        """Run the conv through oneDNN (its BN-ReLU acts before it: kept)."""
+        self.linear = fuse_conv_bn_act(self.linear, None, "none")
 
 
 class DenseLayer(nn.Module):
@@ -307,7 +330,7 @@ class DenseLayer(nn.Module):
 
     def fuse_for_inference(self) -> None:
         """Fold the BN after the conv into it."""
-        _fold_leading_bn(self.linear, self.nonlinear)
+        self.linear, self.nonlinear = _fuse_into_conv(self.linear, self.nonlinear)
 
 
 @register_model("campplus")
@@ -376,7 +399,8 @@ class CAMPPlus(nn.Module):
     def fuse_for_inference(self) -> None:
         """Fold the output BN-ReLU's BN into the last transit conv (the layers fold their own)."""
         last_transit = [m for name, m in self.xvector.named_children() if name.startswith("transit")][-1]
-        _fold_leading_bn(last_transit.linear, self.xvector.out_nonlinear)
+        last_transit.linear, self.xvector.out_nonlinear = _fuse_into_conv(last_transit.linear,
+                                                                          self.xvector.out_nonlinear)
 
 
 def speakerlab_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -24,7 +24,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speakerforge.errors import ConfigError
-from speakerforge.models.fuse import fold_bn_into_conv, fold_bn_into_linear, uses_channels_last
+from speakerforge.models.fuse import (
+    conv_bn_act,
+    fold_bn_into_conv,
+    fold_bn_into_linear,
+    fuse_conv_bn_act,
+    uses_channels_last,
+)
 from speakerforge.models.pooling import build_pooling
 from speakerforge.models.registry import register_model
 
@@ -36,12 +42,9 @@ ERES2NET_VARIANTS: dict[str, dict[str, int]] = {
     "huge": dict(m_channels=64, expansion=4, base_width=24, scale=3),
 }
 
-# ERes2Net clips its activations at 20 (a Hardtanh(0, 20) named ReLU in the reference).
-_RELU_CAP = 20.0
-
-
-def _capped_relu(x: torch.Tensor) -> torch.Tensor:
-    return F.hardtanh_(x, 0.0, _RELU_CAP)
+# Inside its blocks ERes2Net clips activations at 20: the reference's `ReLU` is a Hardtanh(0, 20). In
+# `conv_bn_act` this activation is called "relu20".
+RELU20 = "relu20"
 
 
 class AFF(nn.Module):
@@ -59,15 +62,18 @@ class AFF(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, ds_y: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh_(self.local_att(torch.cat((x, ds_y), dim=1)))
+        conv1, bn1, _, conv2, bn2 = self.local_att  # the SiLU module is applied by conv_bn_act
+        t = conv_bn_act(conv1, bn1, torch.cat((x, ds_y), dim=1), "silu")
+        t = conv_bn_act(conv2, bn2, t, "tanh")
         # x * (1 + t) + ds_y * (1 - t), rearranged to one fused multiply-add
         return (x + ds_y).addcmul_(t, x - ds_y)
 
     def fuse_for_inference(self) -> None:
-        """Fold both BNs of the attention branch into its convs."""
+        """Fold both BNs of the attention branch into its convs, with SiLU and tanh as fused post-ops."""
         conv1, bn1, act, conv2, bn2 = self.local_att
         self.local_att = nn.Sequential(
-            fold_bn_into_conv(conv1, bn1), nn.Identity(), act, fold_bn_into_conv(conv2, bn2), nn.Identity()
+            fuse_conv_bn_act(conv1, bn1, "silu"), nn.Identity(), act, fuse_conv_bn_act(conv2, bn2, "tanh"),
+            nn.Identity(),
         )
 
 
@@ -109,25 +115,22 @@ class ERes2NetBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spx = torch.split(_capped_relu(self.bn1(self.conv1(x))), self.width, dim=1)
+        spx = torch.split(conv_bn_act(self.conv1, self.bn1, x, RELU20), self.width, dim=1)
         outs = []
         sp = spx[0]
         for i in range(self.scale):
             if i > 0:
                 sp = self.fuse_models[i - 1](sp, spx[i]) if self.fuse_models is not None else sp + spx[i]
-            sp = _capped_relu(self.bns[i](self.convs[i](sp)))
+            sp = conv_bn_act(self.convs[i], self.bns[i], sp, RELU20)
             outs.append(sp)
-        out = self.bn3(self.conv3(torch.cat(outs, dim=1)))
-        out += self.shortcut(x)  # in place: a fresh tensor that the backward pass does not need
-        return _capped_relu(out)
+        return conv_bn_act(self.conv3, self.bn3, torch.cat(outs, dim=1), RELU20, residual=self.shortcut(x))
 
     def fuse_for_inference(self) -> None:
-        """Fold every BN into its conv (the AFF modules fold their own)."""
-        self.conv1, self.bn1 = fold_bn_into_conv(self.conv1, self.bn1), nn.Identity()
+        """Fold every BN into its conv, activations and the residual add as fused post-ops (AFFs fold their own)."""
+        self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, RELU20), nn.Identity()
         for i in range(self.scale):
-            fold_bn_into_conv(self.convs[i], self.bns[i])
-            self.bns[i] = nn.Identity()
-        self.conv3, self.bn3 = fold_bn_into_conv(self.conv3, self.bn3), nn.Identity()
+            self.convs[i], self.bns[i] = fuse_conv_bn_act(self.convs[i], self.bns[i], RELU20), nn.Identity()
+        self.conv3, self.bn3 = fuse_conv_bn_act(self.conv3, self.bn3, RELU20), nn.Identity()
         if len(self.shortcut) == 2:
             self.shortcut = nn.Sequential(fold_bn_into_conv(self.shortcut[0], self.shortcut[1]), nn.Identity())
 
@@ -210,8 +213,7 @@ class ERes2Net(nn.Module):
         x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
         if uses_channels_last(self.layer1_downsample):
             x = x.contiguous(memory_format=torch.channels_last)
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out1 = self.layer1(out)
+        out1 = self.layer1(conv_bn_act(self.conv1, self.bn1, x, "relu"))
         out2 = self.layer2(out1)
         fuse12 = self.fuse_mode12(out2, self.layer1_downsample(out1))
         out3 = self.layer3(out2)
@@ -225,7 +227,7 @@ class ERes2Net(nn.Module):
 
     def fuse_for_inference(self) -> None:
         """Fold the stem BN into its conv, and the second embedding layer's BN into `seg_2` (blocks fold their own)."""
-        self.conv1, self.bn1 = fold_bn_into_conv(self.conv1, self.bn1), nn.Identity()
+        self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
         if self.two_emb_layer:
             # relu -> bn -> seg_2: the BN is affine on seg_2's input, so it folds into seg_2 (BN *before* linear)
             fold_bn_into_linear(self.seg_2, self.seg_bn_1, bn_before=True)

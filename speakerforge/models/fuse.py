@@ -6,7 +6,15 @@
    `fuse_for_inference(self) -> None` (called children first, in eval mode), which knows the dataflow of its own
    `forward`; in any `nn.Sequential`, a conv/linear immediately followed by a BatchNorm is folded without help;
 2. 2D-convolution models that set `channels_last_inference = True` are converted to channels-last memory format,
-   which oneDNN runs faster on CPU (the model's `forward` converts its input when its weights are channels-last).
+   which oneDNN runs several times faster on CPU for the small channel counts of speaker models (the model's
+   `forward` converts its input when its weights are channels-last);
+3. modules may swap a conv and the activation (and residual add) after it for a `ConvAct2d`, which runs them as one
+   oneDNN primitive with the activation as a post-op (`torch.ops.mkldnn._convolution_pointwise`, what
+   `torch.compile` uses on CPU): one pass over the output instead of two or three. Where that op is missing, or a
+   gradient is needed, it falls back to the same operations in eager PyTorch.
+
+`torch.compile` itself is not used: in torch 2.13 it fails on these models with channels-last weights, freezing and
+dynamic input lengths (a stride assertion in the fused-convolution lowering), and it recompiles per length without.
 
 The result is for inference only: no gradients, and training it would train a different parameterisation.
 """
@@ -25,6 +33,10 @@ __all__ = [
     "fold_bn_into_linear",
     "fold_sequential_bns",
     "uses_channels_last",
+    "ConvAct1d",
+    "ConvAct2d",
+    "conv_bn_act",
+    "fuse_conv_bn_act",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,6 +119,107 @@ def uses_channels_last(conv: nn.Module) -> bool:
     if w.dim() != 4 or w.shape[1] == 1:
         raise ValueError("uses_channels_last needs a 2D conv with more than one input channel")
     return not w.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+
+
+def _pointwise_conv_op():
+    """oneDNN's fused convolution (conv + bias + activation, or + residual add), if this PyTorch build has it."""
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise
+        _ = op.default, op.binary
+    except (AttributeError, RuntimeError):
+        return None
+    return op if torch.backends.mkldnn.is_available() else None
+
+
+_POINTWISE = _pointwise_conv_op()
+
+# our activation name -> (oneDNN post-op name, its scalars, the eager in-place equivalent)
+_ACTIVATIONS = {
+    "none": ("none", (), lambda y: y),
+    "relu": ("relu", (), torch.relu_),
+    "relu20": ("hardtanh", (0.0, 20.0), lambda y: nn.functional.hardtanh_(y, 0.0, 20.0)),  # ERes2Net's capped ReLU
+    "silu": ("swish", (), lambda y: nn.functional.silu(y, inplace=True)),
+    "tanh": ("tanh", (), torch.tanh_),
+    "sigmoid": ("sigmoid", (), torch.sigmoid_),
+}
+
+
+class _ConvActMixin:
+    """`act(conv(x) + residual)` for an inference-only conv; see `ConvAct1d` / `ConvAct2d`."""
+
+    act: str
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, act: str = "none"):
+        """Wrap an existing (BN-folded) conv; its parameters are shared, not copied."""
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"unsupported activation {act!r}; known: {', '.join(_ACTIVATIONS)}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"{cls.__name__} needs explicit zero padding")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.__dict__.update({k: v for k, v in conv.__dict__.items() if not k.startswith("_")})
+        new.weight, new.bias = conv.weight, conv.bias
+        new.act = act
+        return new
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        attr, scalars, eager_act = _ACTIVATIONS[self.act]
+        if _POINTWISE is not None and x.dtype == torch.float32 and x.device.type == "cpu" and not (
+            torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        ):
+            geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+            if residual is None:
+                return _POINTWISE(x, self.weight, self.bias, *geometry, attr, list(scalars), "")
+            unary = "relu" if attr == "relu" else None  # oneDNN fuses add + relu only
+            y = _POINTWISE.binary(x, residual, self.weight, self.bias, *geometry, "add", None, unary, [], None)
+            return y if unary is not None else eager_act(y)
+        y = self._conv_forward(x, self.weight, self.bias)
+        if residual is not None:
+            y = y + residual
+        return eager_act(y)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", act={self.act}"
+
+
+class ConvAct1d(_ConvActMixin, nn.Conv1d):
+    """Inference-only Conv1d fused with the activation after it (and optionally a residual added before that):
+    `act(conv(x) + residual)` in one oneDNN call when gradients are off and the op exists, else eager PyTorch.
+    Same parameters (and state-dict keys) as the conv it replaces. Also sidesteps PyTorch's non-oneDNN fallbacks
+    for batch-1 and dilated 1D convolutions, which are several times slower."""
+
+
+class ConvAct2d(_ConvActMixin, nn.Conv2d):
+    """Inference-only Conv2d fused with the activation after it (and optionally a residual added before that):
+    `act(conv(x) + residual)` in one oneDNN call when gradients are off and the op exists, else eager PyTorch.
+    Same parameters (and state-dict keys) as the conv it replaces."""
+
+
+_CONV_ACT = {nn.Conv1d: ConvAct1d, nn.Conv2d: ConvAct2d, ConvAct1d: ConvAct1d, ConvAct2d: ConvAct2d}
+
+
+def conv_bn_act(
+    conv: nn.Module, bn: nn.Module, x: torch.Tensor, act: str, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`act(bn(conv(x)) + residual)` in eager PyTorch, or one fused call once `fuse_conv_bn_act` has made the conv a
+    `ConvAct2d` (and the BN an Identity). Models write their forward with this so that both forms share it."""
+    if isinstance(conv, _ConvActMixin):
+        return conv(x, residual)
+    y = bn(conv(x))
+    if residual is not None:
+        y += residual  # in place: y is a fresh tensor that no backward formula needs
+    return _ACTIVATIONS[act][2](y)
+
+
+def fuse_conv_bn_act(conv: nn.Module, bn: nn.Module | None, act: str) -> nn.Module:
+    """Fold `bn` (a BatchNorm, Identity or None) into `conv` (Conv1d/2d) and make it a `ConvAct1d`/`ConvAct2d`
+    applying `act`; eval mode only."""
+    if isinstance(bn, _BN):
+        fold_bn_into_conv(conv, bn)
+    elif not (bn is None or isinstance(bn, nn.Identity)):
+        raise ValueError(f"expected a BatchNorm or Identity after the conv, got {type(bn).__name__}")
+    return _CONV_ACT[type(conv)].from_conv(conv, act)
 
 
 def _count_bns(model: nn.Module) -> int:
