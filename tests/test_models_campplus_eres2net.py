@@ -12,7 +12,13 @@ from speakerforge.models.campplus import CAMPPlus
 from speakerforge.models.campplus import speakerlab_key_map as campplus_key_map
 from speakerforge.models.eres2net import ERes2Net
 from speakerforge.models.eres2net import speakerlab_key_map as eres2net_key_map
-from speakerforge.models.fuse import fold_bn_into_conv, fold_bn_into_linear, optimize_for_inference
+from speakerforge.models.fuse import (
+    ConvAct1d,
+    ConvAct2d,
+    fold_bn_into_conv,
+    fold_bn_into_linear,
+    optimize_for_inference,
+)
 from speakerforge.models.pooling import AttentiveStatsPool, TemporalStatsPool, build_pooling
 from tests.speakerlab_oracle import import_speakerlab, n_params, randomize_batchnorm
 
@@ -50,6 +56,7 @@ def test_campplus_matches_speakerlab_embeddings_and_parameter_count():
     assert n_params(ours) == n_params(ref)
     assert ours.embedding_dim == 192 and ours.feat_dim == 80
     assert _max_diff_at_lengths(ours, ref) < TOL
+    assert _max_diff_at_lengths(optimize_for_inference(ours), ref) < TOL
 
 
 @pytest.mark.oracle
@@ -60,7 +67,8 @@ def test_eres2net_matches_speakerlab_embeddings_and_parameter_count(variant, m_c
     _load_reference(ours, ref, eres2net_key_map)
     assert n_params(ours) == n_params(ref)
     assert ours.embedding_dim == 192 and ours.feat_dim == 80
-    assert _max_diff_at_lengths(ours, ref) < TOL
+    assert _max_diff_at_lengths(ours, ref, batch=1) < TOL
+    assert _max_diff_at_lengths(optimize_for_inference(ours), ref, batch=1) < TOL
 
 
 @pytest.mark.oracle
@@ -139,6 +147,42 @@ def test_bn_folds_are_exact_for_conv_and_for_linear_after_bn():
         z = torch.randn(5, 6)
         want = lin(bn1(z))
         assert torch.allclose(fold_bn_into_linear(lin, bn1, bn_before=True)(z), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("act, ref_act", [
+    ("none", lambda y: y),
+    ("relu", torch.relu),
+    ("relu20", lambda y: torch.clamp(y, 0, 20)),
+    ("silu", torch.nn.functional.silu),
+    ("tanh", torch.tanh),
+    ("sigmoid", torch.sigmoid),
+])
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+def test_conv_act_fused_and_eager_paths_equal_conv_then_activation(act, ref_act, with_residual):
+    torch.manual_seed(0)
+    conv2, conv1 = nn.Conv2d(6, 8, 3, stride=(2, 1), padding=1), nn.Conv1d(6, 8, 3, padding=2, dilation=2)
+    for conv, x in ((conv2, torch.randn(2, 6, 9, 13) * 10), (conv1, torch.randn(2, 6, 17) * 10)):
+        fused = (ConvAct2d if conv.weight.dim() == 4 else ConvAct1d).from_conv(conv, act)
+        with torch.no_grad():
+            res = torch.randn_like(conv(x)) if with_residual else None
+            want = ref_act(conv(x) + (res if with_residual else 0))
+            assert torch.allclose(fused(x, res), want, atol=1e-5)  # oneDNN post-ops
+        got = fused(x.requires_grad_(), res)  # autograd on: eager fallback, differentiable
+        assert got.requires_grad and torch.allclose(got, want, atol=1e-5)
+        x.requires_grad_(False)
+
+
+@pytest.mark.parametrize("make", [_demo_campplus, _demo_eres2net], ids=["campplus", "eres2net"])
+def test_optimized_model_exports_with_standard_ops_and_leaves_no_fake_tensors_behind(make):
+    model = randomize_batchnorm(make()).eval()
+    fast = optimize_for_inference(model)
+    x = torch.randn(1, 251, 80)  # a length no other test uses: the export is the first to see it
+    exported = torch.export.export(fast, (x,))
+    assert "mkldnn" not in str(exported.graph)
+    with torch.no_grad():
+        want = model(x)
+        assert torch.allclose(exported.module()(x), want, atol=1e-5)
+        assert torch.allclose(fast(x), want, atol=1e-5)  # nothing the export created was cached
 
 
 def test_fold_refuses_training_mode_batchnorm():

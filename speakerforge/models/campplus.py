@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 
 from speakerforge.errors import ConfigError
-from speakerforge.models.fuse import conv_bn_act, fold_bn_into_conv, fuse_conv_bn_act, uses_channels_last
+from speakerforge.models.fuse import conv_bn_act, fold_bn_into_conv, fuse_conv_bn_act, is_tracing, uses_channels_last
 from speakerforge.models.pooling import TemporalStatsPool
 from speakerforge.models.registry import register_model
 
@@ -56,16 +56,25 @@ def _fuse_into_conv(conv: nn.Conv1d, nonlinear: nn.Sequential) -> tuple[nn.Modul
     return fuse_conv_bn_act(conv, None, act), nn.Sequential(OrderedDict(rest))
 
 
-@functools.lru_cache(maxsize=64)
 def _context_pooling_matrix(frames: int, seg_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """`[T, n_seg]` matrix P such that `x @ P` is, per segment, the utterance mean plus that segment's mean (the
-    last segment may be shorter, as with `avg_pool1d(ceil_mode=True)`)."""
+    last segment may be shorter, as with `avg_pool1d(ceil_mode=True)`). Cached, except under tracers and exporters,
+    whose (fake) tensors must not outlive them."""
+    if is_tracing():
+        return _build_context_pooling_matrix(frames, seg_len, dtype, device)
+    return _cached_context_pooling_matrix(frames, seg_len, dtype, device)
+
+
+def _build_context_pooling_matrix(frames: int, seg_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     n_seg = -(-frames // seg_len)
     p = torch.full((frames, n_seg), 1.0 / frames, dtype=torch.float64)
     for j in range(n_seg):
         start, stop = j * seg_len, min((j + 1) * seg_len, frames)
         p[start:stop, j] += 1.0 / (stop - start)
     return p.to(dtype=dtype, device=device)
+
+
+_cached_context_pooling_matrix = functools.lru_cache(maxsize=64)(_build_context_pooling_matrix)
 
 
 class BasicResBlock(nn.Module):

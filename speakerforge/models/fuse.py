@@ -37,6 +37,7 @@ __all__ = [
     "ConvAct2d",
     "conv_bn_act",
     "fuse_conv_bn_act",
+    "is_tracing",
 ]
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,14 @@ def _pointwise_conv_op():
 
 
 _POINTWISE = _pointwise_conv_op()
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch.export (non-strict mode)
+
+
+def is_tracing() -> bool:
+    """Whether a tracer or exporter (TorchScript, ONNX, torch.export, torch.compile) is running the model: then
+    inference shortcuts (fused oneDNN ops, cached tensors) must step aside for standard operations."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling() or _is_exporting())
 
 # our activation name -> (oneDNN post-op name, its scalars, the eager in-place equivalent)
 _ACTIVATIONS = {
@@ -165,12 +174,14 @@ class _ConvActMixin:
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         attr, scalars, eager_act = _ACTIVATIONS[self.act]
-        if _POINTWISE is not None and x.dtype == torch.float32 and x.device.type == "cpu" and not (
-            torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        ):
+        if self._use_pointwise(x):
             geometry = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
             if residual is None:
                 return _POINTWISE(x, self.weight, self.bias, *geometry, attr, list(scalars), "")
+            if x.dim() < 4:  # no fused residual add for 1D convolutions
+                y = _POINTWISE(x, self.weight, self.bias, *geometry, "none", [], "")
+                y += residual
+                return eager_act(y)
             unary = "relu" if attr == "relu" else None  # oneDNN fuses add + relu only
             y = _POINTWISE.binary(x, residual, self.weight, self.bias, *geometry, "add", None, unary, [], None)
             return y if unary is not None else eager_act(y)
@@ -178,6 +189,13 @@ class _ConvActMixin:
         if residual is not None:
             y = y + residual
         return eager_act(y)
+
+    def _use_pointwise(self, x: torch.Tensor) -> bool:
+        if _POINTWISE is None or x.dtype != torch.float32 or x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return False  # the fused op has no backward
+        return not is_tracing()  # tracers and exporters get the standard operations
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", act={self.act}"
