@@ -32,7 +32,6 @@ import torch
 import torch.nn as nn
 
 from speakerforge.config import Config, from_dict, to_dict
-from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.data.sampling import load_sources
 from speakerforge.data.ssl_views import CropSpec, MultiCropDataset, collate_views
 from speakerforge.errors import ConfigError
@@ -43,7 +42,7 @@ from speakerforge.train import freezing
 from speakerforge.train.ssl_objectives import (DINOObjective, SDPNObjective, SSLModule, teacher_temperature,
                                                vicreg_weight)
 from speakerforge.train.stages import Stage
-from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything, _step_seed
+from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -298,28 +297,7 @@ class PretrainTrainer(Trainer):
         """`[B, n_crops, samples]` -> crop-major `[n_crops * B, frames, mel]` fbank (+ SpecAugment)."""
         b, n, samples = wav.shape
         wav = wav.to(self.device, non_blocking=True).transpose(0, 1).reshape(n * b, samples)
-        fc = self.cfg.features
-        seed = self.cfg.train.seed
-        gen = None
-        if fc.dither > 0:
-            gen = torch.Generator(device=wav.device)
-            gen.manual_seed(_step_seed(seed, step, micro, self.env.rank, 10 + 2 * view))
-        feats = fbank(wav, num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length, frame_shift=fc.frame_shift,
-                      dither=fc.dither, generator=gen)
-        if fc.mean_norm:
-            feats = mean_normalize(feats)
-        sa = self.cfg.data.augment.spec_augment
-        if spec and sa.prob > 0:
-            from speakerforge.data.augment import spec_augment
-
-            gen = torch.Generator(device=feats.device)
-            gen.manual_seed(_step_seed(seed, step, micro, self.env.rank, 11 + 2 * view))
-            pick = torch.rand(feats.shape[0], generator=gen, device=feats.device) < sa.prob
-            if pick.any():
-                feats = feats.clone()
-                feats[pick] = spec_augment(feats[pick], gen, sa.num_freq_masks, sa.max_freq_width,
-                                           sa.num_time_masks, sa.max_time_width)
-        return feats
+        return self.features(wav, step, micro, spec=spec, dither_tag=10 + 2 * view, spec_tag=11 + 2 * view)
 
     def before_optimizer_step(self, module: nn.Module, stage_step: int) -> None:
         """DINO: no update of the last layer during the first `freeze_last_layer_epochs` epochs of a stage."""

@@ -479,22 +479,28 @@ class Trainer:
         """Parameters the update-integrity check may skip at this stage."""
         return []
 
-    def features(self, wav: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+    def features(self, wav: torch.Tensor, step: int, micro: int, *, spec: bool = True, dither_tag: int = 1,
+                 spec_tag: int = 2) -> torch.Tensor:
+        """Batched fbank (+ mean norm, + SpecAugment on a random `prob` share of the batch) of `[B, samples]`.
+
+        Dither and masks draw from generators seeded by (seed, step, micro-batch, rank, tag), never from global
+        state; callers that featurise several views of a step pass distinct tags.
+        """
         fc = self.cfg.features
         gen = None
         if fc.dither > 0:
             gen = torch.Generator(device=wav.device)
-            gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, 1))
+            gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, dither_tag))
         feats = fbank(wav, num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length, frame_shift=fc.frame_shift,
                       dither=fc.dither, generator=gen)
         if fc.mean_norm:
             feats = mean_normalize(feats)
         sa = self.cfg.data.augment.spec_augment
-        if sa.prob > 0:
+        if spec and sa.prob > 0:
             from speakerforge.data.augment import spec_augment
 
             gen = torch.Generator(device=feats.device)
-            gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, 2))
+            gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, spec_tag))
             pick = torch.rand(feats.shape[0], generator=gen, device=feats.device) < sa.prob
             if pick.any():
                 feats = feats.clone()
