@@ -23,6 +23,16 @@ from speakerforge.models.pooling import AttentiveStatsPool, TemporalStatsPool, b
 from tests.speakerlab_oracle import import_speakerlab, n_params, randomize_batchnorm
 
 TOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are small enough that one thread is fastest on a shared machine (two threads of OpenMP stall
+    whenever another process holds a core); restored afterwards for other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 LENGTHS = (150, 237)  # 237 frames -> 119 after CAM++'s stride 2: two CAM segments, the last one partial
 
 
@@ -33,15 +43,17 @@ def _load_reference(ours: nn.Module, ref: nn.Module, key_map) -> None:
     ours.eval()
 
 
-def _max_diff_at_lengths(a: nn.Module, b: nn.Module, lengths=LENGTHS, batch: int = 2) -> float:
+def _max_diff_at_lengths(a: nn.Module, b: nn.Module, lengths=LENGTHS, batches=(1, 2)) -> float:
+    """Largest output difference over the input lengths and batch sizes (batch 1 takes other inference paths)."""
     torch.manual_seed(1)
     worst = 0.0
     with torch.no_grad():
         for t in lengths:
-            x = torch.randn(batch, t, 80)
-            ya, yb = a(x.clone()), b(x.clone())
-            assert ya.shape == yb.shape
-            worst = max(worst, (ya - yb).abs().max().item())
+            for batch in batches:
+                x = torch.randn(batch, t, 80)
+                ya, yb = a(x.clone()), b(x.clone())
+                assert ya.shape == yb.shape
+                worst = max(worst, (ya - yb).abs().max().item())
     return worst
 
 
@@ -67,8 +79,8 @@ def test_eres2net_matches_speakerlab_embeddings_and_parameter_count(variant, m_c
     _load_reference(ours, ref, eres2net_key_map)
     assert n_params(ours) == n_params(ref)
     assert ours.embedding_dim == 192 and ours.feat_dim == 80
-    assert _max_diff_at_lengths(ours, ref, batch=1) < TOL
-    assert _max_diff_at_lengths(optimize_for_inference(ours), ref, batch=1) < TOL
+    assert _max_diff_at_lengths(ours, ref, batches=(1,)) < TOL
+    assert _max_diff_at_lengths(optimize_for_inference(ours), ref, batches=(1,)) < TOL
 
 
 @pytest.mark.oracle
@@ -77,7 +89,7 @@ def test_eres2net_huge_variant_matches_speakerlab_eres2net_huge():
     ours = build_model("eres2net", variant="huge")
     _load_reference(ours, ref, eres2net_key_map)
     assert n_params(ours) == n_params(ref)
-    assert _max_diff_at_lengths(ours, ref, lengths=(120,), batch=1) < TOL
+    assert _max_diff_at_lengths(ours, ref, lengths=(120,), batches=(1,)) < TOL
 
 
 @pytest.mark.oracle
@@ -170,6 +182,19 @@ def test_conv_act_fused_and_eager_paths_equal_conv_then_activation(act, ref_act,
         got = fused(x.requires_grad_(), res)  # autograd on: eager fallback, differentiable
         assert got.requires_grad and torch.allclose(got, want, atol=1e-5)
         x.requires_grad_(False)
+
+
+@pytest.mark.parametrize("kernel, dilation, frames", [(1, 1, 40), (3, 1, 40), (3, 2, 40), (5, 3, 7), (3, 4, 3)])
+def test_conv_act_1d_single_utterance_matrix_product_equals_convolution(kernel, dilation, frames):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(12, 5, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+    fused = ConvAct1d.from_conv(conv, "relu")
+    assert fused._is_same_stride1()
+    x = torch.randn(1, 12, frames)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), torch.relu(conv(x)), atol=1e-5)
+        conv.weight.mul_(2)  # a changed weight is not served from the cache
+        assert torch.allclose(fused(x), torch.relu(conv(x)), atol=1e-5)
 
 
 @pytest.mark.parametrize("make", [_demo_campplus, _demo_eres2net], ids=["campplus", "eres2net"])
