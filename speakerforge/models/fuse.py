@@ -38,6 +38,7 @@ __all__ = [
     "conv_bn_act",
     "fuse_conv_bn_act",
     "is_tracing",
+    "bn_scale_shift",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """The eval-mode BN as `y = x * scale + shift`, per channel (float64 for an exact fold)."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
@@ -72,7 +73,7 @@ def fold_bn_into_conv(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> n
     if conv.weight.shape[0] != bn.num_features:
         raise ValueError(f"BatchNorm over {bn.num_features} channels cannot follow a layer with "
                          f"{conv.weight.shape[0]} outputs")
-    scale, shift = _bn_scale_shift(bn)
+    scale, shift = bn_scale_shift(bn)
     w = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
     b = shift if conv.bias is None else conv.bias.double() * scale + shift
     _set_weight_bias(conv, w, b)
@@ -86,7 +87,7 @@ def fold_bn_into_linear(
     """Fold `bn(linear(x))`, or with `bn_before` `linear(bn(x))`, into the linear (or 1x1 conv). In place."""
     if not bn_before:
         return fold_bn_into_conv(linear, bn)
-    scale, shift = _bn_scale_shift(bn)
+    scale, shift = bn_scale_shift(bn)
     w = linear.weight.double()  # [out, in, *kernel]; a BN before the layer scales its input channels
     if w.dim() > 2 and any(k != 1 for k in w.shape[2:]):
         raise ValueError("a BatchNorm before a conv folds only into a 1x1 conv (padding would see the shift)")
