@@ -131,8 +131,8 @@ class ERes2NetBlock(nn.Module):
         for i in range(self.scale):
             self.convs[i], self.bns[i] = fuse_conv_bn_act(self.convs[i], self.bns[i], RELU20), nn.Identity()
         self.conv3, self.bn3 = fuse_conv_bn_act(self.conv3, self.bn3, RELU20), nn.Identity()
-        if len(self.shortcut) == 2:
-            self.shortcut = nn.Sequential(fold_bn_into_conv(self.shortcut[0], self.shortcut[1]), nn.Identity())
+        if len(self.shortcut) == 2:  # through oneDNN too: its output is the residual post-op's operand, same layout
+            self.shortcut = nn.Sequential(fuse_conv_bn_act(self.shortcut[0], self.shortcut[1], "none"), nn.Identity())
 
 
 @register_model("eres2net")
@@ -226,8 +226,11 @@ class ERes2Net(nn.Module):
         return embed
 
     def fuse_for_inference(self) -> None:
-        """Fold the stem BN into its conv, and the second embedding layer's BN into `seg_2` (blocks fold their own)."""
+        """Fold the stem BN into its conv, and the second embedding layer's BN into `seg_2` (blocks fold their own);
+        all convs run through oneDNN."""
         self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
+        for name in ("layer1_downsample", "layer2_downsample", "layer3_downsample"):
+            setattr(self, name, fuse_conv_bn_act(getattr(self, name), None, "none"))
         if self.two_emb_layer:
             # relu -> bn -> seg_2: the BN is affine on seg_2's input, so it folds into seg_2 (BN *before* linear)
             fold_bn_into_linear(self.seg_2, self.seg_bn_1, bn_before=True)
