@@ -46,7 +46,9 @@ def make_nonlinear(config_str: str, channels: int) -> nn.Sequential:
         elif name == "batchnorm_":
             layers["batchnorm"] = nn.BatchNorm1d(channels, affine=False)
         else:
-            raise ConfigError(f"unknown nonlinearity {name!r} in {config_str!r}; use batchnorm, batchnorm_, relu, prelu")
+            raise ConfigError(
+                f"unknown nonlinearity {name!r} in {config_str!r}; use batchnorm, batchnorm_, relu, prelu"
+            )
     return nn.Sequential(layers)
 
 
@@ -212,7 +214,11 @@ class CAMLayer(nn.Module):
         y = self.linear_local(x)
         t = x.shape[-1]
         # [B, n_seg, C]: utterance mean + mean of each segment
-        context = torch.matmul(x, _context_pooling_matrix(t, self.seg_len, x.dtype, x.device)).transpose(1, 2)
+        if is_tracing():  # exporters: shape-generic ops (the pooling matrix would be traced as a constant)
+            context = (x.mean(-1, keepdim=True)
+                       + F.avg_pool1d(x, self.seg_len, self.seg_len, ceil_mode=True)).transpose(1, 2)
+        else:
+            context = torch.matmul(x, _context_pooling_matrix(t, self.seg_len, x.dtype, x.device)).transpose(1, 2)
         h = F.linear(context, self.linear1.weight.squeeze(-1), self.linear1.bias).relu_()
         m = F.linear(h, self.linear2.weight.squeeze(-1), self.linear2.bias).sigmoid_().transpose(1, 2)
         if m.shape[-1] > 1:
@@ -361,9 +367,9 @@ class DenseLayer(nn.Module):
 class CAMPPlus(nn.Module):
     """CAM++ speaker embedding network: fbank `[B, T, feat_dim]` -> embedding `[B, embedding_dim]`.
 
-    Defaults are the published CAM++ (6.85M parameters at 192-d, 7.18M at 512-d). `m_channels`, `init_channels`, `growth_rate`,
-    `bn_size` and `block_layers` shrink it for demos; `memory_efficient` recomputes the dense bottleneck in backward
-    (training only, same gradients).
+    Defaults are the published CAM++ (6.85M parameters at 192-d, 7.18M at 512-d). `m_channels`, `init_channels`,
+    `growth_rate`, `bn_size` and `block_layers` shrink it for demos; `memory_efficient` recomputes the dense
+    bottleneck in backward (training only, same gradients).
     """
 
     # oneDNN runs the small-channel 2D convs of the FCM front end several times faster in channels-last layout
