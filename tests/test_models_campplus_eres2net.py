@@ -96,7 +96,7 @@ def test_eres2net_huge_variant_matches_speakerlab_eres2net_huge():
 def test_eres2net_two_embedding_layers_and_astp_match_speakerlab():
     cls = import_speakerlab("models.eres2net.ERes2Net").ERes2Net
     ref = cls(feat_dim=80, embedding_size=64, m_channels=8, pooling_func="ASTP", two_emb_layer=True)
-    ours = build_model("eres2net", embedding_dim=64, m_channels=8, pooling_func="ASTP", two_emb_layer=True)
+    ours = build_model("eres2net", embedding_dim=64, m_channels=8, pooling="astp", two_emb_layer=True)
     _load_reference(ours, ref, eres2net_key_map)
     assert _max_diff_at_lengths(ours, ref) < TOL
     assert _max_diff_at_lengths(optimize_for_inference(ours), ref) < TOL

@@ -9,9 +9,12 @@ Registered as `eres2net`. Variants (all default to 192-d embeddings; pass `embed
 
 - `base`:  m_channels=32, expansion=2, base_width=32, scale=2 (3D-Speaker `conf/eres2net.yaml`, 6.6M at 192-d)
 - `large`: m_channels=64, otherwise as base ("change m_channels from 32 to 64" in that conf; 22.5M at 192-d)
-- `huge`:  m_channels=64, expansion=4, base_width=24, scale=3 (`ERes2Net_huge.py`, the 200k-speaker zh-cn model)
+- `huge`:  m_channels=64, expansion=4, base_width=24, scale=3 (`ERes2Net_huge.py`, the 200k-speaker zh-cn model;
+  55.2M at 192-d)
 
 Any of `m_channels`, `expansion`, `base_width`, `scale`, `num_blocks` given explicitly overrides the variant.
+`pooling` is a shared layer by its reference name (`TSTP` default, `TAP`, `TSDP`, `ASTP`; speakerlab's
+`pooling_func`), `two_emb_layer` adds speakerlab's second embedding layer.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import torch.nn.functional as F
 from speakerforge.errors import ConfigError
 from speakerforge.models.fuse import (
     conv_bn_act,
-    fold_bn_into_conv,
     fold_bn_into_linear,
     fuse_conv_bn_act,
     uses_channels_last,
@@ -152,7 +154,7 @@ class ERes2Net(nn.Module):
         base_width: int | None = None,
         scale: int | None = None,
         num_blocks: Sequence[int] = (3, 4, 6, 3),
-        pooling_func: str = "TSTP",
+        pooling: str = "TSTP",
         two_emb_layer: bool = False,
     ):
         super().__init__()
@@ -192,7 +194,7 @@ class ERes2Net(nn.Module):
         for _ in range(3):  # three stride-2 stages
             freq = (freq - 1) // 2 + 1
         pool_in = m * 8 * e * freq
-        self.pool = build_pooling(pooling_func, pool_in)
+        self.pool = build_pooling(pooling, pool_in)
         self.seg_1 = nn.Linear(pool_in * self.pool.n_stats, embedding_dim)
         if two_emb_layer:
             self.seg_bn_1 = nn.BatchNorm1d(embedding_dim, affine=False)

@@ -154,7 +154,9 @@ POOLING_ALIASES: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
 
 
 def build_pooling(name: str, in_dim: int, **kwargs: Any) -> nn.Module:
-    """Pooling layer by its WeSpeaker / 3D-Speaker name (`TSTP`, `TAP`, `TSDP`, `ASTP`); `in_dim` = flattened C."""
+    """Pooling layer by its WeSpeaker / 3D-Speaker name (`TSTP`, `TAP`, `TSDP`, `ASTP`, any case); `in_dim` =
+    flattened channel count of its input."""
+    name = name.upper()
     if name not in POOLING_ALIASES:
         raise ConfigError(f"unknown pooling {name!r}; known: {', '.join(POOLING_ALIASES)}")
     cls, fixed = POOLING_ALIASES[name]
