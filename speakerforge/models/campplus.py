@@ -75,12 +75,15 @@ def _context_pooling_matrix(frames: int, seg_len: int, dtype: torch.dtype, devic
 
 
 def _build_context_pooling_matrix(frames: int, seg_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    n_seg = -(-frames // seg_len)
-    p = torch.full((frames, n_seg), 1.0 / frames, dtype=torch.float64)
-    for j in range(n_seg):
-        start, stop = j * seg_len, min((j + 1) * seg_len, frames)
-        p[start:stop, j] += 1.0 / (stop - start)
-    return p.to(dtype=dtype, device=device)
+    # A normal tensor even when first built under torch.inference_mode (extraction): the cache is shared with
+    # training, where an inference tensor cannot be saved for backward.
+    with torch.inference_mode(False):
+        n_seg = -(-frames // seg_len)
+        p = torch.full((frames, n_seg), 1.0 / frames, dtype=torch.float64)
+        for j in range(n_seg):
+            start, stop = j * seg_len, min((j + 1) * seg_len, frames)
+            p[start:stop, j] += 1.0 / (stop - start)
+        return p.to(dtype=dtype, device=device)
 
 
 _cached_context_pooling_matrix = functools.lru_cache(maxsize=64)(_build_context_pooling_matrix)
