@@ -23,6 +23,7 @@ from speakerforge.models.pooling import AttentiveStatsPool, TemporalStatsPool, b
 from tests.speakerlab_oracle import import_speakerlab, n_params, randomize_batchnorm
 
 TOL = 1e-4
+LENGTHS = (150, 237)  # 237 frames -> 119 after CAM++'s stride 2: two CAM segments, the last one partial
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,7 +34,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-LENGTHS = (150, 237)  # 237 frames -> 119 after CAM++'s stride 2: two CAM segments, the last one partial
 
 
 def _load_reference(ours: nn.Module, ref: nn.Module, key_map) -> None:
