@@ -16,6 +16,7 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--train", type=int, default=None, help="training sentences")
     prep.add_argument("--test", type=int, default=None, help="test sentences")
+    prep.add_argument("--workers", type=int, default=2, help="TTS processes (about 400 MB each)")
     train = sub.add_parser("train", help="train (e.g. the two-stage recipe configs/asr-seaco-two-stage.yaml); "
                                          "--data takes FunASR JSONL (key, source, target); resumable")
     _args_common(train)
@@ -45,7 +46,7 @@ def _prepare(args: argparse.Namespace) -> int:
         sizes.train = args.train
     if args.test:
         sizes.test = args.test
-    out = build_hotword_corpus(args.out, seed=args.seed, sizes=sizes)
+    out = build_hotword_corpus(args.out, seed=args.seed, sizes=sizes, workers=args.workers)
     print(f"corpus: {out} (train.jsonl, dev.jsonl, test.jsonl, test_hotwords.txt, distractors_100/500.txt)")
     return 0
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
 from speakerforge.asr.data import write_asr_jsonl
 from speakerforge.checkpoint_io import atomic_write_text
+from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# Carrier sentences of common words around one invented name or term. Many templates, so that the words around a
+# hotword are not a memorised handful; name and term templates alike (the issue asks for names and terms).
 TEMPLATES = (
     "please send the report to {w} today",
     "{w} will meet us at the station",
@@ -33,6 +35,20 @@ TEMPLATES = (
     "my friend {w} lives near the park",
     "we should visit {w} next week",
     "the team of {w} won the game",
+    "have you seen {w} since monday",
+    "tell {w} that dinner is ready",
+    "{w} wrote a long book about the sea",
+    "her brother {w} works at the bank",
+    "the new manager is called {w}",
+    "we bought the house from {w}",
+    "the {w} method failed again",
+    "install the {w} package first",
+    "the doctor gave him {w} for the pain",
+    "they tested the {w} engine on friday",
+    "our lab measured {w} in the water",
+    "open the {w} file and check it",
+    "the {w} valley is cold in winter",
+    "can you spell {w} for me",
 )
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr", "st", "th",
            "sh", "gl", "pl", "qu")
@@ -42,13 +58,16 @@ _CODAS = ("", "", "n", "r", "l", "x", "k", "m", "s", "th")
 
 @dataclass
 class CorpusSizes:
-    train: int = 240
-    dev: int = 20
-    test: int = 40
-    train_words: int = 60
-    dev_words: int = 10
-    test_words: int = 20
-    speakers: int = 8
+    """Sentences and invented words per split. Every word is said `sentences / words` times, by different voices
+    in different templates. Defaults: about 45 minutes of audio, built in about 20 minutes on two idle cores."""
+
+    train: int = 1000
+    dev: int = 60
+    test: int = 200
+    train_words: int = 500
+    dev_words: int = 30
+    test_words: int = 50
+    speakers: int = 24
 
 
 def invented_words(n: int, rng: np.random.Generator, avoid: set[str] = frozenset()) -> list[str]:
@@ -90,31 +109,49 @@ def plan_corpus(seed: int = 0, sizes: CorpusSizes | None = None) -> dict[str, ob
             "distractors_100": distract[:100], "distractors_500": distract[:500]}
 
 
-def build_hotword_corpus(out: str | Path, seed: int = 0, sizes: CorpusSizes | None = None,
-                         tts_threads: int = 1) -> Path:
-    """Synthesize (or reuse) the corpus under `out`; returns the folder."""
-    from speakerforge.data.audio import save_audio
-    from speakerforge.data.corpora.demo import load_tts, make_speakers, synthesize
+def build_hotword_corpus(out: str | Path, seed: int = 0, sizes: CorpusSizes | None = None, workers: int = 2,
+                         progress: bool = True) -> Path:
+    """Synthesize (or finish, or reuse) the corpus under `out`; returns the folder.
+
+    Audio comes from the demo corpus's TTS voices (`speakerforge.data.corpora.demo`), in `workers` processes; the
+    voices are a function of `seed`, so a rerun only synthesizes what is missing."""
+    from speakerforge.data.audio import audio_info
+    from speakerforge.data.corpora.demo import (DEFAULT_ALPHA, DEFAULT_NOISE, DEFAULT_SPEED_RANGE, _require_tts,
+                                                run_tts_jobs)
 
     out = Path(out)
-    (out / "wav").mkdir(parents=True, exist_ok=True)
     s = sizes or CorpusSizes()
+    params = {"seed": int(seed), "sizes": dict(s.__dict__)}
+    stamp = out / "corpus.json"
+    if stamp.is_file():
+        if json.loads(stamp.read_text(encoding="utf-8")).get("params") != params:
+            raise DataError(f"{out} holds a hotword corpus built with other settings ({stamp}); "
+                            "choose another --out or delete that folder")
+    (out / "wav").mkdir(parents=True, exist_ok=True)
     plan = plan_corpus(seed, s)
-    speakers = make_speakers(s.speakers, seed)
-    load_tts(threads=tts_threads)
+    for stale in (out / "wav").glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    jobs = []
     for split in ("dev", "test", "train"):
-        rows = plan[split]
-        for row in tqdm(rows, desc=f"synthesizing {split}", mininterval=2):
-            path = out / "wav" / f"{row['key']}.wav"
-            if not path.is_file():
-                spk = speakers[row["speaker"]]
-                tmp = path.with_suffix(".tmp.wav")
-                save_audio(tmp, synthesize(str(row["target"]), spk.style, spk.speed))
-                tmp.replace(path)
-            row["source"] = str(path)
-        write_asr_jsonl(rows, out / f"{split}.jsonl")
+        for row in plan[split]:
+            row["source"] = str(out / "wav" / f"{row['key']}.wav")
+            if not Path(row["source"]).is_file():
+                jobs.append((row["source"], str(row["target"]), int(row["speaker"])))
+    t0 = time.perf_counter()
+    if jobs:
+        _require_tts()
+        log.info("hotword corpus: %d utterances to synthesize into %s", len(jobs), out)
+        voice = {"seed": int(seed), "alpha": DEFAULT_ALPHA, "noise": DEFAULT_NOISE,
+                 "speed_range": list(DEFAULT_SPEED_RANGE)}
+        run_tts_jobs(jobs, voice, workers, progress, desc="hotword corpus")
+    seconds = {}
+    for split in ("train", "dev", "test"):
+        write_asr_jsonl(plan[split], out / f"{split}.jsonl")
+        seconds[split] = round(sum(audio_info(r["source"]).duration for r in plan[split]), 1)
     for name in ("dev_hotwords", "test_hotwords", "distractors_100", "distractors_500"):
         atomic_write_text(out / f"{name}.txt", "".join(w + "\n" for w in plan[name]))
-    atomic_write_text(out / "corpus.json", json.dumps({"seed": seed, "sizes": s.__dict__}, indent=1) + "\n")
-    log.info("hotword corpus in %s", out)
+    atomic_write_text(stamp, json.dumps({"params": params, "audio_seconds": seconds,
+                                         "build_seconds": round(time.perf_counter() - t0, 1),
+                                         "synthesized": len(jobs)}, indent=1) + "\n")
+    log.info("hotword corpus in %s: %s s of audio", out, seconds)
     return out

@@ -46,6 +46,7 @@ class ModelArgs:
     fsmn_kernel: int = 11
     dropout: float = 0.1
     ctc: bool = True
+    sampling_ratio: float = 0.75  # Paraformer's glancing sampler in training (0: off)
 
 
 def lfr(feats: Tensor, lengths: Tensor, m: int, n: int) -> tuple[Tensor, Tensor]:
@@ -270,7 +271,8 @@ class SeacoParaformer(nn.Module):
             out["cif"] = (raw_sum - target_lengths.to(raw_sum.dtype)).abs().mean()
         if not need_dec:
             return out
-        logits, hidden = self.decoder(emb, mask, enc, enc_pad)
+        dec_in = self.glance(emb, mask, enc, enc_pad, targets) if "ce" in losses else emb
+        logits, hidden = self.decoder(dec_in, mask, enc, enc_pad)
         if "ce" in losses:
             out["ce"] = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-1)
             out["ce_acc"] = _accuracy(logits, targets)
@@ -282,6 +284,23 @@ class SeacoParaformer(nn.Module):
             out["hotword"] = F.cross_entropy(blogits.transpose(1, 2), hotword_labels, ignore_index=-1)
             out["hotword_acc"] = _accuracy(blogits, hotword_labels)
         return out
+
+    def glance(self, emb: Tensor, mask: Tensor, enc: Tensor, enc_pad: Tensor, targets: Tensor) -> Tensor:
+        """Paraformer's glancing sampler: a first decoder pass without gradient counts each utterance's wrong
+        tokens; `sampling_ratio` x that many random positions then get the target's `decoder.embed` in place of
+        the CIF embedding. It teaches the decoder token context and, here, also trains `decoder.embed`, which the
+        hotword branch reads but which a plain CE stage would leave at its random start."""
+        ratio = self.args.sampling_ratio
+        if not self.training or ratio <= 0:
+            return emb
+        with torch.no_grad():
+            pred = self.decoder(emb, mask, enc, enc_pad)[0].argmax(-1)
+            wrong = ((pred != targets) & mask).sum(1)
+            n = (wrong.to(torch.float32) * ratio).long()
+            order = torch.rand(mask.shape, device=emb.device).masked_fill(~mask, 2.0).argsort(1).argsort(1)
+            replace = (order < n[:, None]) & mask
+        target_emb = self.decoder.embed(targets.clamp_min(0))
+        return torch.where(replace[..., None], target_emb, emb)
 
     # ------------------------------------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -8,7 +8,8 @@ is an error), per-stage optimizers, checkpoints and exact resume are the trainer
   hotword]}`, default `asr.losses`), their weights, and the hotword sampling;
 - every stage's freeze list is checked against the module names before the first step of the first stage, so a
   typo in stage 2 is not found after stage 1 has run;
-- `decoder.embed` is used only by the hotword branch; a stage without the hotword loss may leave it untouched;
+- `decoder.embed` is read by the hotword branch and by the glancing sampler of the CE loss; a stage with neither
+  may leave it untouched;
 - the run writes `model.safetensors` with the vocabulary, model arguments and feature settings for `asr decode/eval`.
 """
 
@@ -126,7 +127,9 @@ class AsrTrainer(Trainer):
                           self.cfg.train.seed, stage.index, self.asr.hotwords)
 
     def integrity_ignore(self, stage: Stage) -> list[str]:
-        return [] if "hotword" in self.stage_losses(stage) else ["model.decoder.embed"]
+        losses = self.stage_losses(stage)
+        glances = "ce" in losses and self.model_args.sampling_ratio > 0
+        return [] if "hotword" in losses or glances else ["model.decoder.embed"]
 
     # ------------------------------------------------------------------------------------------------ steps
     def schedule(self, module: nn.Module, stage: Stage, stage_step: int, steps_per_epoch: int) -> dict[str, float]:

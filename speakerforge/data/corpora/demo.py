@@ -297,9 +297,10 @@ def _synthesize_job(job: tuple[str, str, int]) -> tuple[str, float]:
     return path, wav.size / SAMPLE_RATE
 
 
-def _run_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], workers: int,
-              progress: bool) -> dict[str, float]:
-    """Synthesize every job, in this process (workers <= 1) or a process pool; returns path -> seconds."""
+def run_tts_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], workers: int,
+                 progress: bool, desc: str = "demo corpus") -> dict[str, float]:
+    """Synthesize `(path, text, speaker index)` jobs, in this process (workers <= 1) or a process pool; returns
+    path -> seconds. `voice_cfg` holds `seed`, `alpha`, `noise`, `speed_range` of `make_speakers`."""
     from tqdm.auto import tqdm
 
     done: dict[str, float] = {}
@@ -313,7 +314,7 @@ def _run_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], worke
                                       initargs=(voice_cfg, 1))
     try:
         futures = [pool.submit(_synthesize_job, job) for job in jobs] if pool else []
-        with tqdm(total=len(jobs), unit="utt", desc="demo corpus", disable=not progress) as bar:
+        with tqdm(total=len(jobs), unit="utt", desc=desc, disable=not progress) as bar:
             if pool is None:
                 _init_worker(voice_cfg, threads=1)
             results = (f.result() for f in cf.as_completed(futures)) if pool else map(_synthesize_job, jobs)
@@ -432,7 +433,7 @@ def build_demo_corpus(
     todo = [(str(u.path), u.text, u.index) for u in train + test if not u.path.exists()]
     log.info("demo corpus: %d of %d utterances to synthesize into %s", len(todo), len(train) + len(test), out)
     voice_cfg = {k: params[k] for k in ("seed", "alpha", "noise", "speed_range")}
-    durations = _run_jobs(todo, voice_cfg, workers, progress) if todo else {}
+    durations = run_tts_jobs(todo, voice_cfg, workers, progress) if todo else {}
     synth_s = time.perf_counter() - t0
     for u in train + test:
         if str(u.path) not in durations:
