@@ -86,3 +86,22 @@ def test_eval_prints_a_row_per_condition_and_filters_long_lists(tmp_path):
     assert list(rows) == ["no hotwords", "true hotwords", "true + 60 distractors"]
     assert len(table.splitlines()) == 4
     assert all(0 <= r["recall"] <= 100 for r in rows.values())
+
+
+def test_killed_in_each_stage_then_resumed_ends_with_the_same_weights(tmp_path):
+    """Stopped mid stage 1 (after 2 steps), then mid stage 2 (3 steps later), then finished: the same model and
+    optimizer state as a run that never stopped (hotword draws, glancing and dropout RNG, per-stage optimizer)."""
+    from speakerforge.train.trainer import RunOptions, StopForTest
+    from tests.trainutil import assert_same_weights, model_weights
+
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    cfg = tiny_config(data, TWO_STAGES, STAGE_LOSSES, save_every_steps=1)
+    cfg.model.args["dropout"] = 0.1  # so that the dropout RNG has to be restored too
+    straight = AsrTrainer(cfg, tmp_path / "straight").run()
+    for k in (2, 3):
+        with pytest.raises(StopForTest):
+            AsrTrainer(cfg, tmp_path / "resumed", RunOptions(stop_after_steps=k)).run()
+    resumed = AsrTrainer(cfg, tmp_path / "resumed").run()
+    assert_same_weights(model_weights(straight.parent), model_weights(resumed.parent))
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert "resum" in log.lower()
