@@ -20,6 +20,9 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     train = sub.add_parser("train", help="train (e.g. the two-stage recipe configs/asr-seaco-two-stage.yaml); "
                                          "--data takes FunASR JSONL (key, source, target); resumable")
     _args_common(train)
+    train.add_argument("--init", metavar="SRC", help="start from a trained ASR model file or experiment folder")
+    train.add_argument("--init-part", choices=["all", "asr"], default="all",
+                       help="asr: load only encoder/predictor/decoder/ctc and train new hotword modules")
     dec = sub.add_parser("decode", help="transcribe a JSONL or wav files, optionally with a hotword list")
     dec.add_argument("--model", required=True, help="EXP or EXP/model.safetensors")
     dec.add_argument("--data", required=True, help="JSONL (key, source[, target])")
@@ -52,12 +55,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from speakerforge.asr.trainer import AsrTrainer
+    from speakerforge.asr.trainer import AsrInit, AsrTrainer
     from speakerforge.train.trainer import RunOptions
 
     cfg = _config(args)
+    init = AsrInit(args.init, args.init_part) if args.init else None
     trainer = AsrTrainer(cfg, args.exp, RunOptions(resume=not args.no_resume,
-                                                   allow_config_change=args.allow_config_change))
+                                                   allow_config_change=args.allow_config_change), init=init)
     out = trainer.run()
     print(f"model: {out}")
     return 0

@@ -44,6 +44,7 @@ class ModelArgs:
     decoder_layers: int = 2
     seaco_layers: int = 1
     fsmn_kernel: int = 11
+    seaco_kernel: int = 11  # FSMN memory over the query tokens in each seaco_decoder layer (0: none)
     dropout: float = 0.1
     ctc: bool = True
     sampling_ratio: float = 0.75  # Paraformer's glancing sampler in training (0: off)
@@ -142,10 +143,15 @@ class Predictor(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, self_attn: bool = True):
+    """Pre-norm layer: token context (self-attention, or FSMN memory with `memory_kernel`, or none), cross-attention
+    to `mem`, feed-forward."""
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, self_attn: bool = True, memory_kernel: int = 0):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True) if self_attn else None
-        self.norm1 = nn.LayerNorm(d) if self_attn else None
+        self.fsmn = (nn.Conv1d(d, d, memory_kernel, padding=memory_kernel // 2, groups=d, bias=False)
+                     if memory_kernel and not self_attn else None)
+        self.norm1 = nn.LayerNorm(d) if self_attn or self.fsmn is not None else None
         self.norm2 = nn.LayerNorm(d)
         self.src_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.norm3 = nn.LayerNorm(d)
@@ -156,6 +162,11 @@ class DecoderLayer(nn.Module):
         if self.self_attn is not None:
             h = self.norm1(x)
             x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=x_pad, need_weights=False)[0])
+        elif self.fsmn is not None:
+            h = self.norm1(x)
+            if x_pad is not None:
+                h = h.masked_fill(x_pad[..., None], 0)
+            x = x + self.drop(self.fsmn(h.transpose(1, 2)).transpose(1, 2))
         h = self.norm2(x)
         x = x + self.drop(self.src_attn(h, mem, mem, key_padding_mask=mem_pad, need_weights=False)[0])
         return x + self.drop(self.ffn(self.norm3(x)))
@@ -194,26 +205,33 @@ class BiasEncoder(nn.Module):
 
 
 class SeacoDecoder(nn.Module):
-    """Cross-attention layers from queries (CIF embeddings or decoder states) to the hotword representations."""
+    """Layers of FSMN memory over the query tokens (as FunASR's SANM seaco decoder: which part of a word a token is
+    depends on its neighbours) and cross-attention from the queries (CIF embeddings or decoder states) to the
+    hotword representations."""
 
     def __init__(self, a: ModelArgs):
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(a.d_model, a.heads, a.ffn_dim, a.dropout, self_attn=False)
-                                    for _ in range(a.seaco_layers))
+        self.layers = nn.ModuleList(DecoderLayer(a.d_model, a.heads, a.ffn_dim, a.dropout, self_attn=False,
+                                                 memory_kernel=a.seaco_kernel) for _ in range(a.seaco_layers))
         self.after_norm = nn.LayerNorm(a.d_model)
 
-    def forward(self, queries: Tensor, hotwords: Tensor) -> Tensor:
+    def forward(self, queries: Tensor, hotwords: Tensor, query_pad: Tensor | None = None) -> Tensor:
         mem = hotwords.unsqueeze(0).expand(queries.shape[0], -1, -1)
         x = queries
         for layer in self.layers:
-            x = layer(x, None, mem, None)
+            x = layer(x, query_pad, mem, None)
         return self.after_norm(x)
 
     def scores(self, queries: Tensor, hotwords: Tensor) -> Tensor:
-        """Attention probability of each hotword `[B, K, H]` in the first layer (heads averaged), for filtering."""
-        layer = self.layers[0]
+        """Attention probability of each hotword `[B, K, H]` in the last layer (heads averaged), for filtering."""
         mem = hotwords.unsqueeze(0).expand(queries.shape[0], -1, -1)
-        _, w = layer.src_attn(layer.norm2(queries), mem, mem, need_weights=True, average_attn_weights=True)
+        x = queries
+        for layer in self.layers[:-1]:
+            x = layer(x, None, mem, None)
+        last = self.layers[-1]
+        if last.fsmn is not None:
+            x = x + last.fsmn(last.norm1(x).transpose(1, 2)).transpose(1, 2)
+        _, w = last.src_attn(last.norm2(x), mem, mem, need_weights=True, average_attn_weights=True)
         return w
 
 
@@ -245,9 +263,10 @@ class SeacoParaformer(nn.Module):
         """`[H, L]` token ids (the list ends with the no-bias entry) -> `[H, D]`."""
         return self.bias_encoder(self.decoder.embed(hotwords), hotword_lengths)
 
-    def bias_logits(self, cif_emb: Tensor, dec_hidden: Tensor, hw_emb: Tensor) -> Tensor:
+    def bias_logits(self, cif_emb: Tensor, dec_hidden: Tensor, hw_emb: Tensor, token_pad: Tensor | None = None
+                    ) -> Tensor:
         """Hotword branch logits `[B, K, V + 1]`: the two attention passes summed, then the output layer."""
-        merged = self.seaco_decoder(cif_emb, hw_emb) + self.seaco_decoder(dec_hidden, hw_emb)
+        merged = (self.seaco_decoder(cif_emb, hw_emb, token_pad) + self.seaco_decoder(dec_hidden, hw_emb, token_pad))
         return self.hotword_output_layer(merged)
 
     # ------------------------------------------------------------------------------------------------ training
@@ -280,7 +299,7 @@ class SeacoParaformer(nn.Module):
             if hotwords is None or hotword_labels is None:
                 raise ValueError("loss 'hotword' needs a hotword list and labels")
             hw = self.hotword_embeddings(hotwords, hotword_lengths)
-            blogits = self.bias_logits(emb, hidden, hw)
+            blogits = self.bias_logits(emb, hidden, hw, ~mask)
             out["hotword"] = F.cross_entropy(blogits.transpose(1, 2), hotword_labels, ignore_index=-1)
             out["hotword_acc"] = _accuracy(blogits, hotword_labels)
         return out
@@ -305,11 +324,11 @@ class SeacoParaformer(nn.Module):
     # ------------------------------------------------------------------------------------------------ inference
     @torch.no_grad()
     def recognize(self, feats: Tensor, feat_lengths: Tensor, hotwords: Tensor | None = None,
-                  hotword_lengths: Tensor | None = None, filter_threshold: int = 50,
-                  filter_keep: int = 20) -> list[list[int]]:
+                  hotword_lengths: Tensor | None = None, filter_keep: int = 50) -> list[list[int]]:
         """Greedy token ids per utterance. With a hotword list (ending with the no-bias entry) the bias branch
         replaces the ASR distribution wherever its argmax is not `<no_bias>` (FunASR's merge); a list longer
-        than `filter_threshold` is first cut per utterance to the `filter_keep` hotwords of highest attention."""
+        than `filter_keep` is first cut per utterance to the `filter_keep` hotwords that the decoder states attend
+        to most (FunASR's attention-score filter, `nfilter=50`)."""
         enc, enc_lengths, enc_pad = self.encode(feats, feat_lengths)
         emb, mask, _, n = self.predictor(enc, enc_lengths)
         logits, hidden = self.decoder(emb, mask, enc, enc_pad)
@@ -319,8 +338,8 @@ class SeacoParaformer(nn.Module):
             rows = []
             for i in range(emb.shape[0]):
                 e, h, hw_i = emb[i:i + 1, : n[i]], hidden[i:i + 1, : n[i]], hw
-                if hw.shape[0] - 1 > filter_threshold:
-                    score = self.seaco_decoder.scores(e, hw[:-1])[0].max(0).values  # [H-1]
+                if hw.shape[0] - 1 > filter_keep:
+                    score = self.seaco_decoder.scores(h, hw[:-1])[0].sum(0)  # [H-1]
                     keep = score.topk(min(filter_keep, score.numel())).indices.sort().values
                     hw_i = torch.cat([hw[keep], hw[-1:]])
                 b = self.bias_logits(e, h, hw_i).softmax(-1)[0]

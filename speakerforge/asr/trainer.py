@@ -10,6 +10,8 @@ is an error), per-stage optimizers, checkpoints and exact resume are the trainer
   typo in stage 2 is not found after stage 1 has run;
 - `decoder.embed` is read by the hotword branch and by the glancing sampler of the CE loss; a stage with neither
   may leave it untouched;
+- `--init SRC [--init-part asr]` starts from a trained ASR model (all of it, or the ASR part with new hotword
+  modules), with the source's vocabulary;
 - the run writes `model.safetensors` with the vocabulary, model arguments and feature settings for `asr decode/eval`.
 """
 
@@ -25,11 +27,11 @@ import torch
 import torch.nn as nn
 
 from speakerforge.asr.data import AsrDataset, HotwordSampling, load_asr_sources, make_collate
-from speakerforge.asr.model import ModelArgs, SeacoParaformer
+from speakerforge.asr.model import ASR_PART, HOTWORD_PART, ModelArgs, SeacoParaformer
 from speakerforge.asr.vocab import CharVocab
 from speakerforge.config import Config, from_dict, to_dict
 from speakerforge.data.features import fbank, mean_normalize
-from speakerforge.errors import ConfigError
+from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.train import freezing
 from speakerforge.train.stages import Stage
 from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything
@@ -70,13 +72,64 @@ def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrCo
     return a
 
 
+INIT_PARTS = {"all": ASR_PART + HOTWORD_PART, "asr": ASR_PART}
+
+
+@dataclass
+class AsrInit:
+    """`asr train --init SRC [--init-part asr]`: start from a trained ASR model file (or experiment folder).
+
+    `asr` loads only the ASR part (`encoder`, `predictor`, `decoder`, `ctc`) and leaves the hotword modules new:
+    FunASR's usual start of SeACo training from a trained Paraformer, here also with other hotword-module sizes."""
+
+    src: str | Path
+    part: str = "all"
+
+    def read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+        from speakerforge.checkpoint_io import load_model_file
+
+        if self.part not in INIT_PARTS:
+            raise ConfigError(f"--init-part {self.part!r}: choose from {', '.join(INIT_PARTS)}")
+        p = Path(self.src)
+        if p.is_dir():
+            p = p / "model.safetensors"
+        if not p.is_file():
+            raise CheckpointError(f"{self.src}: --init source not found (an ASR model file or experiment folder)")
+        state, meta = load_model_file(p)
+        if meta.get("kind") != "asr":
+            raise CheckpointError(f"{p}: not an ASR model file (written by `speakerforge asr train`)")
+        return state, meta, p
+
+
+def load_init_part(module: nn.Module, state: dict[str, torch.Tensor], part: str, origin: str) -> int:
+    """Copy the tensors of `part` from `state` into `module`; every missing or mismatched tensor is listed."""
+    prefixes = INIT_PARTS[part]
+    own = {k: v for k, v in module.state_dict().items() if k.split(".")[0] in prefixes}
+    missing = [k for k in own if k not in state]
+    shapes = [f"{k} {tuple(state[k].shape)} -> {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or shapes:
+        raise CheckpointError(f"{origin}: cannot initialise the {part!r} part: " + "; ".join(
+            ([f"missing {', '.join(missing[:8])}"] if missing else []) +
+            ([f"shape {', '.join(shapes[:8])}"] if shapes else [])) + " (same model.args as the source?)")
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(state[k])
+    return len(own)
+
+
 class AsrTrainer(Trainer):
     """Two-stage (or any-stage) SeACo-Paraformer training; see the module docstring."""
 
-    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None):
+    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None,
+                 init: AsrInit | None = None):
         self.asr = parse_asr_config(cfg.asr, "config")  # before the run folder is created
         self.model_args = from_dict(ModelArgs, dict(cfg.model.args), "config", "model.args.")
+        self.init = init
+        self._init_state = self.init.read() if self.init is not None else None
         options = dataclasses.replace(options or RunOptions(), command="asr-train")
+        if init is not None:
+            options.init_description = {"init": str(self._init_state[2].resolve()), "part": init.part}
         super().__init__(cfg, exp_dir, options)
         names = [s.name for s in self.stages]
         unknown = [k for k in self.asr.stage_losses if k not in names]
@@ -100,17 +153,29 @@ class AsrTrainer(Trainer):
         self.speakers = None
         self.check_batch_size()
         texts = [u.text for s in self.sources for u in s.utts]
-        self.vocab = CharVocab(self.asr.vocab) if self.asr.vocab else CharVocab.from_texts(texts)
+        if self._init_state is not None:  # the source's token ids, whatever the new transcripts hold
+            self.vocab = CharVocab(self._init_state[1]["vocab"])
+            if self.asr.vocab and self.asr.vocab != self.vocab.tokens:
+                raise ConfigError(f"asr.vocab differs from the vocabulary of --init {self._init_state[2]}; "
+                                  "remove asr.vocab to use the source's")
+            unknown = sorted({c for t in texts for c in self.vocab.unknown_chars(t)})
+            if unknown:
+                log.warning("%d character(s) of the transcripts are not in the --init vocabulary and become <unk>: "
+                            "%s", len(unknown), "".join(unknown[:40]))
+        else:
+            self.vocab = CharVocab(self.asr.vocab) if self.asr.vocab else CharVocab.from_texts(texts)
         self.collate = make_collate(len(self.vocab), self.vocab.sos_id)
         log.info("data: %d sources, %d utterances, vocabulary of %d tokens", len(self.sources), len(texts),
                  len(self.vocab))
 
     def build_module(self) -> nn.Module:
         _seed_everything(self.cfg.train.seed)
-        if self.opts.init is not None:
-            raise ConfigError("asr train starts from random weights or resumes; --init is not supported yet")
         module = SeacoParaformer(len(self.vocab), self.model_args, sos_id=self.vocab.sos_id,
                                  blank_id=self.vocab.blank_id)
+        if self._init_state is not None:
+            state, _meta, origin = self._init_state
+            n = load_init_part(module, state, self.init.part, str(origin))
+            log.info("initialised %d tensors (%s part) from %s", n, self.init.part, origin)
         for stage in self.stages:  # every stage's freeze list against the module names, before any training
             try:
                 freezing.match_parameters(module, freezing.parse_freeze_patterns(stage.freeze))

@@ -48,6 +48,10 @@ class CharVocab:
         """Normalized text -> ids (unknown characters -> `<unk>`)."""
         return [self.index.get(c, self.unk_id) for c in normalize_text(text).replace(" ", SPACE)]
 
+    def unknown_chars(self, text: str) -> set[str]:
+        """Characters of `text` that `encode` would map to `<unk>`."""
+        return {c for c in normalize_text(text).replace(" ", SPACE) if c not in self.index}
+
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text, special tokens dropped."""
         return "".join(self.tokens[i] for i in ids if 2 < i < len(self.tokens)).replace(SPACE, " ").strip()

@@ -32,7 +32,7 @@ def _train(model, params, steps, batches, losses, lr=3e-3):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_true_hotword_raises_recall_on_a_tiny_overfit_case():

@@ -84,7 +84,9 @@ def test_eval_prints_a_row_per_condition_and_filters_long_lists(tmp_path):
     (tmp_path / "d60.txt").write_text("".join(f"zz{chr(97 + i % 26)}{chr(97 + i // 26)}\n" for i in range(60)))
     rows, table = evaluate(out, data, tmp_path / "true.txt", [tmp_path / "d60.txt"])
     assert list(rows) == ["no hotwords", "true hotwords", "true + 60 distractors"]
-    assert len(table.splitlines()) == 4
+    lines = table.splitlines()
+    assert len(lines) == 6  # header, 3 rows, 2 summary lines against the unbiased row
+    assert lines[4].startswith("true hotwords: hotword recall") and "x); U-WER" in lines[4]
     assert all(0 <= r["recall"] <= 100 for r in rows.values())
 
 
@@ -105,3 +107,36 @@ def test_killed_in_each_stage_then_resumed_ends_with_the_same_weights(tmp_path):
     assert_same_weights(model_weights(straight.parent), model_weights(resumed.parent))
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert "resum" in log.lower()
+
+
+def test_init_asr_part_loads_the_asr_modules_and_leaves_new_hotword_modules(tmp_path):
+    """FunASR's usual SeACo start: a trained Paraformer's ASR part, new (here differently sized) hotword modules."""
+    from speakerforge.asr.trainer import AsrInit
+    from speakerforge.errors import CheckpointError
+    from tests.trainutil import model_weights
+
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    first = AsrTrainer(tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}),
+                       tmp_path / "asr").run()
+    src = model_weights(first.parent)
+
+    class _Start(AsrTrainer):
+        def apply_freeze(self, module, stage):
+            self.start = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            return super().apply_freeze(module, stage)
+
+    cfg = tiny_config(data, [dict(TWO_STAGES[1])], {"stage_losses": {"hotword": ["hotword"]}})
+    cfg.model.args["seaco_layers"] = 2  # the hotword part may differ from the source's
+    trainer = _Start(cfg, tmp_path / "hot", init=AsrInit(first.parent, "asr"))
+    out = trainer.run()
+    asr_keys = [k for k in trainer.start if k.split(".")[0] in ASR_PART]
+    assert asr_keys and all(torch.equal(trainer.start[k], src[k]) for k in asr_keys)
+    assert any(k.startswith("seaco_decoder.layers.1.") for k in model_weights(out.parent))
+    assert "initialised" in (tmp_path / "hot" / "train.log").read_text()
+
+    cfg = tiny_config(data, [dict(TWO_STAGES[1])], {"stage_losses": {"hotword": ["hotword"]}})
+    cfg.model.args["d_model"] = 24
+    with pytest.raises(CheckpointError, match=r"shape encoder\.input_layer\.weight"):
+        AsrTrainer(cfg, tmp_path / "bad", init=AsrInit(first.parent, "asr")).run()
+    with pytest.raises(CheckpointError, match="not found"):
+        AsrInit(tmp_path / "nothing", "asr").read()
