@@ -6,7 +6,8 @@ others' distractors) with the no-bias entry appended; the hotword label of a tok
 its utterance's spans and `<no_bias>` elsewhere. The draw of an utterance is a pure function of (seed, stage, epoch,
 position in the epoch), so a resumed run draws the same hotwords.
 `span_unit: word` draws whole words (of at least `min_len` tokens) instead of token spans: the natural unit for names
-in a character vocabulary.
+in a character vocabulary. `distractors: N` adds N spans of other random transcripts per utterance to the batch list
+(unlabelled), so that training lists are nearer the length of real ones (tens of entries, not a batch's few).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class HotwordSampling:
     min_len: int = 2
     max_len: int = 8
     span_unit: str = "token"  # token | word
+    distractors: int = 0  # per utterance: extra list entries drawn from other transcripts (not in FunASR)
 
 
 def read_asr_jsonl(path: str | Path) -> list[AsrUtterance]:
@@ -164,17 +166,30 @@ class AsrDataset(torch.utils.data.Dataset):
             raise DataError(f"{u.where}: empty transcript")
         rng = np.random.default_rng([self.seed, 17, self.stage, epoch, d.position])
         spans = sample_spans(tokens, rng, self.sampling, self.space_id)
+        distractors = [self._random_span(rng) for _ in range(self.sampling.distractors)]
         wav = load_audio(u.path, u.start, u.end)
-        return {"key": u.key, "wav": torch.from_numpy(wav), "tokens": tokens, "spans": spans}
+        return {"key": u.key, "wav": torch.from_numpy(wav), "tokens": tokens, "spans": spans,
+                "distractors": [d for d in distractors if d]}
+
+    def _random_span(self, rng: np.random.Generator) -> list[int]:
+        """One span (token or word, as the sampling says) of a random transcript; [] when it has none."""
+        src = self.sources[int(rng.integers(len(self.sources)))]
+        tokens = self.vocab.encode(src.utts[int(rng.integers(len(src.utts)))].text)
+        once = HotwordSampling(1.0, 0.0, self.sampling.min_len, self.sampling.max_len, self.sampling.span_unit)
+        spans = sample_spans(tokens, rng, once, self.space_id)
+        return tokens[spans[0][0]: spans[0][1]] if spans else []
 
 
 def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int, int]]], no_bias_id: int,
-                  sos_id: int) -> dict[str, torch.Tensor]:
-    """One hotword list for the batch (unique spans in order, then the no-bias entry) and per-token labels."""
+                  sos_id: int, distractors: list[list[int]] = ()) -> dict[str, torch.Tensor]:
+    """One hotword list for the batch (unique spans in order, then distractors, then the no-bias entry) and
+    per-token labels."""
     words: dict[tuple[int, ...], int] = {}
     for toks, spans in zip(token_lists, span_lists):
         for s, e in spans:
             words.setdefault(tuple(toks[s:e]), len(words))
+    for d in distractors:
+        words.setdefault(tuple(d), len(words))
     entries = [list(w) for w in words] + [[sos_id]]
     lengths = torch.tensor([len(w) for w in entries])
     hot = torch.zeros(len(entries), int(lengths.max()), dtype=torch.long)
@@ -210,5 +225,6 @@ class _Collate:
             targets[i, : len(t)] = torch.tensor(t)
         batch = {"keys": [it["key"] for it in items], "wav": wav, "wav_lengths": wav_lengths, "targets": targets,
                  "target_lengths": target_lengths}
-        batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id))
+        extra = [d for it in items for d in it.get("distractors", ())]
+        batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra))
         return batch

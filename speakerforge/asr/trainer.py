@@ -67,8 +67,9 @@ def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrCo
     h = a.hotwords
     if not (0 <= h.double_prob <= h.prob <= 1):
         raise ConfigError(f"{where}: asr.hotwords: need 0 <= double_prob <= prob <= 1")
-    if not (1 <= h.min_len <= h.max_len) or h.span_unit not in ("token", "word"):
-        raise ConfigError(f"{where}: asr.hotwords: need 1 <= min_len <= max_len and span_unit token|word")
+    if not (1 <= h.min_len <= h.max_len) or h.span_unit not in ("token", "word") or h.distractors < 0:
+        raise ConfigError(f"{where}: asr.hotwords: need 1 <= min_len <= max_len, span_unit token|word and "
+                          "distractors >= 0")
     return a
 
 

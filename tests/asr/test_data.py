@@ -36,3 +36,29 @@ def test_batch_shares_one_list_ending_with_no_bias_and_labels_only_own_spans():
     assert hb["hotwords"].tolist() == [[4, 5], [1, 0]]
     assert hb["hotword_lengths"].tolist() == [2, 1]
     assert torch.equal(hb["hotword_labels"], torch.tensor([[20, 4, 5, 20], [20, 20, 20, -1]]))
+
+
+def test_distractors_join_the_list_unlabelled_after_the_spans_and_dedupe():
+    hb = hotword_batch([[3, 4, 5, 6], [7, 8, 9]], [[(1, 3)], []], no_bias_id=20, sos_id=1,
+                       distractors=[[8, 9, 9], [4, 5]])
+    assert hb["hotwords"].tolist() == [[4, 5, 0], [8, 9, 9], [1, 0, 0]]  # [4, 5] is already a true span
+    assert torch.equal(hb["hotword_labels"], torch.tensor([[20, 4, 5, 20], [20, 20, 20, -1]]))
+
+
+def test_dataset_draws_distractors_from_other_transcripts_reproducibly(tmp_path):
+    from speakerforge.asr.data import AsrDataset, load_asr_sources
+    from speakerforge.asr.vocab import CharVocab
+    from speakerforge.data.sampling import Draw
+    from tests.asr.helpers import write_tone_corpus
+
+    texts = ["ab cd", "bad cab", "dab ace", "bed cade"]
+    sources = load_asr_sources([(str(write_tone_corpus(tmp_path, texts)), 1.0, "")])
+    vocab = CharVocab.from_texts(texts)
+    words = {w for t in texts for w in t.split()}
+    sampling = HotwordSampling(span_unit="word", distractors=3)
+    ds = AsrDataset(sources, vocab, seed=5, stage=0, sampling=sampling)
+    item = ds[(2, Draw(0, 1, 6))]
+    assert len(item["distractors"]) == 3
+    assert all(vocab.decode(d) in words for d in item["distractors"])
+    assert item["distractors"] == ds[(2, Draw(0, 1, 6))]["distractors"]
+    assert AsrDataset(sources, vocab, 5, 0, HotwordSampling(span_unit="word"))[(2, Draw(0, 1, 6))]["distractors"] == []
