@@ -6,7 +6,10 @@ Module names are FunASR's, so that freeze lists mean the same thing here and the
 - `predictor`: CIF weights (conv + linear + sigmoid) integrated into one embedding per token (`speakerforge.asr.cif`);
 - `decoder`: non-autoregressive decoder over the CIF embeddings (self-attention, cross-attention to the encoder);
   `decoder.embed` is the token embedding the hotword branch uses;
-- `bias_encoder`: LSTM over each hotword's token embeddings, last valid step;
+- `bias_encoder`: LSTM over each hotword's token embeddings; one vector per hotword (its last valid step, FunASR's
+  `bias_memory: word`) or one per token (`bias_memory: token`, a copy-friendly memory: a query attends to the
+  matching token of the matching hotword, which a character vocabulary needs to spell unseen words; with
+  `bias_bidirectional` each token's state knows its whole hotword);
 - `seaco_decoder`: cross-attention layers (no input/output layers) run once with the CIF embeddings and once with the
   decoder states as queries over the hotword list; the two outputs are summed;
 - `hotword_output_layer`: vocabulary + `<no_bias>` (the last id);
@@ -45,6 +48,8 @@ class ModelArgs:
     seaco_layers: int = 1
     fsmn_kernel: int = 11
     seaco_kernel: int = 11  # FSMN memory over the query tokens in each seaco_decoder layer (0: none)
+    bias_memory: str = "word"  # word (FunASR) | token
+    bias_bidirectional: bool = False
     dropout: float = 0.1
     ctc: bool = True
     sampling_ratio: float = 0.75  # Paraformer's glancing sampler in training (0: off)
@@ -193,15 +198,29 @@ class Decoder(nn.Module):
 
 
 class BiasEncoder(nn.Module):
-    """LSTM over a hotword's token embeddings; its representation is the output at the last valid step."""
+    """LSTM over hotwords' token embeddings -> the memory the seaco decoder attends to (see the module docstring)."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, per_token: bool = False, bidirectional: bool = False):
         super().__init__()
-        self.lstm = nn.LSTM(d, d, num_layers=1, batch_first=True)
+        if bidirectional and d % 2:
+            raise ValueError(f"bias_bidirectional needs an even d_model, got {d}")
+        self.per_token, self.bidirectional = per_token, bidirectional
+        self.lstm = nn.LSTM(d, d // 2 if bidirectional else d, num_layers=1, batch_first=True,
+                            bidirectional=bidirectional)
 
-    def forward(self, emb: Tensor, lengths: Tensor) -> Tensor:
-        out, _ = self.lstm(emb)
-        return out[torch.arange(out.shape[0], device=out.device), (lengths - 1).clamp_min(0)]
+    def forward(self, emb: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """`[H, L, D]`, lengths `[H]` -> (memory `[M, D]`, the hotword of each memory row `[M]`)."""
+        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.cpu().clamp_min(1), batch_first=True,
+                                                   enforce_sorted=False)
+        out, (h_n, _) = self.lstm(packed)
+        h = emb.shape[0]
+        if self.per_token:
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])
+            valid = torch.arange(emb.shape[1], device=emb.device)[None, :] < lengths.clamp_min(1)[:, None]
+            owner = torch.arange(h, device=emb.device)[:, None].expand_as(valid)
+            return out[valid], owner[valid]
+        # the final state of each direction: forward after the last valid token, backward after the first
+        return h_n.transpose(0, 1).reshape(h, -1), torch.arange(h, device=emb.device)
 
 
 class SeacoDecoder(nn.Module):
@@ -248,7 +267,9 @@ class SeacoParaformer(nn.Module):
         self.encoder = Encoder(a)
         self.predictor = Predictor(a.d_model)
         self.decoder = Decoder(a, vocab_size)
-        self.bias_encoder = BiasEncoder(a.d_model)
+        if a.bias_memory not in ("word", "token"):
+            raise ValueError(f"bias_memory must be 'word' or 'token', got {a.bias_memory!r}")
+        self.bias_encoder = BiasEncoder(a.d_model, a.bias_memory == "token", a.bias_bidirectional)
         self.seaco_decoder = SeacoDecoder(a)
         self.hotword_output_layer = nn.Linear(a.d_model, vocab_size + 1)
         self.ctc = nn.Linear(a.d_model, vocab_size) if a.ctc else None
@@ -259,8 +280,8 @@ class SeacoParaformer(nn.Module):
         pad = torch.arange(enc.shape[1], device=enc.device)[None, :] >= lengths[:, None]
         return enc, lengths, pad
 
-    def hotword_embeddings(self, hotwords: Tensor, hotword_lengths: Tensor) -> Tensor:
-        """`[H, L]` token ids (the list ends with the no-bias entry) -> `[H, D]`."""
+    def hotword_embeddings(self, hotwords: Tensor, hotword_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """`[H, L]` token ids (the list ends with the no-bias entry) -> (memory `[M, D]`, owner hotword `[M]`)."""
         return self.bias_encoder(self.decoder.embed(hotwords), hotword_lengths)
 
     def bias_logits(self, cif_emb: Tensor, dec_hidden: Tensor, hw_emb: Tensor, token_pad: Tensor | None = None
@@ -298,7 +319,7 @@ class SeacoParaformer(nn.Module):
         if "hotword" in losses:
             if hotwords is None or hotword_labels is None:
                 raise ValueError("loss 'hotword' needs a hotword list and labels")
-            hw = self.hotword_embeddings(hotwords, hotword_lengths)
+            hw, _ = self.hotword_embeddings(hotwords, hotword_lengths)
             blogits = self.bias_logits(emb, hidden, hw, ~mask)
             out["hotword"] = F.cross_entropy(blogits.transpose(1, 2), hotword_labels, ignore_index=-1)
             out["hotword_acc"] = _accuracy(blogits, hotword_labels)
@@ -334,14 +355,18 @@ class SeacoParaformer(nn.Module):
         logits, hidden = self.decoder(emb, mask, enc, enc_pad)
         probs = logits.softmax(-1)
         if hotwords is not None and hotwords.shape[0] > 1:
-            hw = self.hotword_embeddings(hotwords, hotword_lengths)
+            hw, owner = self.hotword_embeddings(hotwords, hotword_lengths)
+            n_hot = hotwords.shape[0] - 1  # without the no-bias entry, which is last
             rows = []
             for i in range(emb.shape[0]):
                 e, h, hw_i = emb[i:i + 1, : n[i]], hidden[i:i + 1, : n[i]], hw
-                if hw.shape[0] - 1 > filter_keep:
-                    score = self.seaco_decoder.scores(h, hw[:-1])[0].sum(0)  # [H-1]
-                    keep = score.topk(min(filter_keep, score.numel())).indices.sort().values
-                    hw_i = torch.cat([hw[keep], hw[-1:]])
+                if n_hot > filter_keep:
+                    rows_w = self.seaco_decoder.scores(h, hw)[0].sum(0)  # attention per memory row
+                    score = torch.zeros(n_hot + 1, dtype=rows_w.dtype).index_add_(0, owner, rows_w)[:n_hot]
+                    keep = torch.zeros(n_hot + 1, dtype=torch.bool)
+                    keep[score.topk(filter_keep).indices] = True
+                    keep[n_hot] = True
+                    hw_i = hw[keep[owner]]
                 b = self.bias_logits(e, h, hw_i).softmax(-1)[0]
                 p = probs[i, : n[i]]
                 use_bias = b.argmax(-1) != self.no_bias_id

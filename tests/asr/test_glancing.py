@@ -47,3 +47,19 @@ def test_glancing_is_off_in_eval_mode_and_at_ratio_zero():
     assert model.glance(emb, mask, enc, enc_pad, targets) is emb
     model = SeacoParaformer(12, ModelArgs(**{**TINY_MODEL, "sampling_ratio": 0.0})).train()
     assert model.glance(emb, mask, enc, enc_pad, targets) is emb
+
+
+def test_bias_memory_rows_per_word_or_per_token_do_not_depend_on_padding():
+    from speakerforge.asr.model import BiasEncoder
+
+    torch.manual_seed(0)
+    emb = torch.randn(3, 5, 8)
+    lengths = torch.tensor([5, 2, 1])
+    for per_token in (False, True):
+        for bi in (False, True):
+            enc = BiasEncoder(8, per_token, bi).eval()
+            mem, owner = enc(emb, lengths)
+            assert mem.shape == (8 if per_token else 3, 8)
+            assert owner.tolist() == ([0] * 5 + [1] * 2 + [2] if per_token else [0, 1, 2])
+            alone, _ = enc(emb[1:2, :2], lengths[1:2])  # the second hotword without the padding of a batch
+            assert torch.allclose(alone, mem[owner == 1], atol=1e-6)

@@ -8,6 +8,7 @@ CE + CIF length loss, then (ASR part frozen) the hotword branch on the hotword C
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from speakerforge.asr.data import hotword_batch
@@ -35,14 +36,16 @@ def _train(model, params, steps, batches, losses, lr=3e-3):
     return float(loss.detach())
 
 
-def test_true_hotword_raises_recall_on_a_tiny_overfit_case():
+@pytest.mark.parametrize("memory", ["word", "token"])
+def test_true_hotword_raises_recall_on_a_tiny_overfit_case(memory):
     torch.manual_seed(0)
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared machine
     texts = [t.format(n) for n in NAMES for t in TEMPLATES]
     vocab = CharVocab.from_texts(texts)
     asr = AsrModel(SeacoParaformer(len(vocab), ModelArgs(num_mel_bins=20, d_model=32, heads=2, ffn_dim=64,
                                                          encoder_layers=2, decoder_layers=1, dropout=0.0,
-                                                         ctc=False)), vocab,
+                                                         ctc=False, bias_memory=memory,
+                                                         bias_bidirectional=memory == "token")), vocab,
                    {"num_mel_bins": 20, "frame_length": 25.0, "frame_shift": 10.0, "mean_norm": True})
     model = asr.model.train()
     wavs = [torch.from_numpy(tone_utterance(t.format("kek"))) for n in NAMES for t in TEMPLATES]
