@@ -181,9 +181,16 @@ class AsrDataset(torch.utils.data.Dataset):
 
 
 def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int, int]]], no_bias_id: int,
-                  sos_id: int, distractors: list[list[int]] = ()) -> dict[str, torch.Tensor]:
+                  sos_id: int, distractors: list[list[int]] = (), space_id: int | None = None
+                  ) -> dict[str, torch.Tensor]:
     """One hotword list for the batch (unique spans in order, then distractors, then the no-bias entry) and
-    per-token labels."""
+    per-token labels.
+
+    A token is labelled with itself wherever its utterance holds an entry of the list there (as a whole word when
+    `space_id` is given), `<no_bias>` elsewhere. FunASR labels only an utterance's own spans; with one list per
+    batch that contradicts itself as soon as two utterances share a word (one is told to copy "station" from the
+    list, the other not to although it is in the list), which a corpus of common carrier words does all the time.
+    Without such collisions the two rules agree."""
     words: dict[tuple[int, ...], int] = {}
     for toks, spans in zip(token_lists, span_lists):
         for s, e in spans:
@@ -199,19 +206,38 @@ def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int,
     labels = torch.full((len(token_lists), n), -1, dtype=torch.long)
     for i, (toks, spans) in enumerate(zip(token_lists, span_lists)):
         labels[i, : len(toks)] = no_bias_id
-        for s, e in spans:
+        for s, e in [*spans, *_occurrences(toks, words, space_id)]:
             labels[i, s:e] = torch.tensor(toks[s:e])
     return {"hotwords": hot, "hotword_lengths": lengths, "hotword_labels": labels}
 
 
-def make_collate(no_bias_id: int, sos_id: int):
-    """A collate function (picklable through functools.partial-free closure only with num_workers 0)."""
-    return _Collate(no_bias_id, sos_id)
+def _occurrences(tokens: list[int], words: dict[tuple[int, ...], int], space_id: int | None) -> list[tuple[int, int]]:
+    """`[start, end)` of every place where an entry of `words` stands in `tokens` (whole words with `space_id`)."""
+    out = []
+    if space_id is not None:
+        start = 0
+        for i, t in enumerate([*tokens, space_id]):
+            if t == space_id:
+                if tuple(tokens[start:i]) in words:
+                    out.append((start, i))
+                start = i + 1
+        return out
+    lengths = {len(w) for w in words}
+    for n in lengths:
+        for s in range(len(tokens) - n + 1):
+            if tuple(tokens[s:s + n]) in words:
+                out.append((s, s + n))
+    return out
+
+
+def make_collate(no_bias_id: int, sos_id: int, space_id: int | None = None):
+    """The batch builder; `space_id` (word spans) makes hotword labels match whole words only."""
+    return _Collate(no_bias_id, sos_id, space_id)
 
 
 class _Collate:
-    def __init__(self, no_bias_id: int, sos_id: int):
-        self.no_bias_id, self.sos_id = no_bias_id, sos_id
+    def __init__(self, no_bias_id: int, sos_id: int, space_id: int | None = None):
+        self.no_bias_id, self.sos_id, self.space_id = no_bias_id, sos_id, space_id
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         wav_lengths = torch.tensor([len(it["wav"]) for it in items])
@@ -226,5 +252,6 @@ class _Collate:
         batch = {"keys": [it["key"] for it in items], "wav": wav, "wav_lengths": wav_lengths, "targets": targets,
                  "target_lengths": target_lengths}
         extra = [d for it in items for d in it.get("distractors", ())]
-        batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra))
+        batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra,
+                                   self.space_id))
         return batch

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from speakerforge.asr.data import AsrDataset, HotwordSampling, load_asr_sources, make_collate
 from speakerforge.asr.model import ASR_PART, HOTWORD_PART, ModelArgs, SeacoParaformer
-from speakerforge.asr.vocab import CharVocab
+from speakerforge.asr.vocab import SPACE, CharVocab
 from speakerforge.config import Config, from_dict, to_dict
 from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.errors import CheckpointError, ConfigError
@@ -165,7 +165,9 @@ class AsrTrainer(Trainer):
                             "%s", len(unknown), "".join(unknown[:40]))
         else:
             self.vocab = CharVocab(self.asr.vocab) if self.asr.vocab else CharVocab.from_texts(texts)
-        self.collate = make_collate(len(self.vocab), self.vocab.sos_id)
+        word_spans = self.asr.hotwords.span_unit == "word"
+        self.collate = make_collate(len(self.vocab), self.vocab.sos_id,
+                                    self.vocab.index.get(SPACE) if word_spans else None)
         log.info("data: %d sources, %d utterances, vocabulary of %d tokens", len(self.sources), len(texts),
                  len(self.vocab))
 

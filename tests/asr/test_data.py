@@ -62,3 +62,14 @@ def test_dataset_draws_distractors_from_other_transcripts_reproducibly(tmp_path)
     assert all(vocab.decode(d) in words for d in item["distractors"])
     assert item["distractors"] == ds[(2, Draw(0, 1, 6))]["distractors"]
     assert AsrDataset(sources, vocab, 5, 0, HotwordSampling(span_unit="word"))[(2, Draw(0, 1, 6))]["distractors"] == []
+
+
+def test_every_utterance_holding_a_list_entry_is_labelled_there_not_only_the_one_it_was_drawn_from():
+    space = 9
+    a, b = [3, 4, space, 5, 6], [5, 6, space, 7, 5, 6]  # "5 6" is a word of both; "7 5 6" contains it inside
+    hb = hotword_batch([a, b], [[(3, 5)], []], no_bias_id=20, sos_id=1, space_id=space)
+    assert hb["hotwords"].tolist() == [[5, 6], [1, 0]]
+    assert torch.equal(hb["hotword_labels"], torch.tensor([[20, 20, 20, 5, 6, -1], [5, 6, 20, 20, 20, 20]]))
+    # token spans (no space id): any place the entry stands
+    hb = hotword_batch([a, b], [[(3, 5)], []], no_bias_id=20, sos_id=1)
+    assert torch.equal(hb["hotword_labels"][1], torch.tensor([5, 6, 20, 20, 5, 6]))
