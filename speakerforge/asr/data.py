@@ -8,10 +8,14 @@ position in the epoch), so a resumed run draws the same hotwords.
 `span_unit: word` draws whole words (of at least `min_len` tokens) instead of token spans: the natural unit for names
 in a character vocabulary. `distractors: N` adds N spans of other random transcripts per utterance to the batch list
 (unlabelled), so that training lists are nearer the length of real ones (tens of entries, not a batch's few).
+`rare_power: p` draws a word with weight (its count in the training transcripts)^-p: hotwords are rare words, and
+on a corpus whose common words recur in every sentence, uniform draws teach the branch to look up those few words
+instead of copying any word of the list.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +48,7 @@ class HotwordSampling:
     max_len: int = 8
     span_unit: str = "token"  # token | word
     distractors: int = 0  # per utterance: extra list entries drawn from other transcripts (not in FunASR)
+    rare_power: float = 0.0  # word spans drawn with weight count^-rare_power (0: uniform, as FunASR)
 
 
 def read_asr_jsonl(path: str | Path) -> list[AsrUtterance]:
@@ -102,7 +107,8 @@ def load_asr_sources(specs: list[tuple[str, float, str]]) -> list[Source]:
 
 
 def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampling,
-                 space_id: int | None = None) -> list[tuple[int, int]]:
+                 space_id: int | None = None, word_counts: dict[tuple[int, ...], int] | None = None
+                 ) -> list[tuple[int, int]]:
     """`[start, end)` hotword spans of one utterance (none, one or two, never overlapping)."""
     r = rng.random()
     want = 2 if r < cfg.double_prob else 1 if r < cfg.prob else 0
@@ -121,7 +127,12 @@ def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampli
         if candidates is not None:
             if not candidates:
                 break
-            s, e = candidates[int(rng.integers(len(candidates)))]
+            if word_counts is not None and cfg.rare_power > 0:
+                w = np.array([word_counts.get(tuple(tokens[a:b]), 1) for a, b in candidates], dtype=np.float64)
+                w = w ** -cfg.rare_power
+                s, e = candidates[int(rng.choice(len(candidates), p=w / w.sum()))]
+            else:
+                s, e = candidates[int(rng.integers(len(candidates)))]
         else:
             n = len(tokens)
             if n < cfg.min_len:
@@ -154,6 +165,15 @@ class AsrDataset(torch.utils.data.Dataset):
         self.seed, self.stage = int(seed), int(stage)
         self.sampling = sampling
         self.space_id = vocab.index.get(SPACE)
+        self.word_counts: dict[tuple[int, ...], int] | None = None
+        if sampling.rare_power > 0 and sampling.span_unit == "word" and self.space_id is not None:
+            self.word_counts = {}
+            for src in sources:
+                for utt in src.utts:
+                    toks = vocab.encode(utt.text)
+                    for a, b in _word_spans(toks, self.space_id, 1):
+                        key = tuple(toks[a:b])
+                        self.word_counts[key] = self.word_counts.get(key, 0) + 1
 
     def __len__(self) -> int:
         return sum(len(s.utts) for s in self.sources)
@@ -165,7 +185,7 @@ class AsrDataset(torch.utils.data.Dataset):
         if not tokens:
             raise DataError(f"{u.where}: empty transcript")
         rng = np.random.default_rng([self.seed, 17, self.stage, epoch, d.position])
-        spans = sample_spans(tokens, rng, self.sampling, self.space_id)
+        spans = sample_spans(tokens, rng, self.sampling, self.space_id, self.word_counts)
         distractors = [self._random_span(rng) for _ in range(self.sampling.distractors)]
         wav = load_audio(u.path, u.start, u.end)
         return {"key": u.key, "wav": torch.from_numpy(wav), "tokens": tokens, "spans": spans,
@@ -175,8 +195,8 @@ class AsrDataset(torch.utils.data.Dataset):
         """One span (token or word, as the sampling says) of a random transcript; [] when it has none."""
         src = self.sources[int(rng.integers(len(self.sources)))]
         tokens = self.vocab.encode(src.utts[int(rng.integers(len(src.utts)))].text)
-        once = HotwordSampling(1.0, 0.0, self.sampling.min_len, self.sampling.max_len, self.sampling.span_unit)
-        spans = sample_spans(tokens, rng, once, self.space_id)
+        once = dataclasses.replace(self.sampling, prob=1.0, double_prob=0.0)
+        spans = sample_spans(tokens, rng, once, self.space_id, self.word_counts)
         return tokens[spans[0][0]: spans[0][1]] if spans else []
 
 

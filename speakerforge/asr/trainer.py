@@ -67,9 +67,12 @@ def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrCo
     h = a.hotwords
     if not (0 <= h.double_prob <= h.prob <= 1):
         raise ConfigError(f"{where}: asr.hotwords: need 0 <= double_prob <= prob <= 1")
-    if not (1 <= h.min_len <= h.max_len) or h.span_unit not in ("token", "word") or h.distractors < 0:
-        raise ConfigError(f"{where}: asr.hotwords: need 1 <= min_len <= max_len, span_unit token|word and "
-                          "distractors >= 0")
+    if not (1 <= h.min_len <= h.max_len) or h.span_unit not in ("token", "word") or min(h.distractors,
+                                                                                         h.rare_power) < 0:
+        raise ConfigError(f"{where}: asr.hotwords: need 1 <= min_len <= max_len, span_unit token|word, and "
+                          "distractors, rare_power >= 0")
+    if h.rare_power > 0 and h.span_unit != "word":
+        raise ConfigError(f"{where}: asr.hotwords.rare_power counts words: it needs span_unit: word")
     return a
 
 

@@ -73,3 +73,26 @@ def test_every_utterance_holding_a_list_entry_is_labelled_there_not_only_the_one
     # token spans (no space id): any place the entry stands
     hb = hotword_batch([a, b], [[(3, 5)], []], no_bias_id=20, sos_id=1)
     assert torch.equal(hb["hotword_labels"][1], torch.tensor([5, 6, 20, 20, 5, 6]))
+
+
+def test_rare_power_draws_the_rare_word_of_a_sentence_most_of_the_time(tmp_path):
+    from speakerforge.asr.data import AsrDataset, load_asr_sources
+    from speakerforge.asr.vocab import CharVocab
+    from speakerforge.data.sampling import Draw
+    from tests.asr.helpers import write_tone_corpus
+
+    texts = [f"see the {name} now" for name in ("bob", "deb", "cac", "fef", "gig", "hoh")]
+    sources = load_asr_sources([(str(write_tone_corpus(tmp_path, texts)), 1.0, "")])
+    vocab = CharVocab.from_texts(texts)
+
+    def drawn(power: float) -> float:
+        ds = AsrDataset(sources, vocab, 3, 0, HotwordSampling(prob=1.0, double_prob=0.0, span_unit="word",
+                                                             rare_power=power))
+        words = []
+        for pos in range(300):
+            item = ds[(0, Draw(0, pos % len(texts), pos))]
+            words += [vocab.decode(item["tokens"][s:e]) for s, e in item["spans"]]
+        return sum(w not in ("see", "the", "now") for w in words) / len(words)
+
+    assert abs(drawn(0.0) - 0.25) < 0.08  # uniform over the 4 words (FunASR)
+    assert drawn(1.0) > 0.6  # the name weighs 1, each common word 1/6
