@@ -165,6 +165,7 @@ class AsrDataset(torch.utils.data.Dataset):
         self.seed, self.stage = int(seed), int(stage)
         self.sampling = sampling
         self.space_id = vocab.index.get(SPACE)
+        self._one_span = dataclasses.replace(sampling, prob=1.0, double_prob=0.0)  # for distractors
         self.word_counts: dict[tuple[int, ...], int] | None = None
         if sampling.rare_power > 0 and sampling.span_unit == "word" and self.space_id is not None:
             self.word_counts = {}
@@ -195,8 +196,7 @@ class AsrDataset(torch.utils.data.Dataset):
         """One span (token or word, as the sampling says) of a random transcript; [] when it has none."""
         src = self.sources[int(rng.integers(len(self.sources)))]
         tokens = self.vocab.encode(src.utts[int(rng.integers(len(src.utts)))].text)
-        once = dataclasses.replace(self.sampling, prob=1.0, double_prob=0.0)
-        spans = sample_spans(tokens, rng, once, self.space_id, self.word_counts)
+        spans = sample_spans(tokens, rng, self._one_span, self.space_id, self.word_counts)
         return tokens[spans[0][0]: spans[0][1]] if spans else []
 
 

@@ -163,15 +163,20 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForward(d, ffn, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, x_pad: Tensor | None, mem: Tensor, mem_pad: Tensor | None) -> Tensor:
+    def context(self, x: Tensor, x_pad: Tensor | None) -> Tensor:
+        """The token-context sub-layer (self-attention or FSMN memory) with its residual; `x` itself if none."""
         if self.self_attn is not None:
             h = self.norm1(x)
-            x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=x_pad, need_weights=False)[0])
-        elif self.fsmn is not None:
+            return x + self.drop(self.self_attn(h, h, h, key_padding_mask=x_pad, need_weights=False)[0])
+        if self.fsmn is not None:
             h = self.norm1(x)
             if x_pad is not None:
                 h = h.masked_fill(x_pad[..., None], 0)
-            x = x + self.drop(self.fsmn(h.transpose(1, 2)).transpose(1, 2))
+            return x + self.drop(self.fsmn(h.transpose(1, 2)).transpose(1, 2))
+        return x
+
+    def forward(self, x: Tensor, x_pad: Tensor | None, mem: Tensor, mem_pad: Tensor | None) -> Tensor:
+        x = self.context(x, x_pad)
         h = self.norm2(x)
         x = x + self.drop(self.src_attn(h, mem, mem, key_padding_mask=mem_pad, need_weights=False)[0])
         return x + self.drop(self.ffn(self.norm3(x)))
@@ -248,8 +253,7 @@ class SeacoDecoder(nn.Module):
         for layer in self.layers[:-1]:
             x = layer(x, None, mem, None)
         last = self.layers[-1]
-        if last.fsmn is not None:
-            x = x + last.fsmn(last.norm1(x).transpose(1, 2)).transpose(1, 2)
+        x = last.context(x, None)
         _, w = last.src_attn(last.norm2(x), mem, mem, need_weights=True, average_attn_weights=True)
         return w
 
@@ -287,7 +291,7 @@ class SeacoParaformer(nn.Module):
     def bias_logits(self, cif_emb: Tensor, dec_hidden: Tensor, hw_emb: Tensor, token_pad: Tensor | None = None
                     ) -> Tensor:
         """Hotword branch logits `[B, K, V + 1]`: the two attention passes summed, then the output layer."""
-        merged = (self.seaco_decoder(cif_emb, hw_emb, token_pad) + self.seaco_decoder(dec_hidden, hw_emb, token_pad))
+        merged = self.seaco_decoder(cif_emb, hw_emb, token_pad) + self.seaco_decoder(dec_hidden, hw_emb, token_pad)
         return self.hotword_output_layer(merged)
 
     # ------------------------------------------------------------------------------------------------ training
