@@ -19,7 +19,7 @@ from speakerforge.asr.model import ModelArgs, SeacoParaformer
 from speakerforge.asr.vocab import CharVocab
 from speakerforge.data.audio import load_audio
 from speakerforge.data.features import fbank, mean_normalize
-from speakerforge.errors import ConfigError, DataError
+from speakerforge.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,7 @@ class AsrModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "AsrModel":
-        from speakerforge.checkpoint_io import load_model_file
-
-        p = Path(path)
-        if p.is_dir():
-            p = p / "model.safetensors"
-        state, meta = load_model_file(p)
-        if meta.get("kind") != "asr":
-            raise ConfigError(f"{p}: not an ASR model file (written by `speakerforge asr train`)")
+        state, meta, _ = read_asr_model_file(path)
         vocab = CharVocab(meta["vocab"])
         model = SeacoParaformer(len(vocab), ModelArgs(**meta["args"]), sos_id=vocab.sos_id, blank_id=vocab.blank_id)
         model.load_state_dict(state)
@@ -75,6 +68,19 @@ class AsrModel:
             ids = self.model.recognize(feats, lengths, *(hw if hw is not None else (None, None)))
             out.extend(self.vocab.decode(x) for x in ids)
         return out
+
+
+def read_asr_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """(weights, meta, file) of an ASR model file or of the experiment folder holding one."""
+    from speakerforge.checkpoint_io import load_model_file
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    state, meta = load_model_file(p)
+    if meta.get("kind") != "asr":
+        raise CheckpointError(f"{p}: not an ASR model file (written by `speakerforge asr train`)")
+    return state, meta, p
 
 
 def read_hotwords(path: str | Path) -> list[str]:

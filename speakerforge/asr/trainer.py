@@ -90,32 +90,25 @@ class AsrInit:
     part: str = "all"
 
     def read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
-        from speakerforge.checkpoint_io import load_model_file
+        from speakerforge.asr.infer import read_asr_model_file
 
         if self.part not in INIT_PARTS:
             raise ConfigError(f"--init-part {self.part!r}: choose from {', '.join(INIT_PARTS)}")
-        p = Path(self.src)
-        if p.is_dir():
-            p = p / "model.safetensors"
-        if not p.is_file():
+        if not Path(self.src).exists():
             raise CheckpointError(f"{self.src}: --init source not found (an ASR model file or experiment folder)")
-        state, meta = load_model_file(p)
-        if meta.get("kind") != "asr":
-            raise CheckpointError(f"{p}: not an ASR model file (written by `speakerforge asr train`)")
-        return state, meta, p
+        return read_asr_model_file(self.src)
 
 
 def load_init_part(module: nn.Module, state: dict[str, torch.Tensor], part: str, origin: str) -> int:
     """Copy the tensors of `part` from `state` into `module`; every missing or mismatched tensor is listed."""
+    from speakerforge.models.modelfile import fit_problems
+
     prefixes = INIT_PARTS[part]
     own = {k: v for k, v in module.state_dict().items() if k.split(".")[0] in prefixes}
-    missing = [k for k in own if k not in state]
-    shapes = [f"{k} {tuple(state[k].shape)} -> {tuple(v.shape)}" for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or shapes:
-        raise CheckpointError(f"{origin}: cannot initialise the {part!r} part: " + "; ".join(
-            ([f"missing {', '.join(missing[:8])}"] if missing else []) +
-            ([f"shape {', '.join(shapes[:8])}"] if shapes else [])) + " (same model.args as the source?)")
+    problems = fit_problems(own, {k: state[k] for k in own if k in state})  # the source's other parts are ignored
+    if problems:
+        raise CheckpointError(f"{origin}: cannot initialise the {part!r} part: " + "; ".join(problems)
+                              + " (same model.args as the source?)")
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(state[k])

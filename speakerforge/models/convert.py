@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from speakerforge.errors import CheckpointError, ConfigError
+from speakerforge.models.modelfile import fit_problems
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ SOURCES = ("3dspeaker", "wespeaker")
 _NESTED = ("state_dict", "model_state_dict", "model", "embedding_model")
 _WRAPPER_PREFIXES = ("module.", "model.")
 _HEAD_PREFIXES = {"wespeaker": ("projection.",), "3dspeaker": ("classifier.",)}
-_LIST_LIMIT = 20
 
 Tensors = dict[str, torch.Tensor]
 
@@ -234,11 +234,6 @@ _HINTS = {
 }
 
 
-def _listing(what: str, items: list[str]) -> str:
-    more = f" ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else ""
-    return f"{len(items)} {what}: {', '.join(items[:_LIST_LIMIT])}{more}"
-
-
 def _check_fits(converted: Tensors, model: nn.Module, origin: dict[str, str], hint: str | None) -> Tensors:
     own = model.state_dict()
     # Checkpoints from torch < 0.4.1 have no BatchNorm step counters; they do not affect the output.
@@ -249,17 +244,8 @@ def _check_fits(converted: Tensors, model: nn.Module, origin: dict[str, str], hi
     def name(k: str) -> str:
         return f"{k} (from {origin[k]})" if k in origin and origin[k] != k else k
 
-    missing = sorted(own.keys() - converted.keys())
-    unexpected = sorted(converted.keys() - own.keys())
-    shapes = sorted(
-        f"{name(k)}: checkpoint {tuple(converted[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own.keys() & converted.keys()
-        if converted[k].shape != own[k].shape
-    )
-    if missing or unexpected or shapes:
-        parts = [_listing(w, ks) for w, ks in (("missing", [name(k) for k in missing]),
-                                                  ("unexpected", unexpected),
-                                                  ("shape mismatch", shapes)) if ks]
+    parts = fit_problems(own, converted, "checkpoint", name)
+    if parts:
         if hint:
             parts.append(f"hint: {hint}")
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))

@@ -6,7 +6,7 @@ to rebuild it (registry name, constructor arguments, feature settings). `extract
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -46,20 +46,28 @@ def load_embedding_model(path: str | Path) -> tuple[nn.Module, dict[str, Any], d
 
 def load_strict(model: nn.Module, weights: dict[str, torch.Tensor], origin: str) -> None:
     """`load_state_dict(strict=True)` with an error that lists every missing, unexpected and mis-shaped key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(weights))
-    unexpected = sorted(set(weights) - set(own))
-    shapes = sorted(f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
-    if missing or unexpected or shapes:
-        raise CheckpointError(f"{origin}: weights do not fit the model: " + "; ".join(
-            part for part in (_listing("missing", missing), _listing("unexpected", unexpected),
-                              _listing("shape mismatch", shapes)) if part))
+    problems = fit_problems(model.state_dict(), weights)
+    if problems:
+        raise CheckpointError(f"{origin}: weights do not fit the model: " + "; ".join(problems))
     model.load_state_dict(weights, strict=True)
 
 
-def _listing(what: str, keys: list[str], limit: int = 12) -> str:
-    if not keys:
-        return ""
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return f"{len(keys)} {what} ({', '.join(keys[:limit])}{more})"
+LIST_LIMIT = 20
+
+
+def fit_problems(own: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], source: str = "file",
+                 name: Callable[[str], str] = str) -> list[str]:
+    """What keeps `weights` from loading strictly where `own` is: missing, unexpected and mis-shaped keys, one
+    listing each (empty when they fit). `name` may say where a key came from (missing and mis-shaped keys)."""
+    missing = sorted(own.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - own.keys())
+    shapes = sorted(f"{name(k)}: {source} {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in own.keys() & weights.keys() if own[k].shape != weights[k].shape)
+    return [listing(what, keys) for what, keys in (("missing", [name(k) for k in missing]),
+                                                   ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+
+
+def listing(what: str, items: list[str]) -> str:
+    """`N what: a, b, ... and K more`."""
+    more = f" ... and {len(items) - LIST_LIMIT} more" if len(items) > LIST_LIMIT else ""
+    return f"{len(items)} {what}: {', '.join(items[:LIST_LIMIT])}{more}"
