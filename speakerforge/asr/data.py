@@ -6,8 +6,8 @@ others' distractors) with the no-bias entry appended; the hotword label of a tok
 its utterance's spans and `<no_bias>` elsewhere. The draw of an utterance is a pure function of (seed, stage, epoch,
 position in the epoch), so a resumed run draws the same hotwords.
 `span_unit: word` draws whole words (of at least `min_len` tokens) instead of token spans: the natural unit for names
-in a character vocabulary. `distractors: N` adds N spans of other random transcripts per utterance to the batch list
-(unlabelled), so that training lists are nearer the length of real ones (tens of entries, not a batch's few).
+(the vocabulary says where words stand: spaces between characters, or the `▁` that starts a word's first piece).
+`distractors: N` adds N spans of other random transcripts per utterance to the batch list (unlabelled), so that training lists are nearer the length of real ones (tens of entries, not a batch's few).
 `rare_power: p` draws a word with weight (its count in the training transcripts)^-p: hotwords are rare words, and
 on a corpus whose common words recur in every sentence, uniform draws teach the branch to look up those few words
 instead of copying any word of the list.
@@ -19,12 +19,12 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from speakerforge.asr.vocab import SPACE, CharVocab
+from speakerforge.asr.vocab import Vocab
 from speakerforge.data.audio import load_audio
 from speakerforge.data.manifest import Utterance
 from speakerforge.data.sampling import Draw, Source
@@ -106,18 +106,22 @@ def load_asr_sources(specs: list[tuple[str, float, str]]) -> list[Source]:
     return out
 
 
+WordSpans = Callable[[list[int]], list[tuple[int, int]]]  # token ids -> [start, end) of each word
+
+
 def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampling,
-                 space_id: int | None = None, word_counts: dict[tuple[int, ...], int] | None = None
+                 word_spans: WordSpans | None = None, word_counts: dict[tuple[int, ...], int] | None = None
                  ) -> list[tuple[int, int]]:
-    """`[start, end)` hotword spans of one utterance (none, one or two, never overlapping)."""
+    """`[start, end)` hotword spans of one utterance (none, one or two, never overlapping); `word_spans` is the
+    vocabulary's word splitter, needed by `span_unit: word`."""
     r = rng.random()
     want = 2 if r < cfg.double_prob else 1 if r < cfg.prob else 0
     if want == 0:
         return []
     if cfg.span_unit == "word":
-        if space_id is None:
-            raise ValueError("span_unit 'word' needs the space token id (the vocabulary has no space)")
-        candidates = _word_spans(tokens, space_id, cfg.min_len)
+        if word_spans is None:
+            raise ValueError("span_unit 'word' needs the vocabulary's word splitter")
+        candidates = [(s, e) for s, e in word_spans(tokens) if e - s >= cfg.min_len]
     else:
         candidates = None
     spans: list[tuple[int, int]] = []
@@ -145,34 +149,24 @@ def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampli
     return sorted(spans)
 
 
-def _word_spans(tokens: list[int], space_id: int | None, min_len: int) -> list[tuple[int, int]]:
-    out, start = [], 0
-    for i, t in enumerate([*tokens, space_id]):
-        if t == space_id or i == len(tokens):
-            if i - start >= min_len:
-                out.append((start, i))
-            start = i + 1
-    return out
-
-
 class AsrDataset(torch.utils.data.Dataset):
     """Items `(epoch, Draw)` -> waveform, token ids and this epoch's hotword spans."""
 
-    def __init__(self, sources: list[Source], vocab: CharVocab, seed: int, stage: int,
+    def __init__(self, sources: list[Source], vocab: Vocab, seed: int, stage: int,
                  sampling: HotwordSampling):
         self.sources = sources
         self.vocab = vocab
         self.seed, self.stage = int(seed), int(stage)
         self.sampling = sampling
-        self.space_id = vocab.index.get(SPACE)
+        self.word_spans = vocab.word_spans if sampling.span_unit == "word" else None
         self._one_span = dataclasses.replace(sampling, prob=1.0, double_prob=0.0)  # for distractors
         self.word_counts: dict[tuple[int, ...], int] | None = None
-        if sampling.rare_power > 0 and sampling.span_unit == "word" and self.space_id is not None:
+        if sampling.rare_power > 0 and self.word_spans is not None:
             self.word_counts = {}
             for src in sources:
                 for utt in src.utts:
                     toks = vocab.encode(utt.text)
-                    for a, b in _word_spans(toks, self.space_id, 1):
+                    for a, b in self.word_spans(toks):
                         key = tuple(toks[a:b])
                         self.word_counts[key] = self.word_counts.get(key, 0) + 1
 
@@ -186,7 +180,7 @@ class AsrDataset(torch.utils.data.Dataset):
         if not tokens:
             raise DataError(f"{u.where}: empty transcript")
         rng = np.random.default_rng([self.seed, 17, self.stage, epoch, d.position])
-        spans = sample_spans(tokens, rng, self.sampling, self.space_id, self.word_counts)
+        spans = sample_spans(tokens, rng, self.sampling, self.word_spans, self.word_counts)
         distractors = [self._random_span(rng) for _ in range(self.sampling.distractors)]
         wav = load_audio(u.path, u.start, u.end)
         return {"key": u.key, "wav": torch.from_numpy(wav), "tokens": tokens, "spans": spans,
@@ -196,18 +190,18 @@ class AsrDataset(torch.utils.data.Dataset):
         """One span (token or word, as the sampling says) of a random transcript; [] when it has none."""
         src = self.sources[int(rng.integers(len(self.sources)))]
         tokens = self.vocab.encode(src.utts[int(rng.integers(len(src.utts)))].text)
-        spans = sample_spans(tokens, rng, self._one_span, self.space_id, self.word_counts)
+        spans = sample_spans(tokens, rng, self._one_span, self.word_spans, self.word_counts)
         return tokens[spans[0][0]: spans[0][1]] if spans else []
 
 
 def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int, int]]], no_bias_id: int,
-                  sos_id: int, distractors: list[list[int]] = (), space_id: int | None = None
+                  sos_id: int, distractors: list[list[int]] = (), word_spans: WordSpans | None = None
                   ) -> dict[str, torch.Tensor]:
     """One hotword list for the batch (unique spans in order, then distractors, then the no-bias entry) and
     per-token labels.
 
     A token is labelled with itself wherever its utterance holds an entry of the list there (as a whole word when
-    `space_id` is given), `<no_bias>` elsewhere. FunASR labels only an utterance's own spans; with one list per
+    `word_spans` is given), `<no_bias>` elsewhere. FunASR labels only an utterance's own spans; with one list per
     batch that contradicts itself as soon as two utterances share a word (one is told to copy "station" from the
     list, the other not to although it is in the list), which a corpus of common carrier words does all the time.
     Without such collisions the two rules agree."""
@@ -226,22 +220,17 @@ def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int,
     labels = torch.full((len(token_lists), n), -1, dtype=torch.long)
     for i, (toks, spans) in enumerate(zip(token_lists, span_lists)):
         labels[i, : len(toks)] = no_bias_id
-        for s, e in [*spans, *_occurrences(toks, words, space_id)]:
+        for s, e in [*spans, *_occurrences(toks, words, word_spans)]:
             labels[i, s:e] = torch.tensor(toks[s:e])
     return {"hotwords": hot, "hotword_lengths": lengths, "hotword_labels": labels}
 
 
-def _occurrences(tokens: list[int], words: dict[tuple[int, ...], int], space_id: int | None) -> list[tuple[int, int]]:
-    """`[start, end)` of every place where an entry of `words` stands in `tokens` (whole words with `space_id`)."""
+def _occurrences(tokens: list[int], words: dict[tuple[int, ...], int], word_spans: WordSpans | None
+                 ) -> list[tuple[int, int]]:
+    """`[start, end)` of every place where an entry of `words` stands in `tokens` (whole words with `word_spans`)."""
     out = []
-    if space_id is not None:
-        start = 0
-        for i, t in enumerate([*tokens, space_id]):
-            if t == space_id:
-                if tuple(tokens[start:i]) in words:
-                    out.append((start, i))
-                start = i + 1
-        return out
+    if word_spans is not None:
+        return [(s, e) for s, e in word_spans(tokens) if tuple(tokens[s:e]) in words]
     lengths = {len(w) for w in words}
     for n in lengths:
         for s in range(len(tokens) - n + 1):
@@ -250,14 +239,14 @@ def _occurrences(tokens: list[int], words: dict[tuple[int, ...], int], space_id:
     return out
 
 
-def make_collate(no_bias_id: int, sos_id: int, space_id: int | None = None):
-    """The batch builder; `space_id` (word spans) makes hotword labels match whole words only."""
-    return _Collate(no_bias_id, sos_id, space_id)
+def make_collate(no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None):
+    """The batch builder; `word_spans` (word hotwords) makes hotword labels match whole words only."""
+    return _Collate(no_bias_id, sos_id, word_spans)
 
 
 class _Collate:
-    def __init__(self, no_bias_id: int, sos_id: int, space_id: int | None = None):
-        self.no_bias_id, self.sos_id, self.space_id = no_bias_id, sos_id, space_id
+    def __init__(self, no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None):
+        self.no_bias_id, self.sos_id, self.word_spans = no_bias_id, sos_id, word_spans
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         wav_lengths = torch.tensor([len(it["wav"]) for it in items])
@@ -273,5 +262,5 @@ class _Collate:
                  "target_lengths": target_lengths}
         extra = [d for it in items for d in it.get("distractors", ())]
         batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra,
-                                   self.space_id))
+                                   self.word_spans))
         return batch

@@ -16,7 +16,7 @@ import torch
 from speakerforge.asr.data import read_asr_jsonl
 from speakerforge.asr.metrics import AsrScores, format_table
 from speakerforge.asr.model import ModelArgs, SeacoParaformer
-from speakerforge.asr.vocab import CharVocab
+from speakerforge.asr.vocab import Vocab, vocab_from_meta
 from speakerforge.data.audio import load_audio
 from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.errors import CheckpointError, DataError
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class AsrModel:
     """A trained model file (`EXP/model.safetensors`) ready to decode."""
 
-    def __init__(self, model: SeacoParaformer, vocab: CharVocab, features: dict):
+    def __init__(self, model: SeacoParaformer, vocab: Vocab, features: dict):
         self.model = model.eval()
         self.vocab = vocab
         self.features = features
@@ -35,7 +35,7 @@ class AsrModel:
     @classmethod
     def load(cls, path: str | Path) -> "AsrModel":
         state, meta, _ = read_asr_model_file(path)
-        vocab = CharVocab(meta["vocab"])
+        vocab = vocab_from_meta(meta)
         model = SeacoParaformer(len(vocab), ModelArgs(**meta["args"]), sos_id=vocab.sos_id, blank_id=vocab.blank_id)
         model.load_state_dict(state)
         return cls(model, vocab, meta["features"])

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from speakerforge.asr.data import AsrDataset, HotwordSampling, load_asr_sources, make_collate
 from speakerforge.asr.model import ASR_PART, HOTWORD_PART, ModelArgs, SeacoParaformer
-from speakerforge.asr.vocab import SPACE, CharVocab
+from speakerforge.asr.vocab import CharVocab, PieceVocab, vocab_from_meta
 from speakerforge.config import Config, from_dict, to_dict
 from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.errors import CheckpointError, ConfigError
@@ -46,7 +46,9 @@ DEFAULT_WEIGHTS = {"ce": 1.0, "ctc": 0.3, "cif": 1.0, "hotword": 1.0}
 class AsrConfig:
     """The `asr:` section."""
 
-    vocab: list[str] = field(default_factory=list)  # empty: characters of the training transcripts
+    vocab: list[str] = field(default_factory=list)  # characters; empty: those of the training transcripts
+    tokenizer: str = "char"  # char | bpe (sentencepiece BPE trained on the training transcripts)
+    bpe_size: int = 400  # at most this many pieces (bpe)
     losses: list[str] = field(default_factory=lambda: list(LOSSES))  # for stages not in stage_losses
     stage_losses: dict[str, list[str]] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -64,6 +66,13 @@ def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrCo
     for k, w in a.loss_weights.items():
         if k not in LOSSES or w < 0:
             raise ConfigError(f"{where}: asr.loss_weights.{k}={w!r}: weights are >= 0, for {', '.join(LOSSES)}")
+    if a.tokenizer not in ("char", "bpe"):
+        raise ConfigError(f"{where}: asr.tokenizer {a.tokenizer!r}: choose char or bpe")
+    if a.tokenizer == "bpe" and a.vocab:
+        raise ConfigError(f"{where}: asr.vocab lists characters; with asr.tokenizer: bpe the pieces are learnt, "
+                          "remove asr.vocab")
+    if a.bpe_size < 8:
+        raise ConfigError(f"{where}: asr.bpe_size={a.bpe_size}: need at least 8 pieces")
     h = a.hotwords
     if not (0 <= h.double_prob <= h.prob <= 1):
         raise ConfigError(f"{where}: asr.hotwords: need 0 <= double_prob <= prob <= 1")
@@ -151,7 +160,7 @@ class AsrTrainer(Trainer):
         self.check_batch_size()
         texts = [u.text for s in self.sources for u in s.utts]
         if self._init_state is not None:  # the source's token ids, whatever the new transcripts hold
-            self.vocab = CharVocab(self._init_state[1]["vocab"])
+            self.vocab = vocab_from_meta(self._init_state[1])
             if self.asr.vocab and self.asr.vocab != self.vocab.tokens:
                 raise ConfigError(f"asr.vocab differs from the vocabulary of --init {self._init_state[2]}; "
                                   "remove asr.vocab to use the source's")
@@ -159,11 +168,12 @@ class AsrTrainer(Trainer):
             if unknown:
                 log.warning("%d character(s) of the transcripts are not in the --init vocabulary and become <unk>: "
                             "%s", len(unknown), "".join(unknown[:40]))
+        elif self.asr.tokenizer == "bpe":
+            self.vocab = PieceVocab.train(texts, self.asr.bpe_size)
         else:
             self.vocab = CharVocab(self.asr.vocab) if self.asr.vocab else CharVocab.from_texts(texts)
         word_spans = self.asr.hotwords.span_unit == "word"
-        self.collate = make_collate(len(self.vocab), self.vocab.sos_id,
-                                    self.vocab.index.get(SPACE) if word_spans else None)
+        self.collate = make_collate(len(self.vocab), self.vocab.sos_id, self.vocab.word_spans if word_spans else None)
         log.info("data: %d sources, %d utterances, vocabulary of %d tokens", len(self.sources), len(texts),
                  len(self.vocab))
 
@@ -242,7 +252,7 @@ class AsrTrainer(Trainer):
             fc = self.cfg.features
             save_model_file(out, module.state_dict(), {
                 "kind": "asr", "model": "seaco_paraformer", "args": dataclasses.asdict(self.model_args),
-                "vocab": self.vocab.tokens,
+                **self.vocab.to_meta(),
                 "features": {"num_mel_bins": fc.num_mel_bins, "frame_length": fc.frame_length,
                              "frame_shift": fc.frame_shift, "mean_norm": fc.mean_norm},
                 "config": to_dict(self.cfg)})

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from speakerforge.asr.data import HotwordSampling, hotword_batch, sample_spans
+from speakerforge.asr.vocab import split_on_space
 
 
 def test_span_rates_and_lengths_follow_funasr_defaults():
@@ -27,7 +28,8 @@ def test_word_spans_are_whole_words():
     space = 9
     toks = [3, 4, space, 5, 6, 7, space, 8]
     for i in range(50):
-        for s, e in sample_spans(toks, np.random.default_rng(i), HotwordSampling(prob=1.0, span_unit="word"), space):
+        for s, e in sample_spans(toks, np.random.default_rng(i), HotwordSampling(prob=1.0, span_unit="word"),
+                                 lambda t: split_on_space(t, space)):
             assert (s, e) in {(0, 2), (3, 6)}
 
 
@@ -67,7 +69,7 @@ def test_dataset_draws_distractors_from_other_transcripts_reproducibly(tmp_path)
 def test_every_utterance_holding_a_list_entry_is_labelled_there_not_only_the_one_it_was_drawn_from():
     space = 9
     a, b = [3, 4, space, 5, 6], [5, 6, space, 7, 5, 6]  # "5 6" is a word of both; "7 5 6" contains it inside
-    hb = hotword_batch([a, b], [[(3, 5)], []], no_bias_id=20, sos_id=1, space_id=space)
+    hb = hotword_batch([a, b], [[(3, 5)], []], no_bias_id=20, sos_id=1, word_spans=lambda t: split_on_space(t, space))
     assert hb["hotwords"].tolist() == [[5, 6], [1, 0]]
     assert torch.equal(hb["hotword_labels"], torch.tensor([[20, 20, 20, 5, 6, -1], [5, 6, 20, 20, 20, 20]]))
     # token spans (no space id): any place the entry stands
