@@ -183,8 +183,8 @@ class AsrDataset(torch.utils.data.Dataset):
         spans = sample_spans(tokens, rng, self.sampling, self.word_spans, self.word_counts)
         distractors = [self._random_span(rng) for _ in range(self.sampling.distractors)]
         wav = load_audio(u.path, u.start, u.end)
-        return {"key": u.key, "wav": torch.from_numpy(wav), "tokens": tokens, "spans": spans,
-                "distractors": [d for d in distractors if d]}
+        return {"key": u.key, "uid": (d.source, d.item), "wav": torch.from_numpy(wav), "tokens": tokens,
+                "spans": spans, "distractors": [d for d in distractors if d]}
 
     def _random_span(self, rng: np.random.Generator) -> list[int]:
         """One span (token or word, as the sampling says) of a random transcript; [] when it has none."""
@@ -258,7 +258,8 @@ class _Collate:
         targets = torch.full((len(items), int(target_lengths.max())), -1, dtype=torch.long)
         for i, t in enumerate(toks):
             targets[i, : len(t)] = torch.tensor(t)
-        batch = {"keys": [it["key"] for it in items], "wav": wav, "wav_lengths": wav_lengths, "targets": targets,
+        batch = {"keys": [it["key"] for it in items], "uids": [it.get("uid") for it in items], "wav": wav,
+                 "wav_lengths": wav_lengths, "targets": targets,
                  "target_lengths": target_lengths}
         extra = [d for it in items for d in it.get("distractors", ())]
         batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra,

@@ -133,9 +133,10 @@ class Predictor(nn.Module):
 
         With `target_lengths` (training) the alphas are scaled to fire exactly that many tokens.
         """
-        h = torch.relu(self.conv(enc.transpose(1, 2))).transpose(1, 2)
-        alphas = torch.sigmoid(self.output(h)).squeeze(-1)
         valid = torch.arange(enc.shape[1], device=enc.device)[None, :] < enc_lengths[:, None]
+        # padding zeroed first: the convolution would otherwise read a batch-mate's padding frames at the edge
+        h = torch.relu(self.conv(enc.masked_fill(~valid[..., None], 0).transpose(1, 2))).transpose(1, 2)
+        alphas = torch.sigmoid(self.output(h)).squeeze(-1)
         alphas = alphas * valid
         raw_sum = alphas.sum(-1)
         if target_lengths is not None:
@@ -295,12 +296,22 @@ class SeacoParaformer(nn.Module):
         return self.hotword_output_layer(merged)
 
     # ------------------------------------------------------------------------------------------------ training
-    def forward(self, feats: Tensor, feat_lengths: Tensor, targets: Tensor, target_lengths: Tensor,
+    def forward(self, feats: Tensor | None, feat_lengths: Tensor | None, targets: Tensor, target_lengths: Tensor,
                 hotwords: Tensor | None = None, hotword_lengths: Tensor | None = None,
-                hotword_labels: Tensor | None = None, losses: tuple[str, ...] = ("ce", "cif")) -> dict[str, Tensor]:
-        """Loss terms named in `losses` (ce, ctc, cif, hotword) plus token accuracies; targets padded with -1."""
-        enc, enc_lengths, enc_pad = self.encode(feats, feat_lengths)
+                hotword_labels: Tensor | None = None, losses: tuple[str, ...] = ("ce", "cif"),
+                asr_states: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """Loss terms named in `losses` (ce, ctc, cif, hotword) plus token accuracies; targets padded with -1.
+
+        `asr_states` (`asr_states()` of a frozen ASR part, computed earlier) skips the ASR part: the hotword loss
+        only needs its CIF embeddings and decoder states."""
         out: dict[str, Tensor] = {}
+        if asr_states is not None:
+            if tuple(losses) != ("hotword",):
+                raise ValueError("precomputed ASR states serve the hotword loss alone")
+            emb, mask, hidden = asr_states
+            self._hotword_loss(out, emb, mask, hidden, hotwords, hotword_lengths, hotword_labels)
+            return out
+        enc, enc_lengths, enc_pad = self.encode(feats, feat_lengths)
         if "ctc" in losses:
             if self.ctc is None:
                 raise ValueError("loss 'ctc' selected but the model has no ctc head (model.args.ctc: false)")
@@ -321,13 +332,26 @@ class SeacoParaformer(nn.Module):
             out["ce"] = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-1)
             out["ce_acc"] = _accuracy(logits, targets)
         if "hotword" in losses:
-            if hotwords is None or hotword_labels is None:
-                raise ValueError("loss 'hotword' needs a hotword list and labels")
-            hw, _ = self.hotword_embeddings(hotwords, hotword_lengths)
-            blogits = self.bias_logits(emb, hidden, hw, ~mask)
-            out["hotword"] = F.cross_entropy(blogits.transpose(1, 2), hotword_labels, ignore_index=-1)
-            out["hotword_acc"] = _accuracy(blogits, hotword_labels)
+            self._hotword_loss(out, emb, mask, hidden, hotwords, hotword_lengths, hotword_labels)
         return out
+
+    def _hotword_loss(self, out: dict[str, Tensor], emb: Tensor, mask: Tensor, hidden: Tensor,
+                      hotwords: Tensor | None, hotword_lengths: Tensor | None, labels: Tensor | None) -> None:
+        if hotwords is None or labels is None:
+            raise ValueError("loss 'hotword' needs a hotword list and labels")
+        hw, _ = self.hotword_embeddings(hotwords, hotword_lengths)
+        blogits = self.bias_logits(emb, hidden, hw, ~mask)
+        out["hotword"] = F.cross_entropy(blogits.transpose(1, 2), labels, ignore_index=-1)
+        out["hotword_acc"] = _accuracy(blogits, labels)
+
+    @torch.no_grad()
+    def asr_states(self, feats: Tensor, feat_lengths: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(CIF embeddings `[B, K, D]` fired at the target counts, token mask, decoder states): what the hotword loss
+        reads from the ASR part, as `forward` computes them for a hotword-only stage."""
+        enc, enc_lengths, enc_pad = self.encode(feats, feat_lengths)
+        emb, mask, _, _ = self.predictor(enc, enc_lengths, target_lengths)
+        _, hidden = self.decoder(emb, mask, enc, enc_pad)
+        return emb, mask, hidden
 
     def glance(self, emb: Tensor, mask: Tensor, enc: Tensor, enc_pad: Tensor, targets: Tensor) -> Tensor:
         """Paraformer's glancing sampler: a first decoder pass without gradient counts each utterance's wrong

@@ -39,3 +39,21 @@ def test_gradient_reaches_the_alphas():
     emb, _ = cif(hidden, alphas, torch.tensor([4]))
     emb.sum().backward()
     assert alphas.grad is not None and alphas.grad.abs().sum() > 0
+
+
+def test_an_utterance_decodes_the_same_alone_and_padded_in_a_batch():
+    """The predictor's convolution once read the padding frames of longer batch-mates at an utterance's edge, so
+    results (and cached ASR states) depended on the batch."""
+    from speakerforge.asr.model import ModelArgs, SeacoParaformer
+
+    torch.manual_seed(0)
+    model = SeacoParaformer(12, ModelArgs(d_model=16, heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=1,
+                                          dropout=0.0, num_mel_bins=20)).eval()
+    feats, lengths, targets = torch.randn(3, 50, 20), torch.tensor([50, 30, 40]), torch.tensor([5, 3, 4])
+    emb, mask, hidden = model.asr_states(feats, lengths, targets)
+    alone = model.asr_states(feats[1:2, :30], lengths[1:2], targets[1:2])
+    assert torch.allclose(emb[1, :3], alone[0][0], atol=1e-5) and torch.allclose(hidden[1, :3], alone[2][0], atol=1e-5)
+    with torch.no_grad():
+        a = model.predictor(*model.encode(feats, lengths)[:2])[2]
+        b = model.predictor(*model.encode(feats[1:2, :30], lengths[1:2])[:2])[2]
+    assert torch.allclose(a[1], b[0], atol=1e-5)  # the alpha sum, which sets the token count at inference

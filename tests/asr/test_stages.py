@@ -140,3 +140,36 @@ def test_init_asr_part_loads_the_asr_modules_and_leaves_new_hotword_modules(tmp_
         AsrTrainer(cfg, tmp_path / "bad", init=AsrInit(first.parent, "asr")).run()
     with pytest.raises(CheckpointError, match="not found"):
         AsrInit(tmp_path / "nothing", "asr").read()
+
+
+def test_hotword_stage_reuses_frozen_asr_states_and_trains_as_without_the_cache(tmp_path):
+    """With dropout 0 the cached ASR states are the ones the frozen part would give at every step, so the run
+    ends where the uncached run ends; the encoder runs once per utterance (first epoch) instead of every step."""
+    from tests.trainutil import model_weights
+
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    first = AsrTrainer(tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}),
+                       tmp_path / "asr").run()
+    from speakerforge.asr.trainer import AsrInit
+
+    calls = []
+
+    class _Count(AsrTrainer):
+        def build_module(self):
+            module = super().build_module()
+            module.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+            return module
+
+    ends = {}
+    for cache in (True, False):
+        calls.clear()
+        cfg = tiny_config(data, [dict(TWO_STAGES[1], epochs=3)],
+                          {"stage_losses": {"hotword": ["hotword"]}, "cache_asr_states": cache})
+        cfg.optim.optimizer = "sgd"  # Adam would blow float noise in gradients that are ~0 (key biases) up to lr
+        out = _Count(cfg, tmp_path / f"hot{cache}", init=AsrInit(first.parent, "all")).run()
+        ends[cache] = (model_weights(out.parent), sum(calls))
+    (cached, n_cached), (plain, n_plain) = ends[True], ends[False]
+    assert n_cached == len(TEXTS) and n_plain == 3 * len(TEXTS)
+    for k in plain:
+        assert torch.allclose(cached[k], plain[k], atol=1e-5), k
+    assert "reused every epoch" in (tmp_path / "hotTrue" / "train.log").read_text()
