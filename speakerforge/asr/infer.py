@@ -121,7 +121,10 @@ def biasing_summary(rows: dict[str, dict[str, float]]) -> str:
     for name, r in rows.items():
         if name == "no hotwords":
             continue
-        ratio = r["recall"] / base["recall"] if base["recall"] > 0 else float("inf")
+        if base["recall"] > 0:
+            ratio = f"{r['recall'] / base['recall']:.2f}x"
+        else:  # no ratio to a zero recall; say whether the list found any hotword at all
+            ratio = "no ratio: none found without a list" + ("" if r["recall"] > 0 else " or with it")
         lines.append(f"{name}: hotword recall {r['recall']:.1f}% vs {base['recall']:.1f}% without a list "
-                     f"({ratio:.2f}x); U-WER {r['u_wer'] - base['u_wer']:+.2f} points")
+                     f"({ratio}); U-WER {r['u_wer'] - base['u_wer']:+.2f} points")
     return "\n".join(lines)

@@ -86,7 +86,7 @@ def test_eval_prints_a_row_per_condition_and_filters_long_lists(tmp_path):
     assert list(rows) == ["no hotwords", "true hotwords", "true + 60 distractors"]
     lines = table.splitlines()
     assert len(lines) == 6  # header, 3 rows, 2 summary lines against the unbiased row
-    assert lines[4].startswith("true hotwords: hotword recall") and "x); U-WER" in lines[4]
+    assert lines[4].startswith("true hotwords: hotword recall") and "); U-WER" in lines[4]
     assert all(0 <= r["recall"] <= 100 for r in rows.values())
 
 
