@@ -91,7 +91,7 @@ def _eval(args: argparse.Namespace) -> int:
     rows, table = evaluate(args.model, args.data, args.hotwords, args.distractors)
     print(table)
     if args.json:
-        from speakerforge.checkpoint_io import atomic_write_text
+        from speakerforge.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
     return 0

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------------------
 # shared helpers
 def _write_json(path: Path, data: dict) -> None:
-    from speakerforge.eval.embio import atomic_open
+    from speakerforge.atomic import atomic_open
 
     with atomic_open(path, "w") as fh:
         json.dump(data, fh, indent=2)
@@ -62,7 +62,8 @@ def _args_score(p: argparse.ArgumentParser) -> None:
 
 @command("score", "cosine-score a trial list (optional mean subtraction and AS-norm)", _args_score)
 def _run_score(args: argparse.Namespace) -> int:
-    from speakerforge.eval.embio import atomic_open, load_embeddings
+    from speakerforge.atomic import atomic_open
+    from speakerforge.eval.embio import load_embeddings
     from speakerforge.eval.score import score_trials
     from speakerforge.eval.trials import read_trials, write_scores
 

@@ -30,7 +30,7 @@ def main() -> int:
 
         trainer.Trainer._step = step
     if kill_save:
-        from speakerforge import checkpoint_io
+        from speakerforge import atomic
 
         real_replace = os.replace
         saves = {"n": 0}
@@ -42,7 +42,7 @@ def main() -> int:
                     _die()  # the temp file is complete and fsynced; the rename never happens
             return real_replace(src, dst, *a, **k)
 
-        checkpoint_io.os.replace = replace
+        atomic.os.replace = replace
     from speakerforge.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from speakerforge.checkpoint_io import (atomic_write_bytes, load_model_file, load_state, safe_torch_load,
-                                        save_model_file, save_state)
+from speakerforge.atomic import atomic_write_bytes
+from speakerforge.checkpoint_io import load_model_file, load_state, safe_torch_load, save_model_file, save_state
 from speakerforge.errors import CheckpointError
 from speakerforge.train.checkpoint import CheckpointManager, capture_rng, restore_rng
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from speakerforge.asr.data import write_asr_jsonl
-from speakerforge.checkpoint_io import atomic_write_text
+from speakerforge.atomic import atomic_write_text
 from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)

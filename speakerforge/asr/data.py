@@ -79,7 +79,7 @@ def read_asr_jsonl(path: str | Path) -> list[AsrUtterance]:
 
 def write_asr_jsonl(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Write `{"key", "source", "target"}` rows (paths relative to the file's folder when inside it)."""
-    from speakerforge.checkpoint_io import atomic_write_text
+    from speakerforge.atomic import atomic_write_text
 
     p = Path(path)
     lines = []

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from speakerforge.atomic import atomic_write_text
 from speakerforge.errors import DataError, where
 
 log = logging.getLogger(__name__)
@@ -370,22 +371,15 @@ def write_manifest(utts: Sequence[Utterance], path: str | Path) -> Path:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".csv":
-        _atomic_write(p, _csv_text(utts, p.parent))
+        atomic_write_text(p, _csv_text(utts, p.parent))
     elif suffix in JSONL_SUFFIXES:
-        _atomic_write(p, _jsonl_text(utts, p.parent))
+        atomic_write_text(p, _jsonl_text(utts, p.parent))
     elif suffix and not p.is_dir():
         raise DataError(f"{path}: cannot tell the manifest format from '{suffix}'; "
                         "use .csv, .jsonl, or a folder name for a Kaldi data dir")
     else:
         _write_kaldi(utts, p)
     return p
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _rel(audio: str, folder: Path) -> str:
@@ -453,7 +447,7 @@ def _write_kaldi(utts: Sequence[Utterance], folder: Path) -> None:
         if stale.exists():  # a segments file from an earlier write would redefine every utterance
             stale.unlink()
     for name, text in files.items():
-        _atomic_write(folder / name, text)
+        atomic_write_text(folder / name, text)
 
 
 def _recording_ids(utts: Sequence[Utterance]) -> dict[str, str]:

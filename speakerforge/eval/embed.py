@@ -224,7 +224,7 @@ def extract_embeddings(model: str | Path | SpeakerModel, data: str | Path, out: 
     without synchronising inside each small convolution, which is faster here and degrades gracefully on a
     shared machine. (An ONNX `SpeakerModel` passed in keeps the threads its session was created with.)
     """
-    from speakerforge.checkpoint_io import atomic_write_text
+    from speakerforge.atomic import atomic_write_text
     from speakerforge.eval import embio
 
     out = Path(out)

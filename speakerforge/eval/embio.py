@@ -8,11 +8,8 @@ Text arks (`key [ 1.0 2.0 ]`) are read too. Every write is atomic: a temporary f
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
-import os
-import secrets
 import struct
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,44 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from speakerforge.errors import DataError, check_output_path, where
+from speakerforge.atomic import atomic_open, atomic_path
+from speakerforge.errors import DataError, where
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".npz", ".scp", ".ark")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# atomic writes
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
-    final = Path(path)
-    check_output_path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # like mkstemp, but created with the user's umask rather than mode 0600
-        tmp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:  # data on disk before the rename makes the file visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[io.IOBase]:
-    """Open a temporary file for writing; it becomes `path` only if the block finishes without an exception."""
-    with atomic_path(path) as tmp:
-        encoding = None if "b" in mode else "utf-8"
-        with open(tmp, mode, encoding=encoding) as fh:
-            yield fh
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from speakerforge.eval.embio import atomic_path
+from speakerforge.atomic import atomic_path
 from speakerforge.eval.metrics import P_TARGETS, ErrorRates, error_rates, metrics_from_rates
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from speakerforge.checkpoint_io import atomic_write_text, load_state, save_state
+from speakerforge.atomic import atomic_write_text
+from speakerforge.checkpoint_io import load_state, save_state
 from speakerforge.errors import CheckpointError
 
 log = logging.getLogger(__name__)

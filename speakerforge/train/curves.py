@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from speakerforge.checkpoint_io import atomic_write
+from speakerforge.atomic import atomic_write
 
 
 def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path:

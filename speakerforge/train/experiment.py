@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from speakerforge.checkpoint_io import atomic_write_text
+from speakerforge.atomic import atomic_write_text
 from speakerforge.config import Config, config_diff, dump_config, to_dict
 from speakerforge.errors import ConfigError
 
