@@ -3,7 +3,6 @@ and the `prepare` command."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

@@ -14,7 +14,7 @@ import speakerforge.export as export_mod
 from speakerforge.cli import main
 from speakerforge.export import EXAMPLE_FRAMES, ExportError, export_onnx
 from speakerforge.inference import load_model
-from tests.test_inference import FEATURES, SR, make_model_file, noise, one_thread  # noqa: F401 (fixture)
+from tests.test_inference import FEATURES, make_model_file, noise, one_thread  # noqa: F401 (autouse fixture)
 
 FAMILIES = ["ecapa_tdnn", "campplus", "eres2net", "resnet34"]
 

@@ -10,7 +10,7 @@ import torch
 
 from speakerforge.checkpoint_io import load_model_file, load_state
 from speakerforge.cli import main
-from speakerforge.config import SourceConfig, StageConfig
+from speakerforge.config import StageConfig
 from speakerforge.train.trainer import RunOptions, StopForTest, Trainer
 from tests.trainutil import TINY_MODEL, assert_same_weights, model_weights, tiny_config, tiny_corpus
 

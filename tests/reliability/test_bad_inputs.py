@@ -29,7 +29,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from speakerforge.checkpoint_io import MAGIC, save_state
+from speakerforge.checkpoint_io import MAGIC
 from speakerforge.cli import main
 from speakerforge.errors import SpeakerforgeError
 from tests.trainutil import tiny_corpus
