@@ -27,6 +27,7 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     dec.add_argument("--model", required=True, help="EXP or EXP/model.safetensors")
     dec.add_argument("--data", required=True, help="JSONL (key, source[, target])")
     dec.add_argument("--hotwords", help="text file, one hotword per line")
+    _args_decoding(dec)
     ev = sub.add_parser("eval", help="table of CER/WER, hotword recall/precision/F1, B-WER/U-WER with no list, "
                                      "the true hotwords, and true + each distractor list")
     ev.add_argument("--model", required=True, help="EXP or EXP/model.safetensors")
@@ -34,6 +35,27 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--hotwords", required=True, help="the test set's true hotwords, one per line")
     ev.add_argument("--distractors", nargs="*", default=[], help="distractor lists (e.g. 100 and 500 entries)")
     ev.add_argument("--json", help="also write the rows as JSON here")
+    _args_decoding(ev)
+
+
+def _args_decoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoding", choices=["seaco", "ctc"], default="seaco",
+                   help="seaco: the decoder merged with the trained bias branch (FunASR); ctc: CTC prefix beam "
+                        "search with the list as a context graph (needs no trained bias branch)")
+    p.add_argument("--context-score", type=float, default=7.0,
+                   help="ctc: bonus per matched hotword token (7 was best on the generated dev set; tune it on yours)")
+    p.add_argument("--beam", type=int, default=16, help="ctc: beam size")
+
+
+def _decoding(args: argparse.Namespace):
+    from speakerforge.asr.infer import Decoding
+
+    try:
+        return Decoding(args.decoding, args.context_score, args.beam)
+    except ValueError as exc:
+        from speakerforge.errors import ConfigError
+
+        raise ConfigError(str(exc)) from None
 
 
 @command("asr", "hotword-biased ASR (SeACo-Paraformer style): prepare | train | decode | eval", _args_asr)
@@ -77,7 +99,8 @@ def _decode(args: argparse.Namespace) -> int:
     asr = AsrModel.load(args.model)
     utts = read_asr_jsonl(args.data)
     hotwords = read_hotwords(args.hotwords) if args.hotwords else []
-    hyps = asr.transcribe([torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts], hotwords)
+    hyps = asr.transcribe([torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts], hotwords,
+                          decoding=_decoding(args))
     for u, h in zip(utts, hyps):
         sys.stdout.write(f"{u.key}\t{h}\n")
     return 0
@@ -88,7 +111,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from speakerforge.asr.infer import evaluate
 
-    rows, table = evaluate(args.model, args.data, args.hotwords, args.distractors)
+    rows, table = evaluate(args.model, args.data, args.hotwords, args.distractors, _decoding(args))
     print(table)
     if args.json:
         from speakerforge.atomic import atomic_write_text

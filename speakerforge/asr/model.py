@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speakerforge.asr import cif as cif_ops
+from speakerforge.errors import ConfigError
 
 ASR_PART = ("encoder", "predictor", "decoder", "ctc")
 HOTWORD_PART = ("bias_encoder", "seaco_decoder", "hotword_output_layer")
@@ -371,6 +372,15 @@ class SeacoParaformer(nn.Module):
         return torch.where(replace[..., None], target_emb, emb)
 
     # ------------------------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def ctc_log_probs(self, feats: Tensor, feat_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """CTC log-probabilities `[B, T, V]` of the encoder frames and the frame counts (needs the ctc head)."""
+        if self.ctc is None:
+            raise ConfigError("this model has no ctc head (trained with model.args.ctc: false): decode with "
+                              "--decoding seaco instead")
+        enc, lengths, _ = self.encode(feats, feat_lengths)
+        return F.log_softmax(self.ctc(enc), -1), lengths
+
     @torch.no_grad()
     def recognize(self, feats: Tensor, feat_lengths: Tensor, hotwords: Tensor | None = None,
                   hotword_lengths: Tensor | None = None, filter_keep: int = 50) -> list[list[int]]:

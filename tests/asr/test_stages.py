@@ -173,3 +173,26 @@ def test_hotword_stage_reuses_frozen_asr_states_and_trains_as_without_the_cache(
     for k in plain:
         assert torch.allclose(cached[k], plain[k], atol=1e-5), k
     assert "reused every epoch" in (tmp_path / "hotTrue" / "train.log").read_text()
+
+
+def test_ctc_decoding_with_a_context_graph_through_the_cli(tmp_path, capsys):
+    """`asr eval/decode --decoding ctc`: the same table and lines; a model without a ctc head is a clear error."""
+    from speakerforge.cli import main
+
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    out = AsrTrainer(tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}),
+                     tmp_path / "exp").run()
+    (tmp_path / "true.txt").write_text("cab\ndab\n")
+    assert main(["asr", "eval", "--model", str(out), "--data", str(data), "--hotwords", str(tmp_path / "true.txt"),
+                 "--decoding", "ctc", "--context-score", "3", "--beam", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == "condition" and lines[2].startswith("true hotwords")
+    assert main(["asr", "decode", "--model", str(out), "--data", str(data), "--hotwords",
+                 str(tmp_path / "true.txt"), "--decoding", "ctc"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(TEXTS)
+
+    cfg = tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "cif"]}})
+    cfg.model.args["ctc"] = False
+    no_ctc = AsrTrainer(cfg, tmp_path / "no_ctc").run()
+    assert main(["asr", "decode", "--model", str(no_ctc), "--data", str(data), "--decoding", "ctc"]) != 0
+    assert "no ctc head" in capsys.readouterr().err
