@@ -421,3 +421,14 @@ def test_dino_head_shapes_and_fixed_magnitude():
     assert torch.equal(names["last_layer.parametrizations.weight.original0"], torch.ones(40, 1))
     row_norms = head.last_layer.weight.norm(dim=1)
     torch.testing.assert_close(row_norms, torch.ones(40))
+
+
+def test_train_and_finetune_refuse_a_config_with_an_ssl_section(tmp_path, capsys):
+    """`speakerforge train --config configs/sdpn-ecapa.yaml` would otherwise run supervised training and drop the
+    SDPN settings without a word."""
+    root = Path(__file__).resolve().parents[1]
+    assert main(["train", "--config", str(root / "configs" / "sdpn-ecapa.yaml"), "--exp", str(tmp_path / "exp"),
+                 "--data", str(tmp_path / "none.csv")]) != 0
+    err = capsys.readouterr().err
+    assert "ssl: section" in err and "speakerforge pretrain" in err and "`train`" in err
+    assert not (tmp_path / "exp").exists()

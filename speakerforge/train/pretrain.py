@@ -166,6 +166,8 @@ class _TrainablePart(nn.Module):
 class PretrainTrainer(Trainer):
     """DINO/RDINO or SDPN pretraining (see the module docstring)."""
 
+    reads_ssl_section = True
+
     def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None):
         self.ssl = parse_ssl_config(cfg.ssl, "config")  # before the run folder is created
         options = dataclasses.replace(options or RunOptions(), command="pretrain")

@@ -83,7 +83,14 @@ def _device(cfg: Config) -> torch.device:
 class Trainer:
     """Supervised speaker training with stages, freezing, AMP, DDP and exact resume."""
 
+    reads_ssl_section = False  # the `ssl:` section belongs to `pretrain`; elsewhere it would be ignored silently
+
     def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None):
+        if cfg.ssl and not self.reads_ssl_section:
+            command = (options or RunOptions()).command
+            raise ConfigError(f"the config has an ssl: section ({', '.join(sorted(cfg.ssl))}), which only "
+                              f"`speakerforge pretrain` reads; `{command}` would ignore it. Run pretrain, or remove "
+                              "the ssl: section")
         self.cfg = cfg
         self.opts = options or RunOptions()
         self.device = _device(cfg)
