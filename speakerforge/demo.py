@@ -223,7 +223,7 @@ def split_speakers(manifest: Path, out: Path, fraction: float) -> tuple[Path, Pa
 def feature_summary(manifests: list[Path], out_json: Path) -> dict:
     """Compute fbank for every utterance (batched by length) and summarise hours, speakers and frames/s."""
     import torch
-    from tqdm import tqdm
+    from speakerforge.progress import progress_bar
 
     from speakerforge.data.audio import load_audio
     from speakerforge.data.features import fbank, mean_normalize
@@ -233,7 +233,7 @@ def feature_summary(manifests: list[Path], out_json: Path) -> dict:
     frames = 0
     seconds = 0.0
     compute = 0.0
-    for u in tqdm(utts, desc="fbank", mininterval=1.0):
+    for u in progress_bar(utts, desc="fbank", mininterval=1.0):
         wav = load_audio(u.path, u.start, u.end)
         seconds += len(wav) / 16000
         t0 = time.perf_counter()

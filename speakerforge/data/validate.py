@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
+from speakerforge.progress import progress_bar
 
 from speakerforge.data.audio import audio_info
 from speakerforge.data.manifest import Utterance, duplicate_problems, read_manifest
@@ -78,7 +78,7 @@ def validate_manifests(paths: Sequence[str | Path], deep: bool = False) -> Valid
     report.rows = len(utts)
     report.speakers = len({u.spk for u in utts if u.spk is not None})
     cache: dict[str, _FileFacts] = {}
-    for u in tqdm(utts, desc="validate", unit="row", disable=None, leave=False, mininterval=0.5):
+    for u in progress_bar(utts, desc="validate", unit="row", disable=None, leave=False, mininterval=0.5):
         facts = cache.get(u.path)
         if facts is None:
             facts = cache[u.path] = _inspect(u.path, deep)

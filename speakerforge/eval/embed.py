@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from speakerforge.progress import progress_bar
 
 from speakerforge.data.audio import SAMPLE_RATE, audio_info, load_audio
 from speakerforge.data.manifest import Utterance, read_manifest
@@ -159,7 +159,7 @@ def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: floa
     out = np.empty((len(utts), model.embedding_dim), dtype=np.float32)
     counters = {"audio_seconds": 0.0, "model_seconds": 0.0, "chunked": 0}
     sorted_utts = [utts[i] for i in order]
-    bar = tqdm(total=len(utts), unit="utt", desc="extract", disable=None if progress else True)
+    bar = progress_bar(total=len(utts), unit="utt", desc="extract", disable=None if progress else True)
 
     def collect(item: tuple[np.ndarray, Future]) -> None:
         idx, future = item

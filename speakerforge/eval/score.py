@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from tqdm import tqdm
+from speakerforge.progress import progress_bar
 
 from speakerforge.errors import DataError
 from speakerforge.eval.embio import Embeddings
@@ -74,7 +74,7 @@ def cohort_stats(vectors: np.ndarray, cohort: np.ndarray, top_n: int,
     sd = np.empty(vectors.shape[0], dtype=np.float64)
     cohort_t = np.ascontiguousarray(cohort.T)
     starts = range(0, vectors.shape[0], block)
-    for start in tqdm(starts, desc="AS-norm cohort", unit="block", disable=None if len(starts) > 4 else True):
+    for start in progress_bar(starts, desc="AS-norm cohort", unit="block", disable=None if len(starts) > 4 else True):
         sims = vectors[start:start + block] @ cohort_t
         if top_n < n_cohort:
             sims = np.partition(sims, n_cohort - top_n, axis=1)[:, n_cohort - top_n:]

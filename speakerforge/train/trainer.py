@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+from speakerforge.progress import progress_bar
 
 from speakerforge.config import Config, to_dict
 from speakerforge.data.datasets import CropDataset, collate_crops
@@ -177,7 +177,7 @@ class Trainer:
         bad: list[tuple[str, str]] = []
         for src in self.sources:
             keep = []
-            for u in tqdm(src.utts, desc=f"checking {src.name}", disable=not self.env.is_main, leave=False,
+            for u in progress_bar(src.utts, desc=f"checking {src.name}", disable=not self.env.is_main, leave=False,
                           mininterval=2):
                 try:
                     info = audio_info(u.path)
@@ -336,7 +336,7 @@ class Trainer:
                 generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG (exact resume)
                 persistent_workers=False)
             it = iter(loader)
-            bar = tqdm(total=steps_per_epoch, initial=progress.batch, disable=not self.env.is_main,
+            bar = progress_bar(total=steps_per_epoch, initial=progress.batch, disable=not self.env.is_main,
                        desc=f"{stage.name} {epoch + 1}/{stage.epochs}", mininterval=1.0, dynamic_ncols=True)
             loss_sum = 0.0
             n_logged = 0

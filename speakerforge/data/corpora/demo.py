@@ -301,7 +301,7 @@ def run_tts_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], wo
                  progress: bool, desc: str = "demo corpus") -> dict[str, float]:
     """Synthesize `(path, text, speaker index)` jobs, in this process (workers <= 1) or a process pool; returns
     path -> seconds. `voice_cfg` holds `seed`, `alpha`, `noise`, `speed_range` of `make_speakers`."""
-    from tqdm.auto import tqdm
+    from speakerforge.progress import progress_bar
 
     done: dict[str, float] = {}
     pool = None
@@ -314,7 +314,7 @@ def run_tts_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], wo
                                       initargs=(voice_cfg, 1))
     try:
         futures = [pool.submit(_synthesize_job, job) for job in jobs] if pool else []
-        with tqdm(total=len(jobs), unit="utt", desc=desc, disable=not progress) as bar:
+        with progress_bar(total=len(jobs), unit="utt", desc=desc, disable=not progress) as bar:
             if pool is None:
                 _init_worker(voice_cfg, threads=1)
             results = (f.result() for f in cf.as_completed(futures)) if pool else map(_synthesize_job, jobs)

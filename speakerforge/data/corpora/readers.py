@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tqdm import tqdm
+from speakerforge.progress import progress_bar
 
 from speakerforge.data.audio import audio_info
 from speakerforge.data.corpora.synthetic import write_trials
@@ -90,7 +90,7 @@ def _walk(root: Path, suffixes: Sequence[str]) -> list[Path]:
 def _with_durations(utts: list[Utterance], skip: _Skips, desc: str) -> list[Utterance]:
     """Read each file's header once for its duration; unreadable files are skipped, not fatal."""
     out = []
-    for u in tqdm(utts, desc=desc, unit="file", disable=None, leave=False, mininterval=0.5):
+    for u in progress_bar(utts, desc=desc, unit="file", disable=None, leave=False, mininterval=0.5):
         if u.duration is not None:
             out.append(u)
             continue
