@@ -2,7 +2,7 @@
 beam search, as WeNet and sherpa do. Needs no training, so it biases towards words that no training sentence held.
 
 Each token that extends a match in the graph earns `score`; a match abandoned before the end of its hotword gives
-its bonus back, so only completed hotwords keep theirs. The search extends each prefix with the `top_k` most
+its bonus back, so only completed hotwords keep theirs (with a word-boundary rule: only whole words). The search extends each prefix with the `top_k` most
 likely tokens of the frame plus every token that continues its current match: a hotword whose pieces the acoustic
 model ranks low can still win when the rest of the path supports it.
 """
@@ -10,7 +10,7 @@ model ranks low can still win when the rest of the path supports it.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,15 +25,21 @@ def _logadd(a: float, b: float) -> float:
 
 
 class ContextGraph:
-    """Token trie of a hotword list; node 0 is the root (no match in progress)."""
+    """Token trie of a hotword list; node 0 is the root (no match in progress).
 
-    def __init__(self, hotwords: Sequence[Sequence[int]], score: float):
+    With `ends_word` (is this token a word boundary: a piece that starts a word, or the space token), a hotword
+    counts only as a whole word: its bonus is confirmed when the next token starts a new word or the utterance
+    ends, and given back when the word goes on ("treekreek" + "rai" is not the hotword treekreek)."""
+
+    def __init__(self, hotwords: Sequence[Sequence[int]], score: float,
+                 ends_word: Callable[[int], bool] | None = None):
         if score < 0:
             raise ValueError(f"context score must be >= 0, got {score}")
         self.score = float(score)
+        self.ends_word = ends_word
         self.children: list[dict[int, int]] = [{}]
         self.is_end = [False]
-        self.open = [0]  # tokens matched since the last completed hotword on the path (what a failure gives back)
+        self.open = [0]  # matched tokens a failure gives back: since the last hotword on the path, or all of them
         for word in hotwords:
             node = 0
             for tok in word:
@@ -47,9 +53,12 @@ class ContextGraph:
                 node = nxt
             if word:
                 self.is_end[node] = True
-        for node in self._breadth_first():  # a completed hotword locks its bonus for longer hotwords through it
-            for child in self.children[node].values():
-                self.open[child] = 0 if self.is_end[child] else self.open[node] + 1
+        for node in self._breadth_first():  # a hotword on the path locks its bonus for longer ones through it
+            for tok, child in self.children[node].items():
+                if ends_word is None:
+                    self.open[child] = 0 if self.is_end[child] else self.open[node] + 1
+                else:  # locked once the next word starts ("new" in "new york")
+                    self.open[child] = 1 if self.is_end[node] and ends_word(tok) else self.open[node] + 1
 
     def _breadth_first(self) -> list[int]:
         order, i = [0], 0
@@ -58,19 +67,28 @@ class ContextGraph:
             i += 1
         return order
 
+    def _enter(self, node: int) -> int:
+        """A completed leaf hotword returns to the root, unless it waits for a word boundary."""
+        return 0 if self.is_end[node] and not self.children[node] and self.ends_word is None else node
+
     def step(self, node: int, token: int) -> tuple[int, float]:
         """(next node, score change) when `token` follows a prefix whose match is at `node`."""
         nxt = self.children[node].get(token)
         if nxt is not None:
-            return (0 if self.is_end[nxt] and not self.children[nxt] else nxt), self.score
-        refund = -self.score * self.open[node]
+            return self._enter(nxt), self.score
+        if self.ends_word is not None and self.is_end[node] and self.ends_word(token):
+            refund = 0.0  # the hotword is a whole word: its bonus stays
+        else:
+            refund = -self.score * self.open[node]
         start = self.children[0].get(token)
         if start is None:
             return 0, refund
-        return (0 if self.is_end[start] and not self.children[start] else start), refund + self.score
+        return self._enter(start), refund + self.score
 
     def unfinished(self, node: int) -> float:
-        """What a prefix ending with its match at `node` still has to give back."""
+        """What a prefix ending with its match at `node` still has to give back (a whole hotword keeps its bonus)."""
+        if self.is_end[node]:
+            return 0.0
         return -self.score * self.open[node]
 
     def continuations(self, node: int) -> list[int]:

@@ -87,7 +87,8 @@ class AsrModel:
         hw = self.hotword_tensors(hotwords) if dec.mode == "seaco" else None
         graph = None
         if dec.mode == "ctc" and hotwords:
-            graph = ContextGraph([ids for ids in (self.vocab.encode(w) for w in hotwords) if ids], dec.context_score)
+            graph = ContextGraph([ids for ids in (self.vocab.encode(w) for w in hotwords) if ids], dec.context_score,
+                                 self.vocab.ends_word)
         out: list[str] = []
         for i in range(0, len(wavs), batch_size):
             feats, lengths = pad_features([self.feats(w) for w in wavs[i:i + batch_size]])

@@ -1,9 +1,9 @@
 """ASR token vocabularies: characters (`CharVocab`) or sentencepiece BPE pieces (`PieceVocab`).
 
-Both start with `<blank>` (the CTC blank, id 0), `<sos/eos>` (id 1, the no-bias hotword) and `<unk>` (id 2), and
-both give `word_spans` (where the words of a token sequence stand), which whole-word hotword sampling and labelling
-use. Characters spell a space as the token `▁`; pieces carry it as the prefix of a word's first piece, as
-sentencepiece writes them. A model file stores `to_meta()` and `vocab_from_meta` rebuilds the same vocabulary.
+Both start with `<blank>` (the CTC blank, id 0), `<sos/eos>` (id 1, the no-bias hotword) and `<unk>` (id 2). Both
+give `word_spans` (where the words of a token sequence stand), which whole-word hotword sampling and labelling use,
+and `ends_word` (does a token close the word before it), which CTC hotword biasing uses. Characters spell a space
+as the token `▁`; pieces carry it as the prefix of a word's first piece, as sentencepiece writes them. A model file stores `to_meta()` and `vocab_from_meta` rebuilds the same vocabulary.
 """
 
 from __future__ import annotations
@@ -81,6 +81,10 @@ class CharVocab(_Specials):
     def word_spans(self, ids: list[int]) -> list[tuple[int, int]]:
         return split_on_space(ids, self.index.get(SPACE))
 
+    def ends_word(self, token: int) -> bool:
+        """Whether `token` closes the word before it (the space token)."""
+        return token == self.index.get(SPACE)
+
     def to_meta(self) -> dict[str, Any]:
         return {"vocab": self.tokens}
 
@@ -125,6 +129,10 @@ class PieceVocab(_Specials):
 
     def unknown_chars(self, text: str) -> set[str]:
         return {c for c in normalize_text(text).replace(" ", "") if c not in self._chars}
+
+    def ends_word(self, token: int) -> bool:
+        """Whether `token` closes the word before it (a piece that starts a new word)."""
+        return 2 < token < len(self.tokens) and self.tokens[token].startswith(SPACE)
 
     def word_spans(self, ids: list[int]) -> list[tuple[int, int]]:
         starts = [i for i, t in enumerate(ids) if 2 < t < len(self.tokens) and self.tokens[t].startswith(SPACE)]

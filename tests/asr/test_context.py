@@ -70,3 +70,39 @@ def test_a_hotword_token_outside_the_frame_top_k_is_still_reachable():
     assert 5 not in lp[1].topk(2).indices.tolist()
     assert ctc_beam_search(lp, BLANK, top_k=1, graph=ContextGraph([[4, 5]], score=3.0)) == [4, 5]
     assert math.isfinite(float(lp.sum()))
+
+
+def test_with_a_word_boundary_rule_only_whole_words_keep_their_bonus():
+    """Pieces 10-19 start a word (like BPE's `▁` pieces), others continue one: hotwords [10, 4] and the two-word
+    [10, 4, 11]."""
+    starts = lambda t: 10 <= t < 20  # noqa: E731
+    g = ContextGraph([[10, 4], [10, 4, 11]], score=2.0, ends_word=starts)
+
+    def walk(tokens):
+        node, total = 0, 0.0
+        for t in tokens:
+            node, d = g.step(node, t)
+            total += d
+        return total + g.unfinished(node)
+
+    assert walk([10, 4]) == 4.0  # the utterance ends: a whole word
+    assert walk([10, 4, 12]) == 4.0  # the next word starts: kept
+    assert walk([10, 4, 5]) == 0.0  # the word goes on: not the hotword, all given back
+    assert walk([10, 4, 11]) == 6.0  # the two-word hotword
+    assert walk([10, 4, 11, 5]) == 4.0  # its second word goes on: only the first hotword stays
+    no_rule = ContextGraph([[10, 4]], score=2.0)
+    node, d1 = no_rule.step(0, 10)
+    node, d2 = no_rule.step(node, 4)
+    assert d1 + d2 + no_rule.step(node, 5)[1] == 4.0  # without the rule a completed match is kept as it was
+
+
+def test_the_model_vocabularies_say_which_tokens_end_a_word():
+    from speakerforge.asr.vocab import CharVocab, PieceVocab
+
+    texts = ["please call beezo at noon", "the station is open"] * 10
+    pieces = PieceVocab.train(texts, 40)
+    ids = pieces.encode("call beezo")
+    assert [pieces.ends_word(t) for t in ids] == [pieces.tokens[t].startswith("\u2581") for t in ids]
+    assert pieces.ends_word(ids[0]) and not all(pieces.ends_word(t) for t in ids)
+    chars = CharVocab.from_texts(texts)
+    assert [chars.ends_word(t) for t in chars.encode("a b")] == [False, True, False]
