@@ -144,7 +144,10 @@ def evaluate(model_path: str | Path, data: str | Path, hotwords: str | Path,
             s.add(u.text, h, true)  # recall/precision and B-WER always against the true hotwords
         rows[name] = s.result()
         log.info("%s: %s", name, rows[name])
-    return rows, format_table(rows) + "\n" + biasing_summary(rows)
+    dec = decoding or Decoding()
+    how = (f"decoding: ctc beam search, context score {dec.context_score:g}, beam {dec.beam}" if dec.mode == "ctc"
+           else "decoding: seaco (the decoder merged with the bias branch, as FunASR)")
+    return rows, format_table(rows) + "\n" + biasing_summary(rows) + "\n" + how
 
 
 def biasing_summary(rows: dict[str, dict[str, float]]) -> str:

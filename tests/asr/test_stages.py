@@ -85,7 +85,8 @@ def test_eval_prints_a_row_per_condition_and_filters_long_lists(tmp_path):
     rows, table = evaluate(out, data, tmp_path / "true.txt", [tmp_path / "d60.txt"])
     assert list(rows) == ["no hotwords", "true hotwords", "true + 60 distractors"]
     lines = table.splitlines()
-    assert len(lines) == 6  # header, 3 rows, 2 summary lines against the unbiased row
+    assert len(lines) == 7  # header, 3 rows, 2 summary lines against the unbiased row, the decoding
+    assert lines[-1].startswith("decoding: seaco")
     assert lines[4].startswith("true hotwords: hotword recall") and "); U-WER" in lines[4]
     assert all(0 <= r["recall"] <= 100 for r in rows.values())
 
@@ -187,6 +188,7 @@ def test_ctc_decoding_with_a_context_graph_through_the_cli(tmp_path, capsys):
                  "--decoding", "ctc", "--context-score", "3", "--beam", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[0] == "condition" and lines[2].startswith("true hotwords")
+    assert lines[-1] == "decoding: ctc beam search, context score 3, beam 4"
     assert main(["asr", "decode", "--model", str(out), "--data", str(data), "--hotwords",
                  str(tmp_path / "true.txt"), "--decoding", "ctc"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(TEXTS)
