@@ -223,11 +223,11 @@ def split_speakers(manifest: Path, out: Path, fraction: float) -> tuple[Path, Pa
 def feature_summary(manifests: list[Path], out_json: Path) -> dict:
     """Compute fbank for every utterance (batched by length) and summarise hours, speakers and frames/s."""
     import torch
-    from speakerforge.progress import progress_bar
 
     from speakerforge.data.audio import load_audio
     from speakerforge.data.features import fbank, mean_normalize
     from speakerforge.data.manifest import read_manifest
+    from speakerforge.progress import progress_bar
 
     utts = [u for m in manifests for u in read_manifest(m)]
     frames = 0

@@ -7,7 +7,8 @@ its utterance's spans and `<no_bias>` elsewhere. The draw of an utterance is a p
 position in the epoch), so a resumed run draws the same hotwords.
 `span_unit: word` draws whole words (of at least `min_len` tokens) instead of token spans: the natural unit for names
 (the vocabulary says where words stand: spaces between characters, or the `▁` that starts a word's first piece).
-`distractors: N` adds N spans of other random transcripts per utterance to the batch list (unlabelled), so that training lists are nearer the length of real ones (tens of entries, not a batch's few).
+`distractors: N` adds N spans of other random transcripts per utterance to the batch list (unlabelled), so that
+training lists are nearer the length of real ones (tens of entries, not a batch's few).
 `rare_power: p` draws a word with weight (its count in the training transcripts)^-p: hotwords are rare words, and
 on a corpus whose common words recur in every sentence, uniform draws teach the branch to look up those few words
 instead of copying any word of the list.
@@ -228,15 +229,10 @@ def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int,
 def _occurrences(tokens: list[int], words: dict[tuple[int, ...], int], word_spans: WordSpans | None
                  ) -> list[tuple[int, int]]:
     """`[start, end)` of every place where an entry of `words` stands in `tokens` (whole words with `word_spans`)."""
-    out = []
     if word_spans is not None:
         return [(s, e) for s, e in word_spans(tokens) if tuple(tokens[s:e]) in words]
-    lengths = {len(w) for w in words}
-    for n in lengths:
-        for s in range(len(tokens) - n + 1):
-            if tuple(tokens[s:s + n]) in words:
-                out.append((s, s + n))
-    return out
+    return [(s, s + n) for n in {len(w) for w in words} for s in range(len(tokens) - n + 1)
+            if tuple(tokens[s:s + n]) in words]
 
 
 def make_collate(no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None):
@@ -259,8 +255,7 @@ class _Collate:
         for i, t in enumerate(toks):
             targets[i, : len(t)] = torch.tensor(t)
         batch = {"keys": [it["key"] for it in items], "uids": [it.get("uid") for it in items], "wav": wav,
-                 "wav_lengths": wav_lengths, "targets": targets,
-                 "target_lengths": target_lengths}
+                 "wav_lengths": wav_lengths, "targets": targets, "target_lengths": target_lengths}
         extra = [d for it in items for d in it.get("distractors", ())]
         batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra,
                                    self.word_spans))

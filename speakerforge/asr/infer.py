@@ -43,6 +43,11 @@ class Decoding:
         if self.beam < 1 or self.top_k < 1 or self.context_score < 0:
             raise ValueError("decoding: beam and top_k are >= 1, context_score >= 0")
 
+    def describe(self) -> str:
+        if self.mode == "ctc":
+            return f"decoding: ctc beam search, context score {self.context_score:g}, beam {self.beam}"
+        return "decoding: seaco (the decoder merged with the bias branch, as FunASR)"
+
 
 class AsrModel:
     """A trained model file (`EXP/model.safetensors`) ready to decode."""
@@ -65,9 +70,13 @@ class AsrModel:
         x = fbank(wav, num_mel_bins=f["num_mel_bins"], frame_length=f["frame_length"], frame_shift=f["frame_shift"])
         return mean_normalize(x) if f["mean_norm"] else x
 
+    def hotword_ids(self, hotwords: Sequence[str]) -> list[list[int]]:
+        """Token ids of each hotword (entries that encode to nothing dropped)."""
+        return [ids for ids in (self.vocab.encode(w) for w in hotwords) if ids]
+
     def hotword_tensors(self, hotwords: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Token ids `[H + 1, L]` and lengths of the list plus the no-bias entry; None for an empty list."""
-        entries = [ids for ids in (self.vocab.encode(w) for w in hotwords) if ids]
+        entries = self.hotword_ids(hotwords)
         if not entries:
             return None
         entries.append([self.vocab.sos_id])
@@ -87,8 +96,7 @@ class AsrModel:
         hw = self.hotword_tensors(hotwords) if dec.mode == "seaco" else None
         graph = None
         if dec.mode == "ctc" and hotwords:
-            graph = ContextGraph([ids for ids in (self.vocab.encode(w) for w in hotwords) if ids], dec.context_score,
-                                 self.vocab.ends_word)
+            graph = ContextGraph(self.hotword_ids(hotwords), dec.context_score, self.vocab.ends_word)
         out: list[str] = []
         for i in range(0, len(wavs), batch_size):
             feats, lengths = pad_features([self.feats(w) for w in wavs[i:i + batch_size]])
@@ -144,10 +152,7 @@ def evaluate(model_path: str | Path, data: str | Path, hotwords: str | Path,
             s.add(u.text, h, true)  # recall/precision and B-WER always against the true hotwords
         rows[name] = s.result()
         log.info("%s: %s", name, rows[name])
-    dec = decoding or Decoding()
-    how = (f"decoding: ctc beam search, context score {dec.context_score:g}, beam {dec.beam}" if dec.mode == "ctc"
-           else "decoding: seaco (the decoder merged with the bias branch, as FunASR)")
-    return rows, format_table(rows) + "\n" + biasing_summary(rows) + "\n" + how
+    return rows, format_table(rows) + "\n" + biasing_summary(rows) + "\n" + (decoding or Decoding()).describe()
 
 
 def biasing_summary(rows: dict[str, dict[str, float]]) -> str:

@@ -13,11 +13,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import soundfile as sf
-from speakerforge.progress import progress_bar
 
 from speakerforge.data.audio import audio_info
 from speakerforge.data.manifest import Utterance, duplicate_problems, read_manifest
 from speakerforge.errors import DataError
+from speakerforge.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

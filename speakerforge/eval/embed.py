@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from speakerforge.progress import progress_bar
 
 from speakerforge.data.audio import SAMPLE_RATE, audio_info, load_audio
 from speakerforge.data.manifest import Utterance, read_manifest
 from speakerforge.errors import DataError, check_output_path
 from speakerforge.inference import DEFAULT_BATCH_SIZE, SpeakerModel, chunk_waveform, load_model
+from speakerforge.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from speakerforge.progress import progress_bar
 
 from speakerforge.errors import DataError
 from speakerforge.eval.embio import Embeddings
 from speakerforge.eval.trials import Trials
+from speakerforge.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

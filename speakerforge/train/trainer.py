@@ -19,7 +19,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from speakerforge.progress import progress_bar
 
 from speakerforge.config import Config, to_dict
 from speakerforge.data.datasets import CropDataset, collate_crops
@@ -29,6 +28,7 @@ from speakerforge.errors import ConfigError, SpeakerforgeError
 from speakerforge.models.heads import margin_at_step
 from speakerforge.models.modelfile import save_embedding_model
 from speakerforge.models.registry import build_model
+from speakerforge.progress import progress_bar
 from speakerforge.train import freezing
 from speakerforge.train.checkpoint import CheckpointManager, capture_rng, restore_rng
 from speakerforge.train.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed,

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from speakerforge.progress import progress_bar
-
 from speakerforge.data.audio import audio_info
 from speakerforge.data.corpora.synthetic import write_trials
 from speakerforge.data.manifest import Utterance, write_manifest
 from speakerforge.errors import DataError, where
+from speakerforge.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
