@@ -145,3 +145,33 @@ def test_too_few_test_utterances_for_trials_is_refused(tmp_path):
     with pytest.raises(DataError, match=">= 2 utterances"):
         demo.build_demo_corpus(tmp_path / "c", **{**TINY, "test_utts_per_speaker": 1})
     assert not (tmp_path / "c").exists()
+
+
+@needs_kokoro
+@pytest.mark.slow
+def test_two_workers_build_from_an_empty_model_cache(tmp_path, monkeypatch):
+    """Regression: with no assembled Kokoro model yet, two workers each assembled it through one temporary name and
+    one died renaming it ("0 of 8 utterances were written"); the parent now assembles it once, under a lock."""
+    monkeypatch.setenv("KOKORO_JA_CACHE", str(tmp_path / "kokoro-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(demo, "_ENGINE", None)
+    out = tmp_path / "c"
+    stamp = demo.build_demo_corpus(out, workers=2, train_speakers=1, test_speakers=2, utts_per_speaker=1,
+                                   test_utts_per_speaker=2, seed=5, progress=False)
+    assert stamp["counts"]["train_utts"] + stamp["counts"]["test_utts"] == 5
+    assert len(list((out / "wav").rglob("*.wav"))) == 5
+    assert (tmp_path / "kokoro-cache" / "kokoro-v1.0.int8.onnx").stat().st_size > 50_000_000
+    assert not list((tmp_path / "kokoro-cache").glob("*.tmp"))
+
+
+@needs_kokoro
+def test_a_worker_that_cannot_start_reports_its_own_exception(tmp_path, monkeypatch):
+    def broken(threads=None, model_file=None):
+        raise RuntimeError("onnx session refused: bad model bytes")
+
+    monkeypatch.setattr(demo, "load_tts", broken)  # forked workers inherit the patch
+    with pytest.raises(DataError, match=r"could not start in its worker process: RuntimeError: onnx session refused"):
+        demo.run_tts_jobs([(str(tmp_path / "a.wav"), "Hello there.", 0), (str(tmp_path / "b.wav"), "Hi.", 1)],
+                          {"seed": 0, "alpha": 0.3, "noise": 1.0, "speed_range": [0.9, 1.1]}, workers=2,
+                          progress=False)
+    assert not list(tmp_path.glob("*.wav"))

