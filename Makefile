@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean-venv bench
+.PHONY: demo test lint format typecheck check venv clean-venv bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,21 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff lint + format check (configured in pyproject.toml); `make format` rewrites.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# What CI runs, in this order.
+check: lint typecheck test
 
 demo: $(STAMP)
 	$(BIN)/speakerforge demo --out $(DEMO_DIR)

@@ -70,11 +70,20 @@ def run(label: str, model, manifest: Path, out: Path, threads: int, **kw) -> dic
     c0 = time.process_time()
     stats = extract_embeddings(model, manifest, out, progress=False, threads=threads, **kw)
     cpu = time.process_time() - c0
-    row = {"backend": label, "rtf": stats.rtf, "model_rtf": stats.model_rtf,
-           "cpu_rtf": cpu / stats.audio_seconds / threads, "audio_s": stats.audio_seconds, "workers": stats.workers,
-           "wall_s": stats.processing_seconds}
-    print(f"{label:<38} RTF {stats.rtf:.4f}  (features+model {stats.model_rtf:.4f}; CPU-time RTF per thread "
-          f"{row['cpu_rtf']:.4f})  {stats.audio_seconds:.0f} s audio in {stats.processing_seconds:.1f} s", flush=True)
+    row = {
+        "backend": label,
+        "rtf": stats.rtf,
+        "model_rtf": stats.model_rtf,
+        "cpu_rtf": cpu / stats.audio_seconds / threads,
+        "audio_s": stats.audio_seconds,
+        "workers": stats.workers,
+        "wall_s": stats.processing_seconds,
+    }
+    print(
+        f"{label:<38} RTF {stats.rtf:.4f}  (features+model {stats.model_rtf:.4f}; CPU-time RTF per thread "
+        f"{row['cpu_rtf']:.4f})  {stats.audio_seconds:.0f} s audio in {stats.processing_seconds:.1f} s",
+        flush=True,
+    )
     return row
 
 
@@ -91,14 +100,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sf-bench-extract-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}; work dir {work}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}; work dir {work}"
+    )
 
     manifest = make_corpus(work / "corpus", args.n, 3.0, 8.0)
     model_file = make_campplus(work / "campplus.safetensors")
     t = time.perf_counter()
-    reports = [export_onnx(model_file, work / "campplus.onnx"),
-               export_onnx(model_file, work / "campplus_fbank.onnx", with_fbank=True)]
+    reports = [
+        export_onnx(model_file, work / "campplus.onnx"),
+        export_onnx(model_file, work / "campplus_fbank.onnx", with_fbank=True),
+    ]
     print(f"ONNX export + parity check of both graphs: {time.perf_counter() - t:.1f} s")
     for r in reports:
         print("  " + r.summary())
@@ -107,19 +120,56 @@ def main() -> None:
     bs, th = args.batch_size, args.threads
     # Default layout: one single-threaded worker per thread. The `1 worker x N threads` rows show intra-op threading.
     if not args.skip_eager:
-        rows.append(run("pytorch eager", load_model(model_file, optimize=False), manifest, work / "eager.npz",
-                        th, batch_size=bs))
+        rows.append(
+            run(
+                "pytorch eager", load_model(model_file, optimize=False), manifest, work / "eager.npz", th, batch_size=bs
+            )
+        )
     opt = load_model(model_file)
     rows.append(run("pytorch optimize_for_inference", opt, manifest, work / "opt.npz", th, batch_size=bs))
-    rows.append(run("onnxruntime (fbank in torch)", load_model(work / "campplus.onnx", threads=1),
-                    manifest, work / "ort.npz", th, batch_size=bs))
-    rows.append(run("onnxruntime (fbank in graph)", load_model(work / "campplus_fbank.onnx", threads=1),
-                    manifest, work / "ort_fbank.npz", th, batch_size=bs))
+    rows.append(
+        run(
+            "onnxruntime (fbank in torch)",
+            load_model(work / "campplus.onnx", threads=1),
+            manifest,
+            work / "ort.npz",
+            th,
+            batch_size=bs,
+        )
+    )
+    rows.append(
+        run(
+            "onnxruntime (fbank in graph)",
+            load_model(work / "campplus_fbank.onnx", threads=1),
+            manifest,
+            work / "ort_fbank.npz",
+            th,
+            batch_size=bs,
+        )
+    )
     if th > 1:
-        rows.append(run(f"pytorch optimized, 1 worker x {th} thr", opt, manifest, work / "opt_intra.npz", th,
-                        workers=1, batch_size=bs))
-        rows.append(run(f"onnxruntime, 1 worker x {th} thr", load_model(work / "campplus.onnx", threads=th),
-                        manifest, work / "ort_intra.npz", th, workers=1, batch_size=bs))
+        rows.append(
+            run(
+                f"pytorch optimized, 1 worker x {th} thr",
+                opt,
+                manifest,
+                work / "opt_intra.npz",
+                th,
+                workers=1,
+                batch_size=bs,
+            )
+        )
+        rows.append(
+            run(
+                f"onnxruntime, 1 worker x {th} thr",
+                load_model(work / "campplus.onnx", threads=th),
+                manifest,
+                work / "ort_intra.npz",
+                th,
+                workers=1,
+                batch_size=bs,
+            )
+        )
     from speakerforge.eval.embio import load_embeddings
 
     ref = load_embeddings(work / "opt.npz")
@@ -127,8 +177,10 @@ def main() -> None:
         if (work / f"{name}.npz").is_file():
             other = load_embeddings(work / f"{name}.npz")
             diff = max(float(np.abs(other[k] - ref[k]).max()) for k in ref)
-            print(f"  max |{name} - optimized| over all embeddings: {diff:.2e} (embedding scale "
-                  f"{float(np.abs(ref.matrix).max()):.2f})")
+            print(
+                f"  max |{name} - optimized| over all embeddings: {diff:.2e} (embedding scale "
+                f"{float(np.abs(ref.matrix).max()):.2f})"
+            )
 
     if args.batching:
         batching(work, model_file, args.threads)
@@ -141,7 +193,7 @@ def batching(work: Path, model_file: Path, threads: int) -> None:
     model = load_model(model_file)
     for bs in (1, 16):
         run(f"4 s segments, batch {bs}", model, manifest, work / f"seg{bs}.npz", threads, batch_size=bs)
-    wavs = [w for w in _random_waves(32, 3.0, 4.0)]
+    wavs = list(_random_waves(32, 3.0, 4.0))
     exact = model.embed_batch(wavs, batch_size=32)
     unit = exact / np.linalg.norm(exact, axis=1, keepdims=True)
     between = 1.0 - (unit @ unit.T)[np.triu_indices(len(wavs), 1)]
@@ -149,8 +201,10 @@ def batching(work: Path, model_file: Path, threads: int) -> None:
     for tol in (0.02, 0.1):
         loose = model.embed_batch(wavs, batch_size=32, length_tolerance=tol)
         dist = 1.0 - np.sum(unit * loose, 1) / np.linalg.norm(loose, axis=1)
-        print(f"  length_tolerance {tol}: cosine distance cropped vs exact: max {dist.max():.2e}, "
-              f"median {np.median(dist):.2e}")
+        print(
+            f"  length_tolerance {tol}: cosine distance cropped vs exact: max {dist.max():.2e}, "
+            f"median {np.median(dist):.2e}"
+        )
 
 
 def _random_waves(n: int, low: float, high: float, seed: int = 2):

@@ -23,12 +23,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP runtime
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import statistics
+import time
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 from speakerforge.data.features import INT16_SCALE, fbank, frame_sizes, mel_banks, num_frames, povey_window
 
@@ -55,7 +55,10 @@ def rfft_fbank(wave: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
     cache = rfft_fbank.__dict__.setdefault("cache", {})
     if sample_rate not in cache:
         mel = torch.cat([mel_banks(80, fft_size, sample_rate), torch.zeros(1, 80, dtype=torch.float64)])
-        cache[sample_rate] = ((povey_window(window) * INT16_SCALE).float(), torch.stack([mel, mel], 1).flatten(0, 1).float())
+        cache[sample_rate] = (
+            (povey_window(window) * INT16_SCALE).float(),
+            torch.stack([mel, mel], 1).flatten(0, 1).float(),
+        )
     win, mel = cache[sample_rate]
     frames = wave.unfold(-1, window, shift)
     frames = frames - frames.mean(dim=-1, keepdim=True)
@@ -86,20 +89,25 @@ def main() -> None:
     as_lists = [(w.numpy() * INT16_SCALE).tolist() for w in waves]
     frames_total = args.utterances * num_frames(length)
 
-    methods = {"kaldi-native-fbank, one at a time": lambda: [knf_fbank(s) for s in as_lists],
-               "ours, one at a time": lambda: [fbank(w) for w in waves]}
+    methods = {
+        "kaldi-native-fbank, one at a time": lambda: [knf_fbank(s) for s in as_lists],
+        "ours, one at a time": lambda: [fbank(w) for w in waves],
+    }
     for b in args.batches:
-        methods[f"ours, batches of {b}"] = lambda b=b: [fbank(waves[i:i + b]) for i in range(0, len(waves), b)]
+        methods[f"ours, batches of {b}"] = lambda b=b: [fbank(waves[i : i + b]) for i in range(0, len(waves), b)]
     if args.with_rfft:
         for b in args.batches:
-            methods[f"rfft design, batches of {b}"] = lambda b=b: [rfft_fbank(waves[i:i + b])
-                                                                  for i in range(0, len(waves), b)]
+            methods[f"rfft design, batches of {b}"] = lambda b=b: [
+                rfft_fbank(waves[i : i + b]) for i in range(0, len(waves), b)
+            ]
 
     ref = knf_fbank(as_lists[0])
-    print(f"{args.utterances} utterances x {args.seconds:g} s at {sample_rate} Hz ({frames_total} frames), "
-          f"torch threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
-          f"load average {os.getloadavg()[0]:.1f}, "
-          f"max |ours - kaldi-native-fbank| {np.abs(fbank(waves[0]).numpy() - ref).max():.1e}")
+    print(
+        f"{args.utterances} utterances x {args.seconds:g} s at {sample_rate} Hz ({frames_total} frames), "
+        f"torch threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+        f"load average {os.getloadavg()[0]:.1f}, "
+        f"max |ours - kaldi-native-fbank| {np.abs(fbank(waves[0]).numpy() - ref).max():.1e}"
+    )
     if args.with_rfft:
         exact = fbank(waves[:8].double())
         for name, got in [("ours", fbank(waves[:8])), ("rfft design", rfft_fbank(waves[:8]))]:
@@ -121,8 +129,10 @@ def main() -> None:
     for name in methods:
         best, median = best_and_median(times[name])
         rate = frames_total / best
-        print(f"{name:38s} {rate / 1e3:8.1f} kframes/s (median round {frames_total / median / 1e3:7.1f})  "
-              f"x{rate / base:5.2f} vs kaldi-native-fbank   {frames_total / min(cpu[name]) / 1e3:7.1f} kframes/CPU-s")
+        print(
+            f"{name:38s} {rate / 1e3:8.1f} kframes/s (median round {frames_total / median / 1e3:7.1f})  "
+            f"x{rate / base:5.2f} vs kaldi-native-fbank   {frames_total / min(cpu[name]) / 1e3:7.1f} kframes/CPU-s"
+        )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

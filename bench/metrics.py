@@ -28,7 +28,7 @@ def load_reference():
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / "utils" / "score_metrics.py"
     try:
-        import scipy.stats  # noqa: F401
+        import scipy.stats
     except ModuleNotFoundError:
         scipy = types.ModuleType("scipy")
         scipy.stats = types.ModuleType("scipy.stats")
@@ -77,8 +77,10 @@ def bench_asnorm(n_utts: int = 100_000, n_cohort: int = 10_000, dim: int = 192, 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     secs, _ = timed(lambda: score_trials(emb, trials, cohort=cohort, top_n=300))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"AS-norm: {n_utts} utterances x {n_cohort} cohort (dim {dim}), {n_trials} trials, top 300: {secs:.1f} s, "
-          f"peak RSS {peak:.0f} MB ({before:.0f} MB before scoring)")
+    print(
+        f"AS-norm: {n_utts} utterances x {n_cohort} cohort (dim {dim}), {n_trials} trials, top 300: {secs:.1f} s, "
+        f"peak RSS {peak:.0f} MB ({before:.0f} MB before scoring)"
+    )
 
 
 def main() -> None:
@@ -91,8 +93,10 @@ def main() -> None:
     scores, labels = data(args.trials)
     secs, m = timed(compute_metrics, scores, labels)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"ours       {args.trials:>10d} trials: {secs:6.2f} s (cpu {timed.cpu:.2f} s)   EER {m['eer']:.4f}%  "
-          f"minDCF(0.01) {m['min_dcf']['0.01']['value']:.4f}")
+    print(
+        f"ours       {args.trials:>10d} trials: {secs:6.2f} s (cpu {timed.cpu:.2f} s)   EER {m['eer']:.4f}%  "
+        f"minDCF(0.01) {m['min_dcf']['0.01']['value']:.4f}"
+    )
 
     ref = load_reference()
     if ref is None:
@@ -102,12 +106,18 @@ def main() -> None:
     ours_secs, m = timed(compute_metrics, scores, labels)
     ours_cpu = timed.cpu
     ref_secs, (eer, dcf1, dcf5) = timed(reference, ref, scores, labels)
-    diff = max(abs(m["eer"] - eer), abs(m["min_dcf"]["0.01"]["value"] - dcf1), abs(m["min_dcf"]["0.05"]["value"] - dcf5))
+    diff = max(
+        abs(m["eer"] - eer), abs(m["min_dcf"]["0.01"]["value"] - dcf1), abs(m["min_dcf"]["0.05"]["value"] - dcf5)
+    )
     print(f"ours       {args.ref_trials:>10d} trials: {ours_secs:6.2f} s (cpu {ours_cpu:.2f} s)")
-    print(f"speakerlab {args.ref_trials:>10d} trials: {ref_secs:6.2f} s (cpu {timed.cpu:.2f} s)   "
-          f"(EER + 2 minDCFs; max |diff| {diff:.2g})")
-    print(f"ratio speakerlab / ours at {args.ref_trials} trials: {ref_secs / ours_secs:.2f}x wall, "
-          f"{timed.cpu / ours_cpu:.2f}x cpu")
+    print(
+        f"speakerlab {args.ref_trials:>10d} trials: {ref_secs:6.2f} s (cpu {timed.cpu:.2f} s)   "
+        f"(EER + 2 minDCFs; max |diff| {diff:.2g})"
+    )
+    print(
+        f"ratio speakerlab / ours at {args.ref_trials} trials: {ref_secs / ours_secs:.2f}x wall, "
+        f"{timed.cpu / ours_cpu:.2f}x cpu"
+    )
     if args.asnorm:
         bench_asnorm()
 

@@ -20,17 +20,18 @@ import importlib
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speakerforge.models.fuse import optimize_for_inference  # noqa: E402
-from speakerforge.models.registry import build_model, list_models  # noqa: E402
+from speakerforge.models.fuse import optimize_for_inference
+from speakerforge.models.registry import build_model, list_models
 
 
 @dataclass
@@ -48,16 +49,23 @@ class Case:
 REFERENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "campplus": ("speakerlab.models.campplus.DTDNN:CAMPPlus", {"feat_dim": 80, "embedding_size": 192}),
     "eres2net": ("speakerlab.models.eres2net.ERes2Net:ERes2Net", {"feat_dim": 80, "embedding_size": 192}),
-    "ecapa_tdnn": ("speakerlab.models.ecapa_tdnn.ECAPA_TDNN:ECAPA_TDNN",
-                   {"input_size": 80, "lin_neurons": 192, "channels": [512, 512, 512, 512, 1536]}),
+    "ecapa_tdnn": (
+        "speakerlab.models.ecapa_tdnn.ECAPA_TDNN:ECAPA_TDNN",
+        {"input_size": 80, "lin_neurons": 192, "channels": [512, 512, 512, 512, 1536]},
+    ),
     "resnet34": ("speakerlab.models.resnet.ResNet:ResNet", {"feat_dim": 80, "embedding_size": 192}),
 }
 ALIASES = {"resnet": "resnet34"}  # registered names whose default model is another's: measured once
 
 # Non-default configurations worth their own line.
 EXTRA_CASES = [
-    Case("eres2net[large]", "eres2net", {"variant": "large"},
-         "speakerlab.models.eres2net.ERes2Net:ERes2Net", {"feat_dim": 80, "embedding_size": 192, "m_channels": 64}),
+    Case(
+        "eres2net[large]",
+        "eres2net",
+        {"variant": "large"},
+        "speakerlab.models.eres2net.ERes2Net:ERes2Net",
+        {"feat_dim": 80, "embedding_size": 192, "m_channels": 64},
+    ),
 ]
 
 
@@ -140,8 +148,10 @@ def report(case: Case, batch: int, times: dict[str, list[float]], diffs: dict[st
         line += f", min {min(ts) * 1e3:8.1f} ms)"
         if base and name != base:
             ratios = [r / o for r, o in zip(times[base], ts)]
-            line += (f"  x{statistics.median(ratios):.2f} vs speakerlab (best-of x{min(times[base]) / min(ts):.2f})"
-                     f"  max rel. diff {diffs.get(name, 0.0):.1e}")
+            line += (
+                f"  x{statistics.median(ratios):.2f} vs speakerlab (best-of x{min(times[base]) / min(ts):.2f})"
+                f"  max rel. diff {diffs.get(name, 0.0):.1e}"
+            )
         print(line, flush=True)
 
 
@@ -152,8 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=300, help="input length (100 frames = 1 s)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu: process CPU time, robust to a loaded machine with --threads 1 (compute cost)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time, robust to a loaded machine with --threads 1 (compute cost)",
+    )
     args = parser.parse_args(argv)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
 
@@ -165,8 +179,10 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown model(s) {sorted(unknown)}; known: {[c.label for c in cases]}")
         cases = [c for c in cases if c.label in args.models]
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.frames} frames, batches {args.batches}, "
-          f"{args.rounds} interleaved rounds, {args.clock} clock")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, {args.frames} frames, batches {args.batches}, "
+        f"{args.rounds} interleaved rounds, {args.clock} clock"
+    )
     for case in cases:
         versions = build_versions(case)
         for batch in args.batches:

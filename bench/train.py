@@ -47,13 +47,29 @@ def bench_pipeline(model: str, batch: int, steps: int, crop: float) -> float:
     from speakerforge.train.trainer import RunOptions, Trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="sf-bench-"))
-    make_synthetic_corpus(tmp / "corpus", n_speakers=16, utts_per_speaker=batch * (steps + 1) // 16 + 1,
-                          seconds=crop + 1.0, manifest_name="train.jsonl")
+    make_synthetic_corpus(
+        tmp / "corpus",
+        n_speakers=16,
+        utts_per_speaker=batch * (steps + 1) // 16 + 1,
+        seconds=crop + 1.0,
+        manifest_name="train.jsonl",
+    )
     args = {"campplus": "{embedding_dim: 192}", "ecapa_tdnn": "{channels: 512, embedding_dim: 192}"}[model]
-    cfg = load_config(None, [f"model.name={model}", f"model.args={args}", f"data.batch_size={batch}",
-                             f"data.crop_seconds={crop}", "train.epochs=1", "train.integrity_check=false",
-                             "data.num_workers=1", f"data.samples_per_epoch={batch * (steps + 1)}",
-                             "data.augment.spec_augment.prob=0.5", "train.log_every=1000000"])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={model}",
+            f"model.args={args}",
+            f"data.batch_size={batch}",
+            f"data.crop_seconds={crop}",
+            "train.epochs=1",
+            "train.integrity_check=false",
+            "data.num_workers=1",
+            f"data.samples_per_epoch={batch * (steps + 1)}",
+            "data.augment.spec_augment.prob=0.5",
+            "train.log_every=1000000",
+        ],
+    )
     cfg.data.sources = [SourceConfig(path=str(tmp / "corpus" / "train.jsonl"))]
     trainer = Trainer(cfg, tmp / "exp", RunOptions())
     starts: list[float] = []
@@ -122,13 +138,20 @@ def main() -> None:
     ours, ref, flops = bench_vs_speakerlab(args.model, args.batch, args.steps, frames)
     print(f"{args.model}, batch {args.batch} x {args.crop:.1f} s, {args.threads} threads")
     print(f"  fp32 matmul peak:                 {peak / 1e9:7.1f} GFLOP/s")
-    print(f"  ours, plain loop on one batch:    {ours:7.1f} samples/s  "
-          f"({ours / args.batch * flops / 1e9:6.1f} GFLOP/s = {ours / args.batch * flops / peak:.0%} of peak)")
-    print(f"  speakerlab, same loop and batch:  {ref:7.1f} samples/s  -> ratio ours/speakerlab {ours / ref:.2f}x "
-          "(goal >= 1.3x)")
+    print(
+        f"  ours, plain loop on one batch:    {ours:7.1f} samples/s  "
+        f"({ours / args.batch * flops / 1e9:6.1f} GFLOP/s = {ours / args.batch * flops / peak:.0%} of peak)"
+    )
+    print(
+        f"  speakerlab, same loop and batch:  {ref:7.1f} samples/s  -> ratio ours/speakerlab {ours / ref:.2f}x "
+        "(goal >= 1.3x)"
+    )
     pipeline = bench_pipeline(args.model, args.batch, args.steps, args.crop)
-    print(f"  trainer with its data pipeline:   {pipeline:7.1f} samples/s  -> vs pre-loaded tensors {pipeline / ours:.2f} "
-          "(goal >= 0.9)")
+    print(
+        f"  trainer with its data pipeline:   {pipeline:7.1f} samples/s"
+        f"  -> vs pre-loaded tensors {pipeline / ours:.2f} "
+        "(goal >= 0.9)"
+    )
 
 
 if __name__ == "__main__":

@@ -115,8 +115,9 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except Exception as exc:  # safetensors raises SafetensorError / ValueError on corrupt headers
         raise CheckpointError(f"{path}: not a valid safetensors model file ({_first_line(exc)})") from None
     if meta_raw is None:
-        raise CheckpointError(f"{path}: safetensors file without speakerforge metadata; "
-                              "convert it first with `speakerforge convert`")
+        raise CheckpointError(
+            f"{path}: safetensors file without speakerforge metadata; convert it first with `speakerforge convert`"
+        )
     try:
         meta = json.loads(meta_raw)
     except json.JSONDecodeError:

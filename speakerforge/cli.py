@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from speakerforge.errors import SpeakerforgeError, describe_os_error
 
@@ -72,8 +72,16 @@ def _import_command_modules() -> None:
     """Commands that live beside their library (large argument sets) register themselves on import."""
     import importlib
 
-    for mod in ("speakerforge.cli_data", "speakerforge.cli_models", "speakerforge.cli_train", "speakerforge.cli_eval",
-                "speakerforge.cli_infer", "speakerforge.cli_demo", "speakerforge.cli_ssl", "speakerforge.cli_asr"):
+    for mod in (
+        "speakerforge.cli_data",
+        "speakerforge.cli_models",
+        "speakerforge.cli_train",
+        "speakerforge.cli_eval",
+        "speakerforge.cli_infer",
+        "speakerforge.cli_demo",
+        "speakerforge.cli_ssl",
+        "speakerforge.cli_asr",
+    ):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -97,8 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     console = logging.StreamHandler()
     console.setLevel(level)  # --quiet holds for the console even where a command logs INFO to its own log file
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[console])
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[console]
+    )
     _help, _add, run = _COMMANDS[args.command]
     try:
         code = run(args)

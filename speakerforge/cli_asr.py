@@ -17,19 +17,29 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     prep.add_argument("--train", type=int, default=None, help="training sentences")
     prep.add_argument("--test", type=int, default=None, help="test sentences")
     prep.add_argument("--workers", type=int, default=2, help="TTS processes (about 400 MB each)")
-    train = sub.add_parser("train", help="train (e.g. the two-stage recipe configs/asr-seaco-two-stage.yaml); "
-                                         "--data takes FunASR JSONL (key, source, target); resumable")
+    train = sub.add_parser(
+        "train",
+        help="train (e.g. the two-stage recipe configs/asr-seaco-two-stage.yaml); "
+        "--data takes FunASR JSONL (key, source, target); resumable",
+    )
     _args_common(train)
     train.add_argument("--init", metavar="SRC", help="start from a trained ASR model file or experiment folder")
-    train.add_argument("--init-part", choices=["all", "asr"], default="all",
-                       help="asr: load only encoder/predictor/decoder/ctc and train new hotword modules")
+    train.add_argument(
+        "--init-part",
+        choices=["all", "asr"],
+        default="all",
+        help="asr: load only encoder/predictor/decoder/ctc and train new hotword modules",
+    )
     dec = sub.add_parser("decode", help="transcribe a JSONL or wav files, optionally with a hotword list")
     dec.add_argument("--model", required=True, help="EXP or EXP/model.safetensors")
     dec.add_argument("--data", required=True, help="JSONL (key, source[, target])")
     dec.add_argument("--hotwords", help="text file, one hotword per line")
     _args_decoding(dec)
-    ev = sub.add_parser("eval", help="table of CER/WER, hotword recall/precision/F1, B-WER/U-WER with no list, "
-                                     "the true hotwords, and true + each distractor list")
+    ev = sub.add_parser(
+        "eval",
+        help="table of CER/WER, hotword recall/precision/F1, B-WER/U-WER with no list, "
+        "the true hotwords, and true + each distractor list",
+    )
     ev.add_argument("--model", required=True, help="EXP or EXP/model.safetensors")
     ev.add_argument("--data", required=True, help="test JSONL (key, source, target)")
     ev.add_argument("--hotwords", required=True, help="the test set's true hotwords, one per line")
@@ -39,11 +49,19 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
 
 
 def _args_decoding(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--decoding", choices=["seaco", "ctc"], default="seaco",
-                   help="seaco: the decoder merged with the trained bias branch (FunASR); ctc: CTC prefix beam "
-                        "search with the list as a context graph (needs no trained bias branch)")
-    p.add_argument("--context-score", type=float, default=7.0,
-                   help="ctc: bonus per matched hotword token (7 was best on the generated dev set; tune it on yours)")
+    p.add_argument(
+        "--decoding",
+        choices=["seaco", "ctc"],
+        default="seaco",
+        help="seaco: the decoder merged with the trained bias branch (FunASR); ctc: CTC prefix beam "
+        "search with the list as a context graph (needs no trained bias branch)",
+    )
+    p.add_argument(
+        "--context-score",
+        type=float,
+        default=7.0,
+        help="ctc: bonus per matched hotword token (7 was best on the generated dev set; tune it on yours)",
+    )
     p.add_argument("--beam", type=int, default=16, help="ctc: beam size")
 
 
@@ -82,8 +100,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     init = AsrInit(args.init, args.init_part) if args.init else None
-    trainer = AsrTrainer(cfg, args.exp, RunOptions(resume=not args.no_resume,
-                                                   allow_config_change=args.allow_config_change), init=init)
+    trainer = AsrTrainer(
+        cfg, args.exp, RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change), init=init
+    )
     out = trainer.run()
     print(f"model: {out}")
     return 0
@@ -99,8 +118,9 @@ def _decode(args: argparse.Namespace) -> int:
     asr = AsrModel.load(args.model)
     utts = read_asr_jsonl(args.data)
     hotwords = read_hotwords(args.hotwords) if args.hotwords else []
-    hyps = asr.transcribe([torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts], hotwords,
-                          decoding=_decoding(args))
+    hyps = asr.transcribe(
+        [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts], hotwords, decoding=_decoding(args)
+    )
     for u, h in zip(utts, hyps):
         sys.stdout.write(f"{u.key}\t{h}\n")
     return 0

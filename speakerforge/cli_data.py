@@ -28,13 +28,23 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.add_argument("src", type=Path, metavar="SRC", help="the corpus folder as released")
         _common(sp)
-        sp.add_argument("--speaker-prefix", default="", metavar="TEXT",
-                        help="prepend to every speaker ID (keeps corpora apart when mixed)")
-        sp.add_argument("--no-durations", action="store_true",
-                        help="do not open each file for its duration (faster on millions of files)")
+        sp.add_argument(
+            "--speaker-prefix",
+            default="",
+            metavar="TEXT",
+            help="prepend to every speaker ID (keeps corpora apart when mixed)",
+        )
+        sp.add_argument(
+            "--no-durations",
+            action="store_true",
+            help="do not open each file for its duration (faster on millions of files)",
+        )
         if name == "commonvoice":
-            sp.add_argument("--include-other", action="store_true",
-                            help="also use other.tsv (clips not yet voted on; often most of a small locale)")
+            sp.add_argument(
+                "--include-other",
+                action="store_true",
+                help="also use other.tsv (clips not yet voted on; often most of a small locale)",
+            )
 
     sp = sub.add_parser("synthetic", help="numpy-synthesised voices for tests and smoke runs (seconds)")
     _common(sp)
@@ -45,6 +55,21 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--prefix", default="spk", help="speaker name prefix")
     sp.add_argument("--trials", type=int, default=0, metavar="N", help="also write N balanced trials to trials.txt")
+
+    for name, what in (("musan", "MUSAN (musan/{noise,music,speech}/...)"), ("rirs", "RIRS_NOISES (OpenSLR 28)")):
+        text = f"augmentation material: list a {what} tree as DIR/{name}.csv for data.augment"
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("src", type=Path, metavar="SRC", help="the corpus folder as released")
+        sp.add_argument("--out", type=Path, required=True, metavar="DIR", help=f"folder for {name}.csv")
+
+    text = "augmentation material made here: synthetic noise, music and RIRs (+ babble from --speech)"
+    sp = sub.add_parser("noise", help=text, description=text + "; writes DIR/musan/ and DIR/rirs/")
+    sp.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes DIR/musan/ and DIR/rirs/")
+    sp.add_argument("--speech", type=Path, metavar="MANIFEST", help="real speech to cut into babble clips")
+    sp.add_argument("--noises", type=_count, default=40, metavar="N", help="noise and music files (default 40)")
+    sp.add_argument("--rirs", type=_count, default=40, metavar="N", help="room impulse responses (default 40)")
+    sp.add_argument("--seconds", type=float, default=4.0, help="length of each noise clip (default 4)")
+    sp.add_argument("--seed", type=int, default=0)
 
     sp = sub.add_parser("demo", help="the demo corpus (TTS voices; needs `pip install speakerforge[demo]`)")
     sp.add_argument("--out", type=Path, required=True, metavar="DIR")
@@ -58,11 +83,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
         return _prepare_synthetic(args)
     if args.corpus == "demo":
         return _prepare_demo(args)
+    if args.corpus in ("musan", "rirs", "noise"):
+        return _prepare_augmentation(args)
     from speakerforge.data.corpora.readers import PREPARERS
 
     extra = {"include_other": args.include_other} if args.corpus == "commonvoice" else {}
-    result = PREPARERS[args.corpus](args.src, args.out, fmt=args.format, speaker_prefix=args.speaker_prefix,
-                                    durations=not args.no_durations, **extra)
+    result = PREPARERS[args.corpus](
+        args.src,
+        args.out,
+        fmt=args.format,
+        speaker_prefix=args.speaker_prefix,
+        durations=not args.no_durations,
+        **extra,
+    )
     print(result.summary(), file=sys.stdout)
     return 0
 
@@ -73,11 +106,20 @@ def _prepare_synthetic(args: argparse.Namespace) -> int:
     name = f"manifest.{args.format}"
     if args.trials and (args.speakers < 2 or args.utts_per_speaker < 2):
         # make_trials would refuse only after the corpus is written; refuse before writing anything.
-        raise DataError(f"--trials {args.trials}: trials need at least two speakers with two utterances each "
-                        f"(--speakers {args.speakers}, --utts-per-speaker {args.utts_per_speaker})")
-    utts = make_synthetic_corpus(args.out, n_speakers=args.speakers, utts_per_speaker=args.utts_per_speaker,
-                                 seconds=args.seconds, sample_rate=args.sample_rate, seed=args.seed,
-                                 prefix=args.prefix, manifest_name=name)
+        raise DataError(
+            f"--trials {args.trials}: trials need at least two speakers with two utterances each "
+            f"(--speakers {args.speakers}, --utts-per-speaker {args.utts_per_speaker})"
+        )
+    utts = make_synthetic_corpus(
+        args.out,
+        n_speakers=args.speakers,
+        utts_per_speaker=args.utts_per_speaker,
+        seconds=args.seconds,
+        sample_rate=args.sample_rate,
+        seed=args.seed,
+        prefix=args.prefix,
+        manifest_name=name,
+    )
     line = f"synthetic: {len(utts)} utterances, {args.speakers} speakers -> {args.out / name}"
     if args.trials:
         trials = make_trials(utts, args.trials, seed=args.seed)
@@ -87,13 +129,44 @@ def _prepare_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
+    return value
+
+
+def _prepare_augmentation(args: argparse.Namespace) -> int:
+    from speakerforge.data.corpora.noise import make_augmentation_set, prepare
+
+    if args.corpus in ("musan", "rirs"):
+        path = prepare(args.corpus, args.src, args.out)
+        n = sum(1 for _ in path.open(encoding="utf-8")) - 1
+        key = "noise_dir" if args.corpus == "musan" else "rir_dir"
+        print(f"{args.corpus}: {n} files -> {path}; use it with --set data.augment.{key}={path}")
+        return 0
+    made = make_augmentation_set(args.out, args.noises, args.rirs, args.seed, args.speech, args.seconds)
+    print(
+        f"noise: {len(made['musan'])} noise/music/speech files -> {args.out / 'musan'}, {len(made['rirs'])} RIRs -> "
+        f"{args.out / 'rirs'}; use them with --set data.augment.noise_dir={args.out / 'musan'} "
+        f"--set data.augment.rir_dir={args.out / 'rirs'}"
+    )
+    return 0
+
+
 def _prepare_demo(args: argparse.Namespace) -> int:
     from speakerforge.data.corpora.demo import build_demo_corpus
 
-    kwargs = {k: v for k, v in (("train_speakers", args.train_speakers), ("test_speakers", args.test_speakers))
-              if v is not None}
+    kwargs = {
+        k: v
+        for k, v in (("train_speakers", args.train_speakers), ("test_speakers", args.test_speakers))
+        if v is not None
+    }
     result = build_demo_corpus(args.out, **kwargs)
     counts = result.get("counts", {}) if isinstance(result, dict) else {}
-    print(f"demo: {counts.get('train_utts', '?')} training and {counts.get('test_utts', '?')} test utterances "
-          f"-> {args.out}", file=sys.stdout)
+    print(
+        f"demo: {counts.get('train_utts', '?')} training and {counts.get('test_utts', '?')} test utterances "
+        f"-> {args.out}",
+        file=sys.stdout,
+    )
     return 0

@@ -1,8 +1,8 @@
 """Evaluation commands (no model needed). One section per command: arguments, then a thin `_run_*` over the library.
 
 Sections: shared helpers, score, eval. A new command is one more section of the same shape; the model-based ones
-(extract, embed, verify, export) live in `cli_infer.py`. Library modules are imported inside the `_run_*` functions so that the CLI starts
-fast and commands that need no torch never import it.
+(extract, embed, verify, export) live in `cli_infer.py`. Library modules are imported inside the `_run_*`
+functions so that the CLI starts fast and commands that need no torch never import it.
 """
 
 from __future__ import annotations
@@ -49,14 +49,25 @@ def _system_names(paths: list[str], names: list[str] | None) -> list[str]:
 # score
 def _args_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", required=True, metavar="EMB", help="embeddings: .npz, Kaldi .scp or .ark")
-    p.add_argument("--trials", required=True, metavar="T",
-                   help="trial list: `1 enroll test`, `enroll test target|nontarget`, or `enroll test`")
+    p.add_argument(
+        "--trials",
+        required=True,
+        metavar="T",
+        help="trial list: `1 enroll test`, `enroll test target|nontarget`, or `enroll test`",
+    )
     p.add_argument("--out", required=True, metavar="SCORES", help="output: `enroll test score [label]` lines")
     p.add_argument("--cohort", metavar="COHORT", help="cohort embeddings for AS-norm (e.g. training-speaker means)")
-    p.add_argument("--asnorm-top", type=int, metavar="N",
-                   help="AS-norm: top-N cohort scores per side (default 300; >= cohort size is S-norm)")
-    p.add_argument("--mean-from", metavar="FILE",
-                   help="subtract the mean of these embeddings (e.g. the training set) before scoring")
+    p.add_argument(
+        "--asnorm-top",
+        type=int,
+        metavar="N",
+        help="AS-norm: top-N cohort scores per side (default 300; >= cohort size is S-norm)",
+    )
+    p.add_argument(
+        "--mean-from",
+        metavar="FILE",
+        help="subtract the mean of these embeddings (e.g. the training set) before scoring",
+    )
     p.add_argument("--precision", type=int, default=6, metavar="D", help="decimals written per score (default 6)")
 
 
@@ -88,11 +99,19 @@ def _run_score(args: argparse.Namespace) -> int:
 # eval
 def _args_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scores", required=True, metavar="SCORES", help="score file `enroll test score [label]`")
-    p.add_argument("--trials", metavar="T",
-                   help="labelled trial list; it defines the evaluated trials (needed when SCORES has no labels)")
+    p.add_argument(
+        "--trials",
+        metavar="T",
+        help="labelled trial list; it defines the evaluated trials (needed when SCORES has no labels)",
+    )
     p.add_argument("--out-dir", metavar="DIR", help="where metrics.json and det.png go (default: beside SCORES)")
-    p.add_argument("--compare", nargs="+", default=[], metavar="SCORES",
-                   help="more score files drawn on the same DET plot (e.g. before fine-tuning)")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="SCORES",
+        help="more score files drawn on the same DET plot (e.g. before fine-tuning)",
+    )
     p.add_argument("--names", nargs="+", metavar="NAME", help="legend names for SCORES and --compare, in order")
     p.add_argument("--title", help="DET plot title")
 
@@ -120,8 +139,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     rates = {}
     for name, path in zip(names, paths):
         s = _labelled_scores(path, trials)
-        rates[name] = error_rates(s.scores, s.labels, describe=s.describe,
-                                  source=trials.source if trials is not None else path)
+        rates[name] = error_rates(
+            s.scores, s.labels, describe=s.describe, source=trials.source if trials is not None else path
+        )
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.scores).parent
     det_path, json_path = out_dir / "det.png", out_dir / "metrics.json"
     metrics = plot_det(det_path, rates, title=args.title)
@@ -131,7 +151,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         report["compare"] = {name: {"scores": str(p), **metrics[name]} for name, p in zip(names[1:], paths[1:])}
     _write_json(json_path, report)
     for name in names:
-        print(f"{name}: {format_metrics(metrics[name])}" if len(names) > 1 else format_metrics(metrics[name]),
-              file=sys.stdout)
+        print(
+            f"{name}: {format_metrics(metrics[name])}" if len(names) > 1 else format_metrics(metrics[name]),
+            file=sys.stdout,
+        )
     log.info("wrote %s and %s", json_path, det_path)
     return 0

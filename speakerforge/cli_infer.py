@@ -8,7 +8,7 @@ from pathlib import Path
 
 from speakerforge.cli import command
 
-MODEL_HELP = "experiment folder, checkpoint, model file (.safetensors) or .onnx file"
+MODEL_HELP = "experiment folder, checkpoint, model file or ONNX model (recognised by content, any file name)"
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -41,29 +41,56 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------------------------
 def _args_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--data", required=True, metavar="MANIFEST_OR_DIR",
-                   help="3D-Speaker CSV, JSONL, Kaldi data dir, or a folder of audio files (keys: relative paths "
-                        "without extension)")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="MANIFEST_OR_DIR",
+        help="3D-Speaker CSV, JSONL, Kaldi data dir, or a folder of audio files (keys: relative paths "
+        "without extension)",
+    )
     p.add_argument("--out", required=True, metavar="EMB.npz", help="embeddings (.npz); stats go to EMB.npz.json")
     p.add_argument("--ark", metavar="OUT.ark", help="also write Kaldi ark + scp (OUT.scp)")
-    p.add_argument("--chunk", type=_positive_float, metavar="SEC",
-                   help="embed utterances longer than SEC seconds as the mean over SEC-second chunks")
-    p.add_argument("--batch-size", type=_positive_int, default=16,
-                   help="utterances per forward pass (only equal-length ones share a batch)")
+    p.add_argument(
+        "--chunk",
+        type=_positive_float,
+        metavar="SEC",
+        help="embed utterances longer than SEC seconds as the mean over SEC-second chunks",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=16,
+        help="utterances per forward pass (only equal-length ones share a batch)",
+    )
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads in all (default: every core)")
-    p.add_argument("--workers", type=_positive_int, default=None,
-                   help="model workers sharing the threads (default: one single-threaded worker per thread)")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="model workers sharing the threads (default: one single-threaded worker per thread)",
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (ignored for .onnx)")
 
 
-@command("extract", "embed every utterance of a manifest or folder into .npz (and Kaldi ark/scp); reports the RTF",
-         _args_extract)
+@command(
+    "extract",
+    "embed every utterance of a manifest or folder into .npz (and Kaldi ark/scp); reports the RTF",
+    _args_extract,
+)
 def _run_extract(args: argparse.Namespace) -> int:
     from speakerforge.eval.embed import extract_embeddings
 
-    stats = extract_embeddings(args.model, args.data, args.out, chunk=args.chunk, ark=args.ark,
-                               batch_size=args.batch_size, threads=args.threads, workers=args.workers,
-                               device=args.device)
+    stats = extract_embeddings(
+        args.model,
+        args.data,
+        args.out,
+        chunk=args.chunk,
+        ark=args.ark,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        workers=args.workers,
+        device=args.device,
+    )
     print(stats.summary())
     print(f"written: {', '.join(stats.outputs)}")
     return 0
@@ -73,9 +100,12 @@ def _run_extract(args: argparse.Namespace) -> int:
 def _args_verify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("audio", nargs=2, metavar="AUDIO", help="the two recordings to compare")
-    p.add_argument("--threshold", type=float, default=None,
-                   help=f"accept when the cosine score is at least this (default: the model's, else "
-                        f"{DEFAULT_THRESHOLD})")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"accept when the cosine score is at least this (default: the model's, else {DEFAULT_THRESHOLD})",
+    )
     _add_runtime(p)
 
 
@@ -92,8 +122,11 @@ def _run_verify(args: argparse.Namespace) -> int:
         threshold, origin = model.threshold, "model"
     if threshold is None:
         threshold, origin = DEFAULT_THRESHOLD, "default"
-        print(f"note: {model.source} states no threshold; using {DEFAULT_THRESHOLD} (calibrate one on trials of "
-              "your data and pass --threshold)", file=sys.stderr)
+        print(
+            f"note: {model.source} states no threshold; using {DEFAULT_THRESHOLD} (calibrate one on trials of "
+            "your data and pass --threshold)",
+            file=sys.stderr,
+        )
     decision = "accept" if score >= threshold else "reject"
     print(f"score {score:.4f}  {decision}  (threshold {threshold:.4f}, {origin})")
     return 0
@@ -103,8 +136,11 @@ def _run_verify(args: argparse.Namespace) -> int:
 def _args_embed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
-    p.add_argument("--out", metavar="EMB.npz", help="save the embeddings (.npz, or .ark with its .scp) instead of "
-                                                   "printing a summary")
+    p.add_argument(
+        "--out",
+        metavar="EMB.npz",
+        help="save the embeddings (.npz, or .ark with its .scp) instead of printing a summary",
+    )
     _add_runtime(p)
 
 
@@ -131,16 +167,23 @@ def _run_embed(args: argparse.Namespace) -> int:
 def _args_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="experiment folder, checkpoint or model file (.safetensors)")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="output ONNX file")
-    p.add_argument("--with-fbank", action="store_true",
-                   help="the graph takes a 16 kHz waveform [batch, samples] and computes fbank + mean norm itself")
+    p.add_argument(
+        "--with-fbank",
+        action="store_true",
+        help="the graph takes a 16 kHz waveform [batch, samples] and computes fbank + mean norm itself",
+    )
     p.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--dynamo", action="store_true",
-                   help="use the torch.export-based exporter (default: the TorchScript exporter, which handles "
-                        "every model family here)")
+    p.add_argument(
+        "--dynamo",
+        action="store_true",
+        help="use the torch.export-based exporter (default: the TorchScript exporter, which handles "
+        "every model family here)",
+    )
 
 
-@command("export", "export to ONNX (dynamic batch and time), checked against PyTorch at two other lengths",
-         _args_export)
+@command(
+    "export", "export to ONNX (dynamic batch and time), checked against PyTorch at two other lengths", _args_export
+)
 def _run_export(args: argparse.Namespace) -> int:
     from speakerforge.export import export_onnx
 

@@ -12,17 +12,26 @@ from speakerforge.cli import command
 def _args_convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", required=True, choices=["3dspeaker", "wespeaker"])
     p.add_argument("--arch", required=True, help="registered model name: ecapa_tdnn, campplus, eres2net, resnet34")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.args.KEY=VALUE",
-                   help="model constructor argument, e.g. --set model.args.channels=1024 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="model.args.KEY=VALUE",
+        help="model constructor argument, e.g. --set model.args.channels=1024 (repeatable)",
+    )
     p.add_argument("input", metavar="IN", help="checkpoint (state dict, possibly nested under model/state_dict)")
     p.add_argument("output", metavar="OUT", help="our model file (.safetensors)")
 
 
 @command("convert", "turn a 3D-Speaker or WeSpeaker checkpoint into a speakerforge model file", _args_convert)
 def _run_convert(args: argparse.Namespace) -> int:
-    from speakerforge.config import ModelConfig, from_dict
-    from speakerforge.config import _apply_override  # one parser for dotted overrides
     from speakerforge.checkpoint_io import safe_torch_load
+    from speakerforge.config import (
+        ModelConfig,
+        _apply_override,  # one parser for dotted overrides
+        from_dict,
+    )
     from speakerforge.errors import ConfigError
     from speakerforge.models.convert import split_checkpoint
     from speakerforge.models.modelfile import save_embedding_model
@@ -41,14 +50,25 @@ def _run_convert(args: argparse.Namespace) -> int:
     extra = {}
     if "weight" in converted.head:
         extra["classifier.weight"] = converted.head["weight"]
-    save_embedding_model(args.output, model, spec.name, dict(spec.args),
-                         features={"num_mel_bins": getattr(model, "feat_dim", 80), "frame_length": 25.0,
-                                   "frame_shift": 10.0, "mean_norm": True},
-                         extra_tensors=extra, extra_meta={"converted_from": {"source": args.source,
-                                                                             "file": str(Path(args.input).name)}})
+    save_embedding_model(
+        args.output,
+        model,
+        spec.name,
+        dict(spec.args),
+        features={
+            "num_mel_bins": getattr(model, "feat_dim", 80),
+            "frame_length": 25.0,
+            "frame_shift": 10.0,
+            "mean_norm": True,
+        },
+        extra_tensors=extra,
+        extra_meta={"converted_from": {"source": args.source, "file": str(Path(args.input).name)}},
+    )
     n = sum(v.numel() for v in converted.backbone.values())
-    print(f"{args.output}: {spec.name} {spec.args or ''} from {args.source}, {len(converted.backbone)} tensors, "
-          f"{n:,} values" + (f", classifier {tuple(extra['classifier.weight'].shape)}" if extra else ""))
+    print(
+        f"{args.output}: {spec.name} {spec.args or ''} from {args.source}, {len(converted.backbone)} tensors, "
+        f"{n:,} values" + (f", classifier {tuple(extra['classifier.weight'].shape)}" if extra else "")
+    )
     return 0
 
 
@@ -58,50 +78,7 @@ def _args_inspect(p: argparse.ArgumentParser) -> None:
 
 @command("inspect", "describe a model file, checkpoint, experiment folder or ONNX model", _args_inspect)
 def _run_inspect(args: argparse.Namespace) -> int:
-    from speakerforge.checkpoint_io import MAGIC, load_model_file, load_state
-    from speakerforge.errors import CheckpointError
+    from speakerforge.artifacts import describe
 
-    p = Path(args.path)
-    if p.is_dir():
-        if not any((p / name).exists() for name in ("run.json", "config.yaml", "checkpoints", "model.safetensors")):
-            raise CheckpointError(f"{p}: not an experiment folder (no run.json, config.yaml, checkpoints/ or "
-                                  "model.safetensors)")
-        info: dict = {"experiment": str(p)}
-        for name in ("run.json", "checkpoints/index.json"):
-            if (p / name).is_file():
-                info[name] = json.loads((p / name).read_text())
-        ckpts = sorted((p / "checkpoints").glob("ckpt-*.pt")) if (p / "checkpoints").is_dir() else []
-        info["checkpoints"] = [c.name for c in ckpts]
-        info["model_file"] = (p / "model.safetensors").is_file()
-        print(json.dumps(info, indent=1))
-        return 0
-    if not p.is_file():
-        raise CheckpointError(f"{p}: not found")
-    if p.suffix == ".onnx":
-        import onnx
-
-        try:
-            m = onnx.load(str(p), load_external_data=False)
-        except Exception as exc:  # protobuf DecodeError and friends
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{p}: not a readable ONNX model ({first})") from None
-        print(json.dumps({"onnx": str(p), "inputs": [i.name for i in m.graph.input],
-                          "metadata": {x.key: x.value for x in m.metadata_props}}, indent=1))
-        return 0
-    with p.open("rb") as fh:
-        head = fh.read(len(MAGIC))
-    if head == MAGIC:
-        st = load_state(p)
-        n = sum(v.numel() for v in st.get("model", {}).values())
-        print(json.dumps({"checkpoint": str(p), "meta": st.get("meta"), "progress": st.get("progress"),
-                          "optimizer_stage": st.get("optimizer_stage"), "model_values": n}, indent=1))
-        return 0
-    state, meta = load_model_file(p)
-    meta = dict(meta)
-    if "speakers" in meta:
-        meta["speakers"] = f"{len(meta['speakers'])} names"
-    meta.pop("config", None)
-    meta["tensors"] = len(state)
-    meta["values"] = sum(v.numel() for v in state.values())
-    print(json.dumps(meta, indent=1))
+    print(json.dumps(describe(args.path), indent=1))
     return 0

@@ -12,15 +12,30 @@ from speakerforge.config import Config, SourceConfig, load_config
 def _args_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=False, help="YAML config (see configs/)")
     p.add_argument("--exp", required=True, help="experiment folder; re-running the same command there resumes")
-    p.add_argument("--data", nargs="+", metavar="SRC",
-                   help="training manifests (CSV, Kaldi dir, JSONL), each its own speaker namespace; "
-                        "replaces data.sources (use data.sources in the config for weights)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
-    p.add_argument("--no-resume", action="store_true", help="start afresh in a new sub-folder of EXP (keeps the old run)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar="SRC",
+        help="training manifests (CSV, Kaldi dir, JSONL), each its own speaker namespace; "
+        "replaces data.sources (use data.sources in the config for weights)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=0.01 (repeatable)",
+    )
+    p.add_argument(
+        "--no-resume", action="store_true", help="start afresh in a new sub-folder of EXP (keeps the old run)"
+    )
     p.add_argument("--allow-config-change", action="store_true", help="resume although the config changed")
-    p.add_argument("--skip-bad-audio", action="store_true",
-                   help="skip unreadable rows (listed in EXP/skipped.tsv) instead of stopping before training")
+    p.add_argument(
+        "--skip-bad-audio",
+        action="store_true",
+        help="skip unreadable rows (listed in EXP/skipped.tsv) instead of stopping before training",
+    )
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -32,14 +47,18 @@ def _config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-@command("train", "supervised training (AAM-softmax), resumable, one or several datasets, CPU or torchrun DDP",
-         _args_common)
+@command(
+    "train", "supervised training (AAM-softmax), resumable, one or several datasets, CPU or torchrun DDP", _args_common
+)
 def _run_train(args: argparse.Namespace) -> int:
     from speakerforge.train.trainer import RunOptions, Trainer
 
     cfg = _config(args)
-    trainer = Trainer(cfg, args.exp, RunOptions(resume=not args.no_resume,
-                                                allow_config_change=args.allow_config_change, command="train"))
+    trainer = Trainer(
+        cfg,
+        args.exp,
+        RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change, command="train"),
+    )
     out = trainer.run()
     print(f"model: {out}")
     return 0
@@ -47,23 +66,37 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _args_finetune(p: argparse.ArgumentParser) -> None:
     _args_common(p)
-    p.add_argument("--init", required=True, metavar="SRC",
-                   help="experiment folder, checkpoint or model file; a 3D-Speaker/WeSpeaker checkpoint with "
-                        "--init-format; a DINO/SDPN run with --init-part")
+    p.add_argument(
+        "--init",
+        required=True,
+        metavar="SRC",
+        help="experiment folder, checkpoint or model file; a 3D-Speaker/WeSpeaker checkpoint with "
+        "--init-format; a DINO/SDPN run with --init-part",
+    )
     p.add_argument("--init-format", default="auto", choices=["auto", "speakerforge", "3dspeaker", "wespeaker"])
     p.add_argument("--init-part", choices=["teacher", "student"], help="which backbone of a self-supervised run")
-    p.add_argument("--freeze", default="", metavar="PATTERNS",
-                   help="comma-separated prefixes (FunASR syntax) or globs, e.g. 'backbone' or 'backbone.*.bn*'; "
-                        "a pattern that matches nothing is an error")
+    p.add_argument(
+        "--freeze",
+        default="",
+        metavar="PATTERNS",
+        help="comma-separated prefixes (FunASR syntax) or globs, e.g. 'backbone' or 'backbone.*.bn*'; "
+        "a pattern that matches nothing is an error",
+    )
     p.add_argument("--no-freeze-bn", action="store_true", help="let BatchNorm statistics of frozen modules update")
     p.add_argument("--keep-head", action="store_true", help="keep the source's classifier (same speakers only)")
-    p.add_argument("--allow-partial", action="store_true", help="load the matching backbone tensors only, report the rest")
-    p.add_argument("--allow-dead-params", action="store_true",
-                   help="warn instead of failing when a trainable tensor gets no gradient or does not change")
+    p.add_argument(
+        "--allow-partial", action="store_true", help="load the matching backbone tensors only, report the rest"
+    )
+    p.add_argument(
+        "--allow-dead-params",
+        action="store_true",
+        help="warn instead of failing when a trainable tensor gets no gradient or does not change",
+    )
 
 
-@command("finetune", "fine-tune from pretrained weights: new head, freezing, stages, update-integrity check",
-         _args_finetune)
+@command(
+    "finetune", "fine-tune from pretrained weights: new head, freezing, stages, update-integrity check", _args_finetune
+)
 def _run_finetune(args: argparse.Namespace) -> int:
     from speakerforge.train.init import apply_init, read_init
     from speakerforge.train.trainer import RunOptions, Trainer
@@ -74,8 +107,9 @@ def _run_finetune(args: argparse.Namespace) -> int:
         if (cfg.model.name, cfg.model.args) != (init.model_spec["name"], init.model_spec.get("args", {})):
             import logging
 
-            logging.getLogger("speakerforge").info("model taken from the --init source: %s %s",
-                                                   init.model_spec["name"], init.model_spec.get("args", {}))
+            logging.getLogger("speakerforge").info(
+                "model taken from the --init source: %s %s", init.model_spec["name"], init.model_spec.get("args", {})
+            )
         cfg.model.name = init.model_spec["name"]
         cfg.model.args = dict(init.model_spec.get("args", {}))
     if args.freeze:
@@ -88,11 +122,19 @@ def _run_finetune(args: argparse.Namespace) -> int:
     def do_init(module, speakers: list[str]) -> None:
         apply_init(module, init, args.init_format, cfg.model.name, args.allow_partial, args.keep_head, speakers)
 
-    options = RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change,
-                         command="finetune", init=do_init,
-                         init_description={"init": str(Path(args.init).resolve()), "format": args.init_format,
-                                           "part": args.init_part, "keep_head": args.keep_head,
-                                           "allow_partial": args.allow_partial})
+    options = RunOptions(
+        resume=not args.no_resume,
+        allow_config_change=args.allow_config_change,
+        command="finetune",
+        init=do_init,
+        init_description={
+            "init": str(Path(args.init).resolve()),
+            "format": args.init_format,
+            "part": args.init_part,
+            "keep_head": args.keep_head,
+            "allow_partial": args.allow_partial,
+        },
+    )
     out = Trainer(cfg, args.exp, options).run()
     print(f"model: {out}")
     return 0

@@ -187,11 +187,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # Numbers that have a valid range: outside it, training fails deep inside (a negative LR in the optimizer, a
 # zero-length crop in a convolution) or silently does nothing (0 epochs writes an untrained model).
 _AT_LEAST: dict[str, float] = {
-    "train.epochs": 1, "train.grad_accum": 1, "train.keep_last": 1, "train.log_every": 1,
-    "train.max_nonfinite_steps": 1, "data.batch_size": 1, "features.num_mel_bins": 1, "head.subcenters": 1,
-    "train.grad_clip": 0, "train.threads": 0, "train.save_every_steps": 0, "data.min_seconds": 0,
-    "data.num_workers": 0, "data.samples_per_epoch": 0, "optim.min_lr": 0, "optim.warmup_epochs": 0,
-    "optim.weight_decay": 0, "margin.start_epoch": 0, "margin.end_epoch": 0,
+    "train.epochs": 1,
+    "train.grad_accum": 1,
+    "train.keep_last": 1,
+    "train.log_every": 1,
+    "train.max_nonfinite_steps": 1,
+    "data.batch_size": 1,
+    "features.num_mel_bins": 1,
+    "head.subcenters": 1,
+    "train.grad_clip": 0,
+    "train.threads": 0,
+    "train.save_every_steps": 0,
+    "data.min_seconds": 0,
+    "data.num_workers": 0,
+    "data.samples_per_epoch": 0,
+    "optim.min_lr": 0,
+    "optim.warmup_epochs": 0,
+    "optim.weight_decay": 0,
+    "margin.start_epoch": 0,
+    "margin.end_epoch": 0,
 }
 _ABOVE_ZERO = ("optim.lr", "data.crop_seconds", "features.frame_length", "features.frame_shift", "head.scale")
 _STAGE_AT_LEAST = {"epochs": 1, "min_lr": 0, "warmup_epochs": 0}
@@ -200,6 +214,7 @@ _STAGE_ABOVE_ZERO = ("lr", "crop_seconds")
 
 def check_values(cfg: Config, where: str = "config") -> None:
     """ConfigError for a number outside its range (e.g. `train.epochs` 0, a negative `optim.lr`), naming the key."""
+
     def get(obj: Any, dotted: str) -> Any:
         for part in dotted.split("."):
             obj = getattr(obj, part)
@@ -278,7 +293,10 @@ def from_dict(cls: type, raw: Any, where: str = "config", prefix: str = "") -> A
     for key, value in raw.items():
         if key not in names:
             dotted = f"{prefix}{key}"
-            raise ConfigError(f"{where}: unknown key {dotted!r}{_suggest(str(key), names, prefix.rstrip('.').split('.') if prefix else [])}")
+            raise ConfigError(
+                f"{where}: unknown key {dotted!r}"
+                f"{_suggest(str(key), names, prefix.rstrip('.').split('.') if prefix else [])}"
+            )
         kwargs[key] = _coerce(hints[key], value, where, f"{prefix}{key}")
     return cls(**kwargs)
 

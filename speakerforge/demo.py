@@ -11,9 +11,9 @@ import logging
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from speakerforge.errors import SpeakerforgeError
 
@@ -84,20 +84,29 @@ class Demo:
         t_start = time.time()
         corpus = self.out / "corpus"
         spk = ["--train-speakers", "8", "--test-speakers", "3"] if self.quick else []
-        self.run_cli("prepare the demo corpus (Kokoro TTS voices)", ["prepare", "demo", "--out", str(corpus), *spk],
-                     done=corpus / "corpus.json")
+        self.run_cli(
+            "prepare the demo corpus (Kokoro TTS voices)",
+            ["prepare", "demo", "--out", str(corpus), *spk],
+            done=corpus / "corpus.json",
+        )
         self.run_cli("validate the manifests", ["validate", str(corpus / "train.jsonl"), str(corpus / "test.jsonl")])
-        self.step("feature pass (Kaldi-compatible fbank)", lambda: feature_summary(
-            [corpus / "train.jsonl", corpus / "test.jsonl"], self.out / "features.json"))
+        self.step(
+            "feature pass (Kaldi-compatible fbank)",
+            lambda: feature_summary([corpus / "train.jsonl", corpus / "test.jsonl"], self.out / "features.json"),
+        )
         work = self.out / "work"
-        self.step("split the training speakers for the fine-tuning demo", lambda: split_speakers(
-            corpus / "train.jsonl", work, fraction=0.75))
+        self.step(
+            "split the training speakers for the fine-tuning demo",
+            lambda: split_speakers(corpus / "train.jsonl", work, fraction=0.75),
+        )
         sources = [str(work / "train_a.jsonl")]
         real = shared_data()
         if real is not None and (real / "librispeech-251").is_dir() and not self.quick:
-            self.run_cli("prepare real speech (LibriSpeech subset) as a second training source",
-                         ["prepare", "librispeech", str(real / "librispeech-251"), "--out", str(self.out / "libri")],
-                         done=self.out / "libri" / "train.jsonl")
+            self.run_cli(
+                "prepare real speech (LibriSpeech subset) as a second training source",
+                ["prepare", "librispeech", str(real / "librispeech-251"), "--out", str(self.out / "libri")],
+                done=self.out / "libri" / "train.jsonl",
+            )
             libri = next(iter(sorted((self.out / "libri").glob("*.jsonl"))), None)
             if libri is not None:
                 sources.append(str(libri))
@@ -105,15 +114,44 @@ class Demo:
             print("\n(../shared/data/librispeech-251 not found: training on the TTS corpus alone)")
         quick = ["--set", "train.epochs=2", "--set", "data.batch_size=8"] if self.quick else []
         exp = self.out / "exp"
-        self.run_cli("train a small ECAPA-TDNN (resumes if interrupted)",
-                     ["train", "--config", str(self.cfg / "demo-ecapa.yaml"), "--exp", str(exp / "supervised"),
-                      "--data", *sources, *quick])
+        self.run_cli(
+            "train a small ECAPA-TDNN (resumes if interrupted)",
+            [
+                "train",
+                "--config",
+                str(self.cfg / "demo-ecapa.yaml"),
+                "--exp",
+                str(exp / "supervised"),
+                "--data",
+                *sources,
+                *quick,
+            ],
+        )
         self.evaluate("supervised", exp / "supervised", corpus)
-        self.run_cli("fine-tune on the held-out training speakers, in two stages (head only, then all)",
-                     ["finetune", "--config", str(self.cfg / "demo-finetune.yaml"), "--init", str(exp / "supervised"),
-                      "--exp", str(exp / "finetuned"), "--data", str(work / "train_b.jsonl"),
-                      *(["--set", "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]",
-                         "--set", "data.batch_size=8"] if self.quick else [])])
+        self.run_cli(
+            "fine-tune on the held-out training speakers, in two stages (head only, then all)",
+            [
+                "finetune",
+                "--config",
+                str(self.cfg / "demo-finetune.yaml"),
+                "--init",
+                str(exp / "supervised"),
+                "--exp",
+                str(exp / "finetuned"),
+                "--data",
+                str(work / "train_b.jsonl"),
+                *(
+                    [
+                        "--set",
+                        "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]",
+                        "--set",
+                        "data.batch_size=8",
+                    ]
+                    if self.quick
+                    else []
+                ),
+            ],
+        )
         self.evaluate("fine-tuned (staged)", exp / "finetuned", corpus)
         if (self.cfg / "demo-sdpn.yaml").is_file():
             self.ssl(corpus, work, exp)
@@ -121,26 +159,74 @@ class Demo:
 
     def ssl(self, corpus: Path, work: Path, exp: Path) -> None:
         quick = ["--set", "train.epochs=1", "--set", "data.batch_size=8"] if self.quick else []
-        quick_ft = ["--set", "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]",
-                    "--set", "data.batch_size=8"] if self.quick else []
-        self.run_cli("self-supervised SDPN pretraining on all training audio, labels ignored",
-                     ["pretrain", "--config", str(self.cfg / "demo-sdpn.yaml"), "--exp", str(exp / "sdpn"),
-                      "--data", str(corpus / "train.jsonl"), *quick])
+        quick_ft = (
+            [
+                "--set",
+                "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]",
+                "--set",
+                "data.batch_size=8",
+            ]
+            if self.quick
+            else []
+        )
+        self.run_cli(
+            "self-supervised SDPN pretraining on all training audio, labels ignored",
+            [
+                "pretrain",
+                "--config",
+                str(self.cfg / "demo-sdpn.yaml"),
+                "--exp",
+                str(exp / "sdpn"),
+                "--data",
+                str(corpus / "train.jsonl"),
+                *quick,
+            ],
+        )
         self.evaluate("SDPN (no labels)", exp / "sdpn", corpus)
         # Linear probe: the backbone is frozen, so its embeddings (and EER) are the SSL model's; what it adds is a
         # speaker classifier, reported by its training accuracy.
         probe = exp / "sdpn-probe"
-        self.run_cli("fine-tune from the SDPN teacher: linear probe (backbone frozen)",
-                     ["finetune", "--config", str(self.cfg / "demo-finetune.yaml"), "--init", str(exp / "sdpn"),
-                      "--init-part", "teacher", "--exp", str(probe), "--data", str(corpus / "train.jsonl"),
-                      "--freeze", "backbone", *quick_ft])
-        self.notes.append(f"SDPN + linear probe: backbone frozen, so its embeddings and EER are those of "
-                          f"'SDPN (no labels)'; the probe's final training accuracy is {_last_acc(probe):.0%}.")
+        self.run_cli(
+            "fine-tune from the SDPN teacher: linear probe (backbone frozen)",
+            [
+                "finetune",
+                "--config",
+                str(self.cfg / "demo-finetune.yaml"),
+                "--init",
+                str(exp / "sdpn"),
+                "--init-part",
+                "teacher",
+                "--exp",
+                str(probe),
+                "--data",
+                str(corpus / "train.jsonl"),
+                "--freeze",
+                "backbone",
+                *quick_ft,
+            ],
+        )
+        self.notes.append(
+            f"SDPN + linear probe: backbone frozen, so its embeddings and EER are those of "
+            f"'SDPN (no labels)'; the probe's final training accuracy is {_last_acc(probe):.0%}."
+        )
         full = exp / "sdpn-finetune"
-        self.run_cli("fine-tune from the SDPN teacher: all layers, staged (head first, then low LR)",
-                     ["finetune", "--config", str(self.cfg / "demo-finetune.yaml"), "--init", str(exp / "sdpn"),
-                      "--init-part", "teacher", "--exp", str(full), "--data", str(corpus / "train.jsonl"),
-                      *quick_ft])
+        self.run_cli(
+            "fine-tune from the SDPN teacher: all layers, staged (head first, then low LR)",
+            [
+                "finetune",
+                "--config",
+                str(self.cfg / "demo-finetune.yaml"),
+                "--init",
+                str(exp / "sdpn"),
+                "--init-part",
+                "teacher",
+                "--exp",
+                str(full),
+                "--data",
+                str(corpus / "train.jsonl"),
+                *quick_ft,
+            ],
+        )
         self.evaluate("SDPN + fine-tune (staged)", full, corpus)
 
     def evaluate(self, name: str, model: Path, corpus: Path) -> None:
@@ -148,14 +234,17 @@ class Demo:
         emb, scores = d / "test_emb.npz", d / "scores.txt"
         stamp = model / "model.safetensors"
         fresh = emb.exists() and stamp.exists() and emb.stat().st_mtime >= stamp.stat().st_mtime
-        self.run_cli(f"extract embeddings: {name}", ["extract", "--model", str(model), "--data",
-                                                    str(corpus / "test.jsonl"), "--out", str(emb)],
-                     done=emb if fresh else None)
-        self.run_cli(f"score trials: {name}", ["score", "--embeddings", str(emb), "--trials",
-                                              str(corpus / "trials.txt"), "--out", str(scores)],
-                     done=scores if fresh and scores.exists() else None)
-        self.run_cli(f"EER / minDCF: {name}", ["eval", "--scores", str(scores), "--trials",
-                                              str(corpus / "trials.txt")])
+        self.run_cli(
+            f"extract embeddings: {name}",
+            ["extract", "--model", str(model), "--data", str(corpus / "test.jsonl"), "--out", str(emb)],
+            done=emb if fresh else None,
+        )
+        self.run_cli(
+            f"score trials: {name}",
+            ["score", "--embeddings", str(emb), "--trials", str(corpus / "trials.txt"), "--out", str(scores)],
+            done=scores if fresh and scores.exists() else None,
+        )
+        self.run_cli(f"EER / minDCF: {name}", ["eval", "--scores", str(scores), "--trials", str(corpus / "trials.txt")])
         self.systems.append(System(name, model, json.loads((d / "metrics.json").read_text())))
 
     def report(self, corpus: Path, seconds: float) -> Path:
@@ -164,30 +253,62 @@ class Demo:
         out = self.out / "report"
         out.mkdir(parents=True, exist_ok=True)
         first, *rest = self.systems
-        args = ["eval", "--scores", str(self.out / "eval" / first.model.name / "scores.txt"), "--trials",
-                str(corpus / "trials.txt"), "--out-dir", str(out), "--names", *[s.name for s in self.systems],
-                "--title", "speakerforge demo: synthetic TTS test speakers"]
+        args = [
+            "eval",
+            "--scores",
+            str(self.out / "eval" / first.model.name / "scores.txt"),
+            "--trials",
+            str(corpus / "trials.txt"),
+            "--out-dir",
+            str(out),
+            "--names",
+            *[s.name for s in self.systems],
+            "--title",
+            "speakerforge demo: synthetic TTS test speakers",
+        ]
         if rest:
             args[5:5] = ["--compare", *[str(self.out / "eval" / s.model.name / "scores.txt") for s in rest]]
         print("\n== DET curves of every system", flush=True)
         main(["--quiet", *args])
-        lines = ["# speakerforge demo report", "",
-                 f"Corpus: `{_rel(corpus)}` (synthetic Kokoro TTS voices; far easier than real speech, not a "
-                 "headline figure). Trials: VoxCeleb format, test speakers disjoint from training.", "",
-                 "| system | EER (%) | minDCF p=0.01 | minDCF p=0.05 | model |", "|---|---|---|---|---|"]
+        lines = [
+            "# speakerforge demo report",
+            "",
+            f"Corpus: `{_rel(corpus)}` (synthetic Kokoro TTS voices; far easier than real speech, not a "
+            "headline figure). Trials: VoxCeleb format, test speakers disjoint from training.",
+            "",
+            "| system | EER (%) | minDCF p=0.01 | minDCF p=0.05 | model |",
+            "|---|---|---|---|---|",
+        ]
         for s in self.systems:
             m = s.metrics
             dcf = m.get("min_dcf", {})
-            lines.append(f"| {s.name} | {m['eer']:.2f} | {dcf.get('0.01', {}).get('value', float('nan')):.3f} | "
-                         f"{dcf.get('0.05', {}).get('value', float('nan')):.3f} | `{_rel(s.model)}` |")
-        lines += [""] + [f"- {n}" for n in self.notes] + ["", "![DET](det.png)", "", "Training curves: " + ", ".join(
-            f"`{_rel(s.model / 'training_curves.png')}`" for s in self.systems
-            if (s.model / "training_curves.png").exists()), "", "## Step times (this run)", ""]
+            lines.append(
+                f"| {s.name} | {m['eer']:.2f} | {dcf.get('0.01', {}).get('value', float('nan')):.3f} | "
+                f"{dcf.get('0.05', {}).get('value', float('nan')):.3f} | `{_rel(s.model)}` |"
+            )
+        lines += (
+            [""]
+            + [f"- {n}" for n in self.notes]
+            + [
+                "",
+                "![DET](det.png)",
+                "",
+                "Training curves: "
+                + ", ".join(
+                    f"`{_rel(s.model / 'training_curves.png')}`"
+                    for s in self.systems
+                    if (s.model / "training_curves.png").exists()
+                ),
+                "",
+                "## Step times (this run)",
+                "",
+            ]
+        )
         lines += [f"- {t}: {sec:.1f} s" for t, sec in self.timings]
         lines += ["", f"Total: {seconds / 60:.1f} min"]
         report = out / "report.md"
         report.write_text("\n".join(lines) + "\n")
-        print("\n" + "\n".join(lines[4:4 + 2 + len(self.systems)] + [f"- {n}" for n in self.notes]))
+        print("\n" + "\n".join(lines[4 : 4 + 2 + len(self.systems)] + [f"- {n}" for n in self.notes]))
         print(f"\nreport: {_rel(report)}\nDET curve: {_rel(out / 'det.png')}")
         return report
 
@@ -242,11 +363,18 @@ def feature_summary(manifests: list[Path], out_json: Path) -> dict:
         frames += feats.shape[0]
         if not torch.isfinite(feats).all():
             raise SpeakerforgeError(f"{u.where}: non-finite features")
-    summary = {"utterances": len(utts), "speakers": len({u.spk for u in utts}), "hours": seconds / 3600,
-               "frames": frames, "fbank_frames_per_s": frames / max(compute, 1e-9),
-               "mean_seconds": seconds / max(1, len(utts))}
+    summary = {
+        "utterances": len(utts),
+        "speakers": len({u.spk for u in utts}),
+        "hours": seconds / 3600,
+        "frames": frames,
+        "fbank_frames_per_s": frames / max(compute, 1e-9),
+        "mean_seconds": seconds / max(1, len(utts)),
+    }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(summary, indent=1))
-    print(f"   {summary['utterances']} utterances, {summary['speakers']} speakers, {summary['hours']:.2f} h, "
-          f"{frames:,} frames, fbank {summary['fbank_frames_per_s']:,.0f} frames/s (one utterance at a time)")
+    print(
+        f"   {summary['utterances']} utterances, {summary['speakers']} speakers, {summary['hours']:.2f} h, "
+        f"{frames:,} frames, fbank {summary['fbank_frames_per_s']:,.0f} frames/s (one utterance at a time)"
+    )
     return summary

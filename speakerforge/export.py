@@ -66,8 +66,10 @@ class ExportReport:
 
     def summary(self) -> str:
         diffs = ", ".join(f"{n} frames {d:.2e}" for n, d in self.max_abs_diff.items())
-        return (f"{self.path}: {'waveform' if self.with_fbank else 'fbank'} input, {self.embedding_dim}-d, opset "
-                f"{self.opset}; parity max |diff| vs PyTorch: {diffs} (embedding scale {self.scale:.3g})")
+        return (
+            f"{self.path}: {'waveform' if self.with_fbank else 'fbank'} input, {self.embedding_dim}-d, opset "
+            f"{self.opset}; parity max |diff| vs PyTorch: {diffs} (embedding scale {self.scale:.3g})"
+        )
 
 
 class _FeatsToEmbedding(nn.Module):
@@ -90,14 +92,14 @@ class _WaveToEmbedding(nn.Module):
         super().__init__()
         from speakerforge.data.features import dft_basis, frame_sizes, mel_banks
 
-        self.window, self.shift, fft_size = frame_sizes(SAMPLE_RATE, features["frame_length"],
-                                                        features["frame_shift"])
+        self.window, self.shift, fft_size = frame_sizes(SAMPLE_RATE, features["frame_length"], features["frame_shift"])
         self.mean_norm = bool(features["mean_norm"])
         basis = dft_basis(self.window, fft_size)  # [window, 2 * bins]: real parts, then imaginary parts
         self.bins = basis.shape[1] // 2
         self.register_buffer("basis", basis.float(), persistent=False)
-        self.register_buffer("mel", mel_banks(features["num_mel_bins"], fft_size, SAMPLE_RATE).float(),
-                             persistent=False)
+        self.register_buffer(
+            "mel", mel_banks(features["num_mel_bins"], fft_size, SAMPLE_RATE).float(), persistent=False
+        )
         self.register_buffer("offsets", torch.arange(self.window), persistent=False)
         self.net = net
 
@@ -108,7 +110,7 @@ class _WaveToEmbedding(nn.Module):
         index = torch.arange(frames, device=waveform.device).unsqueeze(1) * self.shift + self.offsets
         x = waveform[:, index]  # [B, frames, window]
         spectrum = (x - x.mean(dim=-1, keepdim=True)) @ self.basis
-        power = spectrum[..., : self.bins].square() + spectrum[..., self.bins:].square()
+        power = spectrum[..., : self.bins].square() + spectrum[..., self.bins :].square()
         feats = (power @ self.mel).clamp_min(LOG_FLOOR).log()
         if self.mean_norm:
             feats = feats - feats.mean(dim=-2, keepdim=True)
@@ -121,14 +123,24 @@ def _reference(net: nn.Module, x: torch.Tensor, with_fbank: bool, features: dict
         return net(x)
     from speakerforge.data.features import fbank, mean_normalize
 
-    feats = fbank(x, num_mel_bins=features["num_mel_bins"], frame_length=features["frame_length"],
-                  frame_shift=features["frame_shift"])
+    feats = fbank(
+        x,
+        num_mel_bins=features["num_mel_bins"],
+        frame_length=features["frame_length"],
+        frame_shift=features["frame_shift"],
+    )
     return net(mean_normalize(feats) if features["mean_norm"] else feats)
 
 
-def export_onnx(model: str | Path | SpeakerModel, out: str | Path, with_fbank: bool = False,
-                opset: int = DEFAULT_OPSET, dynamo: bool = False, atol: float = DEFAULT_ATOL,
-                seed: int = 0) -> ExportReport:
+def export_onnx(
+    model: str | Path | SpeakerModel,
+    out: str | Path,
+    with_fbank: bool = False,
+    opset: int = DEFAULT_OPSET,
+    dynamo: bool = False,
+    atol: float = DEFAULT_ATOL,
+    seed: int = 0,
+) -> ExportReport:
     """Export `model` (anything `load_model` reads, except ONNX) to `out`; parity-checked, written atomically."""
     started = time.perf_counter()
     sm = model if isinstance(model, SpeakerModel) else load_model(model, optimize=False)
@@ -149,9 +161,16 @@ def export_onnx(model: str | Path | SpeakerModel, out: str | Path, with_fbank: b
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         _torch_export(wrapper, example, tmp, input_name, opset, dynamo)
-        meta = {"format": ONNX_FORMAT, "model": sm.meta.get("model"), "embedding_dim": sm.embedding_dim,
-                "with_fbank": with_fbank, "input": input_name, "sample_rate": SAMPLE_RATE, "features": features,
-                "source": sm.source}
+        meta = {
+            "format": ONNX_FORMAT,
+            "model": sm.meta.get("model"),
+            "embedding_dim": sm.embedding_dim,
+            "with_fbank": with_fbank,
+            "input": input_name,
+            "sample_rate": SAMPLE_RATE,
+            "features": features,
+            "source": sm.source,
+        }
         if sm.threshold is not None:
             meta["threshold"] = sm.threshold
         _write_metadata(tmp, meta)
@@ -173,8 +192,7 @@ def _export_copy(model: nn.Module) -> nn.Module:
     return net.to(memory_format=torch.contiguous_format)
 
 
-def _example_input(sm: SpeakerModel, with_fbank: bool, frames: int, batch: int,
-                   gen: torch.Generator) -> torch.Tensor:
+def _example_input(sm: SpeakerModel, with_fbank: bool, frames: int, batch: int, gen: torch.Generator) -> torch.Tensor:
     if with_fbank:
         # noise with a slow envelope: a speech-like dynamic range rather than flat white noise
         samples = sm.frame_span(frames)
@@ -184,8 +202,9 @@ def _example_input(sm: SpeakerModel, with_fbank: bool, frames: int, batch: int,
     return feats - feats.mean(dim=1, keepdim=True)
 
 
-def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, input_name: str, opset: int,
-                  dynamo: bool) -> None:
+def _torch_export(
+    wrapper: nn.Module, example: torch.Tensor, path: Path, input_name: str, opset: int, dynamo: bool
+) -> None:
     import warnings
 
     try:
@@ -199,27 +218,48 @@ def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, input_n
             warnings.filterwarnings("ignore", message=r"var_mean\(\): degrees of freedom")  # shape inference probe
             if dynamo:
                 batch, time_ = torch.export.Dim("batch", min=1), torch.export.Dim("time", min=8)
-                torch.onnx.export(wrapper, (example,), str(path), dynamo=True, opset_version=opset,
-                                  input_names=[input_name], output_names=["embedding"],
-                                  dynamic_shapes=({0: batch, 1: time_},), external_data=False)
+                torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    str(path),
+                    dynamo=True,
+                    opset_version=opset,
+                    input_names=[input_name],
+                    output_names=["embedding"],
+                    dynamic_shapes=({0: batch, 1: time_},),
+                    external_data=False,
+                )
             else:
-                torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset,
-                                  input_names=[input_name], output_names=["embedding"], do_constant_folding=True,
-                                  dynamic_axes={input_name: {0: "batch", 1: "time"}, "embedding": {0: "batch"}})
+                torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[input_name],
+                    output_names=["embedding"],
+                    do_constant_folding=True,
+                    dynamic_axes={input_name: {0: "batch", 1: "time"}, "embedding": {0: "batch"}},
+                )
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         exporter = "dynamo" if dynamo else "TorchScript"
         other = "the TorchScript exporter (default)" if dynamo else "--dynamo"
-        raise ExportError(f"ONNX export ({exporter} exporter, opset {opset}) failed: {first}; try {other} or "
-                          "another --opset") from None
+        raise ExportError(
+            f"ONNX export ({exporter} exporter, opset {opset}) failed: {first}; try {other} or another --opset"
+        ) from None
 
 
 def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
     import onnx
 
     proto = onnx.load(str(path))
-    entries = {ONNX_META_KEY: json.dumps(meta, sort_keys=True), "embedding_dim": str(meta["embedding_dim"]),
-               "with_fbank": str(bool(meta["with_fbank"])).lower(), "sample_rate": str(meta["sample_rate"])}
+    entries = {
+        ONNX_META_KEY: json.dumps(meta, sort_keys=True),
+        "embedding_dim": str(meta["embedding_dim"]),
+        "with_fbank": str(bool(meta["with_fbank"])).lower(),
+        "sample_rate": str(meta["sample_rate"]),
+    }
     for prop in [p for p in proto.metadata_props if p.key in entries]:
         proto.metadata_props.remove(prop)
     for key, value in entries.items():
@@ -228,8 +268,16 @@ def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
     onnx.save(proto, str(path))
 
 
-def _check_parity(net: nn.Module, path: Path, sm: SpeakerModel, with_fbank: bool, features: dict[str, Any],
-                  report: ExportReport, atol: float, gen: torch.Generator) -> None:
+def _check_parity(
+    net: nn.Module,
+    path: Path,
+    sm: SpeakerModel,
+    with_fbank: bool,
+    features: dict[str, Any],
+    report: ExportReport,
+    atol: float,
+    gen: torch.Generator,
+) -> None:
     """ONNX Runtime vs PyTorch at lengths other than the example's, batch 2; ExportError beyond tolerance."""
     import onnxruntime as ort
 
@@ -245,14 +293,20 @@ def _check_parity(net: nn.Module, path: Path, sm: SpeakerModel, with_fbank: bool
         try:
             got = session.run(None, {name: x.numpy()})[0]
         except Exception as exc:
-            raise ExportError(f"the exported graph fails at {frames} frames (exported at {EXAMPLE_FRAMES}): "
-                              f"{str(exc).splitlines()[0][:300]}") from None
+            raise ExportError(
+                f"the exported graph fails at {frames} frames (exported at {EXAMPLE_FRAMES}): "
+                f"{str(exc).splitlines()[0][:300]}"
+            ) from None
         if got.shape != ref.shape:
-            raise ExportError(f"the exported graph returns shape {got.shape} at {frames} frames, PyTorch "
-                              f"{ref.shape}: a shape was fixed at export time")
+            raise ExportError(
+                f"the exported graph returns shape {got.shape} at {frames} frames, PyTorch "
+                f"{ref.shape}: a shape was fixed at export time"
+            )
         report.max_abs_diff[frames] = float(np.abs(got - ref).max())
         report.scale = max(report.scale, float(np.abs(ref).max()))
     if report.worst > atol * report.scale:
-        raise ExportError(f"the ONNX graph does not match PyTorch: max |diff| {report.worst:.3g} (tolerance "
-                          f"{atol:g} x embedding scale {report.scale:.3g}) at lengths {list(CHECK_FRAMES)} frames; "
-                          "no file written")
+        raise ExportError(
+            f"the ONNX graph does not match PyTorch: max |diff| {report.worst:.3g} (tolerance "
+            f"{atol:g} x embedding scale {report.scale:.3g}) at lengths {list(CHECK_FRAMES)} frames; "
+            "no file written"
+        )

@@ -31,14 +31,16 @@ import json
 import logging
 import math
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from speakerforge.checkpoint_io import MAGIC, load_state
+from speakerforge.artifacts import expect, list_checkpoints
+from speakerforge.checkpoint_io import load_state
 from speakerforge.data.audio import SAMPLE_RATE, load_audio, resample
 from speakerforge.data.features import fbank, frame_sizes, mean_normalize, num_frames
 from speakerforge.errors import CheckpointError, DataError
@@ -47,14 +49,13 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SpeakerModel", "load_model", "FEATURE_DEFAULTS", "ONNX_META_KEY", "cosine", "group_by_frames"]
 
-FEATURE_DEFAULTS: dict[str, Any] = {"num_mel_bins": 80, "frame_length": 25.0, "frame_shift": 10.0,
-                                    "mean_norm": True}
+FEATURE_DEFAULTS: dict[str, Any] = {"num_mel_bins": 80, "frame_length": 25.0, "frame_shift": 10.0, "mean_norm": True}
 ONNX_META_KEY = "speakerforge"
 ONNX_FORMAT = "speakerforge-onnx-1"
 DEFAULT_BATCH_SIZE = 16
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this, audio counts as silent (16-bit digital silence is +-1 LSB = 3e-5)
 
-AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
+AudioInput = str | Path | np.ndarray | torch.Tensor
 
 
 def feature_settings(features: dict[str, Any] | None) -> dict[str, Any]:
@@ -75,8 +76,9 @@ class _TorchBackend:
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
         f = self.features
-        feats = fbank(x, num_mel_bins=f["num_mel_bins"], frame_length=f["frame_length"],
-                      frame_shift=f["frame_shift"], dither=0.0)
+        feats = fbank(
+            x, num_mel_bins=f["num_mel_bins"], frame_length=f["frame_length"], frame_shift=f["frame_shift"], dither=0.0
+        )
         if f["mean_norm"]:
             feats = mean_normalize(feats)
         return self.model(feats).float().cpu().numpy()
@@ -97,8 +99,13 @@ class _OnnxBackend:
             inp = waves
         else:
             f = self.features
-            feats = fbank(torch.from_numpy(waves), num_mel_bins=f["num_mel_bins"], frame_length=f["frame_length"],
-                          frame_shift=f["frame_shift"], dither=0.0)
+            feats = fbank(
+                torch.from_numpy(waves),
+                num_mel_bins=f["num_mel_bins"],
+                frame_length=f["frame_length"],
+                frame_shift=f["frame_shift"],
+                dither=0.0,
+            )
             if f["mean_norm"]:
                 feats = mean_normalize(feats)
             inp = feats.numpy()
@@ -108,8 +115,9 @@ class _OnnxBackend:
 
             run_options = ort.RunOptions()
             run_options.log_severity_level = 4  # fatal only
-        return self.session.run([self.output_name], {self.input_name: inp}, run_options)[0].astype(np.float32,
-                                                                                                 copy=False)
+        return self.session.run([self.output_name], {self.input_name: inp}, run_options)[0].astype(
+            np.float32, copy=False
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -118,16 +126,18 @@ class SpeakerModel:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, backend: Any, embedding_dim: int, features: dict[str, Any], meta: dict[str, Any],
-                 source: str, kind: str):
+    def __init__(
+        self, backend: Any, embedding_dim: int, features: dict[str, Any], meta: dict[str, Any], source: str, kind: str
+    ):
         self._backend = backend
         self.embedding_dim = int(embedding_dim)
         self.features = feature_settings(features)
         self.meta = meta
         self.source = source
         self.kind = kind  # "model_file", "checkpoint" or "onnx"
-        self.window, self.shift, _ = frame_sizes(SAMPLE_RATE, self.features["frame_length"],
-                                                 self.features["frame_shift"])
+        self.window, self.shift, _ = frame_sizes(
+            SAMPLE_RATE, self.features["frame_length"], self.features["frame_shift"]
+        )
         self._min_frames: int | None = None
 
     @property
@@ -154,8 +164,7 @@ class SpeakerModel:
         wav = np.asarray(item)
         if not np.issubdtype(wav.dtype, np.floating):
             if np.issubdtype(wav.dtype, np.integer):
-                raise DataError(f"integer samples ({wav.dtype}); pass float samples in [-1, 1] "
-                                "(e.g. int16 / 32768)")
+                raise DataError(f"integer samples ({wav.dtype}); pass float samples in [-1, 1] (e.g. int16 / 32768)")
             raise DataError(f"cannot use an array of {wav.dtype} as audio")
         if wav.ndim == 2:  # [channels, samples] or [samples, channels]: the short axis holds the channels
             wav = wav.mean(axis=0 if wav.shape[0] <= wav.shape[1] else 1)
@@ -210,8 +219,10 @@ class SpeakerModel:
         bad, good = 1, 2
         while not works(good):
             if good >= limit:
-                raise CheckpointError(f"{self.source}: the model gives no finite embedding even for {limit} frames "
-                                      "of noise; is it a speaker-embedding model?")
+                raise CheckpointError(
+                    f"{self.source}: the model gives no finite embedding even for {limit} frames "
+                    "of noise; is it a speaker-embedding model?"
+                )
             bad, good = good, min(2 * good, limit)
         while good - bad > 1:  # the smallest working count, assuming every longer input works too
             mid = (bad + good) // 2
@@ -223,12 +234,16 @@ class SpeakerModel:
         """Refuse audio too short for the network, naming `what`; warn about silent audio (it still embeds)."""
         n = wav.shape[0]
         if n < self.window:
-            raise DataError(f"{what}: {n / SAMPLE_RATE:.3f} s of audio is shorter than one "
-                            f"{self.features['frame_length']:g} ms feature frame")
+            raise DataError(
+                f"{what}: {n / SAMPLE_RATE:.3f} s of audio is shorter than one "
+                f"{self.features['frame_length']:g} ms feature frame"
+            )
         if n < self.min_samples:
-            raise DataError(f"{what}: {n / SAMPLE_RATE:.3f} s of audio is shorter than the "
-                            f"{self.min_samples / SAMPLE_RATE:.3f} s ({self.min_frames} frames) this model needs "
-                            "for an embedding")
+            raise DataError(
+                f"{what}: {n / SAMPLE_RATE:.3f} s of audio is shorter than the "
+                f"{self.min_samples / SAMPLE_RATE:.3f} s ({self.min_frames} frames) this model needs "
+                "for an embedding"
+            )
         if n and float(np.max(np.abs(wav))) <= SILENCE_PEAK:
             log.warning("%s: silent audio (peak below -80 dBFS); its embedding carries no speaker information", what)
 
@@ -241,18 +256,24 @@ class SpeakerModel:
             raise ValueError(f"expected [B, T] waveforms, got shape {waves.shape}")
         if waves.shape[1] < self.min_samples:
             who = f"{names[0]}: " if names is not None and len(names) == 1 else ""
-            raise DataError(f"{who}{waves.shape[1] / SAMPLE_RATE:.3f} s of audio is shorter than the "
-                            f"{self.min_samples / SAMPLE_RATE:.3f} s this model needs for an embedding")
+            raise DataError(
+                f"{who}{waves.shape[1] / SAMPLE_RATE:.3f} s of audio is shorter than the "
+                f"{self.min_samples / SAMPLE_RATE:.3f} s this model needs for an embedding"
+            )
         out = self._backend(waves)
         if out.shape != (waves.shape[0], self.embedding_dim):
-            raise CheckpointError(f"{self.source}: the model returned shape {out.shape}, expected "
-                                  f"({waves.shape[0]}, {self.embedding_dim})")
+            raise CheckpointError(
+                f"{self.source}: the model returned shape {out.shape}, expected "
+                f"({waves.shape[0]}, {self.embedding_dim})"
+            )
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
             i = int(np.argmax(bad))
             who = names[i] if names is not None else f"input {i + 1} of {waves.shape[0]}"
-            raise DataError(f"{who}: {self.source} gave a NaN/inf embedding for this audio "
-                            f"({waves.shape[1] / SAMPLE_RATE:.3f} s); check the audio for extreme sample values")
+            raise DataError(
+                f"{who}: {self.source} gave a NaN/inf embedding for this audio "
+                f"({waves.shape[1] / SAMPLE_RATE:.3f} s); check the audio for extreme sample values"
+            )
         return out
 
     def embed(self, item: AudioInput, sample_rate: int | None = None) -> np.ndarray:
@@ -261,43 +282,64 @@ class SpeakerModel:
         self.check_input(wav, _describe(item))
         return self.embed_waves(wav[None, : self.frame_span(self.num_frames(wav.shape[0]))], [_describe(item)])[0]
 
-    def embed_batch(self, items: Sequence[AudioInput], sample_rate: int | None = None,
-                    batch_size: int = DEFAULT_BATCH_SIZE, length_tolerance: float = 0.0) -> np.ndarray:
+    def embed_batch(
+        self,
+        items: Sequence[AudioInput],
+        sample_rate: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        length_tolerance: float = 0.0,
+    ) -> np.ndarray:
         """Utterances -> `[N, D]`, rows in input order; batched by equal frame count (see the module docstring)."""
         waves = []
         for item in items:
             wav = self.waveform(item, sample_rate)
             self.check_input(wav, _describe(item))
             waves.append(wav)
-        return self.embed_waveforms(waves, batch_size=batch_size, length_tolerance=length_tolerance,
-                                    names=[_describe(item) for item in items])
+        return self.embed_waveforms(
+            waves, batch_size=batch_size, length_tolerance=length_tolerance, names=[_describe(item) for item in items]
+        )
 
-    def embed_waveforms(self, waves: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE,
-                        length_tolerance: float = 0.0, names: Sequence[str] | None = None) -> np.ndarray:
+    def embed_waveforms(
+        self,
+        waves: Sequence[np.ndarray],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        length_tolerance: float = 0.0,
+        names: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """16 kHz waveforms (any lengths, each at least `min_samples`) -> `[N, D]`, rows in input order.
         `names` name the waveforms in error messages."""
         out = np.empty((len(waves), self.embedding_dim), dtype=np.float32)
         frames = [self.num_frames(w.shape[0]) for w in waves]
         for idx, n in group_by_frames(frames, batch_size, length_tolerance):
             span = self.frame_span(n)
-            out[idx] = self.embed_waves(np.stack([waves[i][:span] for i in idx]),
-                                        None if names is None else [names[i] for i in idx])
+            out[idx] = self.embed_waves(
+                np.stack([waves[i][:span] for i in idx]), None if names is None else [names[i] for i in idx]
+            )
         return out
 
-    def embed_chunked(self, item: AudioInput, chunk_seconds: float, sample_rate: int | None = None,
-                      batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def embed_chunked(
+        self,
+        item: AudioInput,
+        chunk_seconds: float,
+        sample_rate: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> np.ndarray:
         """Mean embedding of equal chunks of `chunk_seconds` (the last one overlaps backwards); short audio whole."""
         wav = self.waveform(item, sample_rate)
         self.check_input(wav, _describe(item))
         chunk = int(round(chunk_seconds * SAMPLE_RATE))
         if chunk < self.min_samples:
-            raise DataError(f"chunks of {chunk_seconds:g} s are shorter than the "
-                            f"{self.min_samples / SAMPLE_RATE:.3f} s this model needs for an embedding")
+            raise DataError(
+                f"chunks of {chunk_seconds:g} s are shorter than the "
+                f"{self.min_samples / SAMPLE_RATE:.3f} s this model needs for an embedding"
+            )
         chunks = chunk_waveform(wav, chunk)
         span = self.frame_span(self.num_frames(chunks.shape[1]))
         name = [_describe(item)]
-        embs = [self.embed_waves(chunks[i:i + batch_size, :span], name * len(chunks[i:i + batch_size]))
-                for i in range(0, chunks.shape[0], batch_size)]
+        embs = [
+            self.embed_waves(chunks[i : i + batch_size, :span], name * len(chunks[i : i + batch_size]))
+            for i in range(0, chunks.shape[0], batch_size)
+        ]
         return np.concatenate(embs).mean(axis=0, dtype=np.float64).astype(np.float32)
 
     def score(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> float:
@@ -332,11 +374,10 @@ def chunk_waveform(wav: np.ndarray, chunk: int) -> np.ndarray:
         return wav[None]
     n = math.ceil(total / chunk)
     starts = [i * chunk for i in range(n - 1)] + [total - chunk]
-    return np.stack([wav[s:s + chunk] for s in starts])
+    return np.stack([wav[s : s + chunk] for s in starts])
 
 
-def group_by_frames(frames: Sequence[int], batch_size: int,
-                    tolerance: float = 0.0) -> Iterable[tuple[list[int], int]]:
+def group_by_frames(frames: Sequence[int], batch_size: int, tolerance: float = 0.0) -> Iterable[tuple[list[int], int]]:
     """Batches `(indices, frames to use)`: equal frame counts, or with `tolerance` counts within that fraction of
     the batch's longest (all then cropped to the shortest). Longest first, at most `batch_size` each."""
     if batch_size < 1:
@@ -360,32 +401,42 @@ def _describe(item: Any) -> str:
 
 # --------------------------------------------------------------------------------------------------------------
 # loading
-def load_model(path: str | Path, device: str = "cpu", optimize: bool = True, threads: int | None = None) -> SpeakerModel:
+def load_model(
+    path: str | Path, device: str = "cpu", optimize: bool = True, threads: int | None = None
+) -> SpeakerModel:
     """Load an experiment folder, checkpoint, model file or ONNX file as a `SpeakerModel` (see module docstring).
 
     `optimize` folds BatchNorms into convolutions (`optimize_for_inference`: same outputs, faster). `threads` sets
     the ONNX Runtime intra-op threads (torch uses `torch.set_num_threads`).
     """
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{path}: model not found (expected an experiment folder, a checkpoint, a "
-                              ".safetensors model file or an .onnx file)")
-    if p.is_dir():
-        return _load_experiment(p, device, optimize)
-    if p.suffix.lower() == ".onnx":
-        return _load_onnx(p, threads)
-    with p.open("rb") as fh:
-        head = fh.read(len(MAGIC))
-    if head == MAGIC:
-        return _load_checkpoint(p, device, optimize)
-    if p.suffix.lower() != ".safetensors":
-        raise CheckpointError(f"{path}: not a model: expected an experiment folder, a speakerforge checkpoint "
-                              "(ckpt-*.pt), a .safetensors model file or an .onnx file")
-    return _load_model_file(p, device, optimize)
+    if not Path(path).exists():
+        raise CheckpointError(f"{path}: model not found (expected {_LOADABLE})")
+    art = expect(path, ("experiment", "onnx", "checkpoint", "model_file"), _LOADABLE, _FOREIGN_HINT)
+    if art.kind == "experiment":
+        return _load_experiment(art.path, device, optimize)
+    if art.kind == "onnx":
+        return _load_onnx(art.path, threads)
+    if art.kind == "checkpoint":
+        return _load_checkpoint(art.path, device, optimize)
+    return _load_model_file(art.path, device, optimize)
 
 
-def _finish_torch(model: nn.Module, meta: dict[str, Any], features: dict[str, Any] | None, source: str, kind: str,
-                  device: str, optimize: bool) -> SpeakerModel:
+_LOADABLE = "an experiment folder, a speakerforge checkpoint, a speakerforge model file or an ONNX model"
+_FOREIGN_HINT = (
+    "for 3D-Speaker or WeSpeaker weights run `speakerforge convert --from 3dspeaker|wespeaker` first, "
+    "or fine-tune from them with `finetune --init FILE --init-format ...`"
+)
+
+
+def _finish_torch(
+    model: nn.Module,
+    meta: dict[str, Any],
+    features: dict[str, Any] | None,
+    source: str,
+    kind: str,
+    device: str,
+    optimize: bool,
+) -> SpeakerModel:
     from speakerforge.models.fuse import optimize_for_inference
 
     model.eval()
@@ -398,8 +449,9 @@ def _finish_torch(model: nn.Module, meta: dict[str, Any], features: dict[str, An
     if dim <= 0:
         raise CheckpointError(f"{source}: the model does not state its embedding dimension")
     log.info("loaded %s (%s, %d-d) from %s", meta.get("model", {}).get("name", "?"), kind, dim, source)
-    return SpeakerModel(_TorchBackend(model, feature_settings(features), dev), dim, feature_settings(features),
-                        meta, source, kind)
+    return SpeakerModel(
+        _TorchBackend(model, feature_settings(features), dev), dim, feature_settings(features), meta, source, kind
+    )
 
 
 def _load_model_file(path: Path, device: str, optimize: bool) -> SpeakerModel:
@@ -415,8 +467,10 @@ def _read_config(path: Path) -> dict[str, Any]:
     import yaml
 
     if not path.is_file():
-        raise CheckpointError(f"{path}: not found; a checkpoint is rebuilt from its run's config.yaml "
-                              "(two folders up), or pass the model.safetensors file")
+        raise CheckpointError(
+            f"{path}: not found; a checkpoint is rebuilt from its run's config.yaml "
+            "(two folders up), or pass the model.safetensors file"
+        )
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -432,7 +486,7 @@ def _checkpoint_backbone(state: dict[str, Any], origin: str) -> dict[str, torch.
     if not isinstance(weights, dict):
         raise CheckpointError(f"{origin}: checkpoint holds no model weights")
     for prefix in ("backbone.", "teacher.backbone.", "student.backbone."):
-        found = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        found = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
         if found:
             if prefix != "backbone.":
                 log.info("%s: self-supervised run; using the %s backbone", origin, prefix.split(".")[0])
@@ -450,8 +504,12 @@ def _load_checkpoint(path: Path, device: str, optimize: bool, cfg_path: Path | N
     spec = cfg["model"]
     model = build_model(spec["name"], **(spec.get("args") or {}))
     load_strict(model, weights, str(path))
-    meta = {"model": {"name": spec["name"], "args": spec.get("args") or {}}, "features": cfg.get("features") or {},
-            "embedding_dim": getattr(model, "embedding_dim", 0), "config": str(cfg_path)}
+    meta = {
+        "model": {"name": spec["name"], "args": spec.get("args") or {}},
+        "features": cfg.get("features") or {},
+        "embedding_dim": getattr(model, "embedding_dim", 0),
+        "config": str(cfg_path),
+    }
     return _finish_torch(model, meta, meta["features"], str(path), "checkpoint", device, optimize)
 
 
@@ -459,12 +517,12 @@ def _load_experiment(folder: Path, device: str, optimize: bool) -> SpeakerModel:
     model_file = folder / "model.safetensors"
     if model_file.is_file():
         return _load_model_file(model_file, device, optimize)
-    from speakerforge.train.checkpoint import CheckpointManager
-
-    found = CheckpointManager(folder, run_id="").list()
+    found = list_checkpoints(folder)
     if not found:
-        raise CheckpointError(f"{folder}: no model here: expected an experiment folder with model.safetensors or "
-                              "checkpoints/ckpt-*.pt, a model file or an .onnx file")
+        raise CheckpointError(
+            f"{folder}: no model here: expected an experiment folder with model.safetensors or "
+            "checkpoints/ckpt-*.pt, a model file or an .onnx file"
+        )
     reasons = []
     for _step, ckpt in found:
         try:
@@ -491,8 +549,10 @@ def _load_onnx(path: Path, threads: int | None) -> SpeakerModel:
     props = session.get_modelmeta().custom_metadata_map or {}
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) < 1:
-        raise CheckpointError(f"{path}: expected an ONNX model with one input (waveform or fbank) and an embedding "
-                              f"output; it has {len(inputs)} inputs and {len(outputs)} outputs")
+        raise CheckpointError(
+            f"{path}: expected an ONNX model with one input (waveform or fbank) and an embedding "
+            f"output; it has {len(inputs)} inputs and {len(outputs)} outputs"
+        )
     if ONNX_META_KEY in props:
         try:
             meta = json.loads(props[ONNX_META_KEY])
@@ -515,8 +575,14 @@ def _guess_onnx(path: Path, inputs: list, outputs: list) -> tuple[dict[str, Any]
     out_shape = outputs[0].shape
     dim = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else 0
     if rank not in (2, 3) or len(out_shape) != 2:
-        raise CheckpointError(f"{path}: not a speaker-embedding ONNX model (input shape {inputs[0].shape}, output "
-                              f"shape {out_shape}); expected [B, samples] or [B, frames, bins] -> [B, D]")
-    log.warning("%s: no speakerforge metadata; assuming %s input and default features %s", path,
-                "waveform" if rank == 2 else "fbank", FEATURE_DEFAULTS)
+        raise CheckpointError(
+            f"{path}: not a speaker-embedding ONNX model (input shape {inputs[0].shape}, output "
+            f"shape {out_shape}); expected [B, samples] or [B, frames, bins] -> [B, D]"
+        )
+    log.warning(
+        "%s: no speakerforge metadata; assuming %s input and default features %s",
+        path,
+        "waveform" if rank == 2 else "fbank",
+        FEATURE_DEFAULTS,
+    )
     return {"features": dict(FEATURE_DEFAULTS)}, rank == 2, int(dim)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -33,8 +33,14 @@ def write_wav(tmp_path: Path) -> Callable[..., Path]:
     Relative names land in the test's tmp_path. The default signal is a quiet deterministic sine plus noise.
     """
 
-    def make(name: str | Path, seconds: float = 1.0, sr: int = 16000, channels: int = 1,
-             subtype: str = "PCM_16", samples: np.ndarray | None = None) -> Path:
+    def make(
+        name: str | Path,
+        seconds: float = 1.0,
+        sr: int = 16000,
+        channels: int = 1,
+        subtype: str = "PCM_16",
+        samples: np.ndarray | None = None,
+    ) -> Path:
         path = Path(name) if Path(name).is_absolute() else tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         if samples is None:

@@ -144,8 +144,9 @@ def test_reverberate_keeps_length_alignment_and_energy():
         wet = reverberate(clean, rir)
         assert len(wet) == len(clean)
         lags = np.arange(-50, 51)
-        xcorr = [np.dot(clean[max(0, -k):len(clean) - max(0, k)], wet[max(0, k):len(wet) - max(0, -k)])
-                 for k in lags]
+        xcorr = [
+            np.dot(clean[max(0, -k) : len(clean) - max(0, k)], wet[max(0, k) : len(wet) - max(0, -k)]) for k in lags
+        ]
         assert lags[int(np.argmax(xcorr))] == 0
         ratio = np.sum(wet.astype(np.float64) ** 2) / np.sum(clean.astype(np.float64) ** 2)
         assert 0.7 < ratio < 1.3  # unit-energy RIR: level kept up to the truncated tail
@@ -197,8 +198,9 @@ def _runs(mask_row: np.ndarray) -> list[int]:
 
 def test_spec_augment_masks_bands_of_the_requested_widths():
     feats = torch.ones(64, 50, 40)
-    out = spec_augment(feats, torch.Generator().manual_seed(0), num_freq_masks=1, max_freq_width=6,
-                       num_time_masks=1, max_time_width=9)
+    out = spec_augment(
+        feats, torch.Generator().manual_seed(0), num_freq_masks=1, max_freq_width=6, num_time_masks=1, max_time_width=9
+    )
     assert torch.equal(feats, torch.ones(64, 50, 40))  # input untouched
     freq_widths, time_widths = [], []
     for item in out.numpy():
@@ -241,8 +243,9 @@ def _run(augmenter: Augmenter, seed: int, count: int = 24) -> list[np.ndarray]:
 
 def test_augmenter_same_seed_gives_identical_output_and_other_seed_differs(banks):
     noise_dir, rir_dir = banks
-    config = AugmentConfig(noise_dir=str(noise_dir), rir_dir=str(rir_dir), noise_prob=0.3, reverb_prob=0.3,
-                           both_prob=0.3)
+    config = AugmentConfig(
+        noise_dir=str(noise_dir), rir_dir=str(rir_dir), noise_prob=0.3, reverb_prob=0.3, both_prob=0.3
+    )
     first = _run(Augmenter(config), 11)
     second = _run(Augmenter(config), 11)  # fresh caches: what is cached must not change the draws
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
@@ -287,8 +290,10 @@ def test_empty_folders_name_the_config_key(tmp_path):
     with pytest.raises(DataError, match=r"augment\.noise_dir.*no audio files"):
         Augmenter(AugmentConfig(noise_dir=str(tmp_path / "empty"), noise_prob=0.5, reverb_prob=0, both_prob=0))
     with pytest.raises(DataError, match=r"train\.aug\.rir_dir.*no audio files"):
-        Augmenter(AugmentConfig(rir_dir=str(tmp_path / "empty"), noise_prob=0, reverb_prob=0.5, both_prob=0),
-                  prefix="train.aug")
+        Augmenter(
+            AugmentConfig(rir_dir=str(tmp_path / "empty"), noise_prob=0, reverb_prob=0.5, both_prob=0),
+            prefix="train.aug",
+        )
 
 
 def test_config_errors_name_the_key(banks):
@@ -355,15 +360,18 @@ def test_prepare_reads_musan_and_rirs_noises_layouts_into_lists_the_banks_accept
     assert sorted(i.category for i in items) == ["music", "noise", "speech", "speech"]
 
     rirs = tmp_path / "RIRS_NOISES"
-    for rel in ("simulated_rirs/smallroom/Room001/Room001-00001.wav",
-                "simulated_rirs/largeroom/Room002/Room002-00003.wav",
-                "real_rirs_isotropic_noises/air_type1_air_binaural_lecture_1_1.wav",
-                "real_rirs_isotropic_noises/RVB2014_type1_noise_largeroom1_1.wav",
-                "pointsource_noises/noise-free-sound-0001.wav"):
+    for rel in (
+        "simulated_rirs/smallroom/Room001/Room001-00001.wav",
+        "simulated_rirs/largeroom/Room002/Room002-00003.wav",
+        "real_rirs_isotropic_noises/air_type1_air_binaural_lecture_1_1.wav",
+        "real_rirs_isotropic_noises/RVB2014_type1_noise_largeroom1_1.wav",
+        "pointsource_noises/noise-free-sound-0001.wav",
+    ):
         _tiny_wav(rirs / rel)
     (rirs / "real_rirs_isotropic_noises" / "rir_list").write_text(
         "--rir-id air_type1_air_binaural_lecture_1_1 --room-id air_type1_air_binaural_lecture "
-        "RIRS_NOISES/real_rirs_isotropic_noises/air_type1_air_binaural_lecture_1_1.wav\n")
+        "RIRS_NOISES/real_rirs_isotropic_noises/air_type1_air_binaural_lecture_1_1.wav\n"
+    )
     names = sorted(p.name for p in prepare_rirs(rirs))
     assert names == ["Room001-00001.wav", "Room002-00003.wav", "air_type1_air_binaural_lecture_1_1.wav"]
 

@@ -83,7 +83,7 @@ def test_manager_skips_corrupt_newest_and_foreign_checkpoints(tmp_path, caplog):
     m.save(_state(1.0), 10)
     m.save(_state(2.0), 20)
     other = CheckpointManager(tmp_path, run_id="run-b", keep_last=5)
-    other.save(_state(3.0), 30)          # another run's file in our folder
+    other.save(_state(3.0), 30)  # another run's file in our folder
     p40 = m.save(_state(4.0), 40)
     p40.write_bytes(p40.read_bytes()[:100])  # truncated newest
     with caplog.at_level(logging.WARNING):

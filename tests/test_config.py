@@ -59,8 +59,11 @@ def test_yaml_scientific_notation_string_is_accepted_as_float(tmp_path):
 
 
 def test_stages_inherit_and_validate(tmp_path):
-    p = _write(tmp_path, "stages:\n  - {name: head, epochs: 1, freeze: [backbone], lr: 0.1}\n"
-                         "  - {name: all, epochs: 2, margin: {final: 0.5}}\n")
+    p = _write(
+        tmp_path,
+        "stages:\n  - {name: head, epochs: 1, freeze: [backbone], lr: 0.1}\n"
+        "  - {name: all, epochs: 2, margin: {final: 0.5}}\n",
+    )
     cfg = load_config(p)
     assert cfg.stages[0].freeze == ["backbone"] and cfg.stages[1].lr is None
     assert cfg.stages[1].margin.final == 0.5

@@ -21,10 +21,18 @@ def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 CASES = [
     ("campplus", "speakerlab.models.campplus.DTDNN", "CAMPPlus", dict(feat_dim=80, embedding_size=192), []),
     ("eres2net", "speakerlab.models.eres2net.ERes2Net", "ERes2Net", dict(feat_dim=80, embedding_size=192), []),
-    ("ecapa_tdnn", "speakerlab.models.ecapa_tdnn.ECAPA_TDNN", "ECAPA_TDNN",
-     dict(input_size=80, channels=[64, 64, 64, 64, 192], attention_channels=16, se_channels=16, lin_neurons=32),
-     ["model.args.channels=64", "model.args.attention_channels=16", "model.args.se_channels=16",
-      "model.args.embedding_dim=32"]),
+    (
+        "ecapa_tdnn",
+        "speakerlab.models.ecapa_tdnn.ECAPA_TDNN",
+        "ECAPA_TDNN",
+        dict(input_size=80, channels=[64, 64, 64, 64, 192], attention_channels=16, se_channels=16, lin_neurons=32),
+        [
+            "model.args.channels=64",
+            "model.args.attention_channels=16",
+            "model.args.se_channels=16",
+            "model.args.embedding_dim=32",
+        ],
+    ),
 ]
 
 
@@ -48,8 +56,17 @@ def test_convert_speakerlab_state_dict_gives_same_embeddings(tmp_path, arch, mod
 
 def test_convert_reports_mismatched_keys(tmp_path, capsys):
     torch.save({"blocks.0.conv.weight": torch.zeros(2, 2)}, tmp_path / "bad.ckpt")
-    code = main(["convert", "--from", "3dspeaker", "--arch", "campplus", str(tmp_path / "bad.ckpt"),
-                 str(tmp_path / "o.safetensors")])
+    code = main(
+        [
+            "convert",
+            "--from",
+            "3dspeaker",
+            "--arch",
+            "campplus",
+            str(tmp_path / "bad.ckpt"),
+            str(tmp_path / "o.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "missing" in err and "unexpected" in err
     assert not (tmp_path / "o.safetensors").exists()

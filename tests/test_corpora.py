@@ -37,8 +37,11 @@ def test_librispeech_release_and_flat_layouts(tmp_path, write_wav):
     assert (result.utterances, result.speakers, result.skipped) == (3, 2, 1)
     assert result.seconds == pytest.approx(1.25)
     utts = read_manifest(tmp_path / "out" / "manifest.jsonl")
-    assert [(u.key, u.spk) for u in utts] == [("103-1240-0000", "103"), ("103-1240-0001", "103"),
-                                             ("1034-121119-0000", "1034")]
+    assert [(u.key, u.spk) for u in utts] == [
+        ("103-1240-0000", "103"),
+        ("103-1240-0001", "103"),
+        ("1034-121119-0000", "1034"),
+    ]
     assert utts[0].path == str(tmp_path / "ls" / "103" / "1240" / "103-1240-0000.flac")
 
 
@@ -82,16 +85,22 @@ def _cv_locale(root: Path, write_wav, validated: list[tuple[str, str]], other: l
 
 
 def test_commonvoice_client_id_is_the_speaker_and_other_tsv_is_optional(tmp_path, write_wav):
-    loc = _cv_locale(tmp_path / "cv" / "xx", write_wav,
-                     validated=[("aaa", "c1.wav"), ("bbb", "c2.wav"), ("aaa", "missing.wav")],
-                     other=[("aaa", "c1.wav"), ("ccc", "c3.wav")])
+    loc = _cv_locale(
+        tmp_path / "cv" / "xx",
+        write_wav,
+        validated=[("aaa", "c1.wav"), ("bbb", "c2.wav"), ("aaa", "missing.wav")],
+        other=[("aaa", "c1.wav"), ("ccc", "c3.wav")],
+    )
     only_validated = scan_commonvoice(loc)
     assert [(u.key, u.spk) for u in only_validated] == [("c1", "aaa"), ("c2", "bbb")]
     result = prepare_commonvoice(loc, tmp_path / "out", include_other=True, speaker_prefix="cv-")
     assert (result.utterances, result.speakers, result.skipped) == (3, 3, 1)  # c1 once; missing clip skipped
     utts = read_manifest(tmp_path / "out" / "manifest.jsonl")
-    assert [(u.key, u.spk, u.duration) for u in utts] == [("c1", "cv-aaa", 0.25), ("c2", "cv-bbb", 0.25),
-                                                           ("c3", "cv-ccc", 0.25)]
+    assert [(u.key, u.spk, u.duration) for u in utts] == [
+        ("c1", "cv-aaa", 0.25),
+        ("c2", "cv-bbb", 0.25),
+        ("c3", "cv-ccc", 0.25),
+    ]
 
 
 def test_commonvoice_folder_of_locales_and_clips_listed_without_extension(tmp_path, write_wav):
@@ -99,7 +108,9 @@ def test_commonvoice_folder_of_locales_and_clips_listed_without_extension(tmp_pa
     _cv_locale(tmp_path / "cv" / "bb", write_wav, validated=[("s1", "common_voice_bb_1.mp3")])
     utts = scan_commonvoice(tmp_path / "cv", durations=False)
     assert [(u.key, Path(u.path).name, u.spk) for u in utts] == [
-        ("common_voice_aa_1", "common_voice_aa_1.mp3", "s1"), ("common_voice_bb_1", "common_voice_bb_1.mp3", "s1")]
+        ("common_voice_aa_1", "common_voice_aa_1.mp3", "s1"),
+        ("common_voice_bb_1", "common_voice_bb_1.mp3", "s1"),
+    ]
 
 
 def test_commonvoice_without_validated_tsv_is_an_error(tmp_path):
@@ -130,9 +141,11 @@ def test_voxceleb_keys_are_the_trial_list_paths(tmp_path, write_wav):
     result = prepare_voxceleb(tmp_path / "vox", tmp_path / "out", fmt="csv")
     assert (result.utterances, result.speakers, result.skipped) == (3, 2, 1)
     utts = read_manifest(tmp_path / "out" / "manifest.csv")
-    assert [(u.key, u.spk) for u in utts] == [("id10001/1zcIwhmdeo4/00001.wav", "id10001"),
-                                             ("id10001/7w0IBEWc9Qw/00002.wav", "id10001"),
-                                             ("id10270/x6uYqmx31kE/00001.wav", "id10270")]
+    assert [(u.key, u.spk) for u in utts] == [
+        ("id10001/1zcIwhmdeo4/00001.wav", "id10001"),
+        ("id10001/7w0IBEWc9Qw/00002.wav", "id10001"),
+        ("id10270/x6uYqmx31kE/00001.wav", "id10270"),
+    ]
 
 
 def test_voxceleb2_m4a_only_asks_for_conversion(tmp_path):
@@ -155,20 +168,24 @@ def test_cnceleb_train_eval_and_trials(tmp_path, write_wav):
     write_wav(root / "eval" / "test" / "id00801-vlog-01-002.flac", seconds=0.25)
     (root / "eval" / "lists").mkdir()
     (root / "eval" / "lists" / "trials.lst").write_text(
-        "id00800-enroll test/id00800-singing-01-001.wav 1\nid00800-enroll test/id00801-vlog-01-002.wav 0\n")
+        "id00800-enroll test/id00800-singing-01-001.wav 1\nid00800-enroll test/id00801-vlog-01-002.wav 0\n"
+    )
     result = prepare_cnceleb(tmp_path, tmp_path / "out")
     assert result.trials == 2 and result.skipped == 0
     train = read_manifest(tmp_path / "out" / "train.jsonl")
-    assert [(u.key, u.spk) for u in train] == [("id00000-singing-01-001", "id00000"),
-                                              ("id00000-speech-02-003", "id00000"),
-                                              ("id00001-singing-01-001", "id00001"),
-                                              ("id00001-speech-02-003", "id00001")]
+    assert [(u.key, u.spk) for u in train] == [
+        ("id00000-singing-01-001", "id00000"),
+        ("id00000-speech-02-003", "id00000"),
+        ("id00001-singing-01-001", "id00001"),
+        ("id00001-speech-02-003", "id00001"),
+    ]
     enroll = read_manifest(tmp_path / "out" / "enroll.jsonl")
     test = read_manifest(tmp_path / "out" / "test.jsonl")
     assert [(u.key, u.spk) for u in enroll] == [("id00800-enroll", "id00800")]
     assert [u.key for u in test] == ["id00800-singing-01-001", "id00801-vlog-01-002"]
     assert (tmp_path / "out" / "trials.txt").read_text() == (
-        "1 id00800-enroll id00800-singing-01-001\n0 id00800-enroll id00801-vlog-01-002\n")
+        "1 id00800-enroll id00800-singing-01-001\n0 id00800-enroll id00801-vlog-01-002\n"
+    )
 
 
 def test_cnceleb_without_speaker_list_keeps_eval_speakers_out_of_training(tmp_path, write_wav):
@@ -190,7 +207,8 @@ def test_synthetic_corpus_is_fast_deterministic_and_valid(tmp_path):
     assert len(utts) == 32 and len({u.spk for u in utts}) == 8
     assert read_manifest(tmp_path / "a" / "manifest.jsonl") == [
         Utterance(u.key, u.path, u.spk, duration=2.0, source=str(tmp_path / "a" / "manifest.jsonl"), line=i + 1)
-        for i, u in enumerate(utts)]
+        for i, u in enumerate(utts)
+    ]
     assert validate_manifests([tmp_path / "a" / "manifest.jsonl"], deep=True).problems == []
     again = make_synthetic_corpus(tmp_path / "b", n_speakers=2, utts_per_speaker=1, seconds=2.0, seed=3)
     other = make_synthetic_corpus(tmp_path / "c", n_speakers=1, utts_per_speaker=1, seconds=2.0, seed=4)
@@ -217,7 +235,7 @@ def _median_f0(path: str) -> float:
     frames = np.lib.stride_tricks.sliding_window_view(wav, 640)[::160]
     frames = frames[(frames**2).sum(1) > np.median((frames**2).sum(1))]
     spec = np.fft.rfft(frames - frames.mean(1, keepdims=True), 2048)
-    ac = np.fft.irfft(np.abs(spec) ** 2, 2048)[:, sr // 400: sr // 60]
+    ac = np.fft.irfft(np.abs(spec) ** 2, 2048)[:, sr // 400 : sr // 60]
     return float(np.median(sr / (np.argmax(ac, axis=1) + sr // 400)))
 
 
@@ -278,13 +296,44 @@ def test_write_trials_voxceleb_format(tmp_path):
 # ---- the command
 def test_prepare_command_writes_manifests_and_reports_counts(tmp_path, write_wav, capsys):
     write_wav("ls/19-198-0001.flac", seconds=0.5)
-    assert main(["prepare", "librispeech", str(tmp_path / "ls"), "--out", str(tmp_path / "o1"),
-                 "--format", "csv", "--speaker-prefix", "ls-"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "librispeech",
+                str(tmp_path / "ls"),
+                "--out",
+                str(tmp_path / "o1"),
+                "--format",
+                "csv",
+                "--speaker-prefix",
+                "ls-",
+            ]
+        )
+        == 0
+    )
     assert "librispeech: 1 utterances, 1 speakers" in capsys.readouterr().out
     assert read_manifest(tmp_path / "o1" / "manifest.csv")[0].spk == "ls-19"
 
-    assert main(["prepare", "synthetic", "--out", str(tmp_path / "o2"), "--speakers", "3",
-                 "--utts-per-speaker", "2", "--seconds", "0.5", "--trials", "6"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--out",
+                str(tmp_path / "o2"),
+                "--speakers",
+                "3",
+                "--utts-per-speaker",
+                "2",
+                "--seconds",
+                "0.5",
+                "--trials",
+                "6",
+            ]
+        )
+        == 0
+    )
     assert len(read_manifest(tmp_path / "o2" / "manifest.jsonl")) == 6
     lines = (tmp_path / "o2" / "trials.txt").read_text().splitlines()
     assert len(lines) == 6 and sum(line.startswith("1 ") for line in lines) == 3

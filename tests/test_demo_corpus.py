@@ -100,8 +100,14 @@ def test_tiny_corpus_has_manifests_trials_and_16k_mono_audio(tiny_corpus):
 
     on_disk = json.loads((out / "corpus.json").read_text())
     assert on_disk == stamp
-    assert stamp["counts"] == {"train_speakers": 2, "test_speakers": 2, "train_utts": 4, "test_utts": 4,
-                               "target_trials": 2, "nontarget_trials": 2}
+    assert stamp["counts"] == {
+        "train_speakers": 2,
+        "test_speakers": 2,
+        "train_utts": 4,
+        "test_utts": 4,
+        "target_trials": 2,
+        "nontarget_trials": 2,
+    }
     assert stamp["params"]["seed"] == 3 and stamp["hours"]["total"] > 0
     assert stamp["speakers"]["spk0002"]["split"] == "test"
     assert not list(out.rglob("*.tmp")) and not (out / ".building.json").exists()
@@ -156,8 +162,16 @@ def test_two_workers_build_from_an_empty_model_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(demo, "_ENGINE", None)
     out = tmp_path / "c"
-    stamp = demo.build_demo_corpus(out, workers=2, train_speakers=1, test_speakers=2, utts_per_speaker=1,
-                                   test_utts_per_speaker=2, seed=5, progress=False)
+    stamp = demo.build_demo_corpus(
+        out,
+        workers=2,
+        train_speakers=1,
+        test_speakers=2,
+        utts_per_speaker=1,
+        test_utts_per_speaker=2,
+        seed=5,
+        progress=False,
+    )
     assert stamp["counts"]["train_utts"] + stamp["counts"]["test_utts"] == 5
     assert len(list((out / "wav").rglob("*.wav"))) == 5
     assert (tmp_path / "kokoro-cache" / "kokoro-v1.0.int8.onnx").stat().st_size > 50_000_000
@@ -171,7 +185,10 @@ def test_a_worker_that_cannot_start_reports_its_own_exception(tmp_path, monkeypa
 
     monkeypatch.setattr(demo, "load_tts", broken)  # forked workers inherit the patch
     with pytest.raises(DataError, match=r"could not start in its worker process: RuntimeError: onnx session refused"):
-        demo.run_tts_jobs([(str(tmp_path / "a.wav"), "Hello there.", 0), (str(tmp_path / "b.wav"), "Hi.", 1)],
-                          {"seed": 0, "alpha": 0.3, "noise": 1.0, "speed_range": [0.9, 1.1]}, workers=2,
-                          progress=False)
+        demo.run_tts_jobs(
+            [(str(tmp_path / "a.wav"), "Hello there.", 0), (str(tmp_path / "b.wav"), "Hi.", 1)],
+            {"seed": 0, "alpha": 0.3, "noise": 1.0, "speed_range": [0.9, 1.1]},
+            workers=2,
+            progress=False,
+        )
     assert not list(tmp_path.glob("*.wav"))

@@ -17,25 +17,56 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sets() -> list[str]:
-    sets = [*TINY_MODEL, "data.batch_size=8", "data.crop_seconds=0.8", "train.epochs=2", "train.threads=1",
-            "train.save_every_steps=2", "optim.lr=0.05", "train.seed=5", "train.log_every=1"]
+    sets = [
+        *TINY_MODEL,
+        "data.batch_size=8",
+        "data.crop_seconds=0.8",
+        "train.epochs=2",
+        "train.threads=1",
+        "train.save_every_steps=2",
+        "optim.lr=0.05",
+        "train.seed=5",
+        "train.log_every=1",
+    ]
     return [x for s in sets for x in ("--set", s)]
 
 
 def _torchrun(corpus: Path, exp: Path, nproc: int = 2, **env: str) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", str(ROOT / "tests" / "killable.py"),
-           "--quiet", "train", "--exp", str(exp), "--data", str(corpus), *_sets()]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(ROOT / "tests" / "killable.py"),
+        "--quiet",
+        "train",
+        "--exp",
+        str(exp),
+        "--data",
+        str(corpus),
+        *_sets(),
+    ]
     full = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
     return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=600)
 
 
 def _single(corpus: Path, exp: Path) -> subprocess.CompletedProcess:
     """One process, same global batch, as 2 accumulated micro-batches: each sees what one rank sees."""
-    cmd = [sys.executable, "-m", "speakerforge", "--quiet", "train", "--exp", str(exp), "--data", str(corpus),
-           *_sets(), "--set", "train.grad_accum=2"]
-    return subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "speakerforge",
+        "--quiet",
+        "train",
+        "--exp",
+        str(exp),
+        "--data",
+        str(corpus),
+        *_sets(),
+        "--set",
+        "train.grad_accum=2",
+    ]
+    return subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
 
 
 def _losses(exp: Path) -> list[float]:

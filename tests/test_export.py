@@ -27,8 +27,9 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("with_fbank", [False, True], ids=["fbank_input", "waveform_input"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_onnx_matches_pytorch_at_lengths_other_than_the_traced_one(model_files, tmp_path: Path, name: str,
-                                                                    with_fbank: bool):
+def test_onnx_matches_pytorch_at_lengths_other_than_the_traced_one(
+    model_files, tmp_path: Path, name: str, with_fbank: bool
+):
     out = tmp_path / f"{name}.onnx"
     report = export_onnx(model_files[name], out, with_fbank=with_fbank)
     assert report.worst < 1e-5 and len(report.max_abs_diff) == 2
@@ -64,8 +65,7 @@ def test_threshold_of_the_model_file_travels_into_the_onnx_model(tmp_path: Path)
     assert load_model(tmp_path / "t.onnx").threshold == pytest.approx(0.42)
 
 
-def test_a_graph_that_does_not_match_pytorch_is_refused_and_no_file_is_left(model_files, tmp_path: Path,
-                                                                              monkeypatch):
+def test_a_graph_that_does_not_match_pytorch_is_refused_and_no_file_is_left(model_files, tmp_path: Path, monkeypatch):
     real = export_mod._reference
     monkeypatch.setattr(export_mod, "_reference", lambda *a: real(*a) + 1e-3)
     out = tmp_path / "bad.onnx"

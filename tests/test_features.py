@@ -91,6 +91,7 @@ def max_diff(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> floa
 
 # ---- parity on real speech -----------------------------------------------------------------------------------------
 
+
 # kaldi-native-fbank computes its FFT in float32; on about a quarter of LibriSpeech utterances that alone puts some
 # bins lying ~25 nats below their frame's peak up to 1e-2 away from an exact computation (we stay within 2e-3 there,
 # see the float64 test below). These utterances are ones where its own error is small, so the 1e-3 check is about us.
@@ -118,6 +119,7 @@ def test_librispeech_fbank_float32_within_tolerance_of_float64_reference(name):
 
 # ---- parity on synthetic signals -----------------------------------------------------------------------------------
 
+
 def _sweep(sr: int, seconds: float = 1.5, f0: float = 50.0) -> np.ndarray:
     t = np.arange(int(sr * seconds)) / sr
     f1 = 0.45 * sr
@@ -142,8 +144,9 @@ def _signals(sr: int) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.oracle
-@pytest.mark.parametrize("kind", ["sine_sweep", "white_noise", "silence_then_tiny_noise", "clipped_square",
-                                  "noise_on_dc_offset"])
+@pytest.mark.parametrize(
+    "kind", ["sine_sweep", "white_noise", "silence_then_tiny_noise", "clipped_square", "noise_on_dc_offset"]
+)
 def test_synthetic_fbank_matches_kaldi_native_fbank(kind):
     wave = _signals(16000)[kind]
     assert max_diff(ours(wave), knf_fbank(wave)) <= TOL
@@ -203,6 +206,7 @@ def test_frame_sizes_follow_kaldi_rounding():
 
 # ---- shapes and batching -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("length", [0, 399, 400, 401, 559, 560, 561, 12345, 16000, 16001])
 def test_frame_count_for_lengths_not_multiple_of_shift(length):
     expected = 0 if length < 400 else 1 + (length - 400) // 160
@@ -237,6 +241,7 @@ def test_rejects_integer_samples_and_wrong_rank():
 
 # ---- mean normalisation --------------------------------------------------------------------------------------------
 
+
 def test_mean_normalize_gives_zero_mean_per_utterance():
     feats = fbank(torch.randn(3, 16000) * 0.1)
     normed = mean_normalize(feats)
@@ -266,6 +271,7 @@ def test_mean_normalize_with_lengths_ignores_and_zeroes_padding():
 
 # ---- dither --------------------------------------------------------------------------------------------------------
 
+
 def test_dither_is_reproducible_with_a_generator():
     wave = torch.zeros(8000)
     a = fbank(wave, dither=1.0, generator=torch.Generator().manual_seed(1))
@@ -287,6 +293,7 @@ def test_fbank_module_dithers_only_in_training_mode():
 
 # ---- module and ONNX -----------------------------------------------------------------------------------------------
 
+
 def test_fbank_module_equals_function_and_applies_mean_norm():
     wave = torch.randn(2, 16000) * 0.1
     assert max_diff(Fbank()(wave), fbank(wave)) == 0
@@ -306,8 +313,16 @@ def test_onnx_export_with_dynamic_batch_and_time_matches_torch(tmp_path, dynamo)
         axes = {"dynamic_shapes": ({0: batch, 1: time},)}
     else:
         axes = {"dynamic_axes": {"wave": {0: "batch", 1: "time"}, "feats": {0: "batch", 1: "frames"}}}
-    torch.onnx.export(module, (torch.randn(2, 16000) * 0.1,), str(path), dynamo=dynamo, input_names=["wave"],
-                      output_names=["feats"], verbose=False, **axes)
+    torch.onnx.export(
+        module,
+        (torch.randn(2, 16000) * 0.1,),
+        str(path),
+        dynamo=dynamo,
+        input_names=["wave"],
+        output_names=["feats"],
+        verbose=False,
+        **axes,
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in [(2, 16000), (3, 12345), (1, 400), (1, 48000)]:
         wave = torch.randn(*shape) * 0.1

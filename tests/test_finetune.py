@@ -15,8 +15,15 @@ from speakerforge.train.trainer import RunOptions, StopForTest, Trainer
 from tests.trainutil import TINY_MODEL, assert_same_weights, model_weights, tiny_config, tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_SETS = [*TINY_MODEL, "data.batch_size=8", "data.crop_seconds=0.8", "train.threads=1", "optim.lr=0.05",
-             "train.seed=3", "train.epochs=1"]
+BASE_SETS = [
+    *TINY_MODEL,
+    "data.batch_size=8",
+    "data.crop_seconds=0.8",
+    "train.threads=1",
+    "optim.lr=0.05",
+    "train.seed=3",
+    "train.epochs=1",
+]
 
 
 def _sets(*extra: str) -> list[str]:
@@ -40,8 +47,24 @@ def _backbone(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def test_linear_probe_keeps_backbone_bit_identical_and_trains_a_new_head(data, tmp_path):
     _a, b, pre = data
     exp = tmp_path / "probe"
-    assert main(["--quiet", "finetune", "--init", str(pre), "--exp", str(exp), "--data", str(b),
-                 "--freeze", "backbone", *_sets()]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--init",
+                str(pre),
+                "--exp",
+                str(exp),
+                "--data",
+                str(b),
+                "--freeze",
+                "backbone",
+                *_sets(),
+            ]
+        )
+        == 0
+    )
     before, after = model_weights(pre), model_weights(exp)
     assert_same_weights(_backbone(before), _backbone(after))  # weights and BatchNorm statistics
     assert after["classifier.weight"].shape[0] == 4 and before["classifier.weight"].shape[0] == 6
@@ -60,8 +83,20 @@ def test_full_finetune_changes_backbone(data, tmp_path):
 
 def test_freeze_pattern_matching_nothing_is_an_error_with_suggestions(data, tmp_path, capsys):
     _a, b, pre = data
-    code = main(["finetune", "--init", str(pre), "--exp", str(tmp_path / "x"), "--data", str(b),
-                 "--freeze", "backbone.blocks.99,backbon", *_sets()])
+    code = main(
+        [
+            "finetune",
+            "--init",
+            str(pre),
+            "--exp",
+            str(tmp_path / "x"),
+            "--data",
+            str(b),
+            "--freeze",
+            "backbone.blocks.99,backbon",
+            *_sets(),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "backbon" in err and "backbone" in err
     assert not (tmp_path / "x" / "checkpoints").exists()
@@ -70,8 +105,24 @@ def test_freeze_pattern_matching_nothing_is_an_error_with_suggestions(data, tmp_
 def test_glob_freeze_freezes_only_batchnorm_affine_parameters(data, tmp_path):
     _a, b, pre = data
     exp = tmp_path / "glob"
-    assert main(["--quiet", "finetune", "--init", str(pre), "--exp", str(exp), "--data", str(b),
-                 "--freeze", "backbone.*.norm", *_sets()]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--init",
+                str(pre),
+                "--exp",
+                str(exp),
+                "--data",
+                str(b),
+                "--freeze",
+                "backbone.*.norm",
+                *_sets(),
+            ]
+        )
+        == 0
+    )
     before, after = _backbone(model_weights(pre)), _backbone(model_weights(exp))
     norm_keys = [k for k in before if ".norm." in k and k.endswith((".weight", ".bias"))]
     assert norm_keys and all(torch.equal(before[k], after[k]) for k in norm_keys)
@@ -86,8 +137,10 @@ def _staged(corpus, *sets):
 def test_staged_run_equals_two_manual_runs(data, tmp_path):
     a, b, pre = data
     cfg = _staged(b, "train.epochs=1")
-    cfg.stages = [StageConfig(name="head", epochs=1, freeze=["backbone"], lr=0.1),
-                  StageConfig(name="all", epochs=1, lr=0.02)]
+    cfg.stages = [
+        StageConfig(name="head", epochs=1, freeze=["backbone"], lr=0.1),
+        StageConfig(name="all", epochs=1, lr=0.02),
+    ]
     from speakerforge.train.init import apply_init, read_init
 
     init = read_init(pre)
@@ -98,8 +151,13 @@ def test_staged_run_equals_two_manual_runs(data, tmp_path):
     Trainer(m1, tmp_path / "m1", RunOptions(command="finetune", **opts)).run()
     init2 = read_init(tmp_path / "m1")
     m2 = _staged(b, "train.epochs=1", "optim.lr=0.02")
-    Trainer(m2, tmp_path / "m2", RunOptions(command="finetune", init=lambda m, spk: apply_init(
-        m, init2, "auto", "ecapa_tdnn", False, True, spk))).run()
+    Trainer(
+        m2,
+        tmp_path / "m2",
+        RunOptions(
+            command="finetune", init=lambda m, spk: apply_init(m, init2, "auto", "ecapa_tdnn", False, True, spk)
+        ),
+    ).run()
     assert_same_weights(model_weights(tmp_path / "staged"), model_weights(tmp_path / "m2"))
 
 
@@ -108,8 +166,10 @@ def test_resume_inside_stage_two_continues_stage_two(data, tmp_path, caplog):
 
     def cfg():
         c = _staged(b, "train.epochs=1", "train.save_every_steps=1")
-        c.stages = [StageConfig(name="head", epochs=1, freeze=["backbone"], lr=0.1),
-                    StageConfig(name="all", epochs=2, lr=0.02)]
+        c.stages = [
+            StageConfig(name="head", epochs=1, freeze=["backbone"], lr=0.1),
+            StageConfig(name="all", epochs=2, lr=0.02),
+        ]
         return c
 
     from speakerforge.train.init import apply_init, read_init
@@ -129,10 +189,26 @@ def test_resume_inside_stage_two_continues_stage_two(data, tmp_path, caplog):
 
 def test_keep_head_requires_the_same_speakers(data, tmp_path, capsys):
     a, b, pre = data
-    assert main(["--quiet", "finetune", "--init", str(pre), "--exp", str(tmp_path / "k"), "--data", str(a),
-                 "--keep-head", *_sets()]) == 0
-    code = main(["finetune", "--init", str(pre), "--exp", str(tmp_path / "k2"), "--data", str(b), "--keep-head",
-                 *_sets()])
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--init",
+                str(pre),
+                "--exp",
+                str(tmp_path / "k"),
+                "--data",
+                str(a),
+                "--keep-head",
+                *_sets(),
+            ]
+        )
+        == 0
+    )
+    code = main(
+        ["finetune", "--init", str(pre), "--exp", str(tmp_path / "k2"), "--data", str(b), "--keep-head", *_sets()]
+    )
     assert code == 2 and "--keep-head needs the same speakers" in capsys.readouterr().err
 
 
@@ -142,8 +218,26 @@ def test_finetune_from_a_converted_speakerlab_checkpoint_with_other_speakers(dat
     ref = ecapa.ECAPA_TDNN(input_size=80, channels=[16, 16, 16, 16, 48], lin_neurons=16)
     torch.save(ref.state_dict(), tmp_path / "speakerlab.ckpt")
     exp = tmp_path / "from3d"
-    assert main(["--quiet", "finetune", "--init", str(tmp_path / "speakerlab.ckpt"), "--init-format", "3dspeaker",
-                 "--exp", str(exp), "--data", str(b), "--freeze", "backbone", *_sets()]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--init",
+                str(tmp_path / "speakerlab.ckpt"),
+                "--init-format",
+                "3dspeaker",
+                "--exp",
+                str(exp),
+                "--data",
+                str(b),
+                "--freeze",
+                "backbone",
+                *_sets(),
+            ]
+        )
+        == 0
+    )
     state, meta = load_model_file(exp / "model.safetensors")
     assert state["classifier.weight"].shape == (4, 16) and len(meta["speakers"]) == 4
     ours = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
@@ -155,13 +249,38 @@ def test_finetune_from_a_converted_speakerlab_checkpoint_with_other_speakers(dat
 
 def test_wrong_shape_init_lists_keys_and_partial_load_reports(data, tmp_path, capsys, caplog):
     _a, b, pre = data
-    code = main(["finetune", "--init", str(pre), "--exp", str(tmp_path / "w"), "--data", str(b),
-                 "--allow-config-change", *_sets(), "--set", "model.args={channels: 24, embedding_dim: 16}"])
+    code = main(
+        [
+            "finetune",
+            "--init",
+            str(pre),
+            "--exp",
+            str(tmp_path / "w"),
+            "--data",
+            str(b),
+            "--allow-config-change",
+            *_sets(),
+            "--set",
+            "model.args={channels: 24, embedding_dim: 16}",
+        ]
+    )
     # the model comes from the init source, so the override is replaced and training works
     assert code == 0
     torch.save({"blocks.0.conv.weight": torch.zeros(3)}, tmp_path / "bad.ckpt")
-    code = main(["finetune", "--init", str(tmp_path / "bad.ckpt"), "--init-format", "3dspeaker", "--exp",
-                 str(tmp_path / "w2"), "--data", str(b), *_sets()])
+    code = main(
+        [
+            "finetune",
+            "--init",
+            str(tmp_path / "bad.ckpt"),
+            "--init-format",
+            "3dspeaker",
+            "--exp",
+            str(tmp_path / "w2"),
+            "--data",
+            str(b),
+            *_sets(),
+        ]
+    )
     assert code == 2 and "missing" in capsys.readouterr().err
 
 
@@ -179,16 +298,50 @@ def test_integrity_check_catches_a_parameter_the_loss_never_uses(data, tmp_path,
     code = main(["finetune", "--init", str(pre), "--exp", str(tmp_path / "d"), "--data", str(b), *_sets()])
     err = capsys.readouterr().err
     assert code == 2 and "dead" in err
-    assert main(["--quiet", "finetune", "--init", str(pre), "--exp", str(tmp_path / "d2"), "--data", str(b),
-                 "--allow-dead-params", *_sets()]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--init",
+                str(pre),
+                "--exp",
+                str(tmp_path / "d2"),
+                "--data",
+                str(b),
+                "--allow-dead-params",
+                *_sets(),
+            ]
+        )
+        == 0
+    )
 
 
 def test_lr_multiplier_applies_per_group(data, tmp_path):
     _a, b, pre = data
     exp = tmp_path / "mult"
-    assert main(["--quiet", "finetune", "--init", str(pre), "--exp", str(exp), "--data", str(b), *_sets(),
-                 "--set", "optim.lr_mult={backbone: 0.1}", "--set", "optim.warmup_epochs=0",
-                 "--set", "optim.min_lr=0.05"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--init",
+                str(pre),
+                "--exp",
+                str(exp),
+                "--data",
+                str(b),
+                *_sets(),
+                "--set",
+                "optim.lr_mult={backbone: 0.1}",
+                "--set",
+                "optim.warmup_epochs=0",
+                "--set",
+                "optim.min_lr=0.05",
+            ]
+        )
+        == 0
+    )
     groups = load_state(sorted((exp / "checkpoints").glob("ckpt-*.pt"))[-1])["optimizer"]["param_groups"]
     lrs = sorted({round(g["lr"], 6) for g in groups})
     assert lrs == [0.005, 0.05]
@@ -210,7 +363,24 @@ def test_large_margin_recipe_keeps_the_speed_perturbed_classifier(tmp_path):
     raw["stages"][0]["epochs"] = 1
     raw["data"].update(crop_seconds=1.0, batch_size=8, num_workers=0)
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["--quiet", "finetune", "--config", str(tmp_path / "lm.yaml"), "--init", str(tmp_path / "sup"),
-                 "--keep-head", "--exp", str(tmp_path / "lm"), "--data", str(corpus), *_sets()]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--config",
+                str(tmp_path / "lm.yaml"),
+                "--init",
+                str(tmp_path / "sup"),
+                "--keep-head",
+                "--exp",
+                str(tmp_path / "lm"),
+                "--data",
+                str(corpus),
+                *_sets(),
+            ]
+        )
+        == 0
+    )
     rows = (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()
     assert '"margin": 0.5' in rows[0]

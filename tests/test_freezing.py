@@ -28,13 +28,15 @@ class Tiny(nn.Module):
 
     def __init__(self, n_classes: int = 5) -> None:
         super().__init__()
-        self.backbone = nn.Sequential(OrderedDict(
-            conv=nn.Conv1d(4, 8, 3, padding=1, bias=False),
-            bn1=nn.BatchNorm1d(8),
-            act=nn.ReLU(),
-            layer1=nn.Sequential(nn.Conv1d(8, 8, 1, bias=False), nn.BatchNorm1d(8), nn.ReLU()),
-            pool_bn=nn.BatchNorm1d(8, affine=False),
-        ))
+        self.backbone = nn.Sequential(
+            OrderedDict(
+                conv=nn.Conv1d(4, 8, 3, padding=1, bias=False),
+                bn1=nn.BatchNorm1d(8),
+                act=nn.ReLU(),
+                layer1=nn.Sequential(nn.Conv1d(8, 8, 1, bias=False), nn.BatchNorm1d(8), nn.ReLU()),
+                pool_bn=nn.BatchNorm1d(8, affine=False),
+            )
+        )
         self.head = nn.Sequential(OrderedDict(fc=nn.Linear(8, n_classes)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,10 +92,16 @@ def test_prefix_matches_exactly_as_funasr_so_encoder_does_not_select_encoder2():
 
 
 def test_glob_selects_parameter_names_and_every_parameter_of_a_module_it_names(model):
-    assert match_parameters(model, "backbone.*.bias")["backbone.*.bias"] == ["backbone.bn1.bias", "backbone.layer1.1.bias"]
+    assert match_parameters(model, "backbone.*.bias")["backbone.*.bias"] == [
+        "backbone.bn1.bias",
+        "backbone.layer1.1.bias",
+    ]
     # `backbone.layer?` names a module, not a parameter: it freezes everything inside it
     assert match_parameters(model, "backbone.layer?")["backbone.layer?"] == [
-        "backbone.layer1.0.weight", "backbone.layer1.1.weight", "backbone.layer1.1.bias"]
+        "backbone.layer1.0.weight",
+        "backbone.layer1.1.weight",
+        "backbone.layer1.1.bias",
+    ]
     assert match_parameters(model, "*.bn1")["*.bn1"] == ["backbone.bn1.weight", "backbone.bn1.bias"]
 
 
@@ -114,14 +122,22 @@ def test_pattern_matching_nothing_raises_naming_it_and_the_nearest_names(model):
 def test_frozen_tensors_stay_bit_identical_under_momentum_and_weight_decay_while_others_change(model, opt):
     apply_freeze(model, "backbone.conv,backbone.layer1")
     groups = trainable_parameter_groups(model, 0.1, 1e-2)
-    optimizer = (torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True) if opt == "sgd"
-                 else torch.optim.AdamW(groups, lr=0.01))
+    optimizer = (
+        torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True)
+        if opt == "sgd"
+        else torch.optim.AdamW(groups, lr=0.01)
+    )
     before = _snapshot(model)
     _train(model, optimizer, steps=4)
     after = _snapshot(model)
-    for name in ["backbone.conv.weight", "backbone.layer1.0.weight", "backbone.layer1.1.bias",
-                 "backbone.layer1.1.running_mean", "backbone.layer1.1.running_var",
-                 "backbone.layer1.1.num_batches_tracked"]:
+    for name in [
+        "backbone.conv.weight",
+        "backbone.layer1.0.weight",
+        "backbone.layer1.1.bias",
+        "backbone.layer1.1.running_mean",
+        "backbone.layer1.1.running_var",
+        "backbone.layer1.1.num_batches_tracked",
+    ]:
         assert torch.equal(before[name], after[name]), name
     for name in ["backbone.bn1.weight", "head.fc.weight", "head.fc.bias", "backbone.bn1.running_mean"]:
         assert not torch.equal(before[name], after[name]), name
@@ -132,7 +148,7 @@ def test_optimizer_holds_no_tensor_and_no_state_for_frozen_tensors(model):
     optimizer = torch.optim.AdamW(trainable_parameter_groups(model, 1e-3, 1e-2))
     _train(model, optimizer, steps=2)
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    frozen = [p for p in model.backbone.parameters()]
+    frozen = list(model.backbone.parameters())
     assert frozen and not any(id(p) in held for p in frozen)
     assert not any(p in optimizer.state for p in frozen)
     assert all(p in optimizer.state for p in model.head.parameters())
@@ -245,8 +261,13 @@ class Prototypes(nn.Module):
 
 def test_extra_module_parameters_are_grouped_with_their_own_weight_decay(model):
     objective = Prototypes()
-    groups = trainable_parameter_groups(model, 0.1, 1e-4, extra_modules={"objective": objective},
-                                        param_overrides={"objective.prototypes": {"weight_decay": 0.0}})
+    groups = trainable_parameter_groups(
+        model,
+        0.1,
+        1e-4,
+        extra_modules={"objective": objective},
+        param_overrides={"objective.prototypes": {"weight_decay": 0.0}},
+    )
     g = _group_of(groups, "objective.prototypes")
     assert g["params"] == [objective.prototypes] and g["weight_decay"] == 0.0 and g["lr"] == 0.1
     assert "objective.prototypes" in g["name"]

@@ -142,7 +142,7 @@ def test_margin_schedule_endpoints_and_monotonic(kind):
     assert margin_at_step(100, **kw) == 0.0
     assert margin_at_step(400, **kw) == pytest.approx(0.2)
     assert margin_at_step(10_000, **kw) == pytest.approx(0.2)
-    values = [margin_at_step(s, **kw) for s in range(0, 500)]
+    values = [margin_at_step(s, **kw) for s in range(500)]
     assert all(b >= a for a, b in zip(values, values[1:]))
     assert 0.0 < margin_at_step(250, **kw) < 0.2
 
@@ -162,7 +162,7 @@ def test_schedule_matches_speakerlab_margin_scheduler():
 
     for ours_kind, ref_kind in (("linear", "linear"), ("exponential", "exp")):
         ref = scheduler.MarginScheduler(_Criterion(), 2, 5, 10, 0.0, 0.3, increase_type=ref_kind)
-        for step in range(0, 70):
+        for step in range(70):
             ref.step(step)
             ours = margin_at_step(step, start_step=20, end_step=50, initial=0.0, final=0.3, kind=ours_kind)
             assert ours == pytest.approx(ref.get_margin(), abs=1e-6), (ours_kind, step)

@@ -24,8 +24,9 @@ from speakerforge.models.registry import build_model
 # Tiny members of every family: a few thousand to a few hundred thousand parameters, milliseconds per second of audio.
 TINY = {
     "ecapa_tdnn": dict(channels=32, embedding_dim=32, attention_channels=16, se_channels=16),
-    "campplus": dict(embedding_dim=32, growth_rate=8, bn_size=2, init_channels=32, m_channels=8,
-                     block_layers=(2, 2, 2)),
+    "campplus": dict(
+        embedding_dim=32, growth_rate=8, bn_size=2, init_channels=32, m_channels=8, block_layers=(2, 2, 2)
+    ),
     "eres2net": dict(embedding_dim=32, m_channels=8, num_blocks=(1, 1, 1, 1)),
     "resnet34": dict(embedding_dim=32, m_channels=4),
 }
@@ -144,8 +145,13 @@ def test_onnx_model_loads_and_matches_torch(campplus_file: Path, model, tmp_path
 
 @pytest.mark.parametrize("kind", ["missing", "folder_without_model", "not_onnx", "not_a_model", "foreign_pt"])
 def test_bad_model_paths_are_errors_naming_the_path(tmp_path: Path, kind: str):
-    path = {"missing": tmp_path / "nope.safetensors", "folder_without_model": tmp_path,
-            "not_onnx": tmp_path / "x.onnx", "not_a_model": tmp_path / "x.txt", "foreign_pt": tmp_path / "x.pt"}[kind]
+    path = {
+        "missing": tmp_path / "nope.safetensors",
+        "folder_without_model": tmp_path,
+        "not_onnx": tmp_path / "x.onnx",
+        "not_a_model": tmp_path / "x.txt",
+        "foreign_pt": tmp_path / "x.pt",
+    }[kind]
     if kind in ("not_onnx", "not_a_model"):
         path.write_text("this is not a model\n")
     if kind == "foreign_pt":
@@ -263,7 +269,7 @@ def corpus(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
         rows.append({"key": key, "wav": str(path), "spk": key.split("/")[0]})
         expected[key] = w
     rows.append({"key": "seg", "wav": str(audio / "spk2/c.wav"), "spk": "spk2", "start": 1.0, "end": 2.5})
-    expected["seg"] = waves["spk2/c"][SR: int(2.5 * SR)]
+    expected["seg"] = waves["spk2/c"][SR : int(2.5 * SR)]
     stereo = noise(1.0, 7, sr=8000)
     sf.write(audio / "stereo.flac", np.stack([stereo, stereo], axis=1), 8000)
     rows.append({"key": "stereo", "wav": str(audio / "stereo.flac"), "spk": "spk3"})
@@ -336,8 +342,25 @@ def _one_line_error(capsys, code: int, *needles: str) -> str:
 def test_extract_command_writes_outputs_and_reports_rtf(campplus_file: Path, corpus, tmp_path: Path, capsys):
     manifest, waves = corpus
     out = tmp_path / "e.npz"
-    code = main(["extract", "--model", str(campplus_file), "--data", str(manifest), "--out", str(out),
-                 "--ark", str(tmp_path / "e.ark"), "--chunk", "2", "--batch-size", "2", "--threads", "1"])
+    code = main(
+        [
+            "extract",
+            "--model",
+            str(campplus_file),
+            "--data",
+            str(manifest),
+            "--out",
+            str(out),
+            "--ark",
+            str(tmp_path / "e.ark"),
+            "--chunk",
+            "2",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "RTF" in printed
@@ -345,14 +368,26 @@ def test_extract_command_writes_outputs_and_reports_rtf(campplus_file: Path, cor
     assert (tmp_path / "e.scp").is_file() and (tmp_path / "e.npz.json").is_file()
 
 
-def test_extract_with_an_unreadable_file_fails_in_one_line_and_writes_nothing(campplus_file: Path, corpus,
-                                                                              tmp_path: Path, capsys):
+def test_extract_with_an_unreadable_file_fails_in_one_line_and_writes_nothing(
+    campplus_file: Path, corpus, tmp_path: Path, capsys
+):
     manifest, _ = corpus
     bad = tmp_path / "audio" / "spk1" / "b.wav"
     bad.write_bytes(b"RIFF not really a wav file")
     out_dir = tmp_path / "out"
-    code = main(["extract", "--model", str(campplus_file), "--data", str(manifest), "--out",
-                 str(out_dir / "e.npz"), "--ark", str(out_dir / "e.ark")])
+    code = main(
+        [
+            "extract",
+            "--model",
+            str(campplus_file),
+            "--data",
+            str(manifest),
+            "--out",
+            str(out_dir / "e.npz"),
+            "--ark",
+            str(out_dir / "e.ark"),
+        ]
+    )
     _one_line_error(capsys, code, "b.wav", "data.jsonl:2")
     assert not out_dir.exists() or list(out_dir.iterdir()) == []
 
@@ -361,17 +396,22 @@ def test_extract_with_an_unreadable_file_fails_in_one_line_and_writes_nothing(ca
 def test_commands_with_a_bad_model_fail_in_one_line(tmp_path: Path, capsys, kind: str):
     wav = tmp_path / "a.wav"
     sf.write(wav, noise(1.0), SR)
-    model = {"missing": tmp_path / "nothing" / "model.safetensors", "not_onnx": tmp_path / "fake.onnx",
-             "no_model_dir": tmp_path / "empty_exp"}[kind]
+    model = {
+        "missing": tmp_path / "nothing" / "model.safetensors",
+        "not_onnx": tmp_path / "fake.onnx",
+        "no_model_dir": tmp_path / "empty_exp",
+    }[kind]
     if kind == "not_onnx":
         model.write_bytes(b"\x00garbage, not a protobuf")
     if kind == "no_model_dir":
         model.mkdir()
     out = tmp_path / "o.npz"
-    for argv in (["verify", "--model", str(model), str(wav), str(wav)],
-                 ["embed", "--model", str(model), str(wav), "--out", str(out)],
-                 ["extract", "--model", str(model), "--data", str(tmp_path), "--out", str(out)],
-                 ["export", "--model", str(model), "--onnx", str(tmp_path / "x.onnx")]):
+    for argv in (
+        ["verify", "--model", str(model), str(wav), str(wav)],
+        ["embed", "--model", str(model), str(wav), "--out", str(out)],
+        ["extract", "--model", str(model), "--data", str(tmp_path), "--out", str(out)],
+        ["export", "--model", str(model), "--onnx", str(tmp_path / "x.onnx")],
+    ):
         _one_line_error(capsys, main(argv), str(model))
     assert not out.exists() and not (tmp_path / "x.onnx").exists()
 

@@ -25,7 +25,8 @@ def test_csv_reads_3dspeaker_chunks_in_seconds_with_dur_as_file_length(tmp_path)
         "ID,dur,path,start,stop,spk\n"
         "a_0.0_4.0,6.5,wav/a.wav,0.0,4.0,s1\n"
         "a_4.0_6.5,6.5,wav/a.wav,4.0,6.5,s1\n"
-        "b,2.25,/abs/b.wav,,,s2\n")
+        "b,2.25,/abs/b.wav,,,s2\n"
+    )
     utts = read_manifest(tmp_path / "m.csv")
     assert [u.key for u in utts] == ["a_0.0_4.0", "a_4.0_6.5", "b"]
     assert utts[0].path == str(tmp_path / "wav" / "a.wav")
@@ -73,9 +74,11 @@ def test_csv_written_by_us_is_read_by_a_3dspeaker_style_dictreader(tmp_path):
 
 # ---- JSON Lines
 def test_jsonl_reads_optional_fields_and_resolves_relative_paths(tmp_path):
-    lines = [{"key": "a", "wav": "x/a.wav", "spk": "s1"},
-             {"key": "b", "wav": "b.flac", "spk": 7, "start": 1, "end": 2.5},
-             {"key": "c", "wav": "c.wav", "dur": "3.0"}]
+    lines = [
+        {"key": "a", "wav": "x/a.wav", "spk": "s1"},
+        {"key": "b", "wav": "b.flac", "spk": 7, "start": 1, "end": 2.5},
+        {"key": "c", "wav": "c.wav", "dur": "3.0"},
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     a, b, c = read_manifest(tmp_path / "m.jsonl")
     assert a == Utterance("a", str(tmp_path / "x" / "a.wav"), "s1", source=str(tmp_path / "m.jsonl"), line=1)
@@ -84,8 +87,9 @@ def test_jsonl_reads_optional_fields_and_resolves_relative_paths(tmp_path):
 
 
 def test_jsonl_bad_json_and_missing_fields_name_their_lines(tmp_path):
-    (tmp_path / "m.jsonl").write_text('{"key": "a", "wav": "a.wav", "spk": "s"}\n{"key": "b", \n'
-                                      '{"wav": "c.wav"}\n[1]\n')
+    (tmp_path / "m.jsonl").write_text(
+        '{"key": "a", "wav": "a.wav", "spk": "s"}\n{"key": "b", \n{"wav": "c.wav"}\n[1]\n'
+    )
     problems: list[str] = []
     utts = read_manifest(tmp_path / "m.jsonl", problems=problems)
     assert [u.key for u in utts] == ["a"]
@@ -104,8 +108,9 @@ def test_json_array_file_gets_a_jsonl_hint(tmp_path):
 
 
 def test_duplicate_keys_raise_naming_both_lines(tmp_path):
-    (tmp_path / "m.jsonl").write_text('{"key": "a", "wav": "a.wav"}\n{"key": "b", "wav": "b.wav"}\n'
-                                      '{"key": "a", "wav": "c.wav"}\n')
+    (tmp_path / "m.jsonl").write_text(
+        '{"key": "a", "wav": "a.wav"}\n{"key": "b", "wav": "b.wav"}\n{"key": "a", "wav": "c.wav"}\n'
+    )
     with pytest.raises(DataError, match=r"m\.jsonl:3: duplicate ID 'a' \(first defined at .*m\.jsonl:1\)"):
         read_manifest(tmp_path / "m.jsonl")
 
@@ -127,16 +132,24 @@ def _kaldi(folder: Path, **files: str) -> Path:
 
 
 def test_kaldi_dir_with_wav_scp_utt2spk_and_utt2dur(tmp_path):
-    d = _kaldi(tmp_path / "data", **{"wav.scp": "u1 /abs/u1.wav\nu2 rel/u2.flac\n", "utt2spk": "u1 s1\nu2 s2\n",
-                                      "utt2dur": "u1 1.5\nu2 2\n"})
+    d = _kaldi(
+        tmp_path / "data",
+        **{"wav.scp": "u1 /abs/u1.wav\nu2 rel/u2.flac\n", "utt2spk": "u1 s1\nu2 s2\n", "utt2dur": "u1 1.5\nu2 2\n"},
+    )
     u1, u2 = read_manifest(d)
     assert u1 == Utterance("u1", "/abs/u1.wav", "s1", duration=1.5, source=str(d / "wav.scp"), line=1)
     assert (u2.path, u2.spk, u2.duration) == (str(d / "rel" / "u2.flac"), "s2", 2.0)
 
 
 def test_kaldi_segments_define_the_utterances(tmp_path):
-    d = _kaldi(tmp_path / "data", **{"wav.scp": "rec1 rec1.wav\n", "utt2spk": "seg1 s1\nseg2 s1\nseg3 s1\n",
-                                      "segments": "seg1 rec1 0.00 1.20\nseg2 rec1 1.20 -1\nseg3 rec1 0 -1\n"})
+    d = _kaldi(
+        tmp_path / "data",
+        **{
+            "wav.scp": "rec1 rec1.wav\n",
+            "utt2spk": "seg1 s1\nseg2 s1\nseg3 s1\n",
+            "segments": "seg1 rec1 0.00 1.20\nseg2 rec1 1.20 -1\nseg3 rec1 0 -1\n",
+        },
+    )
     seg1, seg2, seg3 = read_manifest(d)
     assert (seg1.key, seg1.path, seg1.start, seg1.end, seg1.duration) == ("seg1", str(d / "rec1.wav"), 0.0, 1.2, 1.2)
     assert (seg2.start, seg2.end, seg2.duration, seg2.line) == (1.2, None, None, 2)
@@ -153,8 +166,10 @@ def test_kaldi_pipe_command_is_refused_and_never_run(tmp_path):
 
 
 def test_kaldi_missing_utt2spk_entry_and_unknown_recording_name_lines(tmp_path):
-    d = _kaldi(tmp_path / "data", **{"wav.scp": "r1 r1.wav\n", "utt2spk": "a s\nghost s\n",
-                                      "segments": "a r1 0 1\nb r1 1 2\nc r9 0 1\n"})
+    d = _kaldi(
+        tmp_path / "data",
+        **{"wav.scp": "r1 r1.wav\n", "utt2spk": "a s\nghost s\n", "segments": "a r1 0 1\nb r1 1 2\nc r9 0 1\n"},
+    )
     problems: list[str] = []
     utts = read_manifest(d, problems=problems)
     assert [u.key for u in utts] == ["a", "b"]
@@ -172,9 +187,11 @@ def test_kaldi_dir_without_utt2spk_is_an_error(tmp_path):
 # ---- writing
 @pytest.mark.parametrize("name", ["m.csv", "m.jsonl", "kaldi_dir"])
 def test_write_then_read_round_trips(tmp_path, name):
-    utts = [Utterance("a", str(tmp_path / "wav" / "a.wav"), "s1", duration=2.0),
-            Utterance("b", str(tmp_path / "wav" / "b.wav"), "s2", 0.25, 1.5, 1.25),
-            Utterance("c", "/elsewhere/c.wav", "s2", 1.0, 3.0, 2.0)]
+    utts = [
+        Utterance("a", str(tmp_path / "wav" / "a.wav"), "s1", duration=2.0),
+        Utterance("b", str(tmp_path / "wav" / "b.wav"), "s2", 0.25, 1.5, 1.25),
+        Utterance("c", "/elsewhere/c.wav", "s2", 1.0, 3.0, 2.0),
+    ]
     out = write_manifest(utts, tmp_path / name)
     back = read_manifest(out)
     assert _plain(sorted(back, key=lambda u: u.key)) == utts

@@ -31,7 +31,7 @@ def ref():
     path = Path(list(spec.submodule_search_locations)[0]) / "utils" / "score_metrics.py"
     with pytest.MonkeyPatch.context() as mp:
         try:
-            import scipy.stats  # noqa: F401
+            import scipy.stats
         except ModuleNotFoundError:
             scipy = types.ModuleType("scipy")
             scipy.stats = types.ModuleType("scipy.stats")
@@ -47,14 +47,21 @@ def ref():
 def reference_metrics(ref, scores: np.ndarray, labels: np.ndarray) -> dict:
     fnr, fpr = ref.compute_pmiss_pfa_rbst(scores, labels)
     eer, thr = ref.compute_eer(fnr, fpr, scores)
-    return {"eer": 100 * eer, "eer_threshold": thr,
-            "0.01": ref.compute_c_norm(fnr, fpr, 0.01), "0.05": ref.compute_c_norm(fnr, fpr, 0.05)}
+    return {
+        "eer": 100 * eer,
+        "eer_threshold": thr,
+        "0.01": ref.compute_c_norm(fnr, fpr, 0.01),
+        "0.05": ref.compute_c_norm(fnr, fpr, 0.05),
+    }
 
 
 def max_diff(ours: dict, theirs: dict) -> float:
-    return max(abs(ours["eer"] - theirs["eer"]), abs(ours["eer_threshold"] - theirs["eer_threshold"]),
-               abs(ours["min_dcf"]["0.01"]["value"] - theirs["0.01"]),
-               abs(ours["min_dcf"]["0.05"]["value"] - theirs["0.05"]))
+    return max(
+        abs(ours["eer"] - theirs["eer"]),
+        abs(ours["eer_threshold"] - theirs["eer_threshold"]),
+        abs(ours["min_dcf"]["0.01"]["value"] - theirs["0.01"]),
+        abs(ours["min_dcf"]["0.05"]["value"] - theirs["0.05"]),
+    )
 
 
 def _trials(seed: int, n: int, p_target: float, separation: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +73,9 @@ def _trials(seed: int, n: int, p_target: float, separation: float = 2.0) -> tupl
 
 CASES = {
     "random": lambda s: _trials(s, 20000, 0.1),
-    "random_float32": lambda s: tuple((a.astype(np.float32) if i == 0 else a) for i, a in enumerate(_trials(s, 20000, 0.1))),
+    "random_float32": lambda s: tuple(
+        (a.astype(np.float32) if i == 0 else a) for i, a in enumerate(_trials(s, 20000, 0.1))
+    ),
     "tied_1_decimal": lambda s: (np.round(_trials(s, 20000, 0.1)[0], 1), _trials(s, 20000, 0.1)[1]),
     "tied_3_values": lambda s: (np.clip(np.round(_trials(s, 5000, 0.3, 1.0)[0]), -1, 1), _trials(s, 5000, 0.3, 1.0)[1]),
     "unbalanced_few_targets": lambda s: _trials(s, 30000, 0.0003, 3.0),
@@ -180,8 +189,10 @@ def test_det_plot_of_several_systems_is_a_png_and_leaves_no_temp_file(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 # `speakerforge eval`
 def _write_scores(path: Path, scores, labels, names=("nontarget", "target")) -> None:
-    lines = [f"e{i} t{i} {s:.6f}" + (f" {names[l]}" if labels is not None else "") for i, (s, l) in
-             enumerate(zip(scores, labels if labels is not None else [0] * len(scores)))]
+    lines = [
+        f"e{i} t{i} {s:.6f}" + (f" {names[lab]}" if labels is not None else "")
+        for i, (s, lab) in enumerate(zip(scores, labels if labels is not None else [0] * len(scores)))
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -205,8 +216,23 @@ def test_eval_takes_labels_from_trials_in_any_order_and_compares_systems(tmp_pat
     (tmp_path / "b.score").write_text("".join(f"e{i} t{i} {scores[i] * 0.5 + labels[i]:.6f}\n" for i in order))
     (tmp_path / "trials").write_text("".join(f"{labels[i]} e{i} t{i}\n" for i in range(len(scores))))
     out = tmp_path / "out"
-    assert main(["--quiet", "eval", "--scores", str(tmp_path / "a.score"), "--trials", str(tmp_path / "trials"),
-                 "--compare", str(tmp_path / "b.score"), "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "eval",
+                "--scores",
+                str(tmp_path / "a.score"),
+                "--trials",
+                str(tmp_path / "trials"),
+                "--compare",
+                str(tmp_path / "b.score"),
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "metrics.json").read_text())
     assert report["eer"] == pytest.approx(compute_metrics(np.round(scores, 6), labels)["eer"], abs=1e-9)
     assert report["compare"]["b"]["eer"] < report["eer"]
@@ -230,8 +256,9 @@ def test_eval_all_target_scores_fail_without_output(tmp_path, capsys):
 
 def test_eval_nan_scores_name_count_and_first_trial_line(tmp_path, capsys):
     (tmp_path / "s").write_text("a b 0.1 target\nc d nan nontarget\ne f 0.3 nontarget\ng h inf target\n")
-    _assert_fails(["eval", "--scores", str(tmp_path / "s")], capsys, "2 of 4 scores are NaN or inf",
-                  f"c d ({tmp_path / 's'}:2)")
+    _assert_fails(
+        ["eval", "--scores", str(tmp_path / "s")], capsys, "2 of 4 scores are NaN or inf", f"c d ({tmp_path / 's'}:2)"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
@@ -245,8 +272,9 @@ def test_eval_unlabelled_scores_without_trials_and_unscored_trials_are_errors(tm
     (tmp_path / "s").write_text("a b 0.1\nc d 0.2\n")
     _assert_fails(["eval", "--scores", str(tmp_path / "s")], capsys, "no labels", "--trials")
     (tmp_path / "t").write_text("1 a b\n0 c d\n0 x y\n")
-    _assert_fails(["eval", "--scores", str(tmp_path / "s"), "--trials", str(tmp_path / "t")], capsys,
-                  "1 of 3 trials", "x y")
+    _assert_fails(
+        ["eval", "--scores", str(tmp_path / "s"), "--trials", str(tmp_path / "t")], capsys, "1 of 3 trials", "x y"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "t"]
 
 

@@ -112,8 +112,9 @@ def test_key_maps_strip_data_parallel_prefix():
 
 
 def _demo_campplus() -> CAMPPlus:
-    return build_model("campplus", embedding_dim=32, m_channels=8, init_channels=32, growth_rate=8, bn_size=2,
-                       block_layers=(2, 3, 2))
+    return build_model(
+        "campplus", embedding_dim=32, m_channels=8, init_channels=32, growth_rate=8, bn_size=2, block_layers=(2, 3, 2)
+    )
 
 
 def _demo_eres2net() -> ERes2Net:
@@ -125,8 +126,18 @@ def _demo_eres2net() -> ERes2Net:
     [
         ("campplus", {}),
         ("eres2net", {"variant": "base"}),
-        ("campplus", {"embedding_dim": 32, "m_channels": 8, "init_channels": 32, "growth_rate": 8, "bn_size": 2,
-                      "block_layers": (2, 3, 2), "config_str": "batchnorm-prelu"}),
+        (
+            "campplus",
+            {
+                "embedding_dim": 32,
+                "m_channels": 8,
+                "init_channels": 32,
+                "growth_rate": 8,
+                "bn_size": 2,
+                "block_layers": (2, 3, 2),
+                "config_str": "batchnorm-prelu",
+            },
+        ),
     ],
     ids=["campplus", "eres2net-base", "campplus-prelu-demo"],
 )
@@ -161,14 +172,17 @@ def test_bn_folds_are_exact_for_conv_and_for_linear_after_bn():
         assert torch.allclose(fold_bn_into_linear(lin, bn1, bn_before=True)(z), want, atol=1e-6)
 
 
-@pytest.mark.parametrize("act, ref_act", [
-    ("none", lambda y: y),
-    ("relu", torch.relu),
-    ("relu20", lambda y: torch.clamp(y, 0, 20)),
-    ("silu", torch.nn.functional.silu),
-    ("tanh", torch.tanh),
-    ("sigmoid", torch.sigmoid),
-])
+@pytest.mark.parametrize(
+    "act, ref_act",
+    [
+        ("none", lambda y: y),
+        ("relu", torch.relu),
+        ("relu20", lambda y: torch.clamp(y, 0, 20)),
+        ("silu", torch.nn.functional.silu),
+        ("tanh", torch.tanh),
+        ("sigmoid", torch.sigmoid),
+    ],
+)
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
 def test_conv_act_fused_and_eager_paths_equal_conv_then_activation(act, ref_act, with_residual):
     torch.manual_seed(0)
@@ -243,8 +257,16 @@ def test_campplus_dense_block_inference_buffer_matches_concatenation():
 def test_campplus_memory_efficient_gives_same_gradients():
     torch.manual_seed(0)
     a = _demo_campplus()
-    b = build_model("campplus", embedding_dim=32, m_channels=8, init_channels=32, growth_rate=8, bn_size=2,
-                    block_layers=(2, 3, 2), memory_efficient=False)
+    b = build_model(
+        "campplus",
+        embedding_dim=32,
+        m_channels=8,
+        init_channels=32,
+        growth_rate=8,
+        bn_size=2,
+        block_layers=(2, 3, 2),
+        memory_efficient=False,
+    )
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 60, 80)
     for m in (a, b):
@@ -266,8 +288,16 @@ def test_eres2net_variants_and_overrides():
 def test_odd_feature_dimensions_size_the_pooling_correctly():
     model = build_model("eres2net", feat_dim=20, m_channels=4, num_blocks=(1, 1, 1, 1), embedding_dim=8).eval()
     assert model(torch.randn(1, 40, 20)).shape == (1, 8)
-    model = build_model("campplus", feat_dim=20, m_channels=4, init_channels=16, growth_rate=4, bn_size=2,
-                        block_layers=(1, 1, 1), embedding_dim=8).eval()
+    model = build_model(
+        "campplus",
+        feat_dim=20,
+        m_channels=4,
+        init_channels=16,
+        growth_rate=4,
+        bn_size=2,
+        block_layers=(1, 1, 1),
+        embedding_dim=8,
+    ).eval()
     assert model(torch.randn(1, 40, 20)).shape == (1, 8)
 
 
@@ -305,13 +335,14 @@ def test_pooling_matches_speakerlab_pooling_layers(name):
 def test_attentive_stats_pool_reproduces_ecapa_pooling_with_lengths():
     ecapa = import_speakerlab("models.ecapa_tdnn.ECAPA_TDNN")
     ref = randomize_batchnorm(ecapa.AttentiveStatisticsPooling(16, attention_channels=8)).eval()
-    ours = AttentiveStatsPool(16, bottleneck_dim=8, global_context=True, attention_norm=True,
-                              context_unbiased=False).eval()
+    ours = AttentiveStatsPool(
+        16, bottleneck_dim=8, global_context=True, attention_norm=True, context_unbiased=False
+    ).eval()
     renames = {"tdnn.conv.conv.": "linear1.", "tdnn.norm.norm.": "norm.", "conv.conv.": "linear2."}
     sd = {}
     for k, v in ref.state_dict().items():
         old = next(o for o in renames if k.startswith(o))
-        sd[renames[old] + k[len(old):]] = v
+        sd[renames[old] + k[len(old) :]] = v
     ours.load_state_dict(sd)
     x = torch.randn(2, 16, 40)
     lengths = torch.tensor([1.0, 0.75])

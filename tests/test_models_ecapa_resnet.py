@@ -29,7 +29,7 @@ def _randomize(model: nn.Module, seed: int) -> nn.Module:
                 continue
             if name.endswith("running_var"):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith("running_mean") or name.endswith("bias"):
+            elif name.endswith(("running_mean", "bias")):
                 t.copy_(0.1 * torch.randn(t.shape, generator=g))
             elif t.dim() <= 1:  # BN weights
                 t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=g))
@@ -66,8 +66,9 @@ def test_ecapa512_matches_speakerlab_ecapa(frames):
 
 def test_ecapa_relative_lengths_match_speakerlab():
     ref_mod = _speakerlab("speakerlab.models.ecapa_tdnn.ECAPA_TDNN")
-    ref = _randomize(ref_mod.ECAPA_TDNN(80, channels=[64, 64, 64, 64, 192], attention_channels=16, se_channels=16),
-                     seed=2)
+    ref = _randomize(
+        ref_mod.ECAPA_TDNN(80, channels=[64, 64, 64, 64, 192], attention_channels=16, se_channels=16), seed=2
+    )
     ours = ecapa_tdnn(channels=64, attention_channels=16, se_channels=16).eval()
     ours.load_state_dict(convert_state_dict(ref.state_dict(), "3dspeaker", "ecapa_tdnn", ours))
     x, lengths = _fbank(120), torch.tensor([1.0, 0.6])
@@ -117,8 +118,9 @@ def test_resnet34_single_embedding_layer_matches_speakerlab():
 def test_tiny_variants_build_and_run():
     tiny_ecapa = build_model("ecapa_tdnn", channels=64, embedding_dim=32, attention_channels=16, se_channels=16)
     tiny_resnet = build_model("resnet", num_blocks=(1, 1, 1, 1), m_channels=8, embedding_dim=32)
-    tiny_bottleneck = resnet(num_blocks=(1, 1, 1, 1), block="bottleneck", m_channels=4, embedding_dim=16,
-                             two_emb_layer=False, pooling="ASTP")
+    tiny_bottleneck = resnet(
+        num_blocks=(1, 1, 1, 1), block="bottleneck", m_channels=4, embedding_dim=16, two_emb_layer=False, pooling="ASTP"
+    )
     x = _fbank(50)
     for model, dim in ((tiny_ecapa, 32), (tiny_resnet, 32), (tiny_bottleneck, 16)):
         out = model.eval()(x)
@@ -231,8 +233,9 @@ def _wespeaker_ecapa_forward(sd, x: torch.Tensor, glob: bool, emb_bn: bool) -> t
     """WeSpeaker's ECAPA-TDNN forward, written from its model code, reading the WeSpeaker-named tensors."""
 
     def bn(h, p):
-        return F.batch_norm(h, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"], sd[p + "bias"],
-                            False, 0.0, 1e-5)
+        return F.batch_norm(
+            h, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"], sd[p + "bias"], False, 0.0, 1e-5
+        )
 
     def conv_relu_bn(h, p, padding=0, dilation=1):
         h = F.conv1d(h, sd[p + "conv.weight"], sd[p + "conv.bias"], padding=padding, dilation=dilation)
@@ -244,8 +247,9 @@ def _wespeaker_ecapa_forward(sd, x: torch.Tensor, glob: bool, emb_bn: bool) -> t
         pieces, outs, sp = torch.split(out, width, 1), [], None
         for i in range(7):  # chunks 0..6 are convolved, chunk 7 passes through
             sp = pieces[i] if i == 0 else sp + pieces[i]
-            sp = F.conv1d(sp, sd[p + f"1.convs.{i}.weight"], sd[p + f"1.convs.{i}.bias"], padding=dilation,
-                          dilation=dilation)
+            sp = F.conv1d(
+                sp, sd[p + f"1.convs.{i}.weight"], sd[p + f"1.convs.{i}.bias"], padding=dilation, dilation=dilation
+            )
             sp = bn(F.relu(sp), p + f"1.bns.{i}.")
             outs.append(sp)
         out = conv_relu_bn(torch.cat(outs + [pieces[7]], 1), p + "2.")
@@ -262,8 +266,14 @@ def _wespeaker_ecapa_forward(sd, x: torch.Tensor, glob: bool, emb_bn: bool) -> t
     h_in = h
     if glob:
         t = h.shape[-1]
-        h_in = torch.cat([h, h.mean(-1, keepdim=True).expand(-1, -1, t),
-                          torch.sqrt(h.var(-1, keepdim=True) + 1e-7).expand(-1, -1, t)], 1)
+        h_in = torch.cat(
+            [
+                h,
+                h.mean(-1, keepdim=True).expand(-1, -1, t),
+                torch.sqrt(h.var(-1, keepdim=True) + 1e-7).expand(-1, -1, t),
+            ],
+            1,
+        )
     alpha = torch.tanh(F.conv1d(h_in, sd["pool.linear1.weight"], sd["pool.linear1.bias"]))
     alpha = torch.softmax(F.conv1d(alpha, sd["pool.linear2.weight"], sd["pool.linear2.bias"]), dim=2)
     mean = (alpha * h).sum(2)
@@ -279,8 +289,10 @@ def _wespeaker_ecapa_forward(sd, x: torch.Tensor, glob: bool, emb_bn: bool) -> t
 def test_wespeaker_ecapa_checkpoint_gives_wespeaker_embeddings(channels, glob, emb_bn, frames):
     # float64, where the two implementations agree to ~1e-15, so that any layout error (names, rotation, padding,
     # variance floors) shows; in float32 they agree to ~1e-6.
-    ws = {k: v.double() if v.is_floating_point() else v
-          for k, v in _wespeaker_ecapa_state(channels, 80, 192, glob, emb_bn, seed=6).items()}
+    ws = {
+        k: v.double() if v.is_floating_point() else v
+        for k, v in _wespeaker_ecapa_state(channels, 80, 192, glob, emb_bn, seed=6).items()
+    }
     ws["projection.weight"] = torch.randn(11, 192)
     model = ecapa_tdnn(channels=channels, variant="wespeaker", global_context=glob, emb_bn=emb_bn).double().eval()
     converted = split_checkpoint(ws, "wespeaker", "ecapa_tdnn", model)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from speakerforge.data.sampling import MixedSampler, SpeakerIndex, Source, load_sources
 from speakerforge.data.manifest import Utterance
+from speakerforge.data.sampling import MixedSampler, Source, SpeakerIndex, load_sources
 from speakerforge.errors import DataError
 
 

@@ -22,14 +22,30 @@ from speakerforge.models.ssl import DINOHead, SDPNHead, SSLBranch, ema_momentum,
 from speakerforge.train import freezing
 from speakerforge.train.init import read_init
 from speakerforge.train.pretrain import PretrainTrainer, parse_ssl_config
-from speakerforge.train.ssl_objectives import (DINOObjective, SDPNObjective, SSLModule, koleo_loss, sinkhorn,
-                                               vicreg_regulariser)
+from speakerforge.train.ssl_objectives import (
+    DINOObjective,
+    SDPNObjective,
+    SSLModule,
+    koleo_loss,
+    sinkhorn,
+    vicreg_regulariser,
+)
 from speakerforge.train.trainer import RunOptions, StopForTest
 from tests.trainutil import TINY_MODEL, assert_same_weights, model_weights, tiny_corpus
 
-SSL_BASE = [*TINY_MODEL, "data.batch_size=8", "train.threads=1", "train.log_every=1", "optim.lr=0.05",
-            "optim.warmup_epochs=0.5", "train.seed=5", "ssl.global_seconds=0.8", "ssl.local_seconds=0.4",
-            "ssl.head_hidden_dim=32", "ssl.head_bottleneck_dim=16"]
+SSL_BASE = [
+    *TINY_MODEL,
+    "data.batch_size=8",
+    "train.threads=1",
+    "train.log_every=1",
+    "optim.lr=0.05",
+    "optim.warmup_epochs=0.5",
+    "train.seed=5",
+    "ssl.global_seconds=0.8",
+    "ssl.local_seconds=0.4",
+    "ssl.head_hidden_dim=32",
+    "ssl.head_bottleneck_dim=16",
+]
 SDPN_SETS = ["ssl.method=sdpn", "ssl.num_prototypes=32", "train.epochs=2", "train.save_every_steps=2"]
 
 
@@ -116,8 +132,9 @@ def test_model_file_is_the_teacher_backbone(sdpn_run):
     from speakerforge.models.modelfile import load_embedding_model
 
     state = latest_state(sdpn_run)["model"]
-    teacher = {"backbone." + k[len("teacher.backbone."):]: v for k, v in state.items()
-               if k.startswith("teacher.backbone.")}
+    teacher = {
+        "backbone." + k[len("teacher.backbone.") :]: v for k, v in state.items() if k.startswith("teacher.backbone.")
+    }
     assert_same_weights(teacher, model_weights(sdpn_run))
     model, meta, _extras = load_embedding_model(sdpn_run / "model.safetensors")
     assert meta["ssl"] == {"method": "sdpn", "part": "teacher"}
@@ -132,8 +149,9 @@ def test_teacher_gets_no_gradient_and_is_not_in_the_optimizer(corpus, tmp_path):
     trainer, module = fresh_module(corpus, tmp_path, *SDPN_SETS)
     report = trainer.apply_freeze(module, trainer.stages[0])
     assert report.counts["teacher"][0] == 0 and report.counts["teacher"][1] > 0
-    groups = freezing.trainable_parameter_groups(module, 0.1, 1e-4, param_overrides=trainer.param_overrides(
-        trainer.stages[0]))
+    groups = freezing.trainable_parameter_groups(
+        module, 0.1, 1e-4, param_overrides=trainer.param_overrides(trainer.stages[0])
+    )
     held = {id(p) for g in groups for p in g["params"]}
     assert not any(id(p) in held for p in module.teacher.parameters())
     assert id(module.objective.prototypes) in held
@@ -165,8 +183,13 @@ def test_teacher_after_one_step_is_the_ema_of_the_student(corpus, tmp_path):
     assert ema_momentum(6, 6) == 1.0 and ema_momentum(3, 6) == pytest.approx(0.998)
 
 
-@pytest.mark.parametrize("name, args", [("eres2net", {"embedding_dim": 16, "m_channels": 8, "num_blocks": [1, 1, 1, 1]}),
-                                         ("resnet34", {"embedding_dim": 16, "m_channels": 4})])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("eres2net", {"embedding_dim": 16, "m_channels": 8, "num_blocks": [1, 1, 1, 1]}),
+        ("resnet34", {"embedding_dim": 16, "m_channels": 4}),
+    ],
+)
 def test_any_registry_backbone_trains_as_student_with_an_ema_teacher(name, args):
     from speakerforge.models.registry import build_model
 
@@ -209,8 +232,16 @@ def test_prototypes_planted_as_a_plain_tensor_are_caught(corpus, tmp_path, monke
 
     monkeypatch.setattr(SDPNObjective, "__init__", plain)
     # through the command: refused before the first step, naming the tensor
-    code = main(["pretrain", "--exp", str(tmp_path / "planted"), "--data", str(corpus),
-                 *[x for s in (*SSL_BASE, *SDPN_SETS) for x in ("--set", s)]])
+    code = main(
+        [
+            "pretrain",
+            "--exp",
+            str(tmp_path / "planted"),
+            "--data",
+            str(corpus),
+            *[x for s in (*SSL_BASE, *SDPN_SETS) for x in ("--set", s)],
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "objective.prototypes" in err and "not registered" in err
     # and the update-integrity check itself, with an optimizer built the way speakerlab does (module.parameters())
@@ -228,10 +259,21 @@ def test_prototypes_planted_as_a_plain_tensor_are_caught(corpus, tmp_path, monke
 
 # ------------------------------------------------------------------------------------------------ DINO
 def test_dino_loss_decreases_on_a_tiny_corpus(corpus, tmp_path):
-    cfg = ssl_config(corpus, "ssl.method=dino", "ssl.out_dim=64", "ssl.add_dim=32", "ssl.local_crops=2",
-                     "ssl.global_seconds=0.5", "ssl.local_seconds=0.3", "data.batch_size=6", "train.epochs=4",
-                     "optim.warmup_epochs=0", "optim.min_lr=0.05", "ssl.teacher_momentum=0.9",
-                     "ssl.teacher_momentum_end=0.9")
+    cfg = ssl_config(
+        corpus,
+        "ssl.method=dino",
+        "ssl.out_dim=64",
+        "ssl.add_dim=32",
+        "ssl.local_crops=2",
+        "ssl.global_seconds=0.5",
+        "ssl.local_seconds=0.3",
+        "data.batch_size=6",
+        "train.epochs=4",
+        "optim.warmup_epochs=0",
+        "optim.min_lr=0.05",
+        "ssl.teacher_momentum=0.9",
+        "ssl.teacher_momentum_end=0.9",
+    )
     pretrain(cfg, tmp_path)
     rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     dino = [r["dino"] for r in rows]
@@ -239,20 +281,34 @@ def test_dino_loss_decreases_on_a_tiny_corpus(corpus, tmp_path):
     assert np.mean(dino[-4:]) < 0.5 * np.mean(dino[:2]), dino
     state = latest_state(tmp_path)["model"]
     assert state["objective.center"].abs().sum() > 0  # the centre is a saved buffer, and it moved
-    assert {"student.head.last_layer.parametrizations.weight.original0",
-            "student.head.last_layer.parametrizations.weight.original1"} <= state.keys()
+    assert {
+        "student.head.last_layer.parametrizations.weight.original0",
+        "student.head.last_layer.parametrizations.weight.original1",
+    } <= state.keys()
     # the unit magnitude of the last layer never trains (norm_last_layer)
     assert torch.equal(state["student.head.last_layer.parametrizations.weight.original0"], torch.ones(64, 1))
 
 
 def test_dino_last_layer_is_frozen_during_the_first_epoch_only(corpus, tmp_path):
-    sets = ["ssl.method=dino", "ssl.out_dim=16", "ssl.add_dim=0", "ssl.local_crops=1", "ssl.global_crops=1",
-            "ssl.vicreg_weight=0", "ssl.global_seconds=0.3", "ssl.local_seconds=0.2", "train.epochs=2",
-            "train.save_every_steps=1", "train.keep_last=10"]
+    sets = [
+        "ssl.method=dino",
+        "ssl.out_dim=16",
+        "ssl.add_dim=0",
+        "ssl.local_crops=1",
+        "ssl.global_crops=1",
+        "ssl.vicreg_weight=0",
+        "ssl.global_seconds=0.3",
+        "ssl.local_seconds=0.2",
+        "train.epochs=2",
+        "train.save_every_steps=1",
+        "train.keep_last=10",
+    ]
     pretrain(ssl_config(corpus, *sets), tmp_path / "run")
     key = "student.head.last_layer.parametrizations.weight.original1"
-    by_step = {int(p.stem.split("-")[1]): load_state(p)["model"][key]
-               for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.pt")}
+    by_step = {
+        int(p.stem.split("-")[1]): load_state(p)["model"][key]
+        for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.pt")
+    }
     _trainer, initial = fresh_module(corpus, tmp_path, *sets)
     v0 = initial.student.head.last_layer.parametrizations.weight.original1.detach()
     assert torch.equal(by_step[3], v0)  # 3 steps = epoch 1: untouched (no gradient, no momentum, no decay)
@@ -267,8 +323,15 @@ def test_dino_last_layer_is_frozen_during_the_first_epoch_only(corpus, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ fine-tuning
-FT_SETS = [*TINY_MODEL, "data.batch_size=8", "data.crop_seconds=0.8", "train.threads=1", "optim.lr=0.05",
-           "train.seed=3", "train.epochs=1"]
+FT_SETS = [
+    *TINY_MODEL,
+    "data.batch_size=8",
+    "data.crop_seconds=0.8",
+    "train.threads=1",
+    "optim.lr=0.05",
+    "train.seed=3",
+    "train.epochs=1",
+]
 
 
 def _ft(*extra: str) -> list[str]:
@@ -281,20 +344,57 @@ def _backbone(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def test_linear_probe_from_the_ssl_teacher_keeps_its_backbone_bit_identical(sdpn_run, corpus, tmp_path):
     exp = tmp_path / "probe"
-    assert main(["--quiet", "finetune", "--init", str(sdpn_run), "--init-part", "teacher", "--exp", str(exp),
-                 "--data", str(corpus), "--freeze", "backbone", *_ft()]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--init",
+                str(sdpn_run),
+                "--init-part",
+                "teacher",
+                "--exp",
+                str(exp),
+                "--data",
+                str(corpus),
+                "--freeze",
+                "backbone",
+                *_ft(),
+            ]
+        )
+        == 0
+    )
     assert_same_weights(_backbone(model_weights(sdpn_run)), _backbone(model_weights(exp)))
     assert model_weights(exp)["classifier.weight"].shape[0] == 6
 
 
 def test_full_finetune_from_the_ssl_student_trains_the_backbone(sdpn_run, corpus, tmp_path):
     init = read_init(sdpn_run, part="student")
-    student = {k[len("student.backbone."):]: v for k, v in latest_state(sdpn_run)["model"].items()
-               if k.startswith("student.backbone.")}
+    student = {
+        k[len("student.backbone.") :]: v
+        for k, v in latest_state(sdpn_run)["model"].items()
+        if k.startswith("student.backbone.")
+    }
     assert_same_weights(init.backbone, student)
     exp = tmp_path / "full"
-    assert main(["--quiet", "finetune", "--init", str(sdpn_run), "--init-part", "student", "--exp", str(exp),
-                 "--data", str(corpus), *_ft()]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "finetune",
+                "--init",
+                str(sdpn_run),
+                "--init-part",
+                "student",
+                "--exp",
+                str(exp),
+                "--data",
+                str(corpus),
+                *_ft(),
+            ]
+        )
+        == 0
+    )
     after = _backbone(model_weights(exp))
     changed = [k for k, v in student.items() if v.is_floating_point() and not torch.equal(v, after["backbone." + k])]
     assert len(changed) > len(student) // 2
@@ -392,8 +492,13 @@ def test_dino_loss_centre_and_vicreg_match_speakerlab(monkeypatch):
         out[0].copy_(x)
 
     # speakerlab calls torch.distributed unconditionally: a one-process stand-in
-    monkeypatch.setattr(ref, "dist", types.SimpleNamespace(all_reduce=lambda x: None, get_world_size=lambda: 1,
-                                                           get_rank=lambda: 0, all_gather=all_gather))
+    monkeypatch.setattr(
+        ref,
+        "dist",
+        types.SimpleNamespace(
+            all_reduce=lambda x: None, get_world_size=lambda: 1, get_rank=lambda: 0, all_gather=all_gather
+        ),
+    )
     g = torch.Generator().manual_seed(2)
     b, k = 5, 24
     student = torch.randn(6 * b, k, generator=g)
@@ -427,8 +532,20 @@ def test_train_and_finetune_refuse_a_config_with_an_ssl_section(tmp_path, capsys
     """`speakerforge train --config configs/sdpn-ecapa.yaml` would otherwise run supervised training and drop the
     SDPN settings without a word."""
     root = Path(__file__).resolve().parents[1]
-    assert main(["train", "--config", str(root / "configs" / "sdpn-ecapa.yaml"), "--exp", str(tmp_path / "exp"),
-                 "--data", str(tmp_path / "none.csv")]) != 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(root / "configs" / "sdpn-ecapa.yaml"),
+                "--exp",
+                str(tmp_path / "exp"),
+                "--data",
+                str(tmp_path / "none.csv"),
+            ]
+        )
+        != 0
+    )
     err = capsys.readouterr().err
     assert "ssl: section" in err and "speakerforge pretrain" in err and "`train`" in err
     assert not (tmp_path / "exp").exists()

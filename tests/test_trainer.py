@@ -138,8 +138,16 @@ def test_unreadable_rows_stop_before_training_or_are_skipped(corpus, tmp_path):
     rows = corpus.read_text().splitlines()
     (tmp_path / "broken.wav").write_text("not audio")
     (tmp_path / "empty.wav").write_bytes(b"")
-    bad.write_text("\n".join(rows + [json.dumps({"key": "x1", "wav": "broken.wav", "spk": "spk00"}),
-                                     json.dumps({"key": "x2", "wav": "empty.wav", "spk": "spk00"})]) + "\n")
+    bad.write_text(
+        "\n".join(
+            rows
+            + [
+                json.dumps({"key": "x1", "wav": "broken.wav", "spk": "spk00"}),
+                json.dumps({"key": "x2", "wav": "empty.wav", "spk": "spk00"}),
+            ]
+        )
+        + "\n"
+    )
     # manifests written by make_synthetic_corpus hold absolute-or-relative paths: rebase them
     fixed = []
     for line in bad.read_text().splitlines():

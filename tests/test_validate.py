@@ -34,8 +34,9 @@ def test_clean_manifest_has_no_problems_and_a_summary(synthetic_corpus):
 
 def test_missing_audio_file_names_manifest_line(tmp_path, write_wav):
     write_wav("a.wav")
-    m = _jsonl(tmp_path / "m.jsonl", [{"key": "a", "wav": "a.wav", "spk": "s"},
-                                       {"key": "b", "wav": "gone.wav", "spk": "s"}])
+    m = _jsonl(
+        tmp_path / "m.jsonl", [{"key": "a", "wav": "a.wav", "spk": "s"}, {"key": "b", "wav": "gone.wav", "spk": "s"}]
+    )
     problem = _only_problem(validate_manifests([m]))
     assert problem == f"{m}:2: {tmp_path / 'gone.wav'}: audio file not found"
 
@@ -75,8 +76,9 @@ def test_stereo_and_other_rates_are_fine_and_load_as_16k_mono(tmp_path, write_wa
 
 def test_duplicate_ids_within_and_across_manifests_name_both_lines(tmp_path, write_wav):
     write_wav("a.wav")
-    m1 = _jsonl(tmp_path / "m1.jsonl", [{"key": "a", "wav": "a.wav", "spk": "s"},
-                                         {"key": "a", "wav": "a.wav", "spk": "s"}])
+    m1 = _jsonl(
+        tmp_path / "m1.jsonl", [{"key": "a", "wav": "a.wav", "spk": "s"}, {"key": "a", "wav": "a.wav", "spk": "s"}]
+    )
     (tmp_path / "m2.csv").write_text("ID,dur,path,start,stop,spk\nx,,a.wav,,,s\na,,a.wav,,,s\n")
     report = validate_manifests([m1, tmp_path / "m2.csv"])
     assert report.problems == [
@@ -90,8 +92,9 @@ def test_manifest_with_missing_columns_names_file_and_line(tmp_path, write_wav):
     (tmp_path / "rows.csv").write_text("ID,dur,path,start,stop,spk\na,,a.wav,,,s\nb,,a.wav\n")
     (tmp_path / "header.csv").write_text("ID,path\na,a.wav\n")
     report = validate_manifests([tmp_path / "rows.csv", tmp_path / "header.csv"])
-    assert report.problems[0] == (f"{tmp_path / 'rows.csv'}:3: 3 fields but the header has 6 "
-                                  "(ID,dur,path,start,stop,spk)")
+    assert report.problems[0] == (
+        f"{tmp_path / 'rows.csv'}:3: 3 fields but the header has 6 (ID,dur,path,start,stop,spk)"
+    )
     assert report.problems[1].startswith(f"{tmp_path / 'header.csv'}:1: header lacks column(s) spk")
     assert len(report.problems) == 2 and report.rows == 1
 
@@ -123,8 +126,9 @@ def test_kaldi_pipe_command_is_a_problem_and_is_not_run(tmp_path, write_wav):
 
 def test_missing_speaker_and_wrong_stated_duration_are_problems(tmp_path, write_wav):
     write_wav("a.wav", seconds=1.0)
-    m = _jsonl(tmp_path / "m.jsonl", [{"key": "a", "wav": "a.wav"}, {"key": "b", "wav": "a.wav", "spk": "s",
-                                                                       "dur": 3.0}])
+    m = _jsonl(
+        tmp_path / "m.jsonl", [{"key": "a", "wav": "a.wav"}, {"key": "b", "wav": "a.wav", "spk": "s", "dur": 3.0}]
+    )
     assert validate_manifests([m]).problems == [
         f"{m}:1: no speaker for 'a'",
         f"{m}:2: manifest says 'b' lasts 3 s but {tmp_path / 'a.wav'} holds 1 s",
@@ -134,8 +138,10 @@ def test_missing_speaker_and_wrong_stated_duration_are_problems(tmp_path, write_
 def test_every_problem_is_collected_not_just_the_first(tmp_path, write_wav):
     write_wav("a.wav")
     m = tmp_path / "m.jsonl"
-    m.write_text('{"key": "a", "wav": "a.wav", "spk": "s"}\nnot json\n{"key": "b", "wav": "no.wav", "spk": "s"}\n'
-                 '{"key": "c", "wav": "a.wav", "spk": "s", "start": -1}\n')
+    m.write_text(
+        '{"key": "a", "wav": "a.wav", "spk": "s"}\nnot json\n{"key": "b", "wav": "no.wav", "spk": "s"}\n'
+        '{"key": "c", "wav": "a.wav", "spk": "s", "start": -1}\n'
+    )
     lines = [p.split(": ", 1)[0] for p in validate_manifests([m, tmp_path / "absent.jsonl"]).problems]
     assert lines == [f"{m}:2", f"{m}:4", str(tmp_path / "absent.jsonl"), f"{m}:3"]
 

@@ -34,7 +34,7 @@ def cif_weights(alphas: Tensor, num_tokens: Tensor) -> Tensor:
     k = torch.arange(k_max, device=alphas.device, dtype=alphas.dtype)[None, :, None]
     lower = torch.maximum(prev[:, None, :], k)
     upper = torch.minimum(c[:, None, :], k + 1)
-    last = (k == (num_tokens.to(alphas.dtype) - 1)[:, None, None])
+    last = k == (num_tokens.to(alphas.dtype) - 1)[:, None, None]
     upper = torch.where(last, c[:, None, :], upper)  # the last token absorbs the tail
     w = (upper - lower).clamp_min(0)
     return w * (k < num_tokens.to(alphas.dtype)[:, None, None])

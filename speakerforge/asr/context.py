@@ -2,15 +2,15 @@
 beam search, as WeNet and sherpa do. Needs no training, so it biases towards words that no training sentence held.
 
 Each token that extends a match in the graph earns `score`; a match abandoned before the end of its hotword gives
-its bonus back, so only completed hotwords keep theirs (with a word-boundary rule: only whole words). The search extends each prefix with the `top_k` most
-likely tokens of the frame plus every token that continues its current match: a hotword whose pieces the acoustic
-model ranks low can still win when the rest of the path supports it.
+its bonus back, so only completed hotwords keep theirs (with a word-boundary rule: only whole words). The search
+extends each prefix with the `top_k` most likely tokens of the frame plus every token that continues its current
+match: a hotword whose pieces the acoustic model ranks low can still win when the rest of the path supports it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,8 +31,7 @@ class ContextGraph:
     counts only as a whole word: its bonus is confirmed when the next token starts a new word or the utterance
     ends, and given back when the word goes on ("treekreek" + "rai" is not the hotword treekreek)."""
 
-    def __init__(self, hotwords: Sequence[Sequence[int]], score: float,
-                 ends_word: Callable[[int], bool] | None = None):
+    def __init__(self, hotwords: Sequence[Sequence[int]], score: float, ends_word: Callable[[int], bool] | None = None):
         if score < 0:
             raise ValueError(f"context score must be >= 0, got {score}")
         self.score = float(score)
@@ -95,18 +94,19 @@ class ContextGraph:
         return list(self.children[node])
 
 
-def ctc_beam_search(log_probs: torch.Tensor, blank: int = 0, beam: int = 16, top_k: int = 8,
-                    graph: ContextGraph | None = None) -> list[int]:
+def ctc_beam_search(
+    log_probs: torch.Tensor, blank: int = 0, beam: int = 16, top_k: int = 8, graph: ContextGraph | None = None
+) -> list[int]:
     """Best token sequence of `[T, V]` CTC log-probabilities by prefix beam search, biased by `graph`."""
     lp = log_probs.detach().to(torch.float64).cpu().numpy()
     k = min(top_k, lp.shape[1] - 1)
     # prefix -> [log p ending in blank, log p ending in a token, graph node, context score]
     beams: dict[tuple[int, ...], list] = {(): [0.0, _NEG, 0, 0.0]}
     for row in lp:
-        top = {int(t) for t in np.argpartition(-row, k)[:k + 1]}
+        top = {int(t) for t in np.argpartition(-row, k)[: k + 1]}
         nxt: dict[tuple[int, ...], list] = {}
 
-        def entry(prefix: tuple[int, ...], node: int, bonus: float) -> list:
+        def entry(prefix: tuple[int, ...], node: int, bonus: float, nxt: dict = nxt) -> list:
             e = nxt.get(prefix)
             if e is None:
                 e = nxt[prefix] = [_NEG, _NEG, node, bonus]

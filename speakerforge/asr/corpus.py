@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from speakerforge.asr.data import write_asr_jsonl
 from speakerforge.atomic import atomic_write_text
 from speakerforge.errors import DataError
@@ -50,8 +51,32 @@ TEMPLATES = (
     "the {w} valley is cold in winter",
     "can you spell {w} for me",
 )
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr", "st", "th",
-           "sh", "gl", "pl", "qu")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "kr",
+    "tr",
+    "st",
+    "th",
+    "sh",
+    "gl",
+    "pl",
+    "qu",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ee")
 _CODAS = ("", "", "n", "r", "l", "x", "k", "m", "s", "th")
 
@@ -91,9 +116,9 @@ def plan_corpus(seed: int = 0, sizes: CorpusSizes | None = None) -> dict[str, ob
     common = {w for t in TEMPLATES for w in t.split()}
     words = invented_words(s.train_words + s.dev_words + s.test_words + 500, rng, common)
     train_w = words[: s.train_words]
-    dev_w = words[s.train_words: s.train_words + s.dev_words]
-    test_w = words[s.train_words + s.dev_words: s.train_words + s.dev_words + s.test_words]
-    distract = words[s.train_words + s.dev_words + s.test_words:]
+    dev_w = words[s.train_words : s.train_words + s.dev_words]
+    test_w = words[s.train_words + s.dev_words : s.train_words + s.dev_words + s.test_words]
+    distract = words[s.train_words + s.dev_words + s.test_words :]
 
     def sentences(split: str, vocab: list[str], n: int) -> list[dict[str, object]]:
         r = np.random.default_rng([seed, 32, ("train", "dev", "test").index(split)])
@@ -101,23 +126,37 @@ def plan_corpus(seed: int = 0, sizes: CorpusSizes | None = None) -> dict[str, ob
         for i in range(n):
             w = vocab[i % len(vocab)]
             text = TEMPLATES[int(r.integers(len(TEMPLATES)))].format(w=w)
-            rows.append({"key": f"{split}{i:05d}", "target": text, "hotword": w, "speaker": int(r.integers(s.speakers))})
+            rows.append(
+                {"key": f"{split}{i:05d}", "target": text, "hotword": w, "speaker": int(r.integers(s.speakers))}
+            )
         return rows
 
-    return {"train": sentences("train", train_w, s.train), "dev": sentences("dev", dev_w, s.dev),
-            "test": sentences("test", test_w, s.test), "dev_hotwords": dev_w, "test_hotwords": test_w,
-            "distractors_100": distract[:100], "distractors_500": distract[:500]}
+    return {
+        "train": sentences("train", train_w, s.train),
+        "dev": sentences("dev", dev_w, s.dev),
+        "test": sentences("test", test_w, s.test),
+        "dev_hotwords": dev_w,
+        "test_hotwords": test_w,
+        "distractors_100": distract[:100],
+        "distractors_500": distract[:500],
+    }
 
 
-def build_hotword_corpus(out: str | Path, seed: int = 0, sizes: CorpusSizes | None = None, workers: int = 2,
-                         progress: bool = True) -> Path:
+def build_hotword_corpus(
+    out: str | Path, seed: int = 0, sizes: CorpusSizes | None = None, workers: int = 2, progress: bool = True
+) -> Path:
     """Synthesize (or finish, or reuse) the corpus under `out`; returns the folder.
 
     Audio comes from the demo corpus's TTS voices (`speakerforge.data.corpora.demo`), in `workers` processes; the
     voices are a function of `seed`, so a rerun only synthesizes what is missing."""
     from speakerforge.data.audio import audio_info
-    from speakerforge.data.corpora.demo import (DEFAULT_ALPHA, DEFAULT_NOISE, DEFAULT_SPEED_RANGE, _require_tts,
-                                                run_tts_jobs)
+    from speakerforge.data.corpora.demo import (
+        DEFAULT_ALPHA,
+        DEFAULT_NOISE,
+        DEFAULT_SPEED_RANGE,
+        _require_tts,
+        run_tts_jobs,
+    )
 
     out = Path(out)
     s = sizes or CorpusSizes()
@@ -125,8 +164,10 @@ def build_hotword_corpus(out: str | Path, seed: int = 0, sizes: CorpusSizes | No
     stamp = out / "corpus.json"
     if stamp.is_file():
         if json.loads(stamp.read_text(encoding="utf-8")).get("params") != params:
-            raise DataError(f"{out} holds a hotword corpus built with other settings ({stamp}); "
-                            "choose another --out or delete that folder")
+            raise DataError(
+                f"{out} holds a hotword corpus built with other settings ({stamp}); "
+                "choose another --out or delete that folder"
+            )
     (out / "wav").mkdir(parents=True, exist_ok=True)
     plan = plan_corpus(seed, s)
     for stale in (out / "wav").glob(".*.tmp"):
@@ -141,8 +182,12 @@ def build_hotword_corpus(out: str | Path, seed: int = 0, sizes: CorpusSizes | No
     if jobs:
         _require_tts()
         log.info("hotword corpus: %d utterances to synthesize into %s", len(jobs), out)
-        voice = {"seed": int(seed), "alpha": DEFAULT_ALPHA, "noise": DEFAULT_NOISE,
-                 "speed_range": list(DEFAULT_SPEED_RANGE)}
+        voice = {
+            "seed": int(seed),
+            "alpha": DEFAULT_ALPHA,
+            "noise": DEFAULT_NOISE,
+            "speed_range": list(DEFAULT_SPEED_RANGE),
+        }
         run_tts_jobs(jobs, voice, workers, progress, desc="hotword corpus")
     seconds = {}
     for split in ("train", "dev", "test"):
@@ -150,8 +195,18 @@ def build_hotword_corpus(out: str | Path, seed: int = 0, sizes: CorpusSizes | No
         seconds[split] = round(sum(audio_info(r["source"]).duration for r in plan[split]), 1)
     for name in ("dev_hotwords", "test_hotwords", "distractors_100", "distractors_500"):
         atomic_write_text(out / f"{name}.txt", "".join(w + "\n" for w in plan[name]))
-    atomic_write_text(stamp, json.dumps({"params": params, "audio_seconds": seconds,
-                                         "build_seconds": round(time.perf_counter() - t0, 1),
-                                         "synthesized": len(jobs)}, indent=1) + "\n")
+    atomic_write_text(
+        stamp,
+        json.dumps(
+            {
+                "params": params,
+                "audio_seconds": seconds,
+                "build_seconds": round(time.perf_counter() - t0, 1),
+                "synthesized": len(jobs),
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     log.info("hotword corpus in %s: %s s of audio", out, seconds)
     return out

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,10 +66,14 @@ def read_asr_jsonl(path: str | Path) -> list[AsrUtterance]:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{line}: bad JSON ({exc.msg})") from None
-        missing = [k for k in ("key", "source", "target") if not isinstance(obj, dict) or not isinstance(obj.get(k), str)]
+        missing = [
+            k for k in ("key", "source", "target") if not isinstance(obj, dict) or not isinstance(obj.get(k), str)
+        ]
         if missing:
-            raise DataError(f"{path}:{line}: missing field(s) {', '.join(missing)}; each line needs "
-                            '{"key": ..., "source": AUDIO, "target": TEXT}')
+            raise DataError(
+                f"{path}:{line}: missing field(s) {', '.join(missing)}; each line needs "
+                '{"key": ..., "source": AUDIO, "target": TEXT}'
+            )
         audio = Path(obj["source"])
         if not audio.is_absolute():
             audio = p.parent / audio
@@ -110,9 +115,13 @@ def load_asr_sources(specs: list[tuple[str, float, str]]) -> list[Source]:
 WordSpans = Callable[[list[int]], list[tuple[int, int]]]  # token ids -> [start, end) of each word
 
 
-def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampling,
-                 word_spans: WordSpans | None = None, word_counts: dict[tuple[int, ...], int] | None = None
-                 ) -> list[tuple[int, int]]:
+def sample_spans(
+    tokens: list[int],
+    rng: np.random.Generator,
+    cfg: HotwordSampling,
+    word_spans: WordSpans | None = None,
+    word_counts: dict[tuple[int, ...], int] | None = None,
+) -> list[tuple[int, int]]:
     """`[start, end)` hotword spans of one utterance (none, one or two, never overlapping); `word_spans` is the
     vocabulary's word splitter, needed by `span_unit: word`."""
     r = rng.random()
@@ -134,7 +143,7 @@ def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampli
                 break
             if word_counts is not None and cfg.rare_power > 0:
                 w = np.array([word_counts.get(tuple(tokens[a:b]), 1) for a, b in candidates], dtype=np.float64)
-                w = w ** -cfg.rare_power
+                w = w**-cfg.rare_power
                 s, e = candidates[int(rng.choice(len(candidates), p=w / w.sum()))]
             else:
                 s, e = candidates[int(rng.integers(len(candidates)))]
@@ -153,8 +162,7 @@ def sample_spans(tokens: list[int], rng: np.random.Generator, cfg: HotwordSampli
 class AsrDataset(torch.utils.data.Dataset):
     """Items `(epoch, Draw)` -> waveform, token ids and this epoch's hotword spans."""
 
-    def __init__(self, sources: list[Source], vocab: Vocab, seed: int, stage: int,
-                 sampling: HotwordSampling):
+    def __init__(self, sources: list[Source], vocab: Vocab, seed: int, stage: int, sampling: HotwordSampling):
         self.sources = sources
         self.vocab = vocab
         self.seed, self.stage = int(seed), int(stage)
@@ -184,20 +192,31 @@ class AsrDataset(torch.utils.data.Dataset):
         spans = sample_spans(tokens, rng, self.sampling, self.word_spans, self.word_counts)
         distractors = [self._random_span(rng) for _ in range(self.sampling.distractors)]
         wav = load_audio(u.path, u.start, u.end)
-        return {"key": u.key, "uid": (d.source, d.item), "wav": torch.from_numpy(wav), "tokens": tokens,
-                "spans": spans, "distractors": [d for d in distractors if d]}
+        return {
+            "key": u.key,
+            "uid": (d.source, d.item),
+            "wav": torch.from_numpy(wav),
+            "tokens": tokens,
+            "spans": spans,
+            "distractors": [d for d in distractors if d],
+        }
 
     def _random_span(self, rng: np.random.Generator) -> list[int]:
         """One span (token or word, as the sampling says) of a random transcript; [] when it has none."""
         src = self.sources[int(rng.integers(len(self.sources)))]
         tokens = self.vocab.encode(src.utts[int(rng.integers(len(src.utts)))].text)
         spans = sample_spans(tokens, rng, self._one_span, self.word_spans, self.word_counts)
-        return tokens[spans[0][0]: spans[0][1]] if spans else []
+        return tokens[spans[0][0] : spans[0][1]] if spans else []
 
 
-def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int, int]]], no_bias_id: int,
-                  sos_id: int, distractors: list[list[int]] = (), word_spans: WordSpans | None = None
-                  ) -> dict[str, torch.Tensor]:
+def hotword_batch(
+    token_lists: list[list[int]],
+    span_lists: list[list[tuple[int, int]]],
+    no_bias_id: int,
+    sos_id: int,
+    distractors: list[list[int]] = (),
+    word_spans: WordSpans | None = None,
+) -> dict[str, torch.Tensor]:
     """One hotword list for the batch (unique spans in order, then distractors, then the no-bias entry) and
     per-token labels.
 
@@ -226,13 +245,18 @@ def hotword_batch(token_lists: list[list[int]], span_lists: list[list[tuple[int,
     return {"hotwords": hot, "hotword_lengths": lengths, "hotword_labels": labels}
 
 
-def _occurrences(tokens: list[int], words: dict[tuple[int, ...], int], word_spans: WordSpans | None
-                 ) -> list[tuple[int, int]]:
+def _occurrences(
+    tokens: list[int], words: dict[tuple[int, ...], int], word_spans: WordSpans | None
+) -> list[tuple[int, int]]:
     """`[start, end)` of every place where an entry of `words` stands in `tokens` (whole words with `word_spans`)."""
     if word_spans is not None:
         return [(s, e) for s, e in word_spans(tokens) if tuple(tokens[s:e]) in words]
-    return [(s, s + n) for n in {len(w) for w in words} for s in range(len(tokens) - n + 1)
-            if tuple(tokens[s:s + n]) in words]
+    return [
+        (s, s + n)
+        for n in {len(w) for w in words}
+        for s in range(len(tokens) - n + 1)
+        if tuple(tokens[s : s + n]) in words
+    ]
 
 
 def make_collate(no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None):
@@ -254,9 +278,25 @@ class _Collate:
         targets = torch.full((len(items), int(target_lengths.max())), -1, dtype=torch.long)
         for i, t in enumerate(toks):
             targets[i, : len(t)] = torch.tensor(t)
-        batch = {"keys": [it["key"] for it in items], "uids": [it.get("uid") for it in items], "wav": wav,
-                 "wav_lengths": wav_lengths, "targets": targets, "target_lengths": target_lengths}
+        batch = {
+            "keys": [it["key"] for it in items],
+            "uids": [it.get("uid") for it in items],
+            "wav": wav,
+            "wav_lengths": wav_lengths,
+            "targets": targets,
+            "target_lengths": target_lengths,
+        }
         extra = [d for it in items for d in it.get("distractors", ())]
-        batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra,
-                                   self.word_spans))
+        batch.update(
+            hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra, self.word_spans)
+        )
         return batch
+
+
+def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of `[T_i, F]` -> (`[B, T, F]` zero-padded, lengths `[B]`)."""
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    out = feats[0].new_zeros(len(feats), int(lengths.max()), feats[0].shape[1])
+    for i, f in enumerate(feats):
+        out[i, : f.shape[0]] = f
+    return out, lengths

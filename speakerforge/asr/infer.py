@@ -11,19 +11,19 @@ The hotword list is a text file, one hotword per line. Two decodings (`Decoding.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from speakerforge.asr.data import read_asr_jsonl
+from speakerforge.asr.data import pad_features, read_asr_jsonl
 from speakerforge.asr.metrics import AsrScores, format_table
-from speakerforge.asr.model import ModelArgs, SeacoParaformer
+from speakerforge.asr.model import ModelArgs, SeacoParaformer, read_asr_model_file
 from speakerforge.asr.vocab import Vocab, vocab_from_meta
 from speakerforge.data.audio import load_audio
 from speakerforge.data.features import fbank, mean_normalize
-from speakerforge.errors import CheckpointError, DataError
+from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class AsrModel:
         self.features = features
 
     @classmethod
-    def load(cls, path: str | Path) -> "AsrModel":
+    def load(cls, path: str | Path) -> AsrModel:
         state, meta, _ = read_asr_model_file(path)
         vocab = vocab_from_meta(meta)
         model = SeacoParaformer(len(vocab), ModelArgs(**meta["args"]), sos_id=vocab.sos_id, blank_id=vocab.blank_id)
@@ -86,11 +86,15 @@ class AsrModel:
             hot[i, : len(e)] = torch.tensor(e)
         return hot, lengths
 
-    def transcribe(self, wavs: Sequence[torch.Tensor], hotwords: Sequence[str] = (), batch_size: int = 8,
-                   decoding: Decoding | None = None) -> list[str]:
+    def transcribe(
+        self,
+        wavs: Sequence[torch.Tensor],
+        hotwords: Sequence[str] = (),
+        batch_size: int = 8,
+        decoding: Decoding | None = None,
+    ) -> list[str]:
         """Texts of 16 kHz waveforms, biased towards `hotwords`."""
         from speakerforge.asr.context import ContextGraph, ctc_beam_search
-        from speakerforge.asr.trainer import pad_features
 
         dec = decoding or Decoding()
         hw = self.hotword_tensors(hotwords) if dec.mode == "seaco" else None
@@ -99,28 +103,17 @@ class AsrModel:
             graph = ContextGraph(self.hotword_ids(hotwords), dec.context_score, self.vocab.ends_word)
         out: list[str] = []
         for i in range(0, len(wavs), batch_size):
-            feats, lengths = pad_features([self.feats(w) for w in wavs[i:i + batch_size]])
+            feats, lengths = pad_features([self.feats(w) for w in wavs[i : i + batch_size]])
             if dec.mode == "ctc":
                 logp, frames = self.model.ctc_log_probs(feats, lengths)
-                ids = [ctc_beam_search(logp[j, : int(frames[j])], self.vocab.blank_id, dec.beam, dec.top_k, graph)
-                       for j in range(len(frames))]
+                ids = [
+                    ctc_beam_search(logp[j, : int(frames[j])], self.vocab.blank_id, dec.beam, dec.top_k, graph)
+                    for j in range(len(frames))
+                ]
             else:
                 ids = self.model.recognize(feats, lengths, *(hw if hw is not None else (None, None)))
             out.extend(self.vocab.decode(x) for x in ids)
         return out
-
-
-def read_asr_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
-    """(weights, meta, file) of an ASR model file or of the experiment folder holding one."""
-    from speakerforge.checkpoint_io import load_model_file
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    state, meta = load_model_file(p)
-    if meta.get("kind") != "asr":
-        raise CheckpointError(f"{p}: not an ASR model file (written by `speakerforge asr train`)")
-    return state, meta, p
 
 
 def read_hotwords(path: str | Path) -> list[str]:
@@ -131,9 +124,13 @@ def read_hotwords(path: str | Path) -> list[str]:
     return list(dict.fromkeys(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()))
 
 
-def evaluate(model_path: str | Path, data: str | Path, hotwords: str | Path,
-             distractors: Sequence[str | Path] = (), decoding: Decoding | None = None
-             ) -> tuple[dict[str, dict[str, float]], str]:
+def evaluate(
+    model_path: str | Path,
+    data: str | Path,
+    hotwords: str | Path,
+    distractors: Sequence[str | Path] = (),
+    decoding: Decoding | None = None,
+) -> tuple[dict[str, dict[str, float]], str]:
     """Scores with no list, the true hotwords, and the true hotwords plus each distractor list; (rows, table).
     Every row uses the same decoding, so the list is the only difference."""
     asr = AsrModel.load(model_path)
@@ -167,6 +164,8 @@ def biasing_summary(rows: dict[str, dict[str, float]]) -> str:
             ratio = f"{r['recall'] / base['recall']:.2f}x"
         else:  # no ratio to a zero recall; say whether the list found any hotword at all
             ratio = "no ratio: none found without a list" + ("" if r["recall"] > 0 else " or with it")
-        lines.append(f"{name}: hotword recall {r['recall']:.1f}% vs {base['recall']:.1f}% without a list "
-                     f"({ratio}); U-WER {r['u_wer'] - base['u_wer']:+.2f} points")
+        lines.append(
+            f"{name}: hotword recall {r['recall']:.1f}% vs {base['recall']:.1f}% without a list "
+            f"({ratio}); U-WER {r['u_wer'] - base['u_wer']:+.2f} points"
+        )
     return "\n".join(lines)

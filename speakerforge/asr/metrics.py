@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from speakerforge.asr.vocab import normalize_text
 
@@ -49,7 +49,7 @@ def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
 def count_occurrences(words: Sequence[str], phrase: Sequence[str]) -> int:
     """Whole-word occurrences of `phrase` in `words`."""
     k = len(phrase)
-    return sum(1 for i in range(len(words) - k + 1) if list(words[i:i + k]) == list(phrase))
+    return sum(1 for i in range(len(words) - k + 1) if list(words[i : i + k]) == list(phrase))
 
 
 @dataclass
@@ -108,9 +108,15 @@ class AsrScores:
 
         recall, precision = pct(self.tp, self.ref_hot), pct(self.tp, self.hyp_hot)
         f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
-        return {"cer": pct(self.char_errors, self.chars), "wer": pct(self.word_errors, self.words),
-                "recall": recall, "precision": precision, "f1": f1,
-                "b_wer": pct(self.b_errors, self.b_words), "u_wer": pct(self.u_errors, self.u_words)}
+        return {
+            "cer": pct(self.char_errors, self.chars),
+            "wer": pct(self.word_errors, self.words),
+            "recall": recall,
+            "precision": precision,
+            "f1": f1,
+            "b_wer": pct(self.b_errors, self.b_words),
+            "u_wer": pct(self.u_errors, self.u_words),
+        }
 
 
 def score_corpus(refs: Sequence[str], hyps: Sequence[str], hotwords: Sequence[str]) -> dict[str, float]:

@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from speakerforge.artifacts import expect
 from speakerforge.asr import cif as cif_ops
-from speakerforge.errors import ConfigError
+from speakerforge.checkpoint_io import load_model_file
+from speakerforge.errors import CheckpointError, ConfigError
 
 ASR_PART = ("encoder", "predictor", "decoder", "ctc")
 HOTWORD_PART = ("bias_encoder", "seaco_decoder", "hotword_output_layer")
@@ -106,8 +109,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.lfr_m, self.lfr_n = a.lfr_m, a.lfr_n
         self.input_layer = nn.Linear(a.num_mel_bins * a.lfr_m, a.d_model)
-        self.blocks = nn.ModuleList(SanmBlock(a.d_model, a.heads, a.ffn_dim, a.fsmn_kernel, a.dropout)
-                                    for _ in range(a.encoder_layers))
+        self.blocks = nn.ModuleList(
+            SanmBlock(a.d_model, a.heads, a.ffn_dim, a.fsmn_kernel, a.dropout) for _ in range(a.encoder_layers)
+        )
         self.after_norm = nn.LayerNorm(a.d_model)
 
     def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,8 +132,9 @@ class Predictor(nn.Module):
         self.conv = nn.Conv1d(d, d, 3, padding=1)
         self.output = nn.Linear(d, 1)
 
-    def forward(self, enc: Tensor, enc_lengths: Tensor, target_lengths: Tensor | None = None
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        self, enc: Tensor, enc_lengths: Tensor, target_lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(token embeddings `[B, K, D]`, token mask, raw alpha sums `[B]`, token counts `[B]`).
 
         With `target_lengths` (training) the alphas are scaled to fire exactly that many tokens.
@@ -156,8 +161,11 @@ class DecoderLayer(nn.Module):
     def __init__(self, d: int, heads: int, ffn: int, dropout: float, self_attn: bool = True, memory_kernel: int = 0):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True) if self_attn else None
-        self.fsmn = (nn.Conv1d(d, d, memory_kernel, padding=memory_kernel // 2, groups=d, bias=False)
-                     if memory_kernel and not self_attn else None)
+        self.fsmn = (
+            nn.Conv1d(d, d, memory_kernel, padding=memory_kernel // 2, groups=d, bias=False)
+            if memory_kernel and not self_attn
+            else None
+        )
         self.norm1 = nn.LayerNorm(d) if self_attn or self.fsmn is not None else None
         self.norm2 = nn.LayerNorm(d)
         self.src_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
@@ -190,8 +198,9 @@ class Decoder(nn.Module):
     def __init__(self, a: ModelArgs, vocab_size: int):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, a.d_model)
-        self.layers = nn.ModuleList(DecoderLayer(a.d_model, a.heads, a.ffn_dim, a.dropout)
-                                    for _ in range(a.decoder_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(a.d_model, a.heads, a.ffn_dim, a.dropout) for _ in range(a.decoder_layers)
+        )
         self.after_norm = nn.LayerNorm(a.d_model)
         self.output_layer = nn.Linear(a.d_model, vocab_size)
 
@@ -212,13 +221,15 @@ class BiasEncoder(nn.Module):
         if bidirectional and d % 2:
             raise ValueError(f"bias_bidirectional needs an even d_model, got {d}")
         self.per_token, self.bidirectional = per_token, bidirectional
-        self.lstm = nn.LSTM(d, d // 2 if bidirectional else d, num_layers=1, batch_first=True,
-                            bidirectional=bidirectional)
+        self.lstm = nn.LSTM(
+            d, d // 2 if bidirectional else d, num_layers=1, batch_first=True, bidirectional=bidirectional
+        )
 
     def forward(self, emb: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """`[H, L, D]`, lengths `[H]` -> (memory `[M, D]`, the hotword of each memory row `[M]`)."""
-        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.cpu().clamp_min(1), batch_first=True,
-                                                   enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            emb, lengths.cpu().clamp_min(1), batch_first=True, enforce_sorted=False
+        )
         out, (h_n, _) = self.lstm(packed)
         h = emb.shape[0]
         if self.per_token:
@@ -237,8 +248,10 @@ class SeacoDecoder(nn.Module):
 
     def __init__(self, a: ModelArgs):
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer(a.d_model, a.heads, a.ffn_dim, a.dropout, self_attn=False,
-                                                 memory_kernel=a.seaco_kernel) for _ in range(a.seaco_layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(a.d_model, a.heads, a.ffn_dim, a.dropout, self_attn=False, memory_kernel=a.seaco_kernel)
+            for _ in range(a.seaco_layers)
+        )
         self.after_norm = nn.LayerNorm(a.d_model)
 
     def forward(self, queries: Tensor, hotwords: Tensor, query_pad: Tensor | None = None) -> Tensor:
@@ -290,17 +303,26 @@ class SeacoParaformer(nn.Module):
         """`[H, L]` token ids (the list ends with the no-bias entry) -> (memory `[M, D]`, owner hotword `[M]`)."""
         return self.bias_encoder(self.decoder.embed(hotwords), hotword_lengths)
 
-    def bias_logits(self, cif_emb: Tensor, dec_hidden: Tensor, hw_emb: Tensor, token_pad: Tensor | None = None
-                    ) -> Tensor:
+    def bias_logits(
+        self, cif_emb: Tensor, dec_hidden: Tensor, hw_emb: Tensor, token_pad: Tensor | None = None
+    ) -> Tensor:
         """Hotword branch logits `[B, K, V + 1]`: the two attention passes summed, then the output layer."""
         merged = self.seaco_decoder(cif_emb, hw_emb, token_pad) + self.seaco_decoder(dec_hidden, hw_emb, token_pad)
         return self.hotword_output_layer(merged)
 
     # ------------------------------------------------------------------------------------------------ training
-    def forward(self, feats: Tensor | None, feat_lengths: Tensor | None, targets: Tensor, target_lengths: Tensor,
-                hotwords: Tensor | None = None, hotword_lengths: Tensor | None = None,
-                hotword_labels: Tensor | None = None, losses: tuple[str, ...] = ("ce", "cif"),
-                asr_states: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        feats: Tensor | None,
+        feat_lengths: Tensor | None,
+        targets: Tensor,
+        target_lengths: Tensor,
+        hotwords: Tensor | None = None,
+        hotword_lengths: Tensor | None = None,
+        hotword_labels: Tensor | None = None,
+        losses: tuple[str, ...] = ("ce", "cif"),
+        asr_states: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         """Loss terms named in `losses` (ce, ctc, cif, hotword) plus token accuracies; targets padded with -1.
 
         `asr_states` (`asr_states()` of a frozen ASR part, computed earlier) skips the ASR part: the hotword loss
@@ -317,8 +339,18 @@ class SeacoParaformer(nn.Module):
             if self.ctc is None:
                 raise ValueError("loss 'ctc' selected but the model has no ctc head (model.args.ctc: false)")
             logp = F.log_softmax(self.ctc(enc), -1).transpose(0, 1)
-            out["ctc"] = F.ctc_loss(logp, targets.clamp_min(0), enc_lengths, target_lengths, blank=self.blank_id,
-                                    reduction="sum", zero_infinity=True) / targets.shape[0]
+            out["ctc"] = (
+                F.ctc_loss(
+                    logp,
+                    targets.clamp_min(0),
+                    enc_lengths,
+                    target_lengths,
+                    blank=self.blank_id,
+                    reduction="sum",
+                    zero_infinity=True,
+                )
+                / targets.shape[0]
+            )
         need_dec = "ce" in losses or "hotword" in losses
         if not (need_dec or "cif" in losses):
             return out
@@ -336,8 +368,16 @@ class SeacoParaformer(nn.Module):
             self._hotword_loss(out, emb, mask, hidden, hotwords, hotword_lengths, hotword_labels)
         return out
 
-    def _hotword_loss(self, out: dict[str, Tensor], emb: Tensor, mask: Tensor, hidden: Tensor,
-                      hotwords: Tensor | None, hotword_lengths: Tensor | None, labels: Tensor | None) -> None:
+    def _hotword_loss(
+        self,
+        out: dict[str, Tensor],
+        emb: Tensor,
+        mask: Tensor,
+        hidden: Tensor,
+        hotwords: Tensor | None,
+        hotword_lengths: Tensor | None,
+        labels: Tensor | None,
+    ) -> None:
         if hotwords is None or labels is None:
             raise ValueError("loss 'hotword' needs a hotword list and labels")
         hw, _ = self.hotword_embeddings(hotwords, hotword_lengths)
@@ -376,14 +416,21 @@ class SeacoParaformer(nn.Module):
     def ctc_log_probs(self, feats: Tensor, feat_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """CTC log-probabilities `[B, T, V]` of the encoder frames and the frame counts (needs the ctc head)."""
         if self.ctc is None:
-            raise ConfigError("this model has no ctc head (trained with model.args.ctc: false): decode with "
-                              "--decoding seaco instead")
+            raise ConfigError(
+                "this model has no ctc head (trained with model.args.ctc: false): decode with --decoding seaco instead"
+            )
         enc, lengths, _ = self.encode(feats, feat_lengths)
         return F.log_softmax(self.ctc(enc), -1), lengths
 
     @torch.no_grad()
-    def recognize(self, feats: Tensor, feat_lengths: Tensor, hotwords: Tensor | None = None,
-                  hotword_lengths: Tensor | None = None, filter_keep: int = 50) -> list[list[int]]:
+    def recognize(
+        self,
+        feats: Tensor,
+        feat_lengths: Tensor,
+        hotwords: Tensor | None = None,
+        hotword_lengths: Tensor | None = None,
+        filter_keep: int = 50,
+    ) -> list[list[int]]:
         """Greedy token ids per utterance. With a hotword list (ending with the no-bias entry) the bias branch
         replaces the ASR distribution wherever its argmax is not `<no_bias>` (FunASR's merge); a list longer
         than `filter_keep` is first cut per utterance to the `filter_keep` hotwords that the decoder states attend
@@ -397,7 +444,7 @@ class SeacoParaformer(nn.Module):
             n_hot = hotwords.shape[0] - 1  # without the no-bias entry, which is last
             rows = []
             for i in range(emb.shape[0]):
-                e, h, hw_i = emb[i:i + 1, : n[i]], hidden[i:i + 1, : n[i]], hw
+                e, h, hw_i = emb[i : i + 1, : n[i]], hidden[i : i + 1, : n[i]], hw
                 if n_hot > filter_keep:
                     rows_w = self.seaco_decoder.scores(h, hw)[0].sum(0)  # attention per memory row
                     score = torch.zeros(n_hot + 1, dtype=rows_w.dtype).index_add_(0, owner, rows_w)[:n_hot]
@@ -418,3 +465,15 @@ def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     valid = labels >= 0
     correct = ((logits.argmax(-1) == labels) & valid).sum()
     return torch.stack([correct, valid.sum()])
+
+
+def read_asr_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """(weights, meta, file) of an ASR model file or of the experiment folder holding one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    expect(p, ("model_file",), "an ASR model file", "pass the model.safetensors of `speakerforge asr train`")
+    state, meta = load_model_file(p)
+    if meta.get("kind") != "asr":
+        raise CheckpointError(f"{p}: not an ASR model file (written by `speakerforge asr train`)")
+    return state, meta, p

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from speakerforge.asr.data import AsrDataset, HotwordSampling, load_asr_sources, make_collate
+from speakerforge.asr.data import AsrDataset, HotwordSampling, load_asr_sources, make_collate, pad_features
 from speakerforge.asr.model import ASR_PART, HOTWORD_PART, ModelArgs, SeacoParaformer
 from speakerforge.asr.vocab import CharVocab, PieceVocab, vocab_from_meta
 from speakerforge.config import Config, from_dict, to_dict
@@ -65,25 +66,34 @@ def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrCo
     for key, names in [("asr.losses", a.losses), *((f"asr.stage_losses.{k}", v) for k, v in a.stage_losses.items())]:
         bad = [n for n in names if n not in LOSSES]
         if bad or not names:
-            raise ConfigError(f"{where}: {key}: unknown loss {bad[0]!r}" if bad else f"{where}: {key} is empty"
-                              f"; choose from {', '.join(LOSSES)}")
+            raise ConfigError(
+                f"{where}: {key}: unknown loss {bad[0]!r}"
+                if bad
+                else f"{where}: {key} is empty; choose from {', '.join(LOSSES)}"
+            )
     for k, w in a.loss_weights.items():
         if k not in LOSSES or w < 0:
             raise ConfigError(f"{where}: asr.loss_weights.{k}={w!r}: weights are >= 0, for {', '.join(LOSSES)}")
     if a.tokenizer not in ("char", "bpe"):
         raise ConfigError(f"{where}: asr.tokenizer {a.tokenizer!r}: choose char or bpe")
     if a.tokenizer == "bpe" and a.vocab:
-        raise ConfigError(f"{where}: asr.vocab lists characters; with asr.tokenizer: bpe the pieces are learnt, "
-                          "remove asr.vocab")
+        raise ConfigError(
+            f"{where}: asr.vocab lists characters; with asr.tokenizer: bpe the pieces are learnt, remove asr.vocab"
+        )
     if a.bpe_size < 8:
         raise ConfigError(f"{where}: asr.bpe_size={a.bpe_size}: need at least 8 pieces")
     h = a.hotwords
     if not (0 <= h.double_prob <= h.prob <= 1):
         raise ConfigError(f"{where}: asr.hotwords: need 0 <= double_prob <= prob <= 1")
-    if not (1 <= h.min_len <= h.max_len) or h.span_unit not in ("token", "word") or min(h.distractors,
-                                                                                         h.rare_power) < 0:
-        raise ConfigError(f"{where}: asr.hotwords: need 1 <= min_len <= max_len, span_unit token|word, and "
-                          "distractors, rare_power >= 0")
+    if (
+        not (1 <= h.min_len <= h.max_len)
+        or h.span_unit not in ("token", "word")
+        or min(h.distractors, h.rare_power) < 0
+    ):
+        raise ConfigError(
+            f"{where}: asr.hotwords: need 1 <= min_len <= max_len, span_unit token|word, and "
+            "distractors, rare_power >= 0"
+        )
     if h.rare_power > 0 and h.span_unit != "word":
         raise ConfigError(f"{where}: asr.hotwords.rare_power counts words: it needs span_unit: word")
     return a
@@ -103,7 +113,7 @@ class AsrInit:
     part: str = "all"
 
     def read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
-        from speakerforge.asr.infer import read_asr_model_file
+        from speakerforge.asr.model import read_asr_model_file
 
         if self.part not in INIT_PARTS:
             raise ConfigError(f"--init-part {self.part!r}: choose from {', '.join(INIT_PARTS)}")
@@ -120,8 +130,11 @@ def load_init_part(module: nn.Module, state: dict[str, torch.Tensor], part: str,
     own = {k: v for k, v in module.state_dict().items() if k.split(".")[0] in prefixes}
     problems = fit_problems(own, {k: state[k] for k in own if k in state})  # the source's other parts are ignored
     if problems:
-        raise CheckpointError(f"{origin}: cannot initialise the {part!r} part: " + "; ".join(problems)
-                              + " (same model.args as the source?)")
+        raise CheckpointError(
+            f"{origin}: cannot initialise the {part!r} part: "
+            + "; ".join(problems)
+            + " (same model.args as the source?)"
+        )
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(state[k])
@@ -131,8 +144,9 @@ def load_init_part(module: nn.Module, state: dict[str, torch.Tensor], part: str,
 class AsrTrainer(Trainer):
     """Two-stage (or any-stage) SeACo-Paraformer training; see the module docstring."""
 
-    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None,
-                 init: AsrInit | None = None):
+    def __init__(
+        self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None, init: AsrInit | None = None
+    ):
         self.asr = parse_asr_config(cfg.asr, "config")  # before the run folder is created
         self.model_args = from_dict(ModelArgs, dict(cfg.model.args), "config", "model.args.")
         self.init = init
@@ -166,25 +180,32 @@ class AsrTrainer(Trainer):
         if self._init_state is not None:  # the source's token ids, whatever the new transcripts hold
             self.vocab = vocab_from_meta(self._init_state[1])
             if self.asr.vocab and self.asr.vocab != self.vocab.tokens:
-                raise ConfigError(f"asr.vocab differs from the vocabulary of --init {self._init_state[2]}; "
-                                  "remove asr.vocab to use the source's")
+                raise ConfigError(
+                    f"asr.vocab differs from the vocabulary of --init {self._init_state[2]}; "
+                    "remove asr.vocab to use the source's"
+                )
             unknown = sorted({c for t in texts for c in self.vocab.unknown_chars(t)})
             if unknown:
-                log.warning("%d character(s) of the transcripts are not in the --init vocabulary and become <unk>: "
-                            "%s", len(unknown), "".join(unknown[:40]))
+                log.warning(
+                    "%d character(s) of the transcripts are not in the --init vocabulary and become <unk>: %s",
+                    len(unknown),
+                    "".join(unknown[:40]),
+                )
         elif self.asr.tokenizer == "bpe":
             self.vocab = PieceVocab.train(texts, self.asr.bpe_size)
         else:
             self.vocab = CharVocab(self.asr.vocab) if self.asr.vocab else CharVocab.from_texts(texts)
         word_spans = self.asr.hotwords.span_unit == "word"
         self.collate = make_collate(len(self.vocab), self.vocab.sos_id, self.vocab.word_spans if word_spans else None)
-        log.info("data: %d sources, %d utterances, vocabulary of %d tokens", len(self.sources), len(texts),
-                 len(self.vocab))
+        log.info(
+            "data: %d sources, %d utterances, vocabulary of %d tokens", len(self.sources), len(texts), len(self.vocab)
+        )
 
     def build_module(self) -> nn.Module:
         _seed_everything(self.cfg.train.seed)
-        module = SeacoParaformer(len(self.vocab), self.model_args, sos_id=self.vocab.sos_id,
-                                 blank_id=self.vocab.blank_id)
+        module = SeacoParaformer(
+            len(self.vocab), self.model_args, sos_id=self.vocab.sos_id, blank_id=self.vocab.blank_id
+        )
         if self._init_state is not None:
             state, _meta, origin = self._init_state
             n = load_init_part(module, state, self.init.part, str(origin))
@@ -200,12 +221,21 @@ class AsrTrainer(Trainer):
     def make_dataset(self, stage: Stage, augment: Callable | None) -> torch.utils.data.Dataset:
         self._losses = self.stage_losses(stage)
         self._states: dict[Any, tuple[torch.Tensor, torch.Tensor]] | None = (
-            {} if self.asr.cache_asr_states and self._losses == ("hotword",) else None)
+            {} if self.asr.cache_asr_states and self._losses == ("hotword",) else None
+        )
         self._states_checked = False
-        log.info("stage %r: losses %s", stage.name, ", ".join(
-            f"{n} x {self.asr.loss_weights.get(n, DEFAULT_WEIGHTS[n]):g}" for n in self._losses))
-        return AsrDataset([self.sources[i] for i in self.stage_sources[stage.index]], self.vocab,
-                          self.cfg.train.seed, stage.index, self.asr.hotwords)
+        log.info(
+            "stage %r: losses %s",
+            stage.name,
+            ", ".join(f"{n} x {self.asr.loss_weights.get(n, DEFAULT_WEIGHTS[n]):g}" for n in self._losses),
+        )
+        return AsrDataset(
+            [self.sources[i] for i in self.stage_sources[stage.index]],
+            self.vocab,
+            self.cfg.train.seed,
+            stage.index,
+            self.asr.hotwords,
+        )
 
     def integrity_ignore(self, stage: Stage) -> list[str]:
         losses = self.stage_losses(stage)
@@ -225,14 +255,19 @@ class AsrTrainer(Trainer):
     def utterance_features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded `[B, S]` waveforms -> padded `[B, T, F]` fbank, each normalised over its own frames."""
         fc = self.cfg.features
-        feats = [fbank(wav[i, : int(n)], num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length,
-                       frame_shift=fc.frame_shift) for i, n in enumerate(lengths)]
+        feats = [
+            fbank(
+                wav[i, : int(n)], num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length, frame_shift=fc.frame_shift
+            )
+            for i, n in enumerate(lengths)
+        ]
         if fc.mean_norm:
             feats = [mean_normalize(f) for f in feats]
         return pad_features(feats)
 
-    def compute_loss(self, train_module: nn.Module, batch: dict[str, Any], stage_step: int,
-                     micro: int) -> tuple[torch.Tensor, torch.Tensor | int, int]:
+    def compute_loss(
+        self, train_module: nn.Module, batch: dict[str, Any], stage_step: int, micro: int
+    ) -> tuple[torch.Tensor, torch.Tensor | int, int]:
         dev = self.device
         states = self.cached_asr_states(train_module, batch)
         if states is not None:
@@ -240,9 +275,17 @@ class AsrTrainer(Trainer):
         else:
             feats, feat_lengths = self.utterance_features(batch["wav"], batch["wav_lengths"])
             feats, feat_lengths = feats.to(dev), feat_lengths.to(dev)
-        out = train_module(feats, feat_lengths, batch["targets"].to(dev), batch["target_lengths"].to(dev),
-                           batch["hotwords"].to(dev), batch["hotword_lengths"].to(dev),
-                           batch["hotword_labels"].to(dev), losses=self._losses, asr_states=states)
+        out = train_module(
+            feats,
+            feat_lengths,
+            batch["targets"].to(dev),
+            batch["target_lengths"].to(dev),
+            batch["hotwords"].to(dev),
+            batch["hotword_lengths"].to(dev),
+            batch["hotword_labels"].to(dev),
+            losses=self._losses,
+            asr_states=states,
+        )
         loss = sum(self.asr.loss_weights.get(n, DEFAULT_WEIGHTS[n]) * out[n] for n in self._losses)
         acc = out.get("ce_acc", out.get("hotword_acc"))
         n = self._terms_n
@@ -255,8 +298,9 @@ class AsrTrainer(Trainer):
             return loss, 0, 0
         return loss, int(acc[0]), int(acc[1])
 
-    def cached_asr_states(self, train_module: nn.Module, batch: dict[str, Any]
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def cached_asr_states(
+        self, train_module: nn.Module, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """The batch's (CIF embeddings, token mask, decoder states) from the cache of a hotword-only stage, the
         missing utterances computed now in eval mode; None when this stage does not cache (its ASR part trains,
         or `asr.cache_asr_states: false`)."""
@@ -265,23 +309,33 @@ class AsrTrainer(Trainer):
         module = getattr(train_module, "module", train_module)  # DDP wraps it
         if not self._states_checked:
             self._states_checked = True
-            training = sorted({n.split(".")[0] for n, p in module.named_parameters()
-                               if p.requires_grad and n.split(".")[0] in ASR_PART})
+            training = sorted(
+                {
+                    n.split(".")[0]
+                    for n, p in module.named_parameters()
+                    if p.requires_grad and n.split(".")[0] in ASR_PART
+                }
+            )
             if training:
-                log.info("hotword stage: the ASR part is not frozen (%s trains), so its states are recomputed "
-                         "every step", ", ".join(training))
+                log.info(
+                    "hotword stage: the ASR part is not frozen (%s trains), so its states are recomputed every step",
+                    ", ".join(training),
+                )
                 self._states = None
                 return None
-            log.info("hotword stage: the frozen ASR part runs once per utterance (dropout off); its states are "
-                     "reused every epoch")
+            log.info(
+                "hotword stage: the frozen ASR part runs once per utterance (dropout off); its states are "
+                "reused every epoch"
+            )
         missing = [i for i, u in enumerate(batch["uids"]) if u not in self._states]
         if missing:
             idx = torch.tensor(missing)
             feats, feat_lengths = self.utterance_features(batch["wav"][idx], batch["wav_lengths"][idx])
             was_training = module.training
             module.eval()
-            emb, mask, hidden = module.asr_states(feats.to(self.device), feat_lengths.to(self.device),
-                                                  batch["target_lengths"][idx].to(self.device))
+            emb, mask, hidden = module.asr_states(
+                feats.to(self.device), feat_lengths.to(self.device), batch["target_lengths"][idx].to(self.device)
+            )
             module.train(was_training)
             for j, i in enumerate(missing):
                 k = int(mask[j].sum())
@@ -299,20 +353,22 @@ class AsrTrainer(Trainer):
         out = self.exp / "model.safetensors"
         if self.env.is_main:
             fc = self.cfg.features
-            save_model_file(out, module.state_dict(), {
-                "kind": "asr", "model": "seaco_paraformer", "args": dataclasses.asdict(self.model_args),
-                **self.vocab.to_meta(),
-                "features": {"num_mel_bins": fc.num_mel_bins, "frame_length": fc.frame_length,
-                             "frame_shift": fc.frame_shift, "mean_norm": fc.mean_norm},
-                "config": to_dict(self.cfg)})
+            save_model_file(
+                out,
+                module.state_dict(),
+                {
+                    "kind": "asr",
+                    "model": "seaco_paraformer",
+                    "args": dataclasses.asdict(self.model_args),
+                    **self.vocab.to_meta(),
+                    "features": {
+                        "num_mel_bins": fc.num_mel_bins,
+                        "frame_length": fc.frame_length,
+                        "frame_shift": fc.frame_shift,
+                        "mean_norm": fc.mean_norm,
+                    },
+                    "config": to_dict(self.cfg),
+                },
+            )
             log.info("ASR model written to %s", out)
         return out
-
-
-def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """List of `[T_i, F]` -> (`[B, T, F]` zero-padded, lengths `[B]`)."""
-    lengths = torch.tensor([f.shape[0] for f in feats])
-    out = feats[0].new_zeros(len(feats), int(lengths.max()), feats[0].shape[1])
-    for i, f in enumerate(feats):
-        out[i, : f.shape[0]] = f
-    return out, lengths

@@ -3,13 +3,15 @@
 Both start with `<blank>` (the CTC blank, id 0), `<sos/eos>` (id 1, the no-bias hotword) and `<unk>` (id 2). Both
 give `word_spans` (where the words of a token sequence stand), which whole-word hotword sampling and labelling use,
 and `ends_word` (does a token close the word before it), which CTC hotword biasing uses. Characters spell a space
-as the token `▁`; pieces carry it as the prefix of a word's first piece, as sentencepiece writes them. A model file stores `to_meta()` and `vocab_from_meta` rebuilds the same vocabulary.
+as the token `▁`; pieces carry it as the prefix of a word's first piece, as sentencepiece writes them. A model
+file stores `to_meta()` and `vocab_from_meta` rebuilds the same vocabulary.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 BLANK, SOS, UNK = "<blank>", "<sos/eos>", "<unk>"
 SPECIALS = (BLANK, SOS, UNK)
@@ -65,7 +67,7 @@ class CharVocab(_Specials):
         self.index = {t: i for i, t in enumerate(self.tokens)}
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "CharVocab":
+    def from_texts(cls, texts: Iterable[str]) -> CharVocab:
         """Sorted characters of the normalized texts (deterministic for the same data)."""
         chars = sorted({c for t in texts for c in normalize_text(t).replace(" ", SPACE)})
         return cls([*SPECIALS, *chars])
@@ -107,7 +109,7 @@ class PieceVocab(_Specials):
         self._chars = {c for t in self.tokens[3:] for c in t}
 
     @classmethod
-    def train(cls, texts: Iterable[str], size: int) -> "PieceVocab":
+    def train(cls, texts: Iterable[str], size: int) -> PieceVocab:
         """BPE of at most `size` pieces on the normalized texts (deterministic: one thread, the texts in order)."""
         import io
 
@@ -116,9 +118,20 @@ class PieceVocab(_Specials):
         sentences = [normalize_text(t) for t in texts]
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences), model_writer=buf, vocab_size=int(size), model_type="bpe",
-            character_coverage=1.0, hard_vocab_limit=False, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
-            num_threads=1, shuffle_input_sentence=False, minloglevel=2)
+            sentence_iterator=iter(sentences),
+            model_writer=buf,
+            vocab_size=int(size),
+            model_type="bpe",
+            character_coverage=1.0,
+            hard_vocab_limit=False,
+            unk_id=0,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            num_threads=1,
+            shuffle_input_sentence=False,
+            minloglevel=2,
+        )
         sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
         pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_unknown(i)]
         return cls([*SPECIALS, *pieces], buf.getvalue())

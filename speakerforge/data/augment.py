@@ -15,6 +15,7 @@ irrelevant, and a physical mix keeps the requested SNR exact.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +27,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from speakerforge.atomic import atomic_write_text
 from speakerforge.data.audio import SAMPLE_RATE, load_audio, resample
 from speakerforge.errors import ConfigError, DataError, where
 
@@ -198,15 +200,14 @@ def write_audio_list(items: Iterable[NoiseItem | str | Path], path: str | Path) 
     """Write a `path,category` CSV that `NoiseBank.from_path` and `RirBank.from_path` read."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "category"])
-        for item in items:
-            if not isinstance(item, NoiseItem):
-                item = NoiseItem(str(item), "rir")
-            writer.writerow([item.path, item.category])
-    tmp.replace(p)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "category"])
+    for item in items:
+        if not isinstance(item, NoiseItem):
+            item = NoiseItem(str(item), "rir")
+        writer.writerow([item.path, item.category])
+    atomic_write_text(p, buf.getvalue())
     return p
 
 

@@ -25,10 +25,11 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -68,10 +69,12 @@ class ExtractStats:
     outputs: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.utterances} embeddings ({self.embedding_dim}-d) from {self.audio_seconds / 3600:.2f} h of "
-                f"audio in {self.processing_seconds:.1f} s: RTF {self.rtf:.4f} end to end, {self.model_rtf:.4f} in "
-                f"features + model ({self.backend}, {self.workers} worker{'s' if self.workers > 1 else ''} x "
-                f"{max(1, (self.threads or 1) // self.workers)} thread)")
+        return (
+            f"{self.utterances} embeddings ({self.embedding_dim}-d) from {self.audio_seconds / 3600:.2f} h of "
+            f"audio in {self.processing_seconds:.1f} s: RTF {self.rtf:.4f} end to end, {self.model_rtf:.4f} in "
+            f"features + model ({self.backend}, {self.workers} worker{'s' if self.workers > 1 else ''} x "
+            f"{max(1, (self.threads or 1) // self.workers)} thread)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -144,14 +147,23 @@ def _prefetch(utts: Sequence[Utterance], workers: int, ahead: int) -> Iterator[n
 
 # --------------------------------------------------------------------------------------------------------------
 # embedding
-def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: float | None = None,
-                     batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True, length_tolerance: float = 0.0,
-                     workers: int = 1, loaders: int = 2) -> tuple[np.ndarray, dict[str, float]]:
+def embed_utterances(
+    model: SpeakerModel,
+    utts: Sequence[Utterance],
+    chunk: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    length_tolerance: float = 0.0,
+    workers: int = 1,
+    loaders: int = 2,
+) -> tuple[np.ndarray, dict[str, float]]:
     """`[N, D]` embeddings in the order of `utts`, plus counters (audio seconds, model seconds summed over workers,
     chunked utterances). `workers` threads run the model on different windows of utterances at once."""
     if chunk is not None and chunk * SAMPLE_RATE < model.min_samples:
-        raise DataError(f"--chunk {chunk:g} s is shorter than the {model.min_samples / SAMPLE_RATE:.3f} s this model "
-                        "needs for an embedding")
+        raise DataError(
+            f"--chunk {chunk:g} s is shorter than the {model.min_samples / SAMPLE_RATE:.3f} s this model "
+            "needs for an embedding"
+        )
     durations = np.array([_duration(u) for u in utts])
     order = np.argsort(-durations, kind="stable")
     chunk_len = int(round(chunk * SAMPLE_RATE)) if chunk else 0
@@ -173,14 +185,15 @@ def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: floa
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="embed") as pool:
             pending: deque[tuple[np.ndarray, Future]] = deque()
             for start in range(0, len(utts), window):
-                idx = order[start:start + window]
+                idx = order[start : start + window]
                 batch = [next(wavs) for _ in idx]
                 names = [f"{utts[i].where}: {utts[i].path}" for i in idx]
                 for name, w in zip(names, batch):
                     model.check_input(w, name)
                     counters["audio_seconds"] += w.shape[0] / SAMPLE_RATE
-                pending.append((idx, pool.submit(_embed_window, model, batch, chunk_len, batch_size,
-                                                 length_tolerance, names)))
+                pending.append(
+                    (idx, pool.submit(_embed_window, model, batch, chunk_len, batch_size, length_tolerance, names))
+                )
                 while len(pending) > workers:  # every worker busy and one window queued
                     collect(pending.popleft())
             while pending:
@@ -190,8 +203,9 @@ def embed_utterances(model: SpeakerModel, utts: Sequence[Utterance], chunk: floa
     return out, counters
 
 
-def _embed_window(model: SpeakerModel, wavs: list[np.ndarray], chunk_len: int, batch_size: int,
-                  tolerance: float, names: list[str]) -> tuple[np.ndarray, float, int]:
+def _embed_window(
+    model: SpeakerModel, wavs: list[np.ndarray], chunk_len: int, batch_size: int, tolerance: float, names: list[str]
+) -> tuple[np.ndarray, float, int]:
     """Whole utterances batched by frame count; long ones (with chunking) as the mean over their chunks.
     Returns the embeddings, the seconds spent, and how many utterances were chunked."""
     started = time.perf_counter()
@@ -199,24 +213,36 @@ def _embed_window(model: SpeakerModel, wavs: list[np.ndarray], chunk_len: int, b
     short = [i for i in range(len(wavs)) if not (chunk_len and wavs[i].shape[0] > chunk_len)]
     out = np.empty((len(wavs), model.embedding_dim), dtype=np.float32)
     if short:
-        out[short] = model.embed_waveforms([wavs[i] for i in short], batch_size, tolerance,
-                                           names=[names[i] for i in short])
+        out[short] = model.embed_waveforms(
+            [wavs[i] for i in short], batch_size, tolerance, names=[names[i] for i in short]
+        )
     if long:
         pieces = [chunk_waveform(wavs[i], chunk_len) for i in long]
-        embs = model.embed_waveforms([c for p in pieces for c in p], batch_size,
-                                     names=[names[i] for i, p in zip(long, pieces) for _ in p])
+        embs = model.embed_waveforms(
+            [c for p in pieces for c in p], batch_size, names=[names[i] for i, p in zip(long, pieces) for _ in p]
+        )
         pos = 0
         for i, p in zip(long, pieces):
-            out[i] = embs[pos:pos + len(p)].mean(axis=0, dtype=np.float64)
+            out[i] = embs[pos : pos + len(p)].mean(axis=0, dtype=np.float64)
             pos += len(p)
     return out, time.perf_counter() - started, len(long)
 
 
 # --------------------------------------------------------------------------------------------------------------
-def extract_embeddings(model: str | Path | SpeakerModel, data: str | Path, out: str | Path, *,
-                       chunk: float | None = None, ark: str | Path | None = None,
-                       batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = None, workers: int | None = None,
-                       progress: bool = True, length_tolerance: float = 0.0, device: str = "cpu") -> ExtractStats:
+def extract_embeddings(
+    model: str | Path | SpeakerModel,
+    data: str | Path,
+    out: str | Path,
+    *,
+    chunk: float | None = None,
+    ark: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    length_tolerance: float = 0.0,
+    device: str = "cpu",
+) -> ExtractStats:
     """Embed every utterance of `data` with `model`; write `out` (.npz), `ark` (+ .scp) and `out`.json stats.
 
     `threads` CPU threads (default: every core) are used as `workers` model workers (default: one per thread) of
@@ -270,15 +296,25 @@ def extract_embeddings(model: str | Path | SpeakerModel, data: str | Path, out: 
 
     audio = counters["audio_seconds"]
     stats = ExtractStats(
-        utterances=len(utts), audio_seconds=audio, processing_seconds=elapsed,
-        model_seconds=counters["model_seconds"], rtf=elapsed / audio if audio else 0.0,
-        model_rtf=counters["model_seconds"] / workers / audio if audio else 0.0, chunked=int(counters["chunked"]),
-        model=sm.source, backend=sm.kind, embedding_dim=sm.embedding_dim, chunk=chunk, batch_size=batch_size,
-        threads=threads, workers=workers, outputs=outputs)
+        utterances=len(utts),
+        audio_seconds=audio,
+        processing_seconds=elapsed,
+        model_seconds=counters["model_seconds"],
+        rtf=elapsed / audio if audio else 0.0,
+        model_rtf=counters["model_seconds"] / workers / audio if audio else 0.0,
+        chunked=int(counters["chunked"]),
+        model=sm.source,
+        backend=sm.kind,
+        embedding_dim=sm.embedding_dim,
+        chunk=chunk,
+        batch_size=batch_size,
+        threads=threads,
+        workers=workers,
+        outputs=outputs,
+    )
     stats_path = out.with_name(out.name + ".json")
     info: dict[str, Any] = asdict(stats)
-    info.update(data=str(data), length_tolerance=length_tolerance, intra_op_threads=intra,
-                cpu_count=os.cpu_count())
+    info.update(data=str(data), length_tolerance=length_tolerance, intra_op_threads=intra, cpu_count=os.cpu_count())
     atomic_write_text(stats_path, json.dumps(info, indent=1) + "\n")
     log.info("%s; written %s (stats in %s)", stats.summary(), ", ".join(outputs), stats_path)
     return stats

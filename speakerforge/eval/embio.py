@@ -45,8 +45,9 @@ class Embeddings(Mapping[str, np.ndarray]):
         bad = ~np.isfinite(self.matrix).all(axis=1)
         if bad.any():
             first = self.keys_list[int(np.flatnonzero(bad)[0])]
-            raise DataError(f"{source}: {int(bad.sum())} embeddings contain NaN or inf (first: {first!r}); "
-                            "re-extract them")
+            raise DataError(
+                f"{source}: {int(bad.sum())} embeddings contain NaN or inf (first: {first!r}); re-extract them"
+            )
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, np.ndarray], source: str = "<memory>") -> Embeddings:
@@ -60,8 +61,10 @@ class Embeddings(Mapping[str, np.ndarray]):
         dim = vecs[0].shape[0]
         for k, v in zip(keys, vecs):
             if v.shape[0] != dim:
-                raise DataError(f"{source}: embedding {k!r} has dimension {v.shape[0]}, but {keys[0]!r} has {dim}; "
-                                "all embeddings in one file must come from the same model")
+                raise DataError(
+                    f"{source}: embedding {k!r} has dimension {v.shape[0]}, but {keys[0]!r} has {dim}; "
+                    "all embeddings in one file must come from the same model"
+                )
         return cls(keys, np.stack(vecs), source=source)
 
     @property
@@ -75,8 +78,10 @@ class Embeddings(Mapping[str, np.ndarray]):
             return np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
         except KeyError:
             missing = list(dict.fromkeys(k for k in keys if k not in index))
-            raise DataError(f"{len(missing)} {what} have no embedding in {self.source} (first: "
-                            f"{', '.join(missing[:5])}); extract embeddings for them or fix the list") from None
+            raise DataError(
+                f"{len(missing)} {what} have no embedding in {self.source} (first: "
+                f"{', '.join(missing[:5])}); extract embeddings for them or fix the list"
+            ) from None
 
     def mean(self) -> np.ndarray:
         """Mean vector (float64), e.g. of a training set, for mean subtraction before cosine scoring."""
@@ -161,8 +166,9 @@ def read_npz(path: str | Path) -> Embeddings:
     try:
         mapping = _read_npz_members(Path(path))
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc}); write embeddings with "
-                        "speakerforge.eval.embio.save_embeddings") from None
+        raise DataError(
+            f"{path}: not a readable .npz file ({exc}); write embeddings with speakerforge.eval.embio.save_embeddings"
+        ) from None
     return Embeddings.from_mapping(mapping, source=str(path))
 
 
@@ -180,7 +186,7 @@ def _read_npz_members(path: Path) -> dict[str, np.ndarray]:
             if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
                 name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
                 start = info.header_offset + 30 + name_len + extra_len
-                member = data[start:start + info.file_size]
+                member = data[start : start + info.file_size]
             else:
                 member = memoryview(zf.read(info))
             out[key] = _parse_npy(member, headers, info.filename)
@@ -217,8 +223,9 @@ _BINARY = b"\0B"
 _TOKENS = {b"FV ": np.dtype("<f4"), b"DV ": np.dtype("<f8")}
 
 
-def write_kaldi(ark_path: str | Path, scp_path: str | Path | None, embeddings: Mapping[str, np.ndarray],
-                double: bool = False) -> None:
+def write_kaldi(
+    ark_path: str | Path, scp_path: str | Path | None, embeddings: Mapping[str, np.ndarray], double: bool = False
+) -> None:
     """Write binary float (`FV`) or double (`DV`) vectors to an ark, and an scp with byte offsets."""
     emb = Embeddings.from_mapping(embeddings, source=str(ark_path))
     bad = next((k for k in emb.keys_list if not k or any(c.isspace() for c in k)), None)
@@ -239,14 +246,16 @@ def write_kaldi(ark_path: str | Path, scp_path: str | Path | None, embeddings: M
 
 def _parse_vector(buf: bytes | memoryview, pos: int, origin: str) -> tuple[np.ndarray, int]:
     """Parse one vector at `pos` (binary or text); return it and the position after it."""
-    if bytes(buf[pos:pos + 2]) == _BINARY:
-        token = bytes(buf[pos + 2:pos + 5])
+    if bytes(buf[pos : pos + 2]) == _BINARY:
+        token = bytes(buf[pos + 2 : pos + 5])
         dtype = _TOKENS.get(token)
         if dtype is None:
             what = token.decode("latin-1").strip() or "nothing"
-            raise DataError(f"{origin}: found Kaldi object {what!r}, expected a float vector (FV or DV); "
-                            "matrices and compressed matrices are not embeddings")
-        if bytes(buf[pos + 5:pos + 6]) != b"\x04" or len(buf) < pos + 10:
+            raise DataError(
+                f"{origin}: found Kaldi object {what!r}, expected a float vector (FV or DV); "
+                "matrices and compressed matrices are not embeddings"
+            )
+        if bytes(buf[pos + 5 : pos + 6]) != b"\x04" or len(buf) < pos + 10:
             raise DataError(f"{origin}: corrupt vector header (expected int32 size marker 4)")
         (dim,) = struct.unpack_from("<i", buf, pos + 6)
         start = pos + 10
@@ -255,8 +264,8 @@ def _parse_vector(buf: bytes | memoryview, pos: int, origin: str) -> tuple[np.nd
             raise DataError(f"{origin}: vector of dimension {dim} runs past the end of the file (truncated ark?)")
         return np.frombuffer(buf, dtype=dtype, count=dim, offset=start).astype(np.float32), end
     # text form: optional spaces, "[", numbers, "]"
-    end = bytes(buf[pos:pos + (1 << 22)]).find(b"]")
-    text = bytes(buf[pos:pos + end + 1]).decode("latin-1") if end >= 0 else ""
+    end = bytes(buf[pos : pos + (1 << 22)]).find(b"]")
+    text = bytes(buf[pos : pos + end + 1]).decode("latin-1") if end >= 0 else ""
     if not text.strip().startswith("["):
         raise DataError(f"{origin}: neither a binary Kaldi vector (\\0B) nor a text vector `[ ... ]`")
     try:
@@ -276,10 +285,10 @@ def read_kaldi_ark(path: str | Path) -> Embeddings:
             pos += 1
         if pos >= len(buf):
             break
-        space = bytes(buf[pos:pos + 4096]).find(b" ")
+        space = bytes(buf[pos : pos + 4096]).find(b" ")
         if space <= 0:
             raise DataError(f"{path}@{pos}: expected `key ` before a vector; not a Kaldi ark?")
-        key = bytes(buf[pos:pos + space]).decode("utf-8", errors="replace")
+        key = bytes(buf[pos : pos + space]).decode("utf-8", errors="replace")
         if key in mapping:
             raise DataError(f"{path}@{pos}: key {key!r} appears more than once")
         mapping[key], pos = _parse_vector(buf, pos + space + 1, f"{path}@{pos} ({key})")

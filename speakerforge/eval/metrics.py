@@ -19,8 +19,8 @@ the threshold are accepted (ties at the threshold are split as described above).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -52,8 +52,12 @@ class ErrorRates:
         return self.scores[self.order].astype(np.float64)
 
 
-def check_scores(scores: np.ndarray, labels: np.ndarray | None = None,
-                 describe: Callable[[int], str] | None = None, source: str | None = None) -> None:
+def check_scores(
+    scores: np.ndarray,
+    labels: np.ndarray | None = None,
+    describe: Callable[[int], str] | None = None,
+    source: str | None = None,
+) -> None:
     """Raise DataError on empty input, NaN/inf scores, bad labels, or a single class.
 
     `describe(i)` names trial i; `source` (the file the labels come from) prefixes the messages about the whole list.
@@ -65,8 +69,10 @@ def check_scores(scores: np.ndarray, labels: np.ndarray | None = None,
     if bad.any():
         first = int(np.argmax(bad))
         name = describe(first) if describe else f"trial {first + 1}"
-        raise DataError(f"{int(bad.sum())} of {scores.size} scores are NaN or inf (first: {name}, score "
-                        f"{scores[first]}); fix the scoring step (e.g. zero or non-finite embeddings)")
+        raise DataError(
+            f"{int(bad.sum())} of {scores.size} scores are NaN or inf (first: {name}, score "
+            f"{scores[first]}); fix the scoring step (e.g. zero or non-finite embeddings)"
+        )
     if labels is None:
         return
     if labels.shape != scores.shape:
@@ -77,11 +83,15 @@ def check_scores(scores: np.ndarray, labels: np.ndarray | None = None,
         raise DataError(f"{at}labels must be 0 (nontarget) or 1 (target), found {other}")
     if n_target == 0 or n_target == labels.size:
         kind = "nontarget" if n_target == 0 else "target"
-        raise DataError(f"{at}all {labels.size} trials are {kind} trials; EER and minDCF need both target and "
-                        "nontarget trials (wrong trial list or labels?)")
+        raise DataError(
+            f"{at}all {labels.size} trials are {kind} trials; EER and minDCF need both target and "
+            "nontarget trials (wrong trial list or labels?)"
+        )
 
 
-def _as_arrays(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _as_arrays(
+    scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores)
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(np.float64)  # argsort of the float array as given is what fixes the order of ties
@@ -91,8 +101,12 @@ def _as_arrays(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.
     return s, lab
 
 
-def error_rates(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                describe: Callable[[int], str] | None = None, source: str | None = None) -> ErrorRates:
+def error_rates(
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    describe: Callable[[int], str] | None = None,
+    source: str | None = None,
+) -> ErrorRates:
     """P_miss and P_fa at every sorted position (see module docstring for ties)."""
     s, lab = _as_arrays(scores, labels)
     check_scores(s, lab, describe, source)
@@ -125,16 +139,18 @@ def eer_point(rates: ErrorRates) -> tuple[float, float, int]:
     return float(miss1 + a * (miss2 - miss1)), rates.threshold(x1), x1
 
 
-def min_dcf_point(rates: ErrorRates, p_target: float, c_miss: float = 1.0,
-                  c_fa: float = 1.0) -> tuple[float, float, int]:
+def min_dcf_point(
+    rates: ErrorRates, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0
+) -> tuple[float, float, int]:
     """(normalised minDCF, threshold, index of the minimising point)."""
     cost = c_miss * rates.p_miss * p_target + c_fa * rates.p_fa * (1 - p_target)
     i = int(np.argmin(cost))
     return float(cost[i] / min(c_miss * p_target, c_fa * (1 - p_target))), rates.threshold(i), i
 
 
-def metrics_from_rates(rates: ErrorRates, p_targets: Sequence[float] = P_TARGETS, c_miss: float = 1.0,
-                       c_fa: float = 1.0) -> dict:
+def metrics_from_rates(
+    rates: ErrorRates, p_targets: Sequence[float] = P_TARGETS, c_miss: float = 1.0, c_fa: float = 1.0
+) -> dict:
     """The `compute_metrics` dictionary from precomputed error rates."""
     eer, eer_thr, _ = eer_point(rates)
     out: dict = {
@@ -151,14 +167,23 @@ def metrics_from_rates(rates: ErrorRates, p_targets: Sequence[float] = P_TARGETS
         if not 0 < p < 1:
             raise DataError(f"p_target must be between 0 and 1, got {p}")
         value, thr, i = min_dcf_point(rates, p, c_miss, c_fa)
-        out["min_dcf"][f"{p:g}"] = {"value": value, "threshold": thr, "p_miss": float(rates.p_miss[i]),
-                                    "p_fa": float(rates.p_fa[i])}
+        out["min_dcf"][f"{p:g}"] = {
+            "value": value,
+            "threshold": thr,
+            "p_miss": float(rates.p_miss[i]),
+            "p_fa": float(rates.p_fa[i]),
+        }
     return out
 
 
-def compute_metrics(scores: Sequence[float] | np.ndarray, labels: Sequence[int] | np.ndarray,
-                    p_targets: Sequence[float] = P_TARGETS, c_miss: float = 1.0, c_fa: float = 1.0,
-                    describe: Callable[[int], str] | None = None) -> dict:
+def compute_metrics(
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    p_targets: Sequence[float] = P_TARGETS,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+    describe: Callable[[int], str] | None = None,
+) -> dict:
     """EER (%) and normalised minDCF per p_target, with the threshold of each, as a JSON-ready dict.
 
     `labels` are 1 (target) / 0 (nontarget). `describe(i)` names trial i in error messages. Keys: n_trials,

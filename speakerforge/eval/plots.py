@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -23,24 +23,46 @@ _GRID_POINTS = 1500  # samples per axis in probit space; enough for a smooth cur
 def probit(p: np.ndarray | float) -> np.ndarray:
     """Inverse of the standard normal CDF (Acklam's rational approximation, relative error < 1.2e-9)."""
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-15, 1 - 1e-15)
-    a = [-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
-         -3.066479806614716e01, 2.506628277459239e00]
-    b = [-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
-         -1.328068155288572e01]
-    c = [-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
-         4.374664141464968e00, 2.938163982698783e00]
+    a = [
+        -3.969683028665376e01,
+        2.209460984245205e02,
+        -2.759285104469687e02,
+        1.383577518672690e02,
+        -3.066479806614716e01,
+        2.506628277459239e00,
+    ]
+    b = [
+        -5.447609879822406e01,
+        1.615858368580409e02,
+        -1.556989798598866e02,
+        6.680131188771972e01,
+        -1.328068155288572e01,
+    ]
+    c = [
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e00,
+        -2.549732539343734e00,
+        4.374664141464968e00,
+        2.938163982698783e00,
+    ]
     d = [7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00]
     out = np.empty_like(p)
     lo, hi = p < 0.02425, p > 1 - 0.02425
     mid = ~(lo | hi)
     q = p[mid] - 0.5
     r = q * q
-    out[mid] = ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
-                (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1))
+    out[mid] = (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * q
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    )
     for mask, sign in ((lo, 1.0), (hi, -1.0)):
         q = np.sqrt(-2 * np.log(p[mask] if sign > 0 else 1 - p[mask]))
-        out[mask] = sign * ((((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
-                            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1))
+        out[mask] = sign * (
+            (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5])
+            / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+        )
     return out
 
 
@@ -49,11 +71,13 @@ def _curve_points(rates: ErrorRates, lo: float) -> tuple[np.ndarray, np.ndarray]
     grid = np.array([0.5 * math.erfc(-z / math.sqrt(2)) for z in np.linspace(probit(lo / 2), 0.0, _GRID_POINTS)])
     grid = np.concatenate([grid, 1 - grid[::-1]])
     n = rates.p_miss.size
-    idx = np.concatenate([
-        np.searchsorted(rates.p_miss, grid),  # p_miss ascends
-        n - 1 - np.searchsorted(rates.p_fa[::-1], grid),  # p_fa descends
-        [0, n - 1],
-    ])
+    idx = np.concatenate(
+        [
+            np.searchsorted(rates.p_miss, grid),  # p_miss ascends
+            n - 1 - np.searchsorted(rates.p_fa[::-1], grid),  # p_fa descends
+            [0, n - 1],
+        ]
+    )
     idx = np.unique(np.clip(idx, 0, n - 1))
     # Start from the implicit "accept everything" point so the curve reaches the top-left corner.
     p_fa = np.concatenate([[1.0], rates.p_fa[idx]])
@@ -85,8 +109,12 @@ def _thin_ticks(lo: float, hi: float) -> list[float]:
     return kept
 
 
-def plot_det(path: str | Path, systems: Mapping[str, tuple[np.ndarray, np.ndarray] | ErrorRates],
-             title: str | None = None, p_targets: Sequence[float] = P_TARGETS) -> dict[str, dict]:
+def plot_det(
+    path: str | Path,
+    systems: Mapping[str, tuple[np.ndarray, np.ndarray] | ErrorRates],
+    title: str | None = None,
+    p_targets: Sequence[float] = P_TARGETS,
+) -> dict[str, dict]:
     """Write a DET plot PNG of systems `{name: (scores, labels) or ErrorRates}`; return each system's metrics."""
     # A Figure with an Agg canvas, not pyplot: no global backend switch, no figure registry to leak into.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -113,14 +141,30 @@ def plot_det(path: str | Path, systems: Mapping[str, tuple[np.ndarray, np.ndarra
         color = _COLORS[k % len(_COLORS)]
         m = metrics[name]
         p_fa, p_miss = _curve_points(r, lo)
-        ax.plot(probit(p_fa), probit(p_miss), color=color, lw=1.8, zorder=3, solid_joinstyle="round",
-                label=f"{name}: EER {m['eer']:.2f}%, "
-                      + ", ".join(f"minDCF$_{{{p}}}$ {d['value']:.3f}" for p, d in m["min_dcf"].items()))
+        ax.plot(
+            probit(p_fa),
+            probit(p_miss),
+            color=color,
+            lw=1.8,
+            zorder=3,
+            solid_joinstyle="round",
+            label=f"{name}: EER {m['eer']:.2f}%, "
+            + ", ".join(f"minDCF$_{{{p}}}$ {d['value']:.3f}" for p, d in m["min_dcf"].items()),
+        )
         e = axis(m["eer"] / 100)
         ax.plot(e, e, "o", ms=7, mfc="white", mec=color, mew=1.8, zorder=4, clip_on=False)
         for j, d in enumerate(m["min_dcf"].values()):
-            ax.plot(axis(d["p_fa"]), axis(d["p_miss"]), markers[j % len(markers)], ms=6.5, color=color,
-                    mec="white", mew=0.8, zorder=5, clip_on=False)
+            ax.plot(
+                axis(d["p_fa"]),
+                axis(d["p_miss"]),
+                markers[j % len(markers)],
+                ms=6.5,
+                color=color,
+                mec="white",
+                mew=0.8,
+                zorder=5,
+                clip_on=False,
+            )
 
     ax.set_xlim(lim)
     ax.set_ylim(lim)
@@ -135,13 +179,32 @@ def plot_det(path: str | Path, systems: Mapping[str, tuple[np.ndarray, np.ndarra
     ax.set_ylabel("Miss probability (%)", fontsize=11)
     ax.set_title(title or "DET curve", fontsize=12)
     point_keys = [Line2D([], [], ls="", marker="o", ms=7, mfc="white", mec="0.3", mew=1.8, label="EER")]
-    point_keys += [Line2D([], [], ls="", marker=markers[j % len(markers)], ms=6, color="0.3", mec="white",
-                          label=f"minDCF, $p_{{target}}$={p:g}") for j, p in enumerate(p_targets)]
+    point_keys += [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker=markers[j % len(markers)],
+            ms=6,
+            color="0.3",
+            mec="white",
+            label=f"minDCF, $p_{{target}}$={p:g}",
+        )
+        for j, p in enumerate(p_targets)
+    ]
     # Below the axes: a legend inside would hide part of some curve, whatever corner it took.
     handles, _ = ax.get_legend_handles_labels()
     fig.legend(handles=handles, loc="outside lower center", fontsize=8.5, frameon=False)
-    ax.legend(handles=point_keys, loc="upper right", fontsize=7.5, frameon=True, framealpha=0.95,
-              edgecolor="0.8", handletextpad=0.3, borderpad=0.5)
+    ax.legend(
+        handles=point_keys,
+        loc="upper right",
+        fontsize=7.5,
+        frameon=True,
+        framealpha=0.95,
+        edgecolor="0.8",
+        handletextpad=0.3,
+        borderpad=0.5,
+    )
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 _BLOCK_ELEMENTS = 1 << 24
 
 
-def normalise(matrix: np.ndarray, keys: list[str] | None = None, mean: np.ndarray | None = None,
-              source: str = "embeddings") -> np.ndarray:
+def normalise(
+    matrix: np.ndarray, keys: list[str] | None = None, mean: np.ndarray | None = None, source: str = "embeddings"
+) -> np.ndarray:
     """Subtract `mean` (if given) and scale rows to unit length (float32); a zero row is an error."""
     x = np.asarray(matrix, dtype=np.float32)
     if mean is not None:
@@ -35,8 +36,10 @@ def normalise(matrix: np.ndarray, keys: list[str] | None = None, mean: np.ndarra
         i = int(np.argmax(zero))
         name = keys[i] if keys is not None else f"row {i}"
         after = " after mean subtraction" if mean is not None else ""
-        raise DataError(f"{source}: {int(zero.sum())} embeddings are zero{after} (first: {name}); cosine "
-                        "scoring needs non-zero vectors")
+        raise DataError(
+            f"{source}: {int(zero.sum())} embeddings are zero{after} (first: {name}); cosine "
+            "scoring needs non-zero vectors"
+        )
     return (x / norms[:, None].astype(np.float32)).astype(np.float32, copy=False)
 
 
@@ -45,8 +48,10 @@ def _check_mean(mean: np.ndarray | None, dim: int, source: str) -> np.ndarray | 
         return None
     mean = np.asarray(mean, dtype=np.float64).reshape(-1)
     if mean.shape[0] != dim:
-        raise DataError(f"mean vector has dimension {mean.shape[0]} but {source} has {dim}; the mean must come "
-                        "from embeddings of the same model")
+        raise DataError(
+            f"mean vector has dimension {mean.shape[0]} but {source} has {dim}; the mean must come "
+            "from embeddings of the same model"
+        )
     return mean
 
 
@@ -58,14 +63,17 @@ def _trial_rows(embeddings: Embeddings, trials: Trials) -> tuple[np.ndarray, np.
         test = np.fromiter((index[k] for k in trials.test), dtype=np.int64, count=len(trials))
     except KeyError:
         missing = list(dict.fromkeys(k for pair in zip(trials.enroll, trials.test) for k in pair if k not in index))
-        raise DataError(f"{trials.source}: trials name {len(missing)} utterances with no embedding in "
-                        f"{embeddings.source} (first: {', '.join(missing[:5])}); extract embeddings for them or "
-                        "use the trial list that matches these embeddings") from None
+        raise DataError(
+            f"{trials.source}: trials name {len(missing)} utterances with no embedding in "
+            f"{embeddings.source} (first: {', '.join(missing[:5])}); extract embeddings for them or "
+            "use the trial list that matches these embeddings"
+        ) from None
     return enroll, test
 
 
-def cohort_stats(vectors: np.ndarray, cohort: np.ndarray, top_n: int,
-                 block_elements: int = _BLOCK_ELEMENTS) -> tuple[np.ndarray, np.ndarray]:
+def cohort_stats(
+    vectors: np.ndarray, cohort: np.ndarray, top_n: int, block_elements: int = _BLOCK_ELEMENTS
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (ddof 0) of each row's `top_n` highest dot products with the cohort rows (both normalised)."""
     n_cohort = cohort.shape[0]
     top_n = min(top_n, n_cohort)
@@ -75,17 +83,23 @@ def cohort_stats(vectors: np.ndarray, cohort: np.ndarray, top_n: int,
     cohort_t = np.ascontiguousarray(cohort.T)
     starts = range(0, vectors.shape[0], block)
     for start in progress_bar(starts, desc="AS-norm cohort", unit="block", disable=None if len(starts) > 4 else True):
-        sims = vectors[start:start + block] @ cohort_t
+        sims = vectors[start : start + block] @ cohort_t
         if top_n < n_cohort:
-            sims = np.partition(sims, n_cohort - top_n, axis=1)[:, n_cohort - top_n:]
-        mu[start:start + block] = sims.mean(axis=1, dtype=np.float64)
-        sd[start:start + block] = sims.std(axis=1, dtype=np.float64)
+            sims = np.partition(sims, n_cohort - top_n, axis=1)[:, n_cohort - top_n :]
+        mu[start : start + block] = sims.mean(axis=1, dtype=np.float64)
+        sd[start : start + block] = sims.std(axis=1, dtype=np.float64)
     return mu, sd
 
 
-def score_trials(embeddings: Embeddings, trials: Trials, *, mean: np.ndarray | None = None,
-                 cohort: Embeddings | None = None, top_n: int = 300,
-                 block_elements: int = _BLOCK_ELEMENTS) -> np.ndarray:
+def score_trials(
+    embeddings: Embeddings,
+    trials: Trials,
+    *,
+    mean: np.ndarray | None = None,
+    cohort: Embeddings | None = None,
+    top_n: int = 300,
+    block_elements: int = _BLOCK_ELEMENTS,
+) -> np.ndarray:
     """Cosine score (float64) per trial; with `cohort`, AS-norm with `top_n` (`top_n >= len(cohort)` is S-norm)."""
     if len(trials) == 0:
         raise DataError(f"{trials.source}: no trials to score")
@@ -95,15 +109,15 @@ def score_trials(embeddings: Embeddings, trials: Trials, *, mean: np.ndarray | N
     enroll, test = _trial_rows(embeddings, trials)
     # Only the utterances the trials use are normalised (and compared with the cohort).
     used, inverse = np.unique(np.concatenate([enroll, test]), return_inverse=True)
-    enroll, test = inverse[: len(trials)], inverse[len(trials):]
+    enroll, test = inverse[: len(trials)], inverse[len(trials) :]
     keys = [embeddings.keys_list[i] for i in used]
     x = normalise(embeddings.matrix[used], keys, mean, embeddings.source)
 
     scores = np.empty(len(trials), dtype=np.float64)
     chunk = max(1, block_elements // (2 * x.shape[1]))
     for start in range(0, len(trials), chunk):
-        e, t = enroll[start:start + chunk], test[start:start + chunk]
-        scores[start:start + chunk] = np.einsum("ij,ij->i", x[e], x[t])
+        e, t = enroll[start : start + chunk], test[start : start + chunk]
+        scores[start : start + chunk] = np.einsum("ij,ij->i", x[e], x[t])
 
     if cohort is not None:
         scores = _as_norm(scores, x, enroll, test, keys, cohort, mean, top_n, block_elements)
@@ -112,23 +126,35 @@ def score_trials(embeddings: Embeddings, trials: Trials, *, mean: np.ndarray | N
 
 def _check_cohort(cohort: Embeddings, embeddings: Embeddings, top_n: int) -> None:
     if cohort.dim != embeddings.dim:
-        raise DataError(f"cohort {cohort.source} has dimension {cohort.dim} but the embeddings "
-                        f"{embeddings.source} have {embeddings.dim}; the cohort must be extracted with the same model")
+        raise DataError(
+            f"cohort {cohort.source} has dimension {cohort.dim} but the embeddings "
+            f"{embeddings.source} have {embeddings.dim}; the cohort must be extracted with the same model"
+        )
     if top_n < 2:
         raise DataError(f"AS-norm top_n must be at least 2 (a standard deviation of one score is 0), got {top_n}")
     if top_n > len(cohort):
-        log.warning("AS-norm top_n %d exceeds the cohort size %d; using the whole cohort (S-norm)", top_n,
-                    len(cohort))
+        log.warning("AS-norm top_n %d exceeds the cohort size %d; using the whole cohort (S-norm)", top_n, len(cohort))
 
 
-def _as_norm(scores: np.ndarray, x: np.ndarray, enroll: np.ndarray, test: np.ndarray, keys: list[str],
-             cohort: Embeddings, mean: np.ndarray | None, top_n: int, block_elements: int) -> np.ndarray:
+def _as_norm(
+    scores: np.ndarray,
+    x: np.ndarray,
+    enroll: np.ndarray,
+    test: np.ndarray,
+    keys: list[str],
+    cohort: Embeddings,
+    mean: np.ndarray | None,
+    top_n: int,
+    block_elements: int,
+) -> np.ndarray:
     c = normalise(cohort.matrix, cohort.keys_list, mean, cohort.source)
     log.info("AS-norm: %d utterances x %d cohort, top %d", x.shape[0], c.shape[0], min(top_n, len(cohort)))
     mu, sd = cohort_stats(x, c, top_n, block_elements)
     flat = sd <= 1e-12
     if flat.any():
-        raise DataError(f"AS-norm: the top cohort scores of {int(flat.sum())} utterances have zero spread "
-                        f"(first: {keys[int(np.argmax(flat))]}); the cohort {cohort.source} holds duplicate "
-                        "vectors or is too small")
+        raise DataError(
+            f"AS-norm: the top cohort scores of {int(flat.sum())} utterances have zero spread "
+            f"(first: {keys[int(np.argmax(flat))]}); the cohort {cohort.source} holds duplicate "
+            "vectors or is too small"
+        )
     return 0.5 * ((scores - mu[enroll]) / sd[enroll] + (scores - mu[test]) / sd[test])

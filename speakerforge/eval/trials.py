@@ -14,9 +14,10 @@ import contextlib
 import gc
 import itertools
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import TextIO
 
 import numpy as np
 
@@ -28,8 +29,10 @@ _WORD_LABELS = {"target": 1, "nontarget": 0}
 _DIGIT_LABELS = {"1": 1, "0": 0}
 _ANY_LABELS = {**_WORD_LABELS, **_DIGIT_LABELS}
 
-FORMAT_HELP = ("expected `1 enroll test` / `0 enroll test` (VoxCeleb), `enroll test target|nontarget` (Kaldi), "
-               "`enroll test 1|0`, or unlabeled `enroll test`")
+FORMAT_HELP = (
+    "expected `1 enroll test` / `0 enroll test` (VoxCeleb), `enroll test target|nontarget` (Kaldi), "
+    "`enroll test 1|0`, or unlabeled `enroll test`"
+)
 
 
 @dataclass
@@ -175,13 +178,16 @@ def _read_trials(path: str | Path) -> Trials:
         if fmt is None:
             first_line, fmt = int(numbers[0]), _detect_format(rows[0])
             if fmt is None:
-                raise DataError(f"{where(path, first_line)}: cannot read trial line {' '.join(rows[0])[:80]!r}; "
-                                f"{FORMAT_HELP}")
+                raise DataError(
+                    f"{where(path, first_line)}: cannot read trial line {' '.join(rows[0])[:80]!r}; {FORMAT_HELP}"
+                )
             width, e_col, t_col, l_col, words = _TRIAL_LAYOUTS[fmt]
 
-        def bad_line(i: int) -> DataError:
-            return DataError(f"{where(path, int(numbers[i]))}: malformed trial line {' '.join(rows[i])[:80]!r}; the "
-                             f"file started in {fmt} format ({where(path, first_line)}); {FORMAT_HELP}")
+        def bad_line(i: int, numbers=numbers, rows=rows, fmt=fmt, first_line=first_line) -> DataError:
+            return DataError(
+                f"{where(path, int(numbers[i]))}: malformed trial line {' '.join(rows[i])[:80]!r}; the "
+                f"file started in {fmt} format ({where(path, first_line)}); {FORMAT_HELP}"
+            )
 
         cols = _columns(rows, width, bad_line)
         if l_col is not None:
@@ -189,8 +195,7 @@ def _read_trials(path: str | Path) -> Trials:
         enroll.extend(cols[e_col])
         test.extend(cols[t_col])
     lab = np.concatenate(labels) if labels else None
-    log.info("%s: %d trials (%s format%s)", path, len(enroll), fmt,
-             "" if lab is None else f", {int(lab.sum())} target")
+    log.info("%s: %d trials (%s format%s)", path, len(enroll), fmt, "" if lab is None else f", {int(lab.sum())} target")
     return Trials(enroll, test, lab, source=str(path), format=fmt)
 
 
@@ -206,10 +211,12 @@ def _read_scores(path: str | Path) -> Scores:
             first_line, width = int(numbers[0]), len(rows[0])
             expect = "`enroll test score label`" if width == 4 else "`enroll test score`"
 
-        def bad_line(i: int) -> DataError:
-            return DataError(f"{where(path, int(numbers[i]))}: malformed score line {' '.join(rows[i])[:80]!r}; "
-                             f"expected {expect} like the first line ({where(path, first_line)}); label is "
-                             "target|nontarget|1|0")
+        def bad_line(i: int, numbers=numbers, rows=rows, expect=expect, first_line=first_line) -> DataError:
+            return DataError(
+                f"{where(path, int(numbers[i]))}: malformed score line {' '.join(rows[i])[:80]!r}; "
+                f"expected {expect} like the first line ({where(path, first_line)}); label is "
+                "target|nontarget|1|0"
+            )
 
         if width not in (3, 4):
             raise bad_line(0)
@@ -223,8 +230,14 @@ def _read_scores(path: str | Path) -> Scores:
         enroll.extend(cols[0])
         test.extend(cols[1])
         lines.append(numbers)
-    return Scores(enroll, test, np.concatenate(values), np.concatenate(labels) if labels else None,
-                  source=str(path), line_numbers=np.concatenate(lines))
+    return Scores(
+        enroll,
+        test,
+        np.concatenate(values),
+        np.concatenate(labels) if labels else None,
+        source=str(path),
+        line_numbers=np.concatenate(lines),
+    )
 
 
 def _is_float(text: str) -> bool:
@@ -242,8 +255,10 @@ def align_scores(scores: Scores, trials: Trials) -> Scores:
     are left out (so scores of VoxCeleb1-O can be evaluated on its cleaned subset).
     """
     if trials.labels is None:
-        raise DataError(f"{trials.source}: trial list has no labels ({trials.format} format); evaluation needs "
-                        "`1 enroll test` / `enroll test target` style lines")
+        raise DataError(
+            f"{trials.source}: trial list has no labels ({trials.format} format); evaluation needs "
+            "`1 enroll test` / `enroll test target` style lines"
+        )
     if scores.enroll == trials.enroll and scores.test == trials.test:  # the usual case: scored from this list
         out = Scores(scores.enroll, scores.test, scores.scores, trials.labels, scores.source, scores.line_numbers)
         _warn_on_label_changes(scores.labels, out)
@@ -256,11 +271,17 @@ def align_scores(scores: Scores, trials: Trials) -> Scores:
     missing = [i for i, r in enumerate(rows) if r < 0]
     if missing:
         first = ", ".join(f"{trials.enroll[i]} {trials.test[i]}" for i in missing[:3])
-        raise DataError(f"{len(missing)} of {len(trials)} trials in {trials.source} have no score in {scores.source} "
-                        f"(first: {first}); score them with the same trial list")
+        raise DataError(
+            f"{len(missing)} of {len(trials)} trials in {trials.source} have no score in {scores.source} "
+            f"(first: {first}); score them with the same trial list"
+        )
     if len(scores) > len(trials):
-        log.info("%s: %d scored pairs are not in %s and are left out", scores.source, len(scores) - len(trials),
-                 trials.source)
+        log.info(
+            "%s: %d scored pairs are not in %s and are left out",
+            scores.source,
+            len(scores) - len(trials),
+            trials.source,
+        )
     idx = np.asarray(rows, dtype=np.int64)
     lines = scores.line_numbers[idx] if scores.line_numbers is not None else None
     out = Scores(list(trials.enroll), list(trials.test), scores.scores[idx], trials.labels, scores.source, lines)
@@ -273,12 +294,17 @@ def _warn_on_label_changes(old: np.ndarray | None, aligned: Scores) -> None:
         return
     changed = np.flatnonzero(old != aligned.labels)
     if changed.size:
-        log.warning("%d labels in %s differ from the trial list, which wins (first: %s)", changed.size,
-                    aligned.source, aligned.describe(int(changed[0])))
+        log.warning(
+            "%d labels in %s differ from the trial list, which wins (first: %s)",
+            changed.size,
+            aligned.source,
+            aligned.describe(int(changed[0])),
+        )
 
 
-def write_scores(fh: TextIO, enroll: list[str], test: list[str], scores: np.ndarray, labels: np.ndarray | None,
-                 precision: int = 6) -> None:
+def write_scores(
+    fh: TextIO, enroll: list[str], test: list[str], scores: np.ndarray, labels: np.ndarray | None, precision: int = 6
+) -> None:
     """Write `enroll test score [target|nontarget]` lines to an open text file."""
     fmt = f"{{:.{precision}f}}"
     names = ("nontarget", "target")
@@ -289,6 +315,8 @@ def write_scores(fh: TextIO, enroll: list[str], test: list[str], scores: np.ndar
         if labels is None:
             lines = [f"{e} {t} {v}\n" for e, t, v in zip(enroll[start:stop], test[start:stop], vals)]
         else:
-            lines = [f"{e} {t} {v} {names[lab]}\n"
-                     for e, t, v, lab in zip(enroll[start:stop], test[start:stop], vals, labels[start:stop].tolist())]
+            lines = [
+                f"{e} {t} {v} {names[lab]}\n"
+                for e, t, v, lab in zip(enroll[start:stop], test[start:stop], vals, labels[start:stop].tolist())
+            ]
         fh.writelines(lines)

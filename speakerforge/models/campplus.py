@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -35,7 +35,7 @@ __all__ = ["CAMPPlus", "speakerlab_key_map"]
 
 def make_nonlinear(config_str: str, channels: int) -> nn.Sequential:
     """`"batchnorm-relu"` -> Sequential(batchnorm=BatchNorm1d, relu=ReLU); `batchnorm_` is BN without affine."""
-    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
     for name in config_str.split("-"):
         if name == "relu":
             layers["relu"] = nn.ReLU(inplace=True)
@@ -218,8 +218,9 @@ class CAMLayer(nn.Module):
         t = x.shape[-1]
         # [B, n_seg, C]: utterance mean + mean of each segment
         if is_tracing():  # exporters: shape-generic ops (the pooling matrix would be traced as a constant)
-            context = (x.mean(-1, keepdim=True)
-                       + F.avg_pool1d(x, self.seg_len, self.seg_len, ceil_mode=True)).transpose(1, 2)
+            context = (
+                x.mean(-1, keepdim=True) + F.avg_pool1d(x, self.seg_len, self.seg_len, ceil_mode=True)
+            ).transpose(1, 2)
         else:
             context = torch.matmul(x, _context_pooling_matrix(t, self.seg_len, x.dtype, x.device)).transpose(1, 2)
         h = F.linear(context, self.linear1.weight.squeeze(-1), self.linear1.bias).relu_()
@@ -257,8 +258,9 @@ class CAMDenseTDNNLayer(nn.Module):
         self.nonlinear1 = make_nonlinear(config_str, in_channels)
         self.linear1 = nn.Conv1d(in_channels, bn_channels, 1, bias=False)
         self.nonlinear2 = make_nonlinear(config_str, bn_channels)
-        self.cam_layer = CAMLayer(bn_channels, out_channels, kernel_size, stride, padding, dilation, bias,
-                                  seg_len=seg_len)
+        self.cam_layer = CAMLayer(
+            bn_channels, out_channels, kernel_size, stride, padding, dilation, bias, seg_len=seg_len
+        )
         # the leading BN as `x * scale + shift`, set by fuse_for_inference (buffers: they follow .to(device))
         self.register_buffer("_pre_scale", None, persistent=False)
         self.register_buffer("_pre_shift", None, persistent=False)
@@ -309,8 +311,18 @@ class CAMDenseTDNNBlock(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels + num_layers * out_channels
         for i in range(num_layers):
-            layer = CAMDenseTDNNLayer(in_channels + i * out_channels, out_channels, bn_channels, kernel_size,
-                                      stride, dilation, bias, config_str, memory_efficient, seg_len)
+            layer = CAMDenseTDNNLayer(
+                in_channels + i * out_channels,
+                out_channels,
+                bn_channels,
+                kernel_size,
+                stride,
+                dilation,
+                bias,
+                config_str,
+                memory_efficient,
+                seg_len,
+            )
             self.add_module(f"tdnnd{i + 1}", layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -407,13 +419,22 @@ class CAMPPlus(nn.Module):
         )
         channels = init_channels
         for i, (num_layers, kernel, dilation) in enumerate(zip(block_layers, block_kernels, block_dilations), 1):
-            block = CAMDenseTDNNBlock(num_layers, channels, growth_rate, bn_size * growth_rate, kernel,
-                                      dilation=dilation, config_str=config_str, memory_efficient=memory_efficient,
-                                      seg_len=seg_len)
+            block = CAMDenseTDNNBlock(
+                num_layers,
+                channels,
+                growth_rate,
+                bn_size * growth_rate,
+                kernel,
+                dilation=dilation,
+                config_str=config_str,
+                memory_efficient=memory_efficient,
+                seg_len=seg_len,
+            )
             self.xvector.add_module(f"block{i}", block)
             channels = block.out_channels
-            self.xvector.add_module(f"transit{i}", TransitLayer(channels, channels // 2, bias=False,
-                                                                  config_str=config_str))
+            self.xvector.add_module(
+                f"transit{i}", TransitLayer(channels, channels // 2, bias=False, config_str=config_str)
+            )
             channels //= 2
         self.xvector.add_module("out_nonlinear", make_nonlinear(config_str, channels))
         self.xvector.add_module("stats", TemporalStatsPool(eps=0.0))
@@ -432,8 +453,9 @@ class CAMPPlus(nn.Module):
     def fuse_for_inference(self) -> None:
         """Fold the output BN-ReLU's BN into the last transit conv (the layers fold their own)."""
         last_transit = [m for name, m in self.xvector.named_children() if name.startswith("transit")][-1]
-        last_transit.linear, self.xvector.out_nonlinear = _fuse_into_conv(last_transit.linear,
-                                                                          self.xvector.out_nonlinear)
+        last_transit.linear, self.xvector.out_nonlinear = _fuse_into_conv(
+            last_transit.linear, self.xvector.out_nonlinear
+        )
 
 
 def speakerlab_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

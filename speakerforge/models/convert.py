@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -96,7 +96,7 @@ def _strip_wrappers(state_dict: Tensors) -> Tensors:
             stripped = False
             for prefix in _WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
+                    key, stripped = key[len(prefix) :], True
         out[key] = value
     return out
 
@@ -109,7 +109,7 @@ def _split_head(state_dict: Tensors, source: str) -> tuple[Tensors, Tensors]:
         if prefix is None:
             backbone[key] = value
         else:
-            head[key[len(prefix):]] = value
+            head[key[len(prefix) :]] = value
     return backbone, head
 
 
@@ -121,10 +121,14 @@ _WS_ECAPA_RULES: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
     (r"blocks\.0\.norm\.norm\.", lambda m: "layer1.bn."),
     (r"blocks\.(\d+)\.tdnn1\.conv\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.0.conv."),
     (r"blocks\.(\d+)\.tdnn1\.norm\.norm\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.0.bn."),
-    (r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.conv\.conv\.",
-     lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.convs.{m[2]}."),
-    (r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.norm\.norm\.",
-     lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.bns.{m[2]}."),
+    (
+        r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.conv\.conv\.",
+        lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.convs.{m[2]}.",
+    ),
+    (
+        r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.norm\.norm\.",
+        lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.bns.{m[2]}.",
+    ),
     (r"blocks\.(\d+)\.tdnn2\.conv\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.2.conv."),
     (r"blocks\.(\d+)\.tdnn2\.norm\.norm\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.2.bn."),
     (r"blocks\.(\d+)\.se_block\.conv([12])\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.3.linear{m[2]}."),
@@ -138,8 +142,12 @@ _WS_ECAPA_RULES: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
 _WS_ECAPA_LINEAR = re.compile(r"(blocks\.\d+\.se_block\.conv[12]\.conv|fc\.conv)\.weight$")
 # Tensors whose channel axis is rotated by one Res2Net chunk: (pattern, axis).
 _WS_ECAPA_ROTATED = (
-    (re.compile(r"blocks\.\d+\.tdnn1\.(conv\.conv\.(weight|bias)|norm\.norm\.(weight|bias|running_mean|running_var))$"),
-     0),
+    (
+        re.compile(
+            r"blocks\.\d+\.tdnn1\.(conv\.conv\.(weight|bias)|norm\.norm\.(weight|bias|running_mean|running_var))$"
+        ),
+        0,
+    ),
     (re.compile(r"blocks\.\d+\.tdnn2\.conv\.conv\.weight$"), 1),
 )
 
@@ -148,7 +156,7 @@ def _ws_ecapa_key(ours: str) -> str:
     for pattern, repl in _WS_ECAPA_RULES:
         m = re.match(pattern, ours)
         if m:
-            return repl(m) + ours[m.end():]
+            return repl(m) + ours[m.end() :]
     raise CheckpointError(f"no WeSpeaker name for ECAPA parameter {ours!r} (is this a WeSpeaker-variant model?)")
 
 

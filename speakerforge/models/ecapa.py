@@ -21,7 +21,7 @@ permuting weights, so one Res2Net implementation serves both.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -55,8 +55,9 @@ class SameConv1d(nn.Module):
         super().__init__()
         total = dilation * (kernel_size - 1)
         if total % 2:
-            raise ConfigError(f"'same' padding needs an odd effective kernel, got kernel {kernel_size}, dilation "
-                              f"{dilation}")
+            raise ConfigError(
+                f"'same' padding needs an odd effective kernel, got kernel {kernel_size}, dilation {dilation}"
+            )
         if padding_mode not in _PAD_MODES:
             raise ConfigError(f"padding_mode must be one of {', '.join(_PAD_MODES)}, got {padding_mode!r}")
         self.pad = total // 2
@@ -279,7 +280,7 @@ def speakerlab_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         key = key.removeprefix("module.")
         for old, new in _SPEAKERLAB_RENAMES:
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         out[key] = value
     return out

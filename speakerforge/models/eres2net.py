@@ -20,7 +20,7 @@ Any of `m_channels`, `expansion`, `base_width`, `scale`, `num_blocks` given expl
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -74,7 +74,10 @@ class AFF(nn.Module):
         """Fold both BNs of the attention branch into its convs, with SiLU and tanh as fused post-ops."""
         conv1, bn1, act, conv2, bn2 = self.local_att
         self.local_att = nn.Sequential(
-            fuse_conv_bn_act(conv1, bn1, "silu"), nn.Identity(), act, fuse_conv_bn_act(conv2, bn2, "tanh"),
+            fuse_conv_bn_act(conv1, bn1, "silu"),
+            nn.Identity(),
+            act,
+            fuse_conv_bn_act(conv2, bn2, "tanh"),
             nn.Identity(),
         )
 

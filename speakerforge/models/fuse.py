@@ -74,8 +74,9 @@ def _set_weight_bias(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor)
 def fold_bn_into_conv(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     """`bn(conv(x))` -> `conv'(x)`: rescale the conv's output channels and give it a bias. In place; returns conv."""
     if conv.weight.shape[0] != bn.num_features:
-        raise ValueError(f"BatchNorm over {bn.num_features} channels cannot follow a layer with "
-                         f"{conv.weight.shape[0]} outputs")
+        raise ValueError(
+            f"BatchNorm over {bn.num_features} channels cannot follow a layer with {conv.weight.shape[0]} outputs"
+        )
     scale, shift = bn_scale_shift(bn)
     w = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
     b = shift if conv.bias is None else conv.bias.double() * scale + shift
@@ -84,9 +85,7 @@ def fold_bn_into_conv(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> n
 
 
 @torch.no_grad()
-def fold_bn_into_linear(
-    linear: nn.Module, bn: nn.modules.batchnorm._BatchNorm, bn_before: bool = False
-) -> nn.Module:
+def fold_bn_into_linear(linear: nn.Module, bn: nn.modules.batchnorm._BatchNorm, bn_before: bool = False) -> nn.Module:
     """Fold `bn(linear(x))`, or with `bn_before` `linear(bn(x))`, into the linear (or 1x1 conv). In place."""
     if not bn_before:
         return fold_bn_into_conv(linear, bn)
@@ -143,8 +142,14 @@ _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch.
 def is_tracing() -> bool:
     """Whether a tracer or exporter (TorchScript, ONNX, torch.export, torch.compile) is running the model: then
     inference shortcuts (fused oneDNN ops, cached tensors) must step aside for standard operations."""
-    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or torch.compiler.is_compiling() or _is_exporting())
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or _is_exporting()
+    )
+
 
 # our activation name -> (oneDNN post-op name, its scalars, the eager in-place equivalent)
 _ACTIVATIONS = {
@@ -312,6 +317,10 @@ def optimize_for_inference(model: nn.Module, channels_last: bool | None = None, 
         channels_last = bool(getattr(model, "channels_last_inference", False))
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    log.debug("optimize_for_inference: folded %d of %d BatchNorms; channels_last=%s",
-              before - _count_bns(model), before, channels_last)
+    log.debug(
+        "optimize_for_inference: folded %d of %d BatchNorms; channels_last=%s",
+        before - _count_bns(model),
+        before,
+        channels_last,
+    )
     return model

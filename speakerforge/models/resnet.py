@@ -16,7 +16,7 @@ Pooling is one of the shared layers of `speakerforge.models.pooling` by its refe
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

@@ -55,8 +55,17 @@ def _mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int, use_bn: bool) 
 class DINOHead(nn.Module):
     """Projection head of DINO/RDINO: `x [B, in_dim] -> (reg_out [B, add_dim or bottleneck], logits [B, out_dim])`."""
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 layers: int = 3, add_dim: int = 8192, use_bn: bool = False, norm_last_layer: bool = True):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        layers: int = 3,
+        add_dim: int = 8192,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+    ):
         super().__init__()
         self.norm_last_layer = norm_last_layer
         self.mlp = _mlp(in_dim, hidden_dim, add_dim or bottleneck_dim, layers, use_bn)
@@ -81,8 +90,9 @@ class DINOHead(nn.Module):
 class SDPNHead(nn.Module):
     """Projection head of SDPN: `x [B, in_dim] -> L2-normalised [B, bottleneck_dim]`."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, layers: int = 3,
-                 use_bn: bool = False):
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, layers: int = 3, use_bn: bool = False
+    ):
         super().__init__()
         self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim, layers, use_bn)
         self.apply(_init_linear)
@@ -126,7 +136,7 @@ def ema_momentum(step: int, total_steps: int, base: float = 0.996, final: float 
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """`teacher <- momentum * teacher + (1 - momentum) * student`, parameter by parameter (buffers are the teacher's own).
+    """`teacher <- momentum * teacher + (1 - momentum) * student`, parameter by parameter (buffers: the teacher's own).
 
     Computed as `lerp(teacher, student, 1 - momentum)`, so a parameter that is equal in both stays bit-identical.
     """

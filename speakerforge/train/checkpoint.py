@@ -11,20 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from speakerforge.artifacts import list_checkpoints
 from speakerforge.atomic import atomic_write_text
 from speakerforge.checkpoint_io import load_state, save_state
 from speakerforge.errors import CheckpointError
 
 log = logging.getLogger(__name__)
-
-_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -32,8 +30,13 @@ def capture_rng() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": _py_state_to_lists(random.getstate()),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -70,14 +73,7 @@ class CheckpointManager:
 
     def list(self) -> list[tuple[int, Path]]:
         """(step, path) of every checkpoint file, newest first."""
-        if not self.dir.is_dir():
-            return []
-        found = []
-        for p in self.dir.iterdir():
-            m = _NAME.match(p.name)
-            if m:
-                found.append((int(m.group(1)), p))
-        return sorted(found, reverse=True)
+        return list_checkpoints(self.dir.parent)
 
     def save(self, state: dict[str, Any], global_step: int, metric: float | None = None) -> Path:
         """Write atomically; a failure (disk full) leaves earlier checkpoints untouched and raises."""
@@ -87,8 +83,10 @@ class CheckpointManager:
         try:
             save_state(path, state)
         except OSError as exc:
-            raise CheckpointError(f"{path}: could not write checkpoint ({exc.strerror or exc}); the previous "
-                                  "checkpoints are intact — free disk space and re-run the same command to resume") from None
+            raise CheckpointError(
+                f"{path}: could not write checkpoint ({exc.strerror or exc}); the previous "
+                "checkpoints are intact — free disk space and re-run the same command to resume"
+            ) from None
         index = self._read_index()
         if metric is not None and np.isfinite(metric):
             best = index.get("best")
@@ -108,8 +106,12 @@ class CheckpointManager:
                 continue
             meta = state.get("meta", {})
             if meta.get("run_id") != self.run_id:
-                log.warning("skipping checkpoint %s: it belongs to another run (run_id %s, expected %s)",
-                            path, meta.get("run_id"), self.run_id)
+                log.warning(
+                    "skipping checkpoint %s: it belongs to another run (run_id %s, expected %s)",
+                    path,
+                    meta.get("run_id"),
+                    self.run_id,
+                )
                 continue
             if meta.get("global_step") != step:
                 log.warning("skipping checkpoint %s: its content says step %s", path, meta.get("global_step"))

@@ -19,8 +19,7 @@ def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path
     if not rows:
         raise ValueError(f"{metrics_jsonl}: no rows")
     steps = [r["step"] for r in rows]
-    panels = [("loss", "training loss"), ("acc", "training accuracy"), ("lr", "learning rate"),
-              ("margin", "margin")]
+    panels = [("loss", "training loss"), ("acc", "training accuracy"), ("lr", "learning rate"), ("margin", "margin")]
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     boundaries = [rows[i]["step"] for i in range(1, len(rows)) if rows[i].get("stage") != rows[i - 1].get("stage")]
     for ax, (key, title) in zip(axes.flat, panels):
@@ -31,8 +30,10 @@ def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("global step")
-    fig.suptitle(f"{Path(metrics_jsonl).parent.name}: {len(rows)} logged steps"
-                 + (f", {len(boundaries) + 1} stages" if boundaries else ""))
+    fig.suptitle(
+        f"{Path(metrics_jsonl).parent.name}: {len(rows)} logged steps"
+        + (f", {len(boundaries) + 1} stages" if boundaries else "")
+    )
     fig.tight_layout()
     atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)

@@ -41,8 +41,9 @@ def choose_run_dir(exp: Path, resume: bool) -> Path:
     return new
 
 
-def prepare_run(run_dir: Path, cfg: Config, command: str, allow_config_change: bool,
-                extra: dict[str, Any] | None = None) -> str:
+def prepare_run(
+    run_dir: Path, cfg: Config, command: str, allow_config_change: bool, extra: dict[str, Any] | None = None
+) -> str:
     """Write or check `config.yaml` and `run.json`; return the run id that checkpoints must carry."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.yaml"
@@ -51,22 +52,30 @@ def prepare_run(run_dir: Path, cfg: Config, command: str, allow_config_change: b
     if run_path.is_file():
         info = json.loads(run_path.read_text())
         if info.get("command") != command:
-            raise ConfigError(f"{run_dir}: holds a `{info.get('command')}` run, not `{command}`; use another --exp "
-                              "or --no-resume")
+            raise ConfigError(
+                f"{run_dir}: holds a `{info.get('command')}` run, not `{command}`; use another --exp or --no-resume"
+            )
         old = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
         diff = [d for d in config_diff(old, new) if not d.startswith(_HARMLESS)]
         if diff and not allow_config_change:
-            raise ConfigError(f"{cfg_path}: the config differs from the run being resumed:\n  " + "\n  ".join(diff)
-                              + "\nre-run with --allow-config-change to resume anyway, or --no-resume to start afresh")
+            raise ConfigError(
+                f"{cfg_path}: the config differs from the run being resumed:\n  "
+                + "\n  ".join(diff)
+                + "\nre-run with --allow-config-change to resume anyway, or --no-resume to start afresh"
+            )
         if diff:
             log.warning("resuming with a changed config (--allow-config-change):\n  %s", "\n  ".join(diff))
             atomic_write_text(cfg_path, dump_config(cfg))
         if (extra or {}) != info.get("extra", {}) and not allow_config_change:
-            raise ConfigError(f"{run_path}: the run was started with {info.get('extra')}, now {extra}; "
-                              "use --allow-config-change or --no-resume")
+            raise ConfigError(
+                f"{run_path}: the run was started with {info.get('extra')}, now {extra}; "
+                "use --allow-config-change or --no-resume"
+            )
         return str(info["run_id"])
     run_id = uuid.uuid4().hex[:12]
     atomic_write_text(cfg_path, dump_config(cfg))
-    atomic_write_text(run_path, json.dumps({"run_id": run_id, "command": command, "started": time.time(),
-                                             "extra": extra or {}}, indent=1))
+    atomic_write_text(
+        run_path,
+        json.dumps({"run_id": run_id, "command": command, "started": time.time(), "extra": extra or {}}, indent=1),
+    )
     return run_id

@@ -137,8 +137,13 @@ def _no_match_error(what: str, pattern: str, param_names: Iterable[str], module_
     )
 
 
-def _match_names(what: str, patterns: Iterable[str], param_names: Sequence[str], module_names: Iterable[str],
-                 also_ok: Sequence[str] = ()) -> dict[str, list[str]]:
+def _match_names(
+    what: str,
+    patterns: Iterable[str],
+    param_names: Sequence[str],
+    module_names: Iterable[str],
+    also_ok: Sequence[str] = (),
+) -> dict[str, list[str]]:
     """Parameter names per pattern; a pattern selecting no parameter (nor any name in `also_ok`) is an error."""
     result: dict[str, list[str]] = {}
     for pattern in patterns:
@@ -292,11 +297,16 @@ def apply_freeze(model: nn.Module, patterns: PatternSpec, freeze_bn: bool = True
         elif was_pinned:
             module.training = model.training
 
-    report = FreezeReport(patterns, hits, frozen, trainable, frozen_bn,
-                          {k: (v[0], v[1]) for k, v in counts.items()})
-    log.info("freeze %s: %s tensors frozen (%s scalars), %s trainable (%s scalars), %d BatchNorm pinned",
-             ",".join(patterns) or "(nothing)", len(frozen), f"{report.num_frozen:,}", len(trainable),
-             f"{report.num_trainable:,}", len(frozen_bn))
+    report = FreezeReport(patterns, hits, frozen, trainable, frozen_bn, {k: (v[0], v[1]) for k, v in counts.items()})
+    log.info(
+        "freeze %s: %s tensors frozen (%s scalars), %s trainable (%s scalars), %d BatchNorm pinned",
+        ",".join(patterns) or "(nothing)",
+        len(frozen),
+        f"{report.num_frozen:,}",
+        len(trainable),
+        f"{report.num_trainable:,}",
+        len(frozen_bn),
+    )
     return report
 
 
@@ -304,13 +314,16 @@ def apply_freeze(model: nn.Module, patterns: PatternSpec, freeze_bn: bool = True
 # Optimizer groups
 
 
-def _prefixed_parameters(modules: Mapping[str, nn.Module]) -> tuple[list[tuple[str, nn.Parameter]], list[str], list[str]]:
+def _prefixed_parameters(
+    modules: Mapping[str, nn.Module],
+) -> tuple[list[tuple[str, nn.Parameter]], list[str], list[str]]:
     """Unique (name, param) pairs across modules (first name wins), plus every alias name and module name."""
     seen: set[int] = set()
     unique: list[tuple[str, nn.Parameter]] = []
     aliases: list[str] = []
     module_names: list[str] = []
     for key, module in modules.items():
+
         def full(n: str, key: str = key) -> str:
             return f"{key}.{n}" if key and n else (key or n)
 
@@ -370,7 +383,8 @@ def trainable_parameter_groups(
     if free:
         raise ConfigError(
             f"tensors that require grad but are not registered parameters: {', '.join(free)}; they would be neither "
-            "optimized nor saved: wrap them in nn.Parameter (or register_buffer if they are not meant to train)")
+            "optimized nor saved: wrap them in nn.Parameter (or register_buffer if they are not meant to train)"
+        )
 
     groups: dict[tuple, dict[str, Any]] = {}
     for name, p in named:
@@ -388,8 +402,14 @@ def trainable_parameter_groups(
         gkey = (mult, tuple(sorted((k, repr(v)) for k, v in options.items())), tuple(override_keys))
         group = groups.get(gkey)
         if group is None:
-            group = groups[gkey] = {"name": "/".join(label), "params": [], "param_names": [],
-                                    "lr": base_lr * mult, "lr_mult": mult, **options}
+            group = groups[gkey] = {
+                "name": "/".join(label),
+                "params": [],
+                "param_names": [],
+                "lr": base_lr * mult,
+                "lr_mult": mult,
+                **options,
+            }
         group["params"].append(p)
         group["param_names"].append(name)
     if not groups:
@@ -397,8 +417,14 @@ def trainable_parameter_groups(
     result = list(groups.values())
     _dedupe_group_names(result)
     for g in result:
-        log.debug("param group %s: %d tensors, lr %.3g (x%g), weight decay %g", g["name"], len(g["params"]),
-                  g["lr"], g["lr_mult"], g["weight_decay"])
+        log.debug(
+            "param group %s: %d tensors, lr %.3g (x%g), weight decay %g",
+            g["name"],
+            len(g["params"]),
+            g["lr"],
+            g["lr_mult"],
+            g["weight_decay"],
+        )
     return result
 
 
@@ -508,8 +534,14 @@ class UpdateIntegrityCheck:
     still raise.
     """
 
-    def __init__(self, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer, *,
-                 allow_dead: bool = False, ignore: PatternSpec = None) -> None:
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        optimizer: torch.optim.Optimizer,
+        *,
+        allow_dead: bool = False,
+        ignore: PatternSpec = None,
+    ) -> None:
         self.modules = dict(modules)
         self.optimizer = optimizer
         self.allow_dead = allow_dead
@@ -544,14 +576,16 @@ class UpdateIntegrityCheck:
         if self.done:
             return False
         trainable_ids = {id(p) for _, p in self._named if p.requires_grad}
-        if any(g["lr"] == 0 and any(id(p) in trainable_ids for p in g["params"])
-               for g in self.optimizer.param_groups):
+        if any(g["lr"] == 0 and any(id(p) in trainable_ids for p in g["params"]) for g in self.optimizer.param_groups):
             log.debug("update-integrity check waits for a step with non-zero lr")
             return False
         with torch.no_grad():
             self._param_snap = {id(p): p.detach().clone() for _, p in self._named}
-            self._grad_max = {id(p): float(p.grad.detach().abs().max()) for _, p in self._named
-                              if p.requires_grad and p.grad is not None and p.grad.numel()}
+            self._grad_max = {
+                id(p): float(p.grad.detach().abs().max())
+                for _, p in self._named
+                if p.requires_grad and p.grad is not None and p.grad.numel()
+            }
         self._requires_grad = {id(p): p.requires_grad for _, p in self._named}
         self._grad_problems = {}
         for _, p in self._named:
@@ -577,9 +611,12 @@ class UpdateIntegrityCheck:
         if self.warnings:
             log.warning("update-integrity check: %s", "; ".join(self.warnings))
         if not violations:
-            log.info("update-integrity check passed: %d trainable tensors received gradients and changed; frozen "
-                     "tensors and %d frozen BatchNorm statistics unchanged",
-                     sum(self._requires_grad.values()), len(self._bn_snap))
+            log.info(
+                "update-integrity check passed: %d trainable tensors received gradients and changed; frozen "
+                "tensors and %d frozen BatchNorm statistics unchanged",
+                sum(self._requires_grad.values()),
+                len(self._bn_snap),
+            )
             return []
         hard = [v for v in violations if not v.dead]
         if hard or not self.allow_dead:
@@ -592,9 +629,14 @@ class UpdateIntegrityCheck:
         out: list[Violation] = []
         for name in find_free_tensors(self.modules):
             if not self._ignored(name):
-                out.append(Violation(name, "free tensor not registered as a parameter of any module (not in "
-                                           "module.parameters(), so not optimized; not in state_dict, so not saved)",
-                                     True))
+                out.append(
+                    Violation(
+                        name,
+                        "free tensor not registered as a parameter of any module (not in "
+                        "module.parameters(), so not optimized; not in state_dict, so not saved)",
+                        True,
+                    )
+                )
         largest = max(self._grad_max.values(), default=0.0)
         negligible: list[str] = []
         frozen_in_optimizer: list[str] = []
@@ -619,19 +661,26 @@ class UpdateIntegrityCheck:
                 else:
                     out.append(Violation(name, "held by the optimizer with a gradient, but did not change", True))
         if negligible:
-            self.warnings.append("gradient negligible and tensor unchanged (a bias directly before a BatchNorm is "
-                                 f"cancelled by it; use bias=False): {_abbrev(negligible)}")
+            self.warnings.append(
+                "gradient negligible and tensor unchanged (a bias directly before a BatchNorm is "
+                f"cancelled by it; use bias=False): {_abbrev(negligible)}"
+            )
         if frozen_in_optimizer:
-            self.warnings.append("frozen tensors held by the optimizer (they carry optimizer state; build groups "
-                                 f"with trainable_parameter_groups): {_abbrev(frozen_in_optimizer)}")
+            self.warnings.append(
+                "frozen tensors held by the optimizer (they carry optimizer state; build groups "
+                f"with trainable_parameter_groups): {_abbrev(frozen_in_optimizer)}"
+            )
         current = dict(self._frozen_bn_buffers())
         for name, before in self._bn_snap.items():
             if self._ignored(name):
                 continue
             now = current.get(name)
             if now is None or not torch.equal(before, now):
-                out.append(Violation(name, "running statistic of a frozen BatchNorm changed (or it is no longer "
-                                           "pinned)", False))
+                out.append(
+                    Violation(
+                        name, "running statistic of a frozen BatchNorm changed (or it is no longer pinned)", False
+                    )
+                )
         return out
 
 
@@ -645,5 +694,6 @@ def _format_violations(violations: Sequence[Violation]) -> str:
     for v in violations:
         by_problem.setdefault(v.problem, []).append(v.name)
     parts = [f"{problem}: {_abbrev(names)}" for problem, names in by_problem.items()]
-    return f"update-integrity check failed after the first optimizer step ({len(violations)} problems): " + \
-        "; ".join(parts)
+    return f"update-integrity check failed after the first optimizer step ({len(violations)} problems): " + "; ".join(
+        parts
+    )

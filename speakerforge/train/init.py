@@ -16,7 +16,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from speakerforge.checkpoint_io import MAGIC, load_model_file, load_state, safe_torch_load
+from speakerforge.artifacts import list_checkpoints, sniff
+from speakerforge.checkpoint_io import load_model_file, load_state, safe_torch_load
 from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.models.modelfile import BACKBONE, load_strict
 
@@ -44,40 +45,47 @@ def read_init(src: str | Path, fmt: str = "auto", part: str | None = None) -> In
     p = Path(src)
     if not p.exists():
         raise CheckpointError(f"{src}: --init source not found")
+    art = sniff(p)
     if fmt in ("3dspeaker", "wespeaker"):
+        if art.kind not in _FOREIGN_KINDS:
+            raise CheckpointError(f"{src}: {art.describe()}, not a {fmt} checkpoint; {_FORMAT_HINT[art.kind in _OURS]}")
         return _read_foreign(p, fmt)
-    if p.is_dir():
+    if art.kind == "experiment":
         return _read_experiment(p, part)
-    head = p.open("rb").read(len(MAGIC))
-    if head == MAGIC:
+    if art.kind == "checkpoint":
         return _from_training_state(load_state(p), str(p), part)
-    if p.suffix == ".safetensors":
+    if art.kind == "model_file":
         return _from_model_file(p)
-    if fmt == "speakerforge":
-        raise CheckpointError(f"{src}: not a speakerforge checkpoint or model file")
-    raise CheckpointError(f"{src}: not a speakerforge checkpoint; for 3D-Speaker or WeSpeaker weights pass "
-                          "--init-format 3dspeaker|wespeaker (and the model in the config)")
+    hint = _FORMAT_HINT[False] if art.kind in _FOREIGN_KINDS and fmt == "auto" else "pass a speakerforge file"
+    raise CheckpointError(f"{src}: {art.describe()}, not a speakerforge checkpoint or model file; {hint}")
+
+
+_OURS = ("experiment", "checkpoint", "model_file")
+_FOREIGN_KINDS = ("torch_zip", "torch_pickle")
+_FORMAT_HINT = {
+    True: "drop --init-format (speakerforge files are recognised by their content)",
+    False: "for 3D-Speaker or WeSpeaker weights pass --init-format 3dspeaker|wespeaker (and the model in the config)",
+}
 
 
 def _read_experiment(folder: Path, part: str | None) -> InitWeights:
     model_file = folder / "model.safetensors"
     if part is None and _is_pretrain_run(folder):
-        raise CheckpointError(f"{folder}: a self-supervised run holds two backbones (teacher, student); choose one "
-                              "with --init-part teacher|student")
+        raise CheckpointError(
+            f"{folder}: a self-supervised run holds two backbones (teacher, student); choose one "
+            "with --init-part teacher|student"
+        )
     if model_file.is_file() and part is None:
         return _from_model_file(model_file)
-    from speakerforge.train.checkpoint import CheckpointManager
-
     reasons = []
-    for _step, path in CheckpointManager(folder, run_id="").list():
+    for _step, path in list_checkpoints(folder):
         try:
             return _from_training_state(load_state(path), str(path), part, folder)
         except CheckpointError as exc:
             log.warning("skipping %s: %s", path, exc)
             reasons.append(str(exc))
     why = f" (newest: {reasons[0]})" if reasons else ""
-    raise CheckpointError(f"{folder}: no model.safetensors and no readable checkpoint in {folder / 'checkpoints'}"
-                          f"{why}")
+    raise CheckpointError(f"{folder}: no model.safetensors and no readable checkpoint in {folder / 'checkpoints'}{why}")
 
 
 def _is_pretrain_run(folder: Path) -> bool:
@@ -91,19 +99,22 @@ def _is_pretrain_run(folder: Path) -> bool:
 
 def _from_model_file(path: Path) -> InitWeights:
     state, meta = load_model_file(path)
-    backbone = {k[len(BACKBONE):]: v for k, v in state.items() if k.startswith(BACKBONE)}
+    backbone = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
     return InitWeights(backbone, str(path), meta.get("model"), state.get("classifier.weight"), meta.get("speakers"))
 
 
-def _from_training_state(state: dict[str, Any], origin: str, part: str | None,
-                         folder: Path | None = None) -> InitWeights:
+def _from_training_state(
+    state: dict[str, Any], origin: str, part: str | None, folder: Path | None = None
+) -> InitWeights:
     weights = state.get("model", {})
     prefixes = sorted({k.split(".backbone.")[0] for k in weights if ".backbone." in k})
     if part is None and prefixes:
-        raise CheckpointError(f"{origin}: a self-supervised run holds several backbones ({', '.join(prefixes)}); "
-                              "choose one with --init-part teacher|student")
+        raise CheckpointError(
+            f"{origin}: a self-supervised run holds several backbones ({', '.join(prefixes)}); "
+            "choose one with --init-part teacher|student"
+        )
     prefix = f"{part}.backbone." if part else BACKBONE
-    backbone = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    backbone = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     if not backbone:
         have = ", ".join(prefixes) or "backbone"
         raise CheckpointError(f"{origin}: no weights under {prefix!r} (this checkpoint has: {have})")
@@ -129,8 +140,15 @@ def _read_foreign(path: Path, fmt: str) -> InitWeights:
     return InitWeights(dict(obj), str(path), None, None, None, notes=[f"format {fmt}"])
 
 
-def apply_init(module: nn.Module, init: InitWeights, fmt: str, arch: str, allow_partial: bool,
-               keep_head: bool, speakers: list[str] | None) -> None:
+def apply_init(
+    module: nn.Module,
+    init: InitWeights,
+    fmt: str,
+    arch: str,
+    allow_partial: bool,
+    keep_head: bool,
+    speakers: list[str] | None,
+) -> None:
     """Load the backbone into `module.backbone` (strict unless `allow_partial`) and the classifier if asked."""
     weights = init.backbone
     if fmt in ("3dspeaker", "wespeaker"):
@@ -144,9 +162,16 @@ def apply_init(module: nn.Module, init: InitWeights, fmt: str, arch: str, allow_
         missing = sorted(set(own) - set(usable))
         unexpected = sorted(set(weights) - set(usable))
         module.backbone.load_state_dict(usable, strict=False)
-        log.warning("partial load from %s (--allow-partial): %d tensors loaded, %d left at their initial values%s, "
-                    "%d ignored%s", init.origin, len(usable), len(missing), _few(missing), len(unexpected),
-                    _few(unexpected))
+        log.warning(
+            "partial load from %s (--allow-partial): %d tensors loaded, %d left at their initial values%s, "
+            "%d ignored%s",
+            init.origin,
+            len(usable),
+            len(missing),
+            _few(missing),
+            len(unexpected),
+            _few(unexpected),
+        )
     else:
         load_strict(module.backbone, weights, init.origin)
         log.info("backbone loaded strictly from %s (%d tensors)", init.origin, len(weights))
@@ -154,9 +179,11 @@ def apply_init(module: nn.Module, init: InitWeights, fmt: str, arch: str, allow_
         if init.classifier is None:
             raise CheckpointError(f"{init.origin}: --keep-head, but the source holds no classifier")
         if init.classifier.shape != module.classifier.weight.shape or (init.speakers and init.speakers != speakers):
-            raise CheckpointError(f"{init.origin}: --keep-head needs the same speakers; the source has "
-                                  f"{tuple(init.classifier.shape)} classifier rows for {len(init.speakers or [])} "
-                                  f"speakers, this run {tuple(module.classifier.weight.shape)}")
+            raise CheckpointError(
+                f"{init.origin}: --keep-head needs the same speakers; the source has "
+                f"{tuple(init.classifier.shape)} classifier rows for {len(init.speakers or [])} "
+                f"speakers, this run {tuple(module.classifier.weight.shape)}"
+            )
         with torch.no_grad():
             module.classifier.weight.copy_(init.classifier)
         log.info("classifier kept from %s", init.origin)

@@ -15,8 +15,16 @@ from speakerforge.models.heads import CosineClassifier, build_margin_loss
 class SupervisedModule(nn.Module):
     """`backbone` (embedding network) + `classifier` (cosine centres) + margin softmax loss."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, kind: str = "aam", scale: float = 32.0,
-                 margin: float = 0.0, sub_centers: int = 1, easy_margin: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        kind: str = "aam",
+        scale: float = 32.0,
+        margin: float = 0.0,
+        sub_centers: int = 1,
+        easy_margin: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.classifier = CosineClassifier(backbone.embedding_dim, num_classes, sub_centers=sub_centers)

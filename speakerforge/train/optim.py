@@ -5,7 +5,8 @@ The margin schedule lives with the heads (`speakerforge.models.heads.margin_at_s
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -21,8 +22,14 @@ def warmup_cosine(step: int, total_steps: int, base_lr: float, min_lr: float, wa
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * t))
 
 
-def build_optimizer(groups: Iterable[dict[str, Any]], name: str, lr: float, momentum: float = 0.9,
-                    nesterov: bool = True, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+def build_optimizer(
+    groups: Iterable[dict[str, Any]],
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
     """SGD (3D-Speaker's recipe) or AdamW over pre-built parameter groups (only trainable parameters)."""
     groups = [g for g in groups if g["params"]]
     if not groups:

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -39,8 +40,13 @@ from speakerforge.models.modelfile import save_embedding_model
 from speakerforge.models.registry import build_model
 from speakerforge.models.ssl import DINOHead, SDPNHead, SSLBranch, ema_momentum, ema_update
 from speakerforge.train import freezing
-from speakerforge.train.ssl_objectives import (DINOObjective, SDPNObjective, SSLModule, teacher_temperature,
-                                               vicreg_weight)
+from speakerforge.train.ssl_objectives import (
+    DINOObjective,
+    SDPNObjective,
+    SSLModule,
+    teacher_temperature,
+    vicreg_weight,
+)
 from speakerforge.train.stages import Stage
 from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything
 
@@ -94,11 +100,32 @@ class SSLConfig:
     prototypes_lr_mult: float = 1.0
 
 
-_DINO_ONLY = ("out_dim", "add_dim", "norm_last_layer", "freeze_last_layer_epochs", "student_temp", "teacher_temp",
-              "warmup_teacher_temp", "warmup_teacher_temp_epochs", "center_momentum", "vicreg_weight",
-              "vicreg_weight_start", "vicreg_warmup_epochs", "vicreg_std_coeff", "vicreg_cov_coeff")
-_SDPN_ONLY = ("num_prototypes", "prototype_tau", "sharpen_temp", "sinkhorn_iters", "memax_weight", "koleo_weight",
-              "prototypes_weight_decay", "prototypes_lr_mult")
+_DINO_ONLY = (
+    "out_dim",
+    "add_dim",
+    "norm_last_layer",
+    "freeze_last_layer_epochs",
+    "student_temp",
+    "teacher_temp",
+    "warmup_teacher_temp",
+    "warmup_teacher_temp_epochs",
+    "center_momentum",
+    "vicreg_weight",
+    "vicreg_weight_start",
+    "vicreg_warmup_epochs",
+    "vicreg_std_coeff",
+    "vicreg_cov_coeff",
+)
+_SDPN_ONLY = (
+    "num_prototypes",
+    "prototype_tau",
+    "sharpen_temp",
+    "sinkhorn_iters",
+    "memax_weight",
+    "koleo_weight",
+    "prototypes_weight_decay",
+    "prototypes_lr_mult",
+)
 
 
 def parse_ssl_config(raw: dict[str, Any] | None, where: str = "config") -> SSLConfig:
@@ -107,13 +134,17 @@ def parse_ssl_config(raw: dict[str, Any] | None, where: str = "config") -> SSLCo
     ssl = from_dict(SSLConfig, raw, where, "ssl.")
     if ssl.method not in METHODS:
         got = f"got {ssl.method!r}" if ssl.method else "it is not set"
-        raise ConfigError(f"{where}: ssl.method must be one of {', '.join(METHODS)} ({got}); e.g. --set ssl.method=sdpn")
+        raise ConfigError(
+            f"{where}: ssl.method must be one of {', '.join(METHODS)} ({got}); e.g. --set ssl.method=sdpn"
+        )
     other = _SDPN_ONLY if ssl.method == "dino" else _DINO_ONLY
     wrong = [k for k in raw if k in other]
     if wrong:
         keys = ", ".join(f"ssl.{k}" for k in wrong)
-        raise ConfigError(f"{where}: {keys} belong{'s' if len(wrong) == 1 else ''} to method "
-                          f"{'sdpn' if ssl.method == 'dino' else 'dino'}, not {ssl.method}; remove or change ssl.method")
+        raise ConfigError(
+            f"{where}: {keys} belong{'s' if len(wrong) == 1 else ''} to method "
+            f"{'sdpn' if ssl.method == 'dino' else 'dino'}, not {ssl.method}; remove or change ssl.method"
+        )
     if ssl.global_crops is None:
         ssl.global_crops = 2 if ssl.method == "dino" else 1
     _check_ranges(ssl, where)
@@ -135,8 +166,11 @@ def _check_ranges(ssl: SSLConfig, where: str) -> None:
     for key in ("head_hidden_dim", "head_bottleneck_dim"):
         need(getattr(ssl, key) >= 1, key, "at least 1")
     if ssl.method == "dino":
-        need(ssl.global_crops + ssl.local_crops >= 2, "local_crops", "DINO needs at least 2 views in all "
-             "(ssl.global_crops + ssl.local_crops)")
+        need(
+            ssl.global_crops + ssl.local_crops >= 2,
+            "local_crops",
+            "DINO needs at least 2 views in all (ssl.global_crops + ssl.local_crops)",
+        )
         need(ssl.out_dim >= 2, "out_dim", "at least 2")
         need(ssl.add_dim >= 0, "add_dim", "must be >= 0 (0: no extra layer)")
         for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
@@ -184,12 +218,21 @@ class PretrainTrainer(Trainer):
         self.speakers = None
         per_rank = self.check_batch_size()
         if self.ssl.method == "sdpn" and per_rank < 2 and self.ssl.koleo_weight > 0:
-            raise ConfigError("ssl.koleo_weight > 0 needs at least 2 examples per micro-batch (KoLeo compares each "
-                              "embedding with its nearest neighbour in the batch)")
+            raise ConfigError(
+                "ssl.koleo_weight > 0 needs at least 2 examples per micro-batch (KoLeo compares each "
+                "embedding with its nearest neighbour in the batch)"
+            )
         s = self.ssl
-        log.info("data: %d sources, %d utterances (labels unused); %s views: %d x %g s global, %d x %g s local",
-                 len(self.sources), sum(len(x.utts) for x in self.sources), s.method, s.global_crops,
-                 s.global_seconds, s.local_crops, s.local_seconds)
+        log.info(
+            "data: %d sources, %d utterances (labels unused); %s views: %d x %g s global, %d x %g s local",
+            len(self.sources),
+            sum(len(x.utts) for x in self.sources),
+            s.method,
+            s.global_crops,
+            s.global_seconds,
+            s.local_crops,
+            s.local_seconds,
+        )
 
     def build_module(self) -> nn.Module:
         cfg, s = self.cfg, self.ssl
@@ -201,8 +244,16 @@ class PretrainTrainer(Trainer):
             if dim <= 0:
                 raise ConfigError(f"model {cfg.model.name!r} has no embedding_dim; SSL heads need it")
             if s.method == "dino":
-                head: nn.Module = DINOHead(dim, s.out_dim, s.head_hidden_dim, s.head_bottleneck_dim, s.head_layers,
-                                           s.add_dim, s.head_bn, s.norm_last_layer)
+                head: nn.Module = DINOHead(
+                    dim,
+                    s.out_dim,
+                    s.head_hidden_dim,
+                    s.head_bottleneck_dim,
+                    s.head_layers,
+                    s.add_dim,
+                    s.head_bn,
+                    s.norm_last_layer,
+                )
             else:
                 head = SDPNHead(dim, s.head_hidden_dim, s.head_bottleneck_dim, s.head_layers, s.head_bn)
             return SSLBranch(backbone, head)
@@ -210,21 +261,32 @@ class PretrainTrainer(Trainer):
         student, teacher = branch(), branch()
         if s.method == "dino":
             objective: nn.Module = DINOObjective(s.out_dim, s.student_temp, s.center_momentum)
-            module = SSLModule("dino", student, teacher, objective,
-                               vicreg={"weight": s.vicreg_weight, "std_coeff": s.vicreg_std_coeff,
-                                       "cov_coeff": s.vicreg_cov_coeff})
+            module = SSLModule(
+                "dino",
+                student,
+                teacher,
+                objective,
+                vicreg={"weight": s.vicreg_weight, "std_coeff": s.vicreg_std_coeff, "cov_coeff": s.vicreg_cov_coeff},
+            )
         else:
-            objective = SDPNObjective(s.num_prototypes, s.head_bottleneck_dim, s.prototype_tau, s.sharpen_temp,
-                                      s.sinkhorn_iters)
-            module = SSLModule("sdpn", student, teacher, objective,
-                               weights={"memax": s.memax_weight, "koleo": s.koleo_weight})
+            objective = SDPNObjective(
+                s.num_prototypes, s.head_bottleneck_dim, s.prototype_tau, s.sharpen_temp, s.sinkhorn_iters
+            )
+            module = SSLModule(
+                "sdpn", student, teacher, objective, weights={"memax": s.memax_weight, "koleo": s.koleo_weight}
+            )
         return module.to(self.device)
 
     def make_dataset(self, stage: Stage, augment: Callable | None) -> torch.utils.data.Dataset:
         s = self.ssl
-        return MultiCropDataset([self.sources[i] for i in self.stage_sources[stage.index]],
-                                CropSpec(s.global_crops, s.global_seconds), CropSpec(s.local_crops, s.local_seconds),
-                                seed=self.cfg.train.seed, augment=augment, speeds=stage.speed_perturb)
+        return MultiCropDataset(
+            [self.sources[i] for i in self.stage_sources[stage.index]],
+            CropSpec(s.global_crops, s.global_seconds),
+            CropSpec(s.local_crops, s.local_seconds),
+            seed=self.cfg.train.seed,
+            augment=augment,
+            speeds=stage.speed_perturb,
+        )
 
     collate = staticmethod(collate_views)
 
@@ -235,7 +297,8 @@ class PretrainTrainer(Trainer):
         if free:  # checked first: the prototypes' param_overrides key would otherwise report only "matches nothing"
             raise freezing.IntegrityError(
                 f"tensors that require grad but are not registered parameters: {', '.join(free)}; they would be "
-                "neither optimized nor saved (3D-Speaker #191): make them an nn.Parameter of their module")
+                "neither optimized nor saved (3D-Speaker #191): make them an nn.Parameter of their module"
+            )
         patterns = freezing.parse_freeze_patterns(stage.freeze) + module.fixed_parameters()
         report = freezing.apply_freeze(_TrainablePart(module), patterns, freeze_bn=self.cfg.train.freeze_bn)
         module.teacher.requires_grad_(False)
@@ -247,8 +310,12 @@ class PretrainTrainer(Trainer):
     def param_overrides(self, stage: Stage) -> dict[str, dict[str, Any]]:
         if self.ssl.method != "sdpn":
             return {}
-        return {"objective.prototypes": {"weight_decay": self.ssl.prototypes_weight_decay,
-                                         "lr_mult": self.ssl.prototypes_lr_mult}}
+        return {
+            "objective.prototypes": {
+                "weight_decay": self.ssl.prototypes_weight_decay,
+                "lr_mult": self.ssl.prototypes_lr_mult,
+            }
+        }
 
     def integrity_ignore(self, stage: Stage) -> list[str]:
         if self.ssl.method == "dino" and self.ssl.freeze_last_layer_epochs > 0:
@@ -265,26 +332,36 @@ class PretrainTrainer(Trainer):
         self._steps_per_epoch = steps_per_epoch
         epoch = stage_step // steps_per_epoch
         values: dict[str, float] = {
-            "momentum": ema_momentum(stage_step, steps_per_epoch * stage.epochs, s.teacher_momentum,
-                                     s.teacher_momentum_end)}
+            "momentum": ema_momentum(
+                stage_step, steps_per_epoch * stage.epochs, s.teacher_momentum, s.teacher_momentum_end
+            )
+        }
         if s.method == "dino":
-            values["teacher_temp"] = teacher_temperature(epoch, s.warmup_teacher_temp, s.teacher_temp,
-                                                         s.warmup_teacher_temp_epochs)
+            values["teacher_temp"] = teacher_temperature(
+                epoch, s.warmup_teacher_temp, s.teacher_temp, s.warmup_teacher_temp_epochs
+            )
             if s.vicreg_weight > 0:
-                values["vicreg_weight"] = vicreg_weight(epoch, s.vicreg_weight_start, s.vicreg_weight,
-                                                        s.vicreg_warmup_epochs)
+                values["vicreg_weight"] = vicreg_weight(
+                    epoch, s.vicreg_weight_start, s.vicreg_weight, s.vicreg_warmup_epochs
+                )
         self._terms = values
         self._terms_n = 0
         return values
 
-    def compute_loss(self, train_module: nn.Module, batch: dict[str, Any], stage_step: int,
-                     micro: int) -> tuple[torch.Tensor, torch.Tensor | int, int]:
+    def compute_loss(
+        self, train_module: nn.Module, batch: dict[str, Any], stage_step: int, micro: int
+    ) -> tuple[torch.Tensor, torch.Tensor | int, int]:
         s = self.ssl
         glob = self._view_features(batch["global"], stage_step, micro, view=0, spec=s.spec_augment_global)
         loc = self._view_features(batch["local"], stage_step, micro, view=1, spec=True) if s.local_crops else None
         loss, agree, count, terms = train_module(
-            glob, loc, s.global_crops, s.local_crops, teacher_temp=self._terms.get("teacher_temp", s.teacher_temp),
-            reg_weight=self._terms.get("vicreg_weight", 0.0))
+            glob,
+            loc,
+            s.global_crops,
+            s.local_crops,
+            teacher_temp=self._terms.get("teacher_temp", s.teacher_temp),
+            reg_weight=self._terms.get("vicreg_weight", 0.0),
+        )
         self._record_terms(terms)
         return loss, agree, count
 
@@ -311,8 +388,11 @@ class PretrainTrainer(Trainer):
     def after_optimizer_step(self, module: nn.Module, stage: Stage, stage_step: int, total_steps: int) -> None:
         """EMA update of the teacher with this step's momentum."""
         s = self.ssl
-        ema_update(module.teacher, module.student,
-                   ema_momentum(stage_step, total_steps, s.teacher_momentum, s.teacher_momentum_end))
+        ema_update(
+            module.teacher,
+            module.student,
+            ema_momentum(stage_step, total_steps, s.teacher_momentum, s.teacher_momentum_end),
+        )
 
     # ------------------------------------------------------------------------------------------------ outputs
     def finish(self, module: nn.Module) -> Path:
@@ -321,9 +401,17 @@ class PretrainTrainer(Trainer):
         if self.env.is_main:
             fc = self.cfg.features
             save_embedding_model(
-                out, module.teacher.backbone, self.cfg.model.name, dict(self.cfg.model.args),
-                features={"num_mel_bins": fc.num_mel_bins, "frame_length": fc.frame_length,
-                          "frame_shift": fc.frame_shift, "mean_norm": fc.mean_norm},
-                extra_meta={"ssl": {"method": self.ssl.method, "part": "teacher"}, "config": to_dict(self.cfg)})
+                out,
+                module.teacher.backbone,
+                self.cfg.model.name,
+                dict(self.cfg.model.args),
+                features={
+                    "num_mel_bins": fc.num_mel_bins,
+                    "frame_length": fc.frame_length,
+                    "frame_shift": fc.frame_shift,
+                    "mean_norm": fc.mean_norm,
+                },
+                extra_meta={"ssl": {"method": self.ssl.method, "part": "teacher"}, "config": to_dict(self.cfg)},
+            )
             log.info("teacher backbone written to %s", out)
         return out

@@ -33,8 +33,17 @@ import torch.nn.functional as F
 
 from speakerforge.models.ssl import SSLBranch, init_prototypes
 
-__all__ = ["DINOObjective", "SDPNObjective", "SSLModule", "koleo_loss", "sharpen", "sinkhorn", "teacher_temperature",
-           "vicreg_regulariser", "vicreg_weight"]
+__all__ = [
+    "DINOObjective",
+    "SDPNObjective",
+    "SSLModule",
+    "koleo_loss",
+    "sharpen",
+    "sinkhorn",
+    "teacher_temperature",
+    "vicreg_regulariser",
+    "vicreg_weight",
+]
 
 
 # ------------------------------------------------------------------------------------------------ distributed helpers
@@ -99,8 +108,9 @@ class DINOObjective(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, n_student: int, n_teacher: int,
-                teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def forward(
+        self, student_out: torch.Tensor, teacher_out: torch.Tensor, n_student: int, n_teacher: int, teacher_temp: float
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(loss, rows where the student's argmax equals the teacher's, rows compared); updates the centre.
 
         Student view `i < n_teacher` is the same crop as teacher view `i`; those pairs are skipped.
@@ -136,8 +146,9 @@ def _off_diagonal(x: torch.Tensor) -> torch.Tensor:
     return x.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
 
 
-def vicreg_regulariser(student_reg: torch.Tensor, teacher_reg: torch.Tensor, n_global: int, std_coeff: float = 10.0,
-                       cov_coeff: float = 1.0) -> torch.Tensor:
+def vicreg_regulariser(
+    student_reg: torch.Tensor, teacher_reg: torch.Tensor, n_global: int, std_coeff: float = 10.0, cov_coeff: float = 1.0
+) -> torch.Tensor:
     """RDINO's variance + covariance terms on the global crops' head-MLP outputs (see module docstring)."""
     dim = student_reg.shape[-1]
     x = _gather_rows(student_reg.float().view(n_global, -1, dim).mean(0))
@@ -197,8 +208,9 @@ def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 class SDPNObjective(nn.Module):
     """Prototype-assignment distillation; owns the learnable prototypes `[num_prototypes, dim]` (`prototypes`)."""
 
-    def __init__(self, num_prototypes: int, dim: int, tau: float = 0.1, sharpen_temp: float = 0.25,
-                 sinkhorn_iters: int = 3):
+    def __init__(
+        self, num_prototypes: int, dim: int, tau: float = 0.1, sharpen_temp: float = 0.25, sinkhorn_iters: int = 3
+    ):
         super().__init__()
         self.tau = tau
         self.sharpen_temp = sharpen_temp
@@ -208,8 +220,9 @@ class SDPNObjective(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x.float(), dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.tau
 
-    def forward(self, anchors: torch.Tensor, targets: torch.Tensor, n_anchor: int,
-                n_target: int) -> dict[str, torch.Tensor]:
+    def forward(
+        self, anchors: torch.Tensor, targets: torch.Tensor, n_anchor: int, n_target: int
+    ) -> dict[str, torch.Tensor]:
         """Terms for student anchors `[n_anchor * B, D]` and teacher targets `[n_target * B, D]`.
 
         Every anchor crop of an example is matched with every target crop of the same example (SDPN: one target
@@ -243,8 +256,15 @@ class SSLModule(nn.Module):
     3D-Speaker's RDINO/SDPN, where `teacher.train()` is called every epoch.
     """
 
-    def __init__(self, method: str, student: SSLBranch, teacher: SSLBranch, objective: nn.Module,
-                 weights: dict[str, float] | None = None, vicreg: dict[str, float] | None = None):
+    def __init__(
+        self,
+        method: str,
+        student: SSLBranch,
+        teacher: SSLBranch,
+        objective: nn.Module,
+        weights: dict[str, float] | None = None,
+        vicreg: dict[str, float] | None = None,
+    ):
         super().__init__()
         if method not in ("dino", "sdpn"):
             raise ValueError(f"unknown SSL method {method!r}")
@@ -261,9 +281,15 @@ class SSLModule(nn.Module):
         """Student parameters that never train (DINO's unit last-layer magnitude); the teacher is excluded anyway."""
         return [f"student.head.{n}" for n in self.student.head.fixed_parameters()]
 
-    def forward(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None, n_global: int, n_local: int,
-                teacher_temp: float = 0.04, reg_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, int,
-                                                                              dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        global_feats: torch.Tensor,
+        local_feats: torch.Tensor | None,
+        n_global: int,
+        n_local: int,
+        teacher_temp: float = 0.04,
+        reg_weight: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, int, dict[str, torch.Tensor]]:
         """(loss, agreeing rows, compared rows, loss terms) for crop-major global and local feature batches."""
         if self.method == "dino":
             return self._dino(global_feats, local_feats, n_global, n_local, teacher_temp, reg_weight)

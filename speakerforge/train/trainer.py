@@ -12,9 +12,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,14 @@ from speakerforge.models.registry import build_model
 from speakerforge.progress import progress_bar
 from speakerforge.train import freezing
 from speakerforge.train.checkpoint import CheckpointManager, capture_rng, restore_rng
-from speakerforge.train.distributed import (DistEnv, all_reduce_sum, barrier, broadcast_object, init_distributed,
-                                            shutdown_distributed)
+from speakerforge.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
 from speakerforge.train.experiment import choose_run_dir, prepare_run
 from speakerforge.train.objectives import SupervisedModule
 from speakerforge.train.optim import build_optimizer, set_lr, warmup_cosine
@@ -88,9 +95,11 @@ class Trainer:
     def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None):
         if cfg.ssl and not self.reads_ssl_section:
             command = (options or RunOptions()).command
-            raise ConfigError(f"the config has an ssl: section ({', '.join(sorted(cfg.ssl))}), which only "
-                              f"`speakerforge pretrain` reads; `{command}` would ignore it. Run pretrain, or remove "
-                              "the ssl: section")
+            raise ConfigError(
+                f"the config has an ssl: section ({', '.join(sorted(cfg.ssl))}), which only "
+                f"`speakerforge pretrain` reads; `{command}` would ignore it. Run pretrain, or remove "
+                "the ssl: section"
+            )
         self.cfg = cfg
         self.opts = options or RunOptions()
         self.device = _device(cfg)
@@ -107,8 +116,11 @@ class Trainer:
         # What existed before this run, so that a run failing before its first checkpoint can be taken back.
         self._new_folders = [p for p in (self.exp, *self.exp.parents) if not p.exists()]
         self._new_run = not (self.exp / "run.json").is_file()
-        run_id = prepare_run(self.exp, cfg, self.opts.command, self.opts.allow_config_change,
-                             self.opts.init_description) if self.env.is_main else None
+        run_id = (
+            prepare_run(self.exp, cfg, self.opts.command, self.opts.allow_config_change, self.opts.init_description)
+            if self.env.is_main
+            else None
+        )
         self.run_id = broadcast_object(self.env, run_id)
         self._setup_logging()
         self.ckpt = CheckpointManager(self.exp, self.run_id, cfg.train.keep_last)
@@ -129,8 +141,9 @@ class Trainer:
         handler = logging.FileHandler(self.exp / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("speakerforge")
-        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename
-                   for h in root.handlers):
+        if not any(
+            isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename for h in root.handlers
+        ):
             root.addHandler(handler)
         if root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
@@ -140,13 +153,20 @@ class Trainer:
         self.load_stage_sources(load_sources)
         # The label space covers every speed of the config and its stages, so a stage without speed perturbation
         # (3D-Speaker's large-margin stage) keeps the classifier of the run it continues.
-        speeds = sorted({float(s) for s in cfg.data.speed_perturb} | {float(s) for st in self.stages
-                                                                      for s in st.speed_perturb},
-                        key=lambda s: (s != 1.0, s))
+        speeds = sorted(
+            {float(s) for s in cfg.data.speed_perturb} | {float(s) for st in self.stages for s in st.speed_perturb},
+            key=lambda s: (s != 1.0, s),
+        )
         self.speakers = SpeakerIndex(self.sources, cfg.data.shared_speakers, speeds)
         self.check_batch_size()
-        log.info("data: %d sources, %d utterances, %d speakers, %d classes (speeds %s)", len(self.sources),
-                 sum(len(s.utts) for s in self.sources), self.speakers.num_base, self.speakers.num_classes, speeds)
+        log.info(
+            "data: %d sources, %d utterances, %d speakers, %d classes (speeds %s)",
+            len(self.sources),
+            sum(len(s.utts) for s in self.sources),
+            self.speakers.num_base,
+            self.speakers.num_classes,
+            speeds,
+        )
 
     def load_stage_sources(self, read: Callable[[list[tuple[str, float, str]]], list]) -> None:
         """Read the sources of every stage once (`read` turns (path, weight, name) specs into sources), check their
@@ -164,8 +184,10 @@ class Trainer:
         cfg = self.cfg
         per_rank = cfg.data.batch_size // (self.env.world_size * cfg.train.grad_accum)
         if per_rank * self.env.world_size * cfg.train.grad_accum != cfg.data.batch_size or per_rank < 1:
-            raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) must be a multiple of world size "
-                              f"({self.env.world_size}) x train.grad_accum ({cfg.train.grad_accum})")
+            raise ConfigError(
+                f"data.batch_size ({cfg.data.batch_size}) must be a multiple of world size "
+                f"({self.env.world_size}) x train.grad_accum ({cfg.train.grad_accum})"
+            )
         self.micro_batch = per_rank
         return per_rank
 
@@ -177,8 +199,9 @@ class Trainer:
         bad: list[tuple[str, str]] = []
         for src in self.sources:
             keep = []
-            for u in progress_bar(src.utts, desc=f"checking {src.name}", disable=not self.env.is_main, leave=False,
-                          mininterval=2):
+            for u in progress_bar(
+                src.utts, desc=f"checking {src.name}", disable=not self.env.is_main, leave=False, mininterval=2
+            ):
                 try:
                     info = audio_info(u.path)
                     if info.frames <= 0:
@@ -194,8 +217,10 @@ class Trainer:
                 log.error("unreadable training row %s: %s", where, what)
             rows = f"{len(bad)} unreadable training row{'s' if len(bad) > 1 else ''}"
             others = "; the others are logged above, and `speakerforge validate` lists all" if len(bad) > 1 else ""
-            raise SpeakerforgeError(f"{rows} (first: {bad[0][0]}: {bad[0][1]}){others}; fix them, or pass "
-                                    "--skip-bad-audio (data.skip_bad_audio=true) to skip them")
+            raise SpeakerforgeError(
+                f"{rows} (first: {bad[0][0]}: {bad[0][1]}){others}; fix them, or pass "
+                "--skip-bad-audio (data.skip_bad_audio=true) to skip them"
+            )
         if self.env.is_main:
             with open(self.exp / "skipped.tsv", "w") as f:
                 f.writelines(f"{where}\t{what}\n" for where, what in bad)
@@ -208,18 +233,27 @@ class Trainer:
         cfg = self.cfg
         _seed_everything(cfg.train.seed)
         backbone = build_model(cfg.model.name, **cfg.model.args)
-        module = SupervisedModule(backbone, self.speakers.num_classes, kind=cfg.head.kind, scale=cfg.head.scale,
-                                  margin=self.stages[0].margin.initial, sub_centers=cfg.head.subcenters,
-                                  easy_margin=cfg.head.easy_margin)
+        module = SupervisedModule(
+            backbone,
+            self.speakers.num_classes,
+            kind=cfg.head.kind,
+            scale=cfg.head.scale,
+            margin=self.stages[0].margin.initial,
+            sub_centers=cfg.head.subcenters,
+            easy_margin=cfg.head.easy_margin,
+        )
         if self.opts.init is not None:
             self.opts.init(module, self.speakers.names)
         return module.to(self.device)
 
     def _sampler(self, stage: Stage) -> MixedSampler:
         idx = self.stage_sources[stage.index]
-        return MixedSampler([len(self.sources[i].utts) for i in idx], [self.sources[i].weight for i in idx],
-                            seed=self.cfg.train.seed,
-                            samples_per_epoch=self.cfg.data.samples_per_epoch)
+        return MixedSampler(
+            [len(self.sources[i].utts) for i in idx],
+            [self.sources[i].weight for i in idx],
+            seed=self.cfg.train.seed,
+            samples_per_epoch=self.cfg.data.samples_per_epoch,
+        )
 
     def _augmenter(self) -> Callable | None:
         aug = self.cfg.data.augment
@@ -227,8 +261,16 @@ class Trainer:
             return None
         from speakerforge.data.augment import AugmentConfig, Augmenter
 
-        return Augmenter(AugmentConfig(noise_dir=aug.noise_dir, rir_dir=aug.rir_dir, noise_prob=aug.noise_prob,
-                                       reverb_prob=aug.reverb_prob, both_prob=aug.both_prob), prefix="data.augment")
+        return Augmenter(
+            AugmentConfig(
+                noise_dir=aug.noise_dir,
+                rir_dir=aug.rir_dir,
+                noise_prob=aug.noise_prob,
+                reverb_prob=aug.reverb_prob,
+                both_prob=aug.both_prob,
+            ),
+            prefix="data.augment",
+        )
 
     # ------------------------------------------------------------------------------------------------ loop
     def run(self) -> Path:
@@ -247,12 +289,22 @@ class Trainer:
         if not (self.env.is_main and self._new_run) or self.ckpt.list():
             return
         root = logging.getLogger("speakerforge")
-        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)
-                        and Path(h.baseFilename) == (self.exp / "train.log").absolute()]:
+        for handler in [
+            h
+            for h in root.handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == (self.exp / "train.log").absolute()
+        ]:
             root.removeHandler(handler)
             handler.close()
-        for name in ("config.yaml", "run.json", "train.log", "skipped.tsv", "metrics.jsonl", "training_curves.png",
-                     "checkpoints/index.json"):
+        for name in (
+            "config.yaml",
+            "run.json",
+            "train.log",
+            "skipped.tsv",
+            "metrics.jsonl",
+            "training_curves.png",
+            "checkpoints/index.json",
+        ):
             (self.exp / name).unlink(missing_ok=True)
         for folder in [self.exp / "checkpoints", *self._new_folders]:
             try:
@@ -268,51 +320,78 @@ class Trainer:
         if state is not None:
             module.load_state_dict(state["model"])
             progress = Progress(**state["progress"])
-            log.info("resumed at stage %d epoch %d batch %d (global step %d)", progress.stage, progress.epoch,
-                     progress.batch, progress.global_step)
+            log.info(
+                "resumed at stage %d epoch %d batch %d (global step %d)",
+                progress.stage,
+                progress.epoch,
+                progress.batch,
+                progress.global_step,
+            )
         self.metrics_path = self.exp / "metrics.jsonl"
         if self.env.is_main:
             _truncate_metrics(self.metrics_path, progress.global_step)
         augment = self._augmenter()
         self.steps_done_here = 0
         self._last_plot = time.time()
-        for stage in self.stages[progress.stage:]:
+        for stage in self.stages[progress.stage :]:
             progress = self._run_stage(module, stage, progress, state, augment)
             state = None
         barrier(self.env)
         return self.finish(module)
 
-    def _run_stage(self, module: nn.Module, stage: Stage, progress: Progress, state: dict | None,
-                   augment: Callable | None) -> Progress:
+    def _run_stage(
+        self, module: nn.Module, stage: Stage, progress: Progress, state: dict | None, augment: Callable | None
+    ) -> Progress:
         cfg = self.cfg
         report = self.apply_freeze(module, stage)
         if self.env.is_main:
-            log.info("stage %d/%d %r: %d epochs, lr %g, freeze %s\n%s", stage.index + 1, len(self.stages),
-                     stage.name, stage.epochs, stage.lr, stage.freeze or "nothing", report.table())
-        groups = freezing.trainable_parameter_groups(module, base_lr=stage.lr, weight_decay=cfg.optim.weight_decay,
-                                                     lr_mult=stage.lr_mult, param_overrides=self.param_overrides(stage))
+            log.info(
+                "stage %d/%d %r: %d epochs, lr %g, freeze %s\n%s",
+                stage.index + 1,
+                len(self.stages),
+                stage.name,
+                stage.epochs,
+                stage.lr,
+                stage.freeze or "nothing",
+                report.table(),
+            )
+        groups = freezing.trainable_parameter_groups(
+            module,
+            base_lr=stage.lr,
+            weight_decay=cfg.optim.weight_decay,
+            lr_mult=stage.lr_mult,
+            param_overrides=self.param_overrides(stage),
+        )
         lr_scale = self.env.world_size if cfg.optim.scale_lr_with_world_size else 1
-        optimizer = build_optimizer(groups, cfg.optim.optimizer, stage.lr * lr_scale, cfg.optim.momentum,
-                                    cfg.optim.nesterov, tuple(cfg.optim.betas))
+        optimizer = build_optimizer(
+            groups,
+            cfg.optim.optimizer,
+            stage.lr * lr_scale,
+            cfg.optim.momentum,
+            cfg.optim.nesterov,
+            tuple(cfg.optim.betas),
+        )
         if state is not None and state.get("optimizer_stage") == stage.index:
             optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
         train_module: nn.Module = module
         if self.env.enabled:
             train_module = nn.parallel.DistributedDataParallel(
-                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         sampler = self._sampler(stage)
         steps_per_epoch = sampler.batches_per_epoch(cfg.data.batch_size)
         if steps_per_epoch < 1:
-            raise ConfigError(f"data.batch_size ({cfg.data.batch_size}) is larger than an epoch "
-                              f"({sampler.epoch_size} samples)")
+            raise ConfigError(
+                f"data.batch_size ({cfg.data.batch_size}) is larger than an epoch ({sampler.epoch_size} samples)"
+            )
         total = steps_per_epoch * stage.epochs
         first_global = progress.global_step - (progress.epoch * steps_per_epoch + progress.batch)
         dataset = self.make_dataset(stage, augment)
         integrity = cfg.train.integrity_check
-        self.integrity = freezing.UpdateIntegrityCheck({"model": module}, optimizer,
-                                                       allow_dead=cfg.train.allow_dead_params,
-                                                       ignore=self.integrity_ignore(stage))
+        self.integrity = freezing.UpdateIntegrityCheck(
+            {"model": module}, optimizer, allow_dead=cfg.train.allow_dead_params, ignore=self.integrity_ignore(stage)
+        )
         # A stage draws its data, crops and RNG from (seed, stage-local epoch/step) only, so a stage run inside a
         # staged config is exactly a separate run initialised from the previous stage's weights.
         _seed_everything(cfg.train.seed)
@@ -321,31 +400,49 @@ class Trainer:
         nonfinite_run = 0
         for epoch in range(progress.epoch, stage.epochs):
             epoch_id = epoch
-            batches = sampler.batches(epoch_id, cfg.data.batch_size, progress.batch, self.env.rank,
-                                      self.env.world_size)
+            batches = sampler.batches(epoch_id, cfg.data.batch_size, progress.batch, self.env.rank, self.env.world_size)
             if self.env.is_main:
                 counts = [0] * len(dataset.sources)
                 for d in sampler.epoch_plan(epoch_id):
                     counts[d.source] += 1
-                log.info("epoch %d/%d of %r: samples per source: %s", epoch + 1, stage.epochs, stage.name,
-                         ", ".join(f"{s.name}={c}" for s, c in zip(dataset.sources, counts)))
-            micro = [[(epoch_id, d) for d in b[i:i + self.micro_batch]]
-                     for b in batches for i in range(0, len(b), self.micro_batch)]
+                log.info(
+                    "epoch %d/%d of %r: samples per source: %s",
+                    epoch + 1,
+                    stage.epochs,
+                    stage.name,
+                    ", ".join(f"{s.name}={c}" for s, c in zip(dataset.sources, counts)),
+                )
+            micro = [
+                [(epoch_id, d) for d in b[i : i + self.micro_batch]]
+                for b in batches
+                for i in range(0, len(b), self.micro_batch)
+            ]
             loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=micro, num_workers=cfg.data.num_workers, collate_fn=self.collate,
+                dataset,
+                batch_sampler=micro,
+                num_workers=cfg.data.num_workers,
+                collate_fn=self.collate,
                 generator=torch.Generator(),  # keeps DataLoader from drawing on the global RNG (exact resume)
-                persistent_workers=False)
+                persistent_workers=False,
+            )
             it = iter(loader)
-            bar = progress_bar(total=steps_per_epoch, initial=progress.batch, disable=not self.env.is_main,
-                       desc=f"{stage.name} {epoch + 1}/{stage.epochs}", mininterval=1.0, dynamic_ncols=True)
+            bar = progress_bar(
+                total=steps_per_epoch,
+                initial=progress.batch,
+                disable=not self.env.is_main,
+                desc=f"{stage.name} {epoch + 1}/{stage.epochs}",
+                mininterval=1.0,
+                dynamic_ncols=True,
+            )
             loss_sum = 0.0
             n_logged = 0
             t0 = time.time()
             module.train()  # BatchNorm pinned by apply_freeze stays in eval mode (a pre-hook)
             for b in range(progress.batch, steps_per_epoch):
                 stage_step = progress.global_step - first_global
-                lr = warmup_cosine(stage_step, total, stage.lr * lr_scale, stage.min_lr,
-                                   int(stage.warmup_epochs * steps_per_epoch))
+                lr = warmup_cosine(
+                    stage_step, total, stage.lr * lr_scale, stage.min_lr, int(stage.warmup_epochs * steps_per_epoch)
+                )
                 set_lr(optimizer, lr)
                 scheduled = self.schedule(module, stage, stage_step, steps_per_epoch)
                 loss, correct, count = self._step(train_module, module, optimizer, it, stage_step, check=integrity)
@@ -361,28 +458,49 @@ class Trainer:
                 else:
                     nonfinite_run += 1
                     progress.skipped_nonfinite += 1
-                    log.warning("non-finite loss at step %d: step skipped (%d in a row, %d in all)",
-                                progress.global_step, nonfinite_run, progress.skipped_nonfinite)
+                    log.warning(
+                        "non-finite loss at step %d: step skipped (%d in a row, %d in all)",
+                        progress.global_step,
+                        nonfinite_run,
+                        progress.skipped_nonfinite,
+                    )
                     if nonfinite_run >= cfg.train.max_nonfinite_steps:
                         raise TrainingError(
                             f"loss was NaN/inf for {nonfinite_run} steps in a row (step {progress.global_step}); "
                             f"stopped. The last good checkpoint is kept in {self.ckpt.dir}; lower optim.lr, "
-                            "check the data, or raise train.max_nonfinite_steps")
+                            "check the data, or raise train.max_nonfinite_steps"
+                        )
                 elapsed = max(1e-9, time.time() - t0)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / max(1, count):.2f}", lr=f"{lr:.2e}",
-                                **{k: f"{v:.3g}" for k, v in scheduled.items()},
-                                sps=f"{n_logged * cfg.data.batch_size / elapsed:.0f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{loss:.3f}",
+                    acc=f"{correct / max(1, count):.2f}",
+                    lr=f"{lr:.2e}",
+                    **{k: f"{v:.3g}" for k, v in scheduled.items()},
+                    sps=f"{n_logged * cfg.data.batch_size / elapsed:.0f}",
+                    refresh=False,
+                )
                 if self.env.is_main and (progress.global_step % cfg.train.log_every == 0 or b + 1 == steps_per_epoch):
-                    self._log_metrics({"step": progress.global_step, "stage": stage.index, "epoch": epoch + 1,
-                                       "loss": loss, "acc": correct / max(1, count), "lr": lr, **scheduled,
-                                       "samples_per_s": n_logged * cfg.data.batch_size / elapsed})
+                    self._log_metrics(
+                        {
+                            "step": progress.global_step,
+                            "stage": stage.index,
+                            "epoch": epoch + 1,
+                            "loss": loss,
+                            "acc": correct / max(1, count),
+                            "lr": lr,
+                            **scheduled,
+                            "samples_per_s": n_logged * cfg.data.batch_size / elapsed,
+                        }
+                    )
                 end_of_epoch = b + 1 == steps_per_epoch
                 if end_of_epoch:
                     progress.epoch, progress.batch = epoch + 1, 0
                     if progress.epoch == stage.epochs:
                         progress.stage, progress.epoch = stage.index + 1, 0
-                due = end_of_epoch or (cfg.train.save_every_steps and progress.global_step % cfg.train.save_every_steps == 0)
+                due = end_of_epoch or (
+                    cfg.train.save_every_steps and progress.global_step % cfg.train.save_every_steps == 0
+                )
                 if due and nonfinite_run == 0:  # never let a skipped step's checkpoint displace the last good one
                     metric = loss_sum / n_logged if end_of_epoch and n_logged else None
                     self._save(module, optimizer, progress, stage.index, metric)
@@ -397,8 +515,15 @@ class Trainer:
                 self._last_plot = time.time()
         return progress
 
-    def _step(self, train_module: nn.Module, module: nn.Module, optimizer: torch.optim.Optimizer, it,
-              stage_step: int, check: bool) -> tuple[float, int, int]:
+    def _step(
+        self,
+        train_module: nn.Module,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        it,
+        stage_step: int,
+        check: bool,
+    ) -> tuple[float, int, int]:
         """One optimizer step over `grad_accum` micro-batches; a non-finite loss skips the update on every rank."""
         cfg = self.cfg
         accum = cfg.train.grad_accum
@@ -411,8 +536,9 @@ class Trainer:
             sync = k == accum - 1 or not self.env.enabled
             ctx = train_module.no_sync() if (not sync and self.env.enabled) else _nullcontext()
             with ctx:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+                ):
                     loss, corr, n = self.compute_loss(train_module, batch, stage_step, k)
                 self.scaler.scale(loss / accum).backward()
             total_loss += loss.detach().double().cpu() / accum
@@ -426,8 +552,9 @@ class Trainer:
         self.before_optimizer_step(module, stage_step)
         if cfg.train.grad_clip > 0:
             self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                           cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"]], cfg.train.grad_clip
+            )
         checker = self.integrity if check else None
         if checker is not None:
             checker.before_step()
@@ -443,14 +570,20 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ hooks
     # What differs between supervised training and other objectives (SSL pretraining) is confined to these.
     def make_dataset(self, stage: Stage, augment: Callable | None) -> torch.utils.data.Dataset:
-        return CropDataset([self.sources[i] for i in self.stage_sources[stage.index]], self.speakers,
-                           stage.crop_seconds, seed=self.cfg.train.seed, augment=augment,
-                           speeds=stage.speed_perturb)
+        return CropDataset(
+            [self.sources[i] for i in self.stage_sources[stage.index]],
+            self.speakers,
+            stage.crop_seconds,
+            seed=self.cfg.train.seed,
+            augment=augment,
+            speeds=stage.speed_perturb,
+        )
 
     collate = staticmethod(collate_crops)
 
-    def compute_loss(self, train_module: nn.Module, batch: dict[str, Any], stage_step: int,
-                     micro: int) -> tuple[torch.Tensor, torch.Tensor | int, int]:
+    def compute_loss(
+        self, train_module: nn.Module, batch: dict[str, Any], stage_step: int, micro: int
+    ) -> tuple[torch.Tensor, torch.Tensor | int, int]:
         """(loss, correct predictions, examples) of one micro-batch."""
         wav = batch["wav"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
@@ -461,16 +594,22 @@ class Trainer:
     def schedule(self, module: nn.Module, stage: Stage, stage_step: int, steps_per_epoch: int) -> dict[str, float]:
         """Apply per-step schedules other than the LR; returns them for the log."""
         m = stage.margin
-        margin = margin_at_step(stage_step, start_step=int(m.start_epoch * steps_per_epoch),
-                                end_step=int(max(m.end_epoch, m.start_epoch) * steps_per_epoch),
-                                initial=m.initial, final=m.final, kind=m.kind)
+        margin = margin_at_step(
+            stage_step,
+            start_step=int(m.start_epoch * steps_per_epoch),
+            end_step=int(max(m.end_epoch, m.start_epoch) * steps_per_epoch),
+            initial=m.initial,
+            final=m.final,
+            kind=m.kind,
+        )
         module.set_margin(margin)
         return {"margin": margin}
 
     def apply_freeze(self, module: nn.Module, stage: Stage) -> freezing.FreezeReport:
         """Freeze this stage's patterns (SSL keeps its EMA teacher out of the freeze logic here)."""
-        return freezing.apply_freeze(module, freezing.parse_freeze_patterns(stage.freeze),
-                                     freeze_bn=self.cfg.train.freeze_bn)
+        return freezing.apply_freeze(
+            module, freezing.parse_freeze_patterns(stage.freeze), freeze_bn=self.cfg.train.freeze_bn
+        )
 
     def param_overrides(self, stage: Stage) -> dict[str, dict[str, Any]]:
         """Optimizer options per parameter pattern (SDPN: the prototypes' own weight decay)."""
@@ -486,8 +625,9 @@ class Trainer:
         """Parameters the update-integrity check may skip at this stage."""
         return []
 
-    def features(self, wav: torch.Tensor, step: int, micro: int, *, spec: bool = True, dither_tag: int = 1,
-                 spec_tag: int = 2) -> torch.Tensor:
+    def features(
+        self, wav: torch.Tensor, step: int, micro: int, *, spec: bool = True, dither_tag: int = 1, spec_tag: int = 2
+    ) -> torch.Tensor:
         """Batched fbank (+ mean norm, + SpecAugment on a random `prob` share of the batch) of `[B, samples]`.
 
         Dither and masks draw from generators seeded by (seed, step, micro-batch, rank, tag), never from global
@@ -498,8 +638,14 @@ class Trainer:
         if fc.dither > 0:
             gen = torch.Generator(device=wav.device)
             gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, dither_tag))
-        feats = fbank(wav, num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length, frame_shift=fc.frame_shift,
-                      dither=fc.dither, generator=gen)
+        feats = fbank(
+            wav,
+            num_mel_bins=fc.num_mel_bins,
+            frame_length=fc.frame_length,
+            frame_shift=fc.frame_shift,
+            dither=fc.dither,
+            generator=gen,
+        )
         if fc.mean_norm:
             feats = mean_normalize(feats)
         sa = self.cfg.data.augment.spec_augment
@@ -511,17 +657,29 @@ class Trainer:
             pick = torch.rand(feats.shape[0], generator=gen, device=feats.device) < sa.prob
             if pick.any():
                 feats = feats.clone()
-                feats[pick] = spec_augment(feats[pick], gen, sa.num_freq_masks, sa.max_freq_width,
-                                           sa.num_time_masks, sa.max_time_width)
+                feats[pick] = spec_augment(
+                    feats[pick], gen, sa.num_freq_masks, sa.max_freq_width, sa.num_time_masks, sa.max_time_width
+                )
         return feats
 
     # ------------------------------------------------------------------------------------------------ outputs
-    def _save(self, module: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, stage_index: int,
-              metric: float | None) -> None:
+    def _save(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        progress: Progress,
+        stage_index: int,
+        metric: float | None,
+    ) -> None:
         if self.env.is_main:
-            state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                     "optimizer_stage": stage_index, "scaler": self.scaler.state_dict(),
-                     "progress": progress.as_dict(), "rng": capture_rng()}
+            state = {
+                "model": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "optimizer_stage": stage_index,
+                "scaler": self.scaler.state_dict(),
+                "progress": progress.as_dict(),
+                "rng": capture_rng(),
+            }
             self.ckpt.save(state, progress.global_step, metric)
         barrier(self.env)
 
@@ -542,12 +700,24 @@ class Trainer:
         if self.env.is_main:
             fc = self.cfg.features
             save_embedding_model(
-                out, module.backbone, self.cfg.model.name, dict(self.cfg.model.args),
-                features={"num_mel_bins": fc.num_mel_bins, "frame_length": fc.frame_length,
-                          "frame_shift": fc.frame_shift, "mean_norm": fc.mean_norm},
+                out,
+                module.backbone,
+                self.cfg.model.name,
+                dict(self.cfg.model.args),
+                features={
+                    "num_mel_bins": fc.num_mel_bins,
+                    "frame_length": fc.frame_length,
+                    "frame_shift": fc.frame_shift,
+                    "mean_norm": fc.mean_norm,
+                },
                 extra_tensors={"classifier.weight": module.classifier.weight.detach()},
-                extra_meta={"speakers": self.speakers.names, "speeds": self.speakers.speeds,
-                            "sub_centers": self.cfg.head.subcenters, "config": to_dict(self.cfg)})
+                extra_meta={
+                    "speakers": self.speakers.names,
+                    "speeds": self.speakers.speeds,
+                    "sub_centers": self.cfg.head.subcenters,
+                    "config": to_dict(self.cfg),
+                },
+            )
             log.info("model written to %s", out)
         return out
 
@@ -574,7 +744,7 @@ def _next_batch(it: Any) -> Any:
         if "Original Traceback" not in text:
             raise
         prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
-        original = text[text.rfind(prefix) + len(prefix):].strip() if prefix in text else text.strip().splitlines()[-1]
+        original = text[text.rfind(prefix) + len(prefix) :].strip() if prefix in text else text.strip().splitlines()[-1]
         raise type(exc)(original) from None
 
 

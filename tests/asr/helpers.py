@@ -10,8 +10,16 @@ from speakerforge.asr.data import write_asr_jsonl
 from speakerforge.config import Config, check_values, from_dict
 from speakerforge.data.audio import save_audio
 
-TINY_MODEL = {"d_model": 16, "heads": 2, "ffn_dim": 32, "encoder_layers": 1, "decoder_layers": 1,
-              "seaco_layers": 1, "dropout": 0.0, "num_mel_bins": 20}
+TINY_MODEL = {
+    "d_model": 16,
+    "heads": 2,
+    "ffn_dim": 32,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "seaco_layers": 1,
+    "dropout": 0.0,
+    "num_mel_bins": 20,
+}
 
 
 def tone_utterance(text: str, sr: int = 16000, char_seconds: float = 0.08) -> np.ndarray:
@@ -36,12 +44,15 @@ def write_tone_corpus(folder: Path, texts: list[str], name: str = "train.jsonl")
 
 
 def tiny_config(data: Path, stages: list[dict] | None = None, asr: dict | None = None, **train) -> Config:
-    raw = {"model": {"name": "seaco_paraformer", "args": dict(TINY_MODEL)},
-           "features": {"num_mel_bins": 20},
-           "data": {"sources": [{"path": str(data)}], "batch_size": 2},
-           "optim": {"optimizer": "adamw", "lr": 3e-3, "min_lr": 3e-3, "weight_decay": 0.0},
-           "train": {"epochs": 1, "device": "cpu", "threads": 1, "log_every": 1, **train},
-           "stages": stages or [], "asr": asr or {}}
+    raw = {
+        "model": {"name": "seaco_paraformer", "args": dict(TINY_MODEL)},
+        "features": {"num_mel_bins": 20},
+        "data": {"sources": [{"path": str(data)}], "batch_size": 2},
+        "optim": {"optimizer": "adamw", "lr": 3e-3, "min_lr": 3e-3, "weight_decay": 0.0},
+        "train": {"epochs": 1, "device": "cpu", "threads": 1, "log_every": 1, **train},
+        "stages": stages or [],
+        "asr": asr or {},
+    }
     cfg = from_dict(Config, raw)
     check_values(cfg)
     return cfg

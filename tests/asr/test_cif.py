@@ -11,7 +11,7 @@ def test_vectorised_cif_matches_the_sequential_loop():
     alphas = torch.rand(3, 17, generator=g, dtype=torch.float64) * 0.9
     n = torch.floor(alphas.sum(-1)).long()  # tokens that crossed the threshold
     emb, mask = cif(hidden, alphas, n + 1)  # +1: the last row holds the tail
-    for i, (fired, tail, tail_w) in enumerate(cif_reference(hidden, alphas)):
+    for i, (fired, tail, _tail_w) in enumerate(cif_reference(hidden, alphas)):
         assert fired.shape[0] == n[i]
         torch.testing.assert_close(emb[i, : n[i]], fired)
         torch.testing.assert_close(emb[i, n[i]], tail)
@@ -47,8 +47,9 @@ def test_an_utterance_decodes_the_same_alone_and_padded_in_a_batch():
     from speakerforge.asr.model import ModelArgs, SeacoParaformer
 
     torch.manual_seed(0)
-    model = SeacoParaformer(12, ModelArgs(d_model=16, heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=1,
-                                          dropout=0.0, num_mel_bins=20)).eval()
+    model = SeacoParaformer(
+        12, ModelArgs(d_model=16, heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=1, dropout=0.0, num_mel_bins=20)
+    ).eval()
     feats, lengths, targets = torch.randn(3, 50, 20), torch.tensor([50, 30, 40]), torch.tensor([5, 3, 4])
     emb, mask, hidden = model.asr_states(feats, lengths, targets)
     alone = model.asr_states(feats[1:2, :30], lengths[1:2], targets[1:2])

@@ -28,8 +28,12 @@ def test_word_spans_are_whole_words():
     space = 9
     toks = [3, 4, space, 5, 6, 7, space, 8]
     for i in range(50):
-        for s, e in sample_spans(toks, np.random.default_rng(i), HotwordSampling(prob=1.0, span_unit="word"),
-                                 lambda t: split_on_space(t, space)):
+        for s, e in sample_spans(
+            toks,
+            np.random.default_rng(i),
+            HotwordSampling(prob=1.0, span_unit="word"),
+            lambda t: split_on_space(t, space),
+        ):
             assert (s, e) in {(0, 2), (3, 6)}
 
 
@@ -41,8 +45,9 @@ def test_batch_shares_one_list_ending_with_no_bias_and_labels_only_own_spans():
 
 
 def test_distractors_join_the_list_unlabelled_after_the_spans_and_dedupe():
-    hb = hotword_batch([[3, 4, 5, 6], [7, 8, 9]], [[(1, 3)], []], no_bias_id=20, sos_id=1,
-                       distractors=[[8, 9, 9], [4, 5]])
+    hb = hotword_batch(
+        [[3, 4, 5, 6], [7, 8, 9]], [[(1, 3)], []], no_bias_id=20, sos_id=1, distractors=[[8, 9, 9], [4, 5]]
+    )
     assert hb["hotwords"].tolist() == [[4, 5, 0], [8, 9, 9], [1, 0, 0]]  # [4, 5] is already a true span
     assert torch.equal(hb["hotword_labels"], torch.tensor([[20, 4, 5, 20], [20, 20, 20, -1]]))
 
@@ -88,8 +93,9 @@ def test_rare_power_draws_the_rare_word_of_a_sentence_most_of_the_time(tmp_path)
     vocab = CharVocab.from_texts(texts)
 
     def drawn(power: float) -> float:
-        ds = AsrDataset(sources, vocab, 3, 0, HotwordSampling(prob=1.0, double_prob=0.0, span_unit="word",
-                                                             rare_power=power))
+        ds = AsrDataset(
+            sources, vocab, 3, 0, HotwordSampling(prob=1.0, double_prob=0.0, span_unit="word", rare_power=power)
+        )
         words = []
         for pos in range(300):
             item = ds[(0, Draw(0, pos % len(texts), pos))]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from speakerforge.asr.model import ModelArgs, SeacoParaformer
-
 from tests.asr.helpers import TINY_MODEL
 
 

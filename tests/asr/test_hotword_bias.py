@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from speakerforge.asr.data import hotword_batch
+from speakerforge.asr.data import hotword_batch, pad_features
 from speakerforge.asr.infer import AsrModel
 from speakerforge.asr.metrics import score_corpus
 from speakerforge.asr.model import ASR_PART, HOTWORD_PART, ModelArgs, SeacoParaformer
-from speakerforge.asr.trainer import pad_features
 from speakerforge.asr.vocab import CharVocab
-
 from tests.asr.helpers import tone_utterance
 
 NAMES = ["bab", "dad", "gag", "fif"]
@@ -42,11 +40,25 @@ def test_true_hotword_raises_recall_on_a_tiny_overfit_case(memory):
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead on a shared machine
     texts = [t.format(n) for n in NAMES for t in TEMPLATES]
     vocab = CharVocab.from_texts(texts)
-    asr = AsrModel(SeacoParaformer(len(vocab), ModelArgs(num_mel_bins=20, d_model=32, heads=2, ffn_dim=64,
-                                                         encoder_layers=2, decoder_layers=1, dropout=0.0,
-                                                         ctc=False, bias_memory=memory,
-                                                         bias_bidirectional=memory == "token")), vocab,
-                   {"num_mel_bins": 20, "frame_length": 25.0, "frame_shift": 10.0, "mean_norm": True})
+    asr = AsrModel(
+        SeacoParaformer(
+            len(vocab),
+            ModelArgs(
+                num_mel_bins=20,
+                d_model=32,
+                heads=2,
+                ffn_dim=64,
+                encoder_layers=2,
+                decoder_layers=1,
+                dropout=0.0,
+                ctc=False,
+                bias_memory=memory,
+                bias_bidirectional=memory == "token",
+            ),
+        ),
+        vocab,
+        {"num_mel_bins": 20, "frame_length": 25.0, "frame_shift": 10.0, "mean_norm": True},
+    )
     model = asr.model.train()
     wavs = [torch.from_numpy(tone_utterance(t.format("kek"))) for n in NAMES for t in TEMPLATES]
     feats, flen = pad_features([asr.feats(w) for w in wavs])
@@ -58,12 +70,20 @@ def test_true_hotword_raises_recall_on_a_tiny_overfit_case(memory):
 
     def batch(idx, spans):
         hb = hotword_batch([toks[i] for i in idx], spans, model.no_bias_id, vocab.sos_id)
-        return (feats[idx], flen[idx], targets[idx, : int(tlen[idx].max())], tlen[idx], hb["hotwords"],
-                hb["hotword_lengths"], hb["hotword_labels"])
+        return (
+            feats[idx],
+            flen[idx],
+            targets[idx, : int(tlen[idx].max())],
+            tlen[idx],
+            hb["hotwords"],
+            hb["hotword_lengths"],
+            hb["hotword_labels"],
+        )
 
     every = list(range(len(texts)))
     asr_params = [p for n, p in model.named_parameters() if n.split(".")[0] in ASR_PART]
     _train(model, asr_params, 120, lambda s: batch(every, [[] for _ in every]), ("ce", "cif"))
+
     # stage 2: the batch is one name's utterances; its hotword list holds that name (when drawn, p = 0.75)
     def name_span(i):
         words = texts[i].split()

@@ -47,7 +47,8 @@ def test_biasing_summary_gives_the_recall_ratio_and_u_wer_change_and_no_ratio_to
     from speakerforge.asr.infer import biasing_summary
 
     rows = {"no hotwords": {"recall": 10.0, "u_wer": 20.0}, "true hotwords": {"recall": 25.0, "u_wer": 20.5}}
-    assert biasing_summary(rows) == ("true hotwords: hotword recall 25.0% vs 10.0% without a list (2.50x); "
-                                     "U-WER +0.50 points")
+    assert biasing_summary(rows) == (
+        "true hotwords: hotword recall 25.0% vs 10.0% without a list (2.50x); U-WER +0.50 points"
+    )
     rows = {"no hotwords": {"recall": 0.0, "u_wer": 13.0}, "true hotwords": {"recall": 0.0, "u_wer": 13.2}}
     assert "(no ratio: none found without a list or with it); U-WER +0.20 points" in biasing_summary(rows)

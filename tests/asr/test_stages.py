@@ -8,7 +8,6 @@ import torch
 from speakerforge.asr.model import ASR_PART, HOTWORD_PART
 from speakerforge.asr.trainer import AsrTrainer
 from speakerforge.errors import ConfigError
-
 from tests.asr.helpers import tiny_config, write_tone_corpus
 
 TEXTS = ["ab cd", "bad cab", "dab", "ace bed", "cade", "bee dab"]
@@ -78,8 +77,12 @@ def test_eval_prints_a_row_per_condition_and_filters_long_lists(tmp_path):
     from speakerforge.asr.infer import evaluate
 
     data = write_tone_corpus(tmp_path / "data", TEXTS)
-    out = AsrTrainer(tiny_config(data, [dict(TWO_STAGES[0], epochs=1)], {"stage_losses": {"asr": ["ce", "cif"]}},
-                                 integrity_check=False), tmp_path / "exp").run()
+    out = AsrTrainer(
+        tiny_config(
+            data, [dict(TWO_STAGES[0], epochs=1)], {"stage_losses": {"asr": ["ce", "cif"]}}, integrity_check=False
+        ),
+        tmp_path / "exp",
+    ).run()
     (tmp_path / "true.txt").write_text("cab\ndab\n")
     (tmp_path / "d60.txt").write_text("".join(f"zz{chr(97 + i % 26)}{chr(97 + i // 26)}\n" for i in range(60)))
     rows, table = evaluate(out, data, tmp_path / "true.txt", [tmp_path / "d60.txt"])
@@ -117,8 +120,9 @@ def test_init_asr_part_loads_the_asr_modules_and_leaves_new_hotword_modules(tmp_
     from tests.trainutil import model_weights
 
     data = write_tone_corpus(tmp_path / "data", TEXTS)
-    first = AsrTrainer(tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}),
-                       tmp_path / "asr").run()
+    first = AsrTrainer(
+        tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}), tmp_path / "asr"
+    ).run()
     src = model_weights(first.parent)
 
     class _Start(AsrTrainer):
@@ -149,8 +153,9 @@ def test_hotword_stage_reuses_frozen_asr_states_and_trains_as_without_the_cache(
     from tests.trainutil import model_weights
 
     data = write_tone_corpus(tmp_path / "data", TEXTS)
-    first = AsrTrainer(tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}),
-                       tmp_path / "asr").run()
+    first = AsrTrainer(
+        tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}), tmp_path / "asr"
+    ).run()
     from speakerforge.asr.trainer import AsrInit
 
     calls = []
@@ -164,8 +169,9 @@ def test_hotword_stage_reuses_frozen_asr_states_and_trains_as_without_the_cache(
     ends = {}
     for cache in (True, False):
         calls.clear()
-        cfg = tiny_config(data, [dict(TWO_STAGES[1], epochs=3)],
-                          {"stage_losses": {"hotword": ["hotword"]}, "cache_asr_states": cache})
+        cfg = tiny_config(
+            data, [dict(TWO_STAGES[1], epochs=3)], {"stage_losses": {"hotword": ["hotword"]}, "cache_asr_states": cache}
+        )
         cfg.optim.optimizer = "sgd"  # Adam would blow float noise in gradients that are ~0 (key biases) up to lr
         out = _Count(cfg, tmp_path / f"hot{cache}", init=AsrInit(first.parent, "all")).run()
         ends[cache] = (model_weights(out.parent), sum(calls))
@@ -181,16 +187,51 @@ def test_ctc_decoding_with_a_context_graph_through_the_cli(tmp_path, capsys):
     from speakerforge.cli import main
 
     data = write_tone_corpus(tmp_path / "data", TEXTS)
-    out = AsrTrainer(tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}),
-                     tmp_path / "exp").run()
+    out = AsrTrainer(
+        tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}), tmp_path / "exp"
+    ).run()
     (tmp_path / "true.txt").write_text("cab\ndab\n")
-    assert main(["asr", "eval", "--model", str(out), "--data", str(data), "--hotwords", str(tmp_path / "true.txt"),
-                 "--decoding", "ctc", "--context-score", "3", "--beam", "4"]) == 0
+    assert (
+        main(
+            [
+                "asr",
+                "eval",
+                "--model",
+                str(out),
+                "--data",
+                str(data),
+                "--hotwords",
+                str(tmp_path / "true.txt"),
+                "--decoding",
+                "ctc",
+                "--context-score",
+                "3",
+                "--beam",
+                "4",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[0] == "condition" and lines[2].startswith("true hotwords")
     assert lines[-1] == "decoding: ctc beam search, context score 3, beam 4"
-    assert main(["asr", "decode", "--model", str(out), "--data", str(data), "--hotwords",
-                 str(tmp_path / "true.txt"), "--decoding", "ctc"]) == 0
+    assert (
+        main(
+            [
+                "asr",
+                "decode",
+                "--model",
+                str(out),
+                "--data",
+                str(data),
+                "--hotwords",
+                str(tmp_path / "true.txt"),
+                "--decoding",
+                "ctc",
+            ]
+        )
+        == 0
+    )
     assert len(capsys.readouterr().out.splitlines()) == len(TEXTS)
 
     cfg = tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "cif"]}})

@@ -7,7 +7,9 @@ import pytest
 from speakerforge.asr.vocab import SPACE, SPECIALS, CharVocab, PieceVocab, split_on_space, vocab_from_meta
 
 TEXTS = [f"please call {name} at the station" for name in ("treekreek", "plaizor", "beezo", "kreedoux")] * 5 + [
-    "the station is open", "call me at noon"]
+    "the station is open",
+    "call me at noon",
+]
 
 
 def test_pieces_start_with_the_specials_and_round_trip_text():
@@ -51,10 +53,16 @@ def test_bpe_training_end_to_end_writes_a_model_that_decodes_with_its_pieces(tmp
 
     texts = ["ab cd", "bad cab", "dab", "ace bed", "cade", "bee dab"]
     data = write_tone_corpus(tmp_path / "data", texts)
-    asr = {"tokenizer": "bpe", "bpe_size": 12, "stage_losses": {"asr": ["ce", "ctc", "cif"], "hot": ["hotword"]},
-           "hotwords": {"span_unit": "word", "min_len": 1}}
-    stages = [{"name": "asr", "epochs": 1, "freeze": "bias_encoder,seaco_decoder,hotword_output_layer"},
-              {"name": "hot", "epochs": 1, "freeze": "encoder,predictor,decoder,ctc"}]
+    asr = {
+        "tokenizer": "bpe",
+        "bpe_size": 12,
+        "stage_losses": {"asr": ["ce", "ctc", "cif"], "hot": ["hotword"]},
+        "hotwords": {"span_unit": "word", "min_len": 1},
+    }
+    stages = [
+        {"name": "asr", "epochs": 1, "freeze": "bias_encoder,seaco_decoder,hotword_output_layer"},
+        {"name": "hot", "epochs": 1, "freeze": "encoder,predictor,decoder,ctc"},
+    ]
     out = AsrTrainer(tiny_config(data, stages, asr), tmp_path / "exp").run()
     model = AsrModel.load(out)
     assert isinstance(model.vocab, PieceVocab)

@@ -38,8 +38,17 @@ REPO = Path(__file__).resolve().parents[2]
 SR = 16000
 # tests.trainutil.TINY_MODEL as --set items without spaces (argv templates are split on spaces), plus settings
 # small enough that the model fixture trains in seconds on one CPU thread.
-TINY_SETS = ["model.name=ecapa_tdnn", "model.args.channels=16", "model.args.embedding_dim=16", "data.batch_size=8",
-             "data.crop_seconds=0.5", "train.threads=1", "train.epochs=1", "optim.lr=0.05", "train.seed=3"]
+TINY_SETS = [
+    "model.name=ecapa_tdnn",
+    "model.args.channels=16",
+    "model.args.embedding_dim=16",
+    "data.batch_size=8",
+    "data.crop_seconds=0.5",
+    "train.threads=1",
+    "train.epochs=1",
+    "optim.lr=0.05",
+    "train.seed=3",
+]
 
 
 def _sets(*extra: str) -> str:
@@ -110,15 +119,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     # manifests: one row each, or a few
     m = root / "man"
     for name in ("empty", "text", "nan", "short", "short40", "m4a", "dir_wav", "silent"):
-        w[f"m_{name}"] = _jsonl(m / f"{name}.jsonl", [{"key": "ok", "wav": str(w["good_a"]), "spk": "s1"},
-                                                      {"key": name, "wav": str(w[name]), "spk": "s2"}])
-    w["m_missing_audio"] = _jsonl(m / "missing_audio.jsonl", [{"key": "ok", "wav": str(w["good_a"]), "spk": "s1"},
-                                                              {"key": "gone", "wav": "nope/gone.wav", "spk": "s1"}])
-    w["m_dup"] = _jsonl(m / "dup.jsonl", [{"key": "a", "wav": str(w["good_a"]), "spk": "s1"},
-                                          {"key": "b", "wav": str(w["good_b"]), "spk": "s1"},
-                                          {"key": "a", "wav": str(w["good_b"]), "spk": "s2"}])
-    w["m_rates"] = _jsonl(m / "rates.jsonl", [{"key": "r8", "wav": str(w["sr8k"]), "spk": "s1"},
-                                              {"key": "r44", "wav": str(w["sr44k"]), "spk": "s2"}])
+        w[f"m_{name}"] = _jsonl(
+            m / f"{name}.jsonl",
+            [{"key": "ok", "wav": str(w["good_a"]), "spk": "s1"}, {"key": name, "wav": str(w[name]), "spk": "s2"}],
+        )
+    w["m_missing_audio"] = _jsonl(
+        m / "missing_audio.jsonl",
+        [{"key": "ok", "wav": str(w["good_a"]), "spk": "s1"}, {"key": "gone", "wav": "nope/gone.wav", "spk": "s1"}],
+    )
+    w["m_dup"] = _jsonl(
+        m / "dup.jsonl",
+        [
+            {"key": "a", "wav": str(w["good_a"]), "spk": "s1"},
+            {"key": "b", "wav": str(w["good_b"]), "spk": "s1"},
+            {"key": "a", "wav": str(w["good_b"]), "spk": "s2"},
+        ],
+    )
+    w["m_rates"] = _jsonl(
+        m / "rates.jsonl",
+        [{"key": "r8", "wav": str(w["sr8k"]), "spk": "s1"}, {"key": "r44", "wav": str(w["sr44k"]), "spk": "s2"}],
+    )
     w["m_badcols"] = m / "badcols.csv"
     w["m_badcols"].write_text(f"ID,dur,path,start,stop\na,1.0,{w['good_a']},,\n")
     w["m_badjson"] = m / "badjson.jsonl"
@@ -238,8 +258,7 @@ def C(id: str, argv: str, *needles: str, subprocess: bool = False) -> Case:
 MODEL = "--model {model}"
 CASES = [
     # ---- validate: problems are listed on stdout; the verdict is one error line on stderr
-    C("validate-missing-manifest", "validate {root}/absent.jsonl", "{root}/absent.jsonl", "not found",
-      subprocess=True),
+    C("validate-missing-manifest", "validate {root}/absent.jsonl", "{root}/absent.jsonl", "not found", subprocess=True),
     C("validate-missing-audio", "validate {m_missing_audio}", "{m_missing_audio}:2", "gone.wav", "not found"),
     C("validate-empty-audio", "validate {m_empty}", "{m_empty}:2", "empty.wav", "empty"),
     C("validate-corrupt-audio", "validate {m_text}", "{m_text}:2", "text.wav", "cannot decode"),
@@ -253,135 +272,321 @@ CASES = [
     C("validate-kaldi-pipe", "validate {kaldi_pipe}", "{kaldi_pipe}/wav.scp:2", "pipe"),
     C("validate-directory-as-manifest", "validate {m_dir_jsonl}", "{m_dir_jsonl}", "wav.scp"),
     # ---- prepare
-    C("prepare-librispeech-missing", "prepare librispeech {root}/nolibri --out {out}/m", "{root}/nolibri",
-      "not found"),
-    C("prepare-librispeech-no-files", "prepare librispeech {libri_empty} --out {out}/m", "{libri_empty}",
-      "no LibriSpeech files"),
-    C("prepare-librispeech-corrupt-only", "prepare librispeech {libri_bad} --out {out}/m", "{libri_bad}",
-      "no usable librispeech utterances", "19-198-0001.flac"),
-    C("prepare-librispeech-unwritable-out", "prepare librispeech {libri_ok} --out {unwritable}/m",
-      "{unwritable}"),
+    C("prepare-librispeech-missing", "prepare librispeech {root}/nolibri --out {out}/m", "{root}/nolibri", "not found"),
+    C(
+        "prepare-librispeech-no-files",
+        "prepare librispeech {libri_empty} --out {out}/m",
+        "{libri_empty}",
+        "no LibriSpeech files",
+    ),
+    C(
+        "prepare-librispeech-corrupt-only",
+        "prepare librispeech {libri_bad} --out {out}/m",
+        "{libri_bad}",
+        "no usable librispeech utterances",
+        "19-198-0001.flac",
+    ),
+    C("prepare-librispeech-unwritable-out", "prepare librispeech {libri_ok} --out {unwritable}/m", "{unwritable}"),
     C("prepare-commonvoice-no-tsv", "prepare commonvoice {cv_none} --out {out}/m", "{cv_none}", "validated.tsv"),
-    C("prepare-commonvoice-bad-header", "prepare commonvoice {cv_header} --out {out}/m", "{cv_header}/validated.tsv:1",
-      "client_id"),
-    C("prepare-commonvoice-binary-tsv", "prepare commonvoice {cv_binary} --out {out}/m", "{cv_binary}/validated.tsv",
-      "UTF-8"),
+    C(
+        "prepare-commonvoice-bad-header",
+        "prepare commonvoice {cv_header} --out {out}/m",
+        "{cv_header}/validated.tsv:1",
+        "client_id",
+    ),
+    C(
+        "prepare-commonvoice-binary-tsv",
+        "prepare commonvoice {cv_binary} --out {out}/m",
+        "{cv_binary}/validated.tsv",
+        "UTF-8",
+    ),
     C("prepare-synthetic-zero-speakers", "prepare synthetic --out {out}/s --speakers 0", "synthetic", "speakers"),
-    C("prepare-synthetic-trials-impossible", "prepare synthetic --out {out}/s --speakers 1 --trials 10",
-      "trials", "two speakers"),
+    C(
+        "prepare-synthetic-trials-impossible",
+        "prepare synthetic --out {out}/s --speakers 1 --trials 10",
+        "trials",
+        "two speakers",
+    ),
     C("prepare-synthetic-unwritable-out", "prepare synthetic --out {unwritable}/s --speakers 2", "{unwritable}"),
-    C("prepare-demo-unwritable-out", "prepare demo --out {unwritable}/d --train-speakers 1 --test-speakers 2",
-      "{unwritable}"),
+    C(
+        "prepare-demo-unwritable-out",
+        "prepare demo --out {unwritable}/d --train-speakers 1 --test-speakers 2",
+        "{unwritable}",
+    ),
     C("prepare-demo-too-few-speakers", "prepare demo --out {out}/d --test-speakers 1", "test speakers"),
     # ---- train
-    C("train-config-missing", "train --config {root}/none.yaml --exp {out}/e --data {corpus}", "{root}/none.yaml",
-      "not found"),
+    C(
+        "train-config-missing",
+        "train --config {root}/none.yaml --exp {out}/e --data {corpus}",
+        "{root}/none.yaml",
+        "not found",
+    ),
     C("train-config-is-directory", "train --config {a_dir} --exp {out}/e --data {corpus}", "{a_dir}", "directory"),
-    C("train-config-unknown-key", "train --config {cfg_unknown} --exp {out}/e --data {corpus}", "{cfg_unknown}",
-      "'optim.lrr'", "'optim.lr'", subprocess=True),
-    C("train-config-wrong-type", "train --config {cfg_type} --exp {out}/e --data {corpus}", "{cfg_type}",
-      "train.epochs", "integer"),
-    C("train-config-invalid-yaml", "train --config {cfg_yaml} --exp {out}/e --data {corpus}", "{cfg_yaml}:3:",
-      "invalid YAML"),
-    C("train-set-missing-key", "train --exp {out}/e --data {corpus} --set train.epoch=3", "'train.epoch'",
-      "'train.epochs'"),
-    C("train-set-wrong-type", "train --exp {out}/e --data {corpus} --set data.batch_size=big", "data.batch_size",
-      "integer"),
-    C("train-set-zero-epochs", "train --exp {out}/e --data {corpus} " + _sets("train.epochs=0"), "train.epochs",
-      ">= 1"),
+    C(
+        "train-config-unknown-key",
+        "train --config {cfg_unknown} --exp {out}/e --data {corpus}",
+        "{cfg_unknown}",
+        "'optim.lrr'",
+        "'optim.lr'",
+        subprocess=True,
+    ),
+    C(
+        "train-config-wrong-type",
+        "train --config {cfg_type} --exp {out}/e --data {corpus}",
+        "{cfg_type}",
+        "train.epochs",
+        "integer",
+    ),
+    C(
+        "train-config-invalid-yaml",
+        "train --config {cfg_yaml} --exp {out}/e --data {corpus}",
+        "{cfg_yaml}:3:",
+        "invalid YAML",
+    ),
+    C(
+        "train-set-missing-key",
+        "train --exp {out}/e --data {corpus} --set train.epoch=3",
+        "'train.epoch'",
+        "'train.epochs'",
+    ),
+    C(
+        "train-set-wrong-type",
+        "train --exp {out}/e --data {corpus} --set data.batch_size=big",
+        "data.batch_size",
+        "integer",
+    ),
+    C(
+        "train-set-zero-epochs",
+        "train --exp {out}/e --data {corpus} " + _sets("train.epochs=0"),
+        "train.epochs",
+        ">= 1",
+    ),
     C("train-set-negative-lr", "train --exp {out}/e --data {corpus} " + _sets("optim.lr=-0.1"), "optim.lr", "> 0"),
-    C("train-data-missing", "train --exp {out}/e --data {root}/nope.jsonl " + _sets(), "{root}/nope.jsonl",
-      "not found"),
+    C(
+        "train-data-missing",
+        "train --exp {out}/e --data {root}/nope.jsonl " + _sets(),
+        "{root}/nope.jsonl",
+        "not found",
+    ),
     C("train-data-duplicate-ids", "train --exp {out}/e --data {m_dup} " + _sets(), "{m_dup}:3", "duplicate ID"),
     C("train-data-bad-columns", "train --exp {out}/e --data {m_badcols} " + _sets(), "{m_badcols}:1", "spk"),
-    C("train-data-kaldi-pipe", "train --exp {out}/e --data {kaldi_pipe} " + _sets(), "{kaldi_pipe}/wav.scp:2",
-      "pipe"),
-    C("train-data-corrupt-audio", "train --exp {out}/e --data {m_text} " + _sets(), "{m_text}:2", "text.wav",
-      "--skip-bad-audio"),
-    C("train-data-empty-and-missing-audio", "train --exp {out}/e --data {m_empty} {m_missing_audio} " + _sets(),
-      "2 unreadable", "{m_empty}:2", "empty.wav"),
-    C("train-data-nan-audio", "train --exp {out}/e --data {m_nan} " + _sets("data.batch_size=2"), "{m_nan}:2",
-      "nan.wav", "NaN"),
-    C("train-data-nan-audio-in-a-worker", "train --exp {out}/e --data {m_nan} "
-      + _sets("data.batch_size=2", "data.num_workers=1"), "{m_nan}:2", "nan.wav", "NaN"),
+    C("train-data-kaldi-pipe", "train --exp {out}/e --data {kaldi_pipe} " + _sets(), "{kaldi_pipe}/wav.scp:2", "pipe"),
+    C(
+        "train-data-corrupt-audio",
+        "train --exp {out}/e --data {m_text} " + _sets(),
+        "{m_text}:2",
+        "text.wav",
+        "--skip-bad-audio",
+    ),
+    C(
+        "train-data-empty-and-missing-audio",
+        "train --exp {out}/e --data {m_empty} {m_missing_audio} " + _sets(),
+        "2 unreadable",
+        "{m_empty}:2",
+        "empty.wav",
+    ),
+    C(
+        "train-data-nan-audio",
+        "train --exp {out}/e --data {m_nan} " + _sets("data.batch_size=2"),
+        "{m_nan}:2",
+        "nan.wav",
+        "NaN",
+    ),
+    C(
+        "train-data-nan-audio-in-a-worker",
+        "train --exp {out}/e --data {m_nan} " + _sets("data.batch_size=2", "data.num_workers=1"),
+        "{m_nan}:2",
+        "nan.wav",
+        "NaN",
+    ),
     C("train-unwritable-exp", "train --exp {unwritable}/e --data {corpus} " + _sets(), "{unwritable}"),
     # ---- finetune
-    C("finetune-init-missing", "finetune --init {root}/none --exp {out}/e --data {corpus} " + _sets(),
-      "{root}/none", "not found"),
-    C("finetune-init-planted-pickle", "finetune --init {planted_pt} --init-format 3dspeaker --exp {out}/e "
-      "--data {corpus} " + _sets(), "{planted_pt}", "refused"),
-    C("finetune-init-planted-checkpoint", "finetune --init {planted_exp} --exp {out}/e --data {corpus} " + _sets(),
-      "{planted_exp}", "refused"),
-    C("finetune-init-not-a-checkpoint", "finetune --init {fake_onnx} --exp {out}/e --data {corpus} " + _sets(),
-      "{fake_onnx}", "not a speakerforge checkpoint"),
-    C("finetune-freeze-matches-nothing", "finetune --init {exp} --freeze backbone.nothing_here --exp {out}/e "
-      "--data {corpus} " + _sets(), "backbone.nothing_here", "matches no"),
-    C("finetune-set-missing-key", "finetune --init {exp} --exp {out}/e --data {corpus} --set train.frezee=x",
-      "'train.frezee'", "'train.freeze'"),
+    C(
+        "finetune-init-missing",
+        "finetune --init {root}/none --exp {out}/e --data {corpus} " + _sets(),
+        "{root}/none",
+        "not found",
+    ),
+    C(
+        "finetune-init-planted-pickle",
+        "finetune --init {planted_pt} --init-format 3dspeaker --exp {out}/e --data {corpus} " + _sets(),
+        "{planted_pt}",
+        "refused",
+    ),
+    C(
+        "finetune-init-planted-checkpoint",
+        "finetune --init {planted_exp} --exp {out}/e --data {corpus} " + _sets(),
+        "{planted_exp}",
+        "refused",
+    ),
+    C(
+        "finetune-init-not-a-checkpoint",
+        "finetune --init {fake_onnx} --exp {out}/e --data {corpus} " + _sets(),
+        "{fake_onnx}",
+        "not a speakerforge checkpoint",
+    ),
+    C(
+        "finetune-freeze-matches-nothing",
+        "finetune --init {exp} --freeze backbone.nothing_here --exp {out}/e --data {corpus} " + _sets(),
+        "backbone.nothing_here",
+        "matches no",
+    ),
+    C(
+        "finetune-set-missing-key",
+        "finetune --init {exp} --exp {out}/e --data {corpus} --set train.frezee=x",
+        "'train.frezee'",
+        "'train.freeze'",
+    ),
     # ---- extract
-    C("extract-model-missing", "extract --model {root}/none.safetensors --data {m_rates} --out {out}/e.npz",
-      "{root}/none.safetensors", "not found"),
-    C("extract-model-fake-onnx", "extract --model {fake_onnx} --data {m_rates} --out {out}/e.npz", "{fake_onnx}",
-      "ONNX"),
-    C("extract-model-planted-checkpoint", "extract --model {planted_ckpt} --data {m_rates} --out {out}/e.npz",
-      "{planted_ckpt}", "refused"),
-    C("extract-data-missing", "extract " + MODEL + " --data {root}/none.jsonl --out {out}/e.npz",
-      "{root}/none.jsonl", "not found"),
-    C("extract-corrupt-audio", "extract " + MODEL + " --data {m_text} --out {out}/e.npz", "{m_text}:2", "text.wav",
-      "cannot decode"),
-    C("extract-empty-audio", "extract " + MODEL + " --data {m_empty} --out {out}/e.npz", "{m_empty}:2",
-      "empty.wav"),
+    C(
+        "extract-model-missing",
+        "extract --model {root}/none.safetensors --data {m_rates} --out {out}/e.npz",
+        "{root}/none.safetensors",
+        "not found",
+    ),
+    C(
+        "extract-model-fake-onnx",
+        "extract --model {fake_onnx} --data {m_rates} --out {out}/e.npz",
+        "{fake_onnx}",
+        "ONNX",
+    ),
+    C(
+        "extract-model-planted-checkpoint",
+        "extract --model {planted_ckpt} --data {m_rates} --out {out}/e.npz",
+        "{planted_ckpt}",
+        "refused",
+    ),
+    C(
+        "extract-data-missing",
+        "extract " + MODEL + " --data {root}/none.jsonl --out {out}/e.npz",
+        "{root}/none.jsonl",
+        "not found",
+    ),
+    C(
+        "extract-corrupt-audio",
+        "extract " + MODEL + " --data {m_text} --out {out}/e.npz",
+        "{m_text}:2",
+        "text.wav",
+        "cannot decode",
+    ),
+    C("extract-empty-audio", "extract " + MODEL + " --data {m_empty} --out {out}/e.npz", "{m_empty}:2", "empty.wav"),
     C("extract-nan-audio", "extract " + MODEL + " --data {m_nan} --out {out}/e.npz", "{m_nan}:2", "nan.wav", "NaN"),
-    C("extract-too-short-audio", "extract " + MODEL + " --data {m_short} --out {out}/e.npz", "{m_short}:2",
-      "short.wav", "shorter"),
-    C("extract-too-short-for-the-network", "extract " + MODEL + " --data {m_short40} --out {out}/e.npz",
-      "{m_short40}:2", "short40.wav", "shorter"),
-    C("extract-onnx-too-short-for-the-network", "extract --model {onnx} --data {m_short40} --out {out}/e.npz",
-      "{m_short40}:2", "short40.wav", "shorter"),
-    C("extract-unsupported-format", "extract " + MODEL + " --data {m_m4a} --out {out}/e.npz", "{m_m4a}:2",
-      "clip.m4a"),
-    C("extract-duplicate-ids", "extract " + MODEL + " --data {m_dup} --out {out}/e.npz", "{m_dup}:3",
-      "duplicate ID"),
-    C("extract-kaldi-pipe", "extract " + MODEL + " --data {kaldi_pipe} --out {out}/e.npz", "{kaldi_pipe}/wav.scp:2",
-      "pipe"),
+    C(
+        "extract-too-short-audio",
+        "extract " + MODEL + " --data {m_short} --out {out}/e.npz",
+        "{m_short}:2",
+        "short.wav",
+        "shorter",
+    ),
+    C(
+        "extract-too-short-for-the-network",
+        "extract " + MODEL + " --data {m_short40} --out {out}/e.npz",
+        "{m_short40}:2",
+        "short40.wav",
+        "shorter",
+    ),
+    C(
+        "extract-onnx-too-short-for-the-network",
+        "extract --model {onnx} --data {m_short40} --out {out}/e.npz",
+        "{m_short40}:2",
+        "short40.wav",
+        "shorter",
+    ),
+    C("extract-unsupported-format", "extract " + MODEL + " --data {m_m4a} --out {out}/e.npz", "{m_m4a}:2", "clip.m4a"),
+    C("extract-duplicate-ids", "extract " + MODEL + " --data {m_dup} --out {out}/e.npz", "{m_dup}:3", "duplicate ID"),
+    C(
+        "extract-kaldi-pipe",
+        "extract " + MODEL + " --data {kaldi_pipe} --out {out}/e.npz",
+        "{kaldi_pipe}/wav.scp:2",
+        "pipe",
+    ),
     C("extract-out-not-npz", "extract " + MODEL + " --data {m_rates} --out {out}/e.txt", "{out}/e.txt", ".npz"),
-    C("extract-out-is-directory", "extract " + MODEL + " --data {m_rates} --out {out}/d.npz", "{out}/d.npz",
-      "is a folder"),
+    C(
+        "extract-out-is-directory",
+        "extract " + MODEL + " --data {m_rates} --out {out}/d.npz",
+        "{out}/d.npz",
+        "is a folder",
+    ),
     C("extract-unwritable-out", "extract " + MODEL + " --data {m_rates} --out {unwritable}/e.npz", "{unwritable}"),
     # ---- score
-    C("score-unknown-utterances", "score --embeddings {emb} --trials {trials_unknown} --out {out}/s.txt",
-      "{trials_unknown}", "ghost"),
-    C("score-malformed-trials", "score --embeddings {emb} --trials {trials_malformed} --out {out}/s.txt",
-      "{trials_malformed}:3", subprocess=True),
-    C("score-cohort-dimension", "score --embeddings {emb} --trials {trials} --cohort {cohort8} --out {out}/s.txt",
-      "{cohort8}", "8", "16"),
-    C("score-embeddings-missing", "score --embeddings {root}/no.npz --trials {trials} --out {out}/s.txt",
-      "{root}/no.npz", "not found"),
+    C(
+        "score-unknown-utterances",
+        "score --embeddings {emb} --trials {trials_unknown} --out {out}/s.txt",
+        "{trials_unknown}",
+        "ghost",
+    ),
+    C(
+        "score-malformed-trials",
+        "score --embeddings {emb} --trials {trials_malformed} --out {out}/s.txt",
+        "{trials_malformed}:3",
+        subprocess=True,
+    ),
+    C(
+        "score-cohort-dimension",
+        "score --embeddings {emb} --trials {trials} --cohort {cohort8} --out {out}/s.txt",
+        "{cohort8}",
+        "8",
+        "16",
+    ),
+    C(
+        "score-embeddings-missing",
+        "score --embeddings {root}/no.npz --trials {trials} --out {out}/s.txt",
+        "{root}/no.npz",
+        "not found",
+    ),
     C("score-embeddings-corrupt", "score --embeddings {emb_text} --trials {trials} --out {out}/s.txt", "{emb_text}"),
-    C("score-embeddings-nan", "score --embeddings {emb_nan} --trials {trials_target} --out {out}/s.txt",
-      "{emb_nan}", "NaN"),
-    C("score-trials-is-directory", "score --embeddings {emb} --trials {a_dir} --out {out}/s.txt", "{a_dir}",
-      "directory"),
-    C("score-embeddings-is-directory", "score --embeddings {out}/d.npz --trials {trials} --out {out}/s.txt",
-      "{out}/d.npz", "directory"),
-    C("score-unwritable-out", "score --embeddings {emb} --trials {trials} --out {unwritable}/s.txt",
-      "{unwritable}"),
+    C(
+        "score-embeddings-nan",
+        "score --embeddings {emb_nan} --trials {trials_target} --out {out}/s.txt",
+        "{emb_nan}",
+        "NaN",
+    ),
+    C(
+        "score-trials-is-directory",
+        "score --embeddings {emb} --trials {a_dir} --out {out}/s.txt",
+        "{a_dir}",
+        "directory",
+    ),
+    C(
+        "score-embeddings-is-directory",
+        "score --embeddings {out}/d.npz --trials {trials} --out {out}/s.txt",
+        "{out}/d.npz",
+        "directory",
+    ),
+    C("score-unwritable-out", "score --embeddings {emb} --trials {trials} --out {unwritable}/s.txt", "{unwritable}"),
     # ---- eval
-    C("eval-all-target-trials", "eval --scores {scores_target} --out-dir {out}", "{scores_target}",
-      "all 2 trials are target"),
-    C("eval-all-target-trial-list", "eval --scores {scores_unlabelled_target} --trials {trials_target} "
-      "--out-dir {out}", "{trials_target}", "all 2 trials are target"),
+    C(
+        "eval-all-target-trials",
+        "eval --scores {scores_target} --out-dir {out}",
+        "{scores_target}",
+        "all 2 trials are target",
+    ),
+    C(
+        "eval-all-target-trial-list",
+        "eval --scores {scores_unlabelled_target} --trials {trials_target} --out-dir {out}",
+        "{trials_target}",
+        "all 2 trials are target",
+    ),
     C("eval-nan-scores", "eval --scores {scores_nan} --out-dir {out}", "{scores_nan}:2", "NaN"),
     C("eval-malformed-scores", "eval --scores {scores_malformed} --out-dir {out}", "{scores_malformed}:2"),
-    C("eval-unlabelled-without-trials", "eval --scores {scores_unlabelled} --out-dir {out}", "{scores_unlabelled}",
-      "--trials"),
+    C(
+        "eval-unlabelled-without-trials",
+        "eval --scores {scores_unlabelled} --out-dir {out}",
+        "{scores_unlabelled}",
+        "--trials",
+    ),
     C("eval-scores-missing", "eval --scores {root}/no.score --out-dir {out}", "{root}/no.score", "not found"),
     C("eval-unwritable-out-dir", "eval --scores {scores_ok} --out-dir {unwritable}/d", "{unwritable}"),
     # ---- verify
     C("verify-too-short", "verify " + MODEL + " {good_a} {short}", "{short}", "shorter", subprocess=True),
     C("verify-too-short-for-the-network", "verify " + MODEL + " {good_a} {short40}", "{short40}", "shorter"),
-    C("verify-onnx-too-short-for-the-network", "verify --model {onnx} {good_a} {short40}", "{short40}", "shorter",
-      subprocess=True),
+    C(
+        "verify-onnx-too-short-for-the-network",
+        "verify --model {onnx} {good_a} {short40}",
+        "{short40}",
+        "shorter",
+        subprocess=True,
+    ),
     C("verify-nan-audio", "verify " + MODEL + " {nan} {good_a}", "{nan}", "NaN"),
     C("verify-missing-audio", "verify " + MODEL + " {good_a} {root}/none.wav", "{root}/none.wav", "not found"),
     C("verify-corrupt-audio", "verify " + MODEL + " {text} {good_a}", "{text}", "cannot decode"),
@@ -400,25 +605,57 @@ CASES = [
     C("embed-unwritable-out", "embed " + MODEL + " {good_a} --out {unwritable}/e.npz", "{unwritable}"),
     # ---- export
     C("export-model-missing", "export --model {root}/none --onnx {out}/m.onnx", "{root}/none", "not found"),
-    C("export-model-planted-checkpoint", "export --model {planted_ckpt} --onnx {out}/m.onnx", "{planted_ckpt}",
-      "refused"),
+    C(
+        "export-model-planted-checkpoint",
+        "export --model {planted_ckpt} --onnx {out}/m.onnx",
+        "{planted_ckpt}",
+        "refused",
+    ),
     C("export-model-is-onnx", "export --model {fake_onnx} --onnx {out}/m.onnx", "{fake_onnx}"),
     C("export-unwritable-out", "export " + MODEL + " --onnx {unwritable}/m.onnx", "{unwritable}"),
     # ---- convert
-    C("convert-planted-pickle", "convert --from 3dspeaker --arch ecapa_tdnn {planted_pt} {out}/m.safetensors",
-      "{planted_pt}", "refused", "system"),
-    C("convert-plain-pickle", "convert --from wespeaker --arch ecapa_tdnn {planted_pkl} {out}/m.safetensors",
-      "{planted_pkl}", "refused", subprocess=True),
-    C("convert-input-missing", "convert --from 3dspeaker --arch ecapa_tdnn {root}/none.pt {out}/m.safetensors",
-      "{root}/none.pt", "not found"),
-    C("convert-input-is-directory", "convert --from 3dspeaker --arch ecapa_tdnn {a_dir} {out}/m.safetensors",
-      "{a_dir}", "directory"),
-    C("convert-set-unknown-argument", "convert --from 3dspeaker --arch ecapa_tdnn --set model.args.chanels=8 "
-      "{planted_pt} {out}/m.safetensors", "chanels"),
-    C("convert-set-wrong-type", "convert --from 3dspeaker --arch ecapa_tdnn --set model.args.channels=wide "
-      "{planted_pt} {out}/m.safetensors", "channels", "wide"),
-    C("convert-set-not-a-model-key", "convert --from 3dspeaker --arch ecapa_tdnn --set train.lr=1 "
-      "{planted_pt} {out}/m.safetensors", "train.lr"),
+    C(
+        "convert-planted-pickle",
+        "convert --from 3dspeaker --arch ecapa_tdnn {planted_pt} {out}/m.safetensors",
+        "{planted_pt}",
+        "refused",
+        "system",
+    ),
+    C(
+        "convert-plain-pickle",
+        "convert --from wespeaker --arch ecapa_tdnn {planted_pkl} {out}/m.safetensors",
+        "{planted_pkl}",
+        "refused",
+        subprocess=True,
+    ),
+    C(
+        "convert-input-missing",
+        "convert --from 3dspeaker --arch ecapa_tdnn {root}/none.pt {out}/m.safetensors",
+        "{root}/none.pt",
+        "not found",
+    ),
+    C(
+        "convert-input-is-directory",
+        "convert --from 3dspeaker --arch ecapa_tdnn {a_dir} {out}/m.safetensors",
+        "{a_dir}",
+        "directory",
+    ),
+    C(
+        "convert-set-unknown-argument",
+        "convert --from 3dspeaker --arch ecapa_tdnn --set model.args.chanels=8 {planted_pt} {out}/m.safetensors",
+        "chanels",
+    ),
+    C(
+        "convert-set-wrong-type",
+        "convert --from 3dspeaker --arch ecapa_tdnn --set model.args.channels=wide {planted_pt} {out}/m.safetensors",
+        "channels",
+        "wide",
+    ),
+    C(
+        "convert-set-not-a-model-key",
+        "convert --from 3dspeaker --arch ecapa_tdnn --set train.lr=1 {planted_pt} {out}/m.safetensors",
+        "train.lr",
+    ),
     C("convert-unknown-arch", "convert --from 3dspeaker --arch ecapa {planted_pt} {out}/m.safetensors", "'ecapa'"),
     # ---- inspect
     C("inspect-missing", "inspect {root}/none.safetensors", "{root}/none.safetensors", "not found"),
@@ -431,13 +668,25 @@ CASES = [
 
 if (REPO / "speakerforge" / "cli_ssl.py").is_file():
     CASES += [
-        C("pretrain-data-missing", "pretrain --exp {out}/e --data {root}/nope.jsonl " + _sets("ssl.method=dino"),
-          "{root}/nope.jsonl", "not found"),
-        C("pretrain-unknown-method", "pretrain --exp {out}/e --data {corpus} " + _sets("ssl.method=byol"),
-          "ssl.method", "byol"),
+        C(
+            "pretrain-data-missing",
+            "pretrain --exp {out}/e --data {root}/nope.jsonl " + _sets("ssl.method=dino"),
+            "{root}/nope.jsonl",
+            "not found",
+        ),
+        C(
+            "pretrain-unknown-method",
+            "pretrain --exp {out}/e --data {corpus} " + _sets("ssl.method=byol"),
+            "ssl.method",
+            "byol",
+        ),
         C("pretrain-set-missing-key", "pretrain --exp {out}/e --data {corpus} --set optim.lrr=1", "'optim.lrr'"),
-        C("pretrain-data-kaldi-pipe", "pretrain --exp {out}/e --data {kaldi_pipe} " + _sets("ssl.method=dino"),
-          "{kaldi_pipe}/wav.scp:2", "pipe"),
+        C(
+            "pretrain-data-kaldi-pipe",
+            "pretrain --exp {out}/e --data {kaldi_pipe} " + _sets("ssl.method=dino"),
+            "{kaldi_pipe}/wav.scp:2",
+            "pipe",
+        ),
     ]
 
 
@@ -495,17 +744,19 @@ def check_error(case: Case, code: int, err: str, paths: dict[str, str]) -> str:
 
 def check_nothing_left(case: Case, paths: dict[str, str], world_files_before: set[str]) -> None:
     out = Path(paths["out"])
-    left = [f for f in _files_under(out)]
+    left = list(_files_under(out))
     assert left == [], f"{case.id}: left behind in the output folder: {left}"
     assert _temp_files(Path(paths["root"])) == [], f"{case.id}: temp files in the fixture tree"
-    assert set(_files_under(Path(paths["root"]))) == world_files_before, \
+    assert set(_files_under(Path(paths["root"]))) == world_files_before, (
         f"{case.id}: files appeared in the fixture tree: {set(_files_under(Path(paths['root']))) - world_files_before}"
+    )
     assert not Path(paths["marker"]).exists(), f"{case.id}: the planted command ran"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_fails_in_one_line_and_leaves_nothing(case: Case, world: dict[str, str], tmp_path: Path,
-                                                        capsys) -> None:
+def test_bad_input_fails_in_one_line_and_leaves_nothing(
+    case: Case, world: dict[str, str], tmp_path: Path, capsys
+) -> None:
     paths = _paths(world, tmp_path)
     before = set(_files_under(Path(world["root"])))
     code = main(_argv(case, paths))
@@ -521,9 +772,14 @@ SUBPROCESS_CASES = [c for c in CASES if c.subprocess]
 def test_bad_input_as_a_real_process(case: Case, world: dict[str, str], tmp_path: Path) -> None:
     paths = _paths(world, tmp_path)
     before = set(_files_under(Path(world["root"])))
-    proc = subprocess.run([sys.executable, "-m", "speakerforge", "--quiet", *_argv(case, paths)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "speakerforge", "--quiet", *_argv(case, paths)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
     line = check_error(case, proc.returncode, proc.stderr, paths)
     assert proc.returncode == (1 if case.command == "validate" else 2)  # validate: 1 = problems found
     assert proc.stderr.strip() == line, f"{case.id}: more than the error line on stderr:\n{proc.stderr}"
@@ -535,8 +791,20 @@ def test_the_catalogue_covers_every_command() -> None:
 
     build_parser()
     covered = {c.command for c in CASES}
-    expected = {"validate", "prepare", "train", "finetune", "extract", "score", "eval", "verify", "embed", "export",
-                "convert", "inspect"} | ({"pretrain"} if "pretrain" in _COMMANDS else set())
+    expected = {
+        "validate",
+        "prepare",
+        "train",
+        "finetune",
+        "extract",
+        "score",
+        "eval",
+        "verify",
+        "embed",
+        "export",
+        "convert",
+        "inspect",
+    } | ({"pretrain"} if "pretrain" in _COMMANDS else set())
     assert expected <= covered, expected - covered
     corpora = {c.argv.split()[1] for c in CASES if c.command == "prepare"}
     assert {"librispeech", "commonvoice", "synthetic", "demo"} <= corpora
@@ -548,8 +816,14 @@ def test_debug_shows_the_traceback(world: dict[str, str], tmp_path: Path) -> Non
     paths = _paths(world, tmp_path)
     with pytest.raises(SpeakerforgeError, match="trials_malformed.txt:3"):
         main(["--debug", *_argv(case, paths)])
-    proc = subprocess.run([sys.executable, "-m", "speakerforge", "--debug", *_argv(case, paths)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "speakerforge", "--debug", *_argv(case, paths)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr and "trials_malformed.txt:3" in proc.stderr
 
@@ -563,18 +837,48 @@ def test_8khz_and_44khz_audio_are_resampled_by_every_command(world: dict[str, st
     assert main(["validate", "--deep", w["m_rates"]]) == 0
     assert main(["verify", "--model", w["model"], w["sr8k"], w["sr44k"], "--threshold", "0.5"]) == 0
     assert main(["embed", "--model", w["model"], w["sr8k"], w["sr44k"], "--out", str(tmp_path / "e.npz")]) == 0
-    assert main(["extract", "--model", w["model"], "--data", w["m_rates"], "--out", str(tmp_path / "x.npz"),
-                 "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--model",
+                w["model"],
+                "--data",
+                w["m_rates"],
+                "--out",
+                str(tmp_path / "x.npz"),
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     emb = load_embeddings(tmp_path / "x.npz")
     assert sorted(emb) == ["r44", "r8"] and np.isfinite(emb.matrix).all()
-    assert main(["prepare", "synthetic", "--out", str(tmp_path / "s8"), "--speakers", "2", "--utts-per-speaker", "1",
-                 "--seconds", "0.5", "--sample-rate", "8000"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--out",
+                str(tmp_path / "s8"),
+                "--speakers",
+                "2",
+                "--utts-per-speaker",
+                "1",
+                "--seconds",
+                "0.5",
+                "--sample-rate",
+                "8000",
+            ]
+        )
+        == 0
+    )
     assert main(["validate", str(tmp_path / "s8" / "manifest.jsonl")]) == 0
     assert "error" not in capsys.readouterr().err
 
 
-def test_silent_audio_warns_and_gives_a_finite_embedding(world: dict[str, str], tmp_path: Path, capsys,
-                                                         caplog) -> None:
+def test_silent_audio_warns_and_gives_a_finite_embedding(world: dict[str, str], tmp_path: Path, capsys, caplog) -> None:
     from speakerforge.eval.embio import load_embeddings
     from speakerforge.inference import load_model
 
@@ -588,8 +892,22 @@ def test_silent_audio_warns_and_gives_a_finite_embedding(world: dict[str, str], 
         assert any("silent" in r.getMessage() and "silent.wav" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING"):
-        assert main(["extract", "--model", w["model"], "--data", w["m_silent"], "--out", str(tmp_path / "x.npz"),
-                     "--threads", "1"]) == 0
+        assert (
+            main(
+                [
+                    "extract",
+                    "--model",
+                    w["model"],
+                    "--data",
+                    w["m_silent"],
+                    "--out",
+                    str(tmp_path / "x.npz"),
+                    "--threads",
+                    "1",
+                ]
+            )
+            == 0
+        )
     assert any("silent" in r.getMessage() and f"{w['m_silent']}:2" in r.getMessage() for r in caplog.records)
     assert np.isfinite(load_embeddings(tmp_path / "x.npz").matrix).all()
     assert main(["verify", "--model", w["model"], w["silent"], w["good_a"], "--threshold", "0.5"]) == 0
@@ -612,9 +930,22 @@ def test_shortest_audio_the_network_accepts_gives_a_finite_embedding(world: dict
 
 # ----------------------------------------------------------------------------------------------------------------
 # part 4: security
-UNSAFE_LOADS = ("torch.load(", "pickle.load(", "pickle.loads(", "pickle.Unpickler", "cPickle", "dill.load",
-                "joblib.load", "torch.jit.load(", "allow_pickle=True", "yaml.load(", "yaml.unsafe_load",
-                "shell=True", "os.system(", "os.popen(")
+UNSAFE_LOADS = (
+    "torch.load(",
+    "pickle.load(",
+    "pickle.loads(",
+    "pickle.Unpickler",
+    "cPickle",
+    "dill.load",
+    "joblib.load",
+    "torch.jit.load(",
+    "allow_pickle=True",
+    "yaml.load(",
+    "yaml.unsafe_load",
+    "shell=True",
+    "os.system(",
+    "os.popen(",
+)
 
 
 def test_all_checkpoint_loading_goes_through_checkpoint_io() -> None:
@@ -634,8 +965,9 @@ def test_all_checkpoint_loading_goes_through_checkpoint_io() -> None:
     assert loads and all("weights_only=True" in line for line in loads)
 
 
-def test_kaldi_pipes_are_refused_by_validate_and_train_and_never_run(world: dict[str, str], tmp_path: Path,
-                                                                     capsys) -> None:
+def test_kaldi_pipes_are_refused_by_validate_and_train_and_never_run(
+    world: dict[str, str], tmp_path: Path, capsys
+) -> None:
     w = world
     assert main(["validate", w["kaldi_pipe"]]) != 0
     assert "Kaldi pipe commands are not supported" in capsys.readouterr().out
@@ -649,7 +981,8 @@ def test_a_failed_start_does_not_block_the_corrected_rerun(world: dict[str, str]
     exp = tmp_path / "e"
     assert main(["--quiet", "train", "--exp", str(exp), "--data", world["m_text"], *_sets().split()]) != 0
     started = time.perf_counter()
-    assert main(["--quiet", "train", "--exp", str(exp), "--data", world["corpus"], *_sets().split()]) == 0, \
+    assert main(["--quiet", "train", "--exp", str(exp), "--data", world["corpus"], *_sets().split()]) == 0, (
         capsys.readouterr().err
+    )
     assert (exp / "model.safetensors").is_file()
     assert time.perf_counter() - started < 120

@@ -20,10 +20,28 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cmd(corpus: Path, exp: Path) -> list[str]:
-    sets = [*TINY_MODEL, "data.batch_size=8", "data.crop_seconds=0.8", "train.epochs=3", "train.threads=1",
-            "train.save_every_steps=2", "optim.lr=0.05", "train.seed=11", "margin.final=0.2", "margin.end_epoch=1"]
-    args = [sys.executable, str(ROOT / "tests" / "killable.py"), "--quiet", "train", "--exp", str(exp),
-            "--data", str(corpus)]
+    sets = [
+        *TINY_MODEL,
+        "data.batch_size=8",
+        "data.crop_seconds=0.8",
+        "train.epochs=3",
+        "train.threads=1",
+        "train.save_every_steps=2",
+        "optim.lr=0.05",
+        "train.seed=11",
+        "margin.final=0.2",
+        "margin.end_epoch=1",
+    ]
+    args = [
+        sys.executable,
+        str(ROOT / "tests" / "killable.py"),
+        "--quiet",
+        "train",
+        "--exp",
+        str(exp),
+        "--data",
+        str(corpus),
+    ]
     for s in sets:
         args += ["--set", s]
     return args
@@ -44,8 +62,11 @@ def setup(tmp_path_factory):
     return corpus, model_weights(ref)
 
 
-@pytest.mark.parametrize("env", [{"KILL_AFTER_STEP": "3"}, {"KILL_AFTER_STEP": "8"}, {"KILL_IN_SAVE": "2"},
-                                 {"KILL_IN_SAVE": "4"}], ids=["mid-epoch-3", "mid-epoch-8", "in-save-2", "in-save-4"])
+@pytest.mark.parametrize(
+    "env",
+    [{"KILL_AFTER_STEP": "3"}, {"KILL_AFTER_STEP": "8"}, {"KILL_IN_SAVE": "2"}, {"KILL_IN_SAVE": "4"}],
+    ids=["mid-epoch-3", "mid-epoch-8", "in-save-2", "in-save-4"],
+)
 def test_sigkill_then_rerun_matches_uninterrupted_run(setup, tmp_path, env):
     corpus, ref = setup
     killed = _run(_cmd(corpus, tmp_path), **env)
@@ -63,8 +84,12 @@ def test_sigkill_at_random_moments_then_rerun_matches(setup, tmp_path):
     corpus, ref = setup
     rng = random.Random(1234)
     for _ in range(3):
-        proc = subprocess.Popen(_cmd(corpus, tmp_path), env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cmd(corpus, tmp_path),
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(3.0, 9.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

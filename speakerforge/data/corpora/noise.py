@@ -259,3 +259,31 @@ def prepare(kind: str, src: str | Path, out: str | Path) -> Path:
     if kind == "rirs":
         return write_audio_list(prepare_rirs(src), Path(out) / "rirs.csv")
     raise DataError(f"prepare: unknown augmentation corpus {kind!r}, expected 'musan' or 'rirs'")
+
+
+def make_augmentation_set(
+    out_dir: str | Path,
+    noises: int = 40,
+    rirs: int = 40,
+    seed: int = 0,
+    speech_manifest: str | Path | None = None,
+    duration: float = 4.0,
+) -> dict[str, list[Path]]:
+    """`prepare noise --out DIR`: synthetic `DIR/musan/{noise,music[,speech]}` and `DIR/rirs/`, the two folders the
+    shipped configs name (`augment.noise_dir: data/musan`, `augment.rir_dir: data/rirs` with `--out data`).
+
+    A stand-in for MUSAN and RIRS_NOISES where they cannot be downloaded; with `speech_manifest`, babble is made
+    from real speech of that manifest. Deterministic per `seed`.
+    """
+    if noises < 1 and rirs < 1:
+        raise DataError("prepare noise: nothing to make (--noises and --rirs are both 0)")
+    if not math.isfinite(duration) or duration <= 0:
+        raise DataError(f"prepare noise: --seconds must be a positive number of seconds (got {duration})")
+    out = Path(out_dir)
+    made: dict[str, list[Path]] = {"musan": [], "rirs": []}
+    if noises > 0:
+        items = make_noise_bank(out / "musan", noises, seed, speech_manifest, duration)
+        made["musan"] = [Path(i.path) for i in items]
+    if rirs > 0:
+        made["rirs"] = make_synthetic_rirs(out / "rirs", rirs, seed)
+    return made

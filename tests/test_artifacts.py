@@ -1,0 +1,125 @@
+"""Model paths are recognised by content: any file name works, and an unusable file is named for what it is."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speakerforge.artifacts import describe, list_checkpoints, sniff
+from speakerforge.checkpoint_io import save_state
+from speakerforge.cli import main
+from speakerforge.errors import CheckpointError
+from speakerforge.inference import load_model
+from speakerforge.models import build_model
+from speakerforge.models.modelfile import save_embedding_model
+from speakerforge.train.init import read_init
+
+ARGS = {"channels": 16, "embedding_dim": 8}
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    """A speakerforge model file with a name that says nothing about its format."""
+    path = tmp_path / "cam.sf"
+    save_embedding_model(path, build_model("ecapa_tdnn", **ARGS), "ecapa_tdnn", ARGS)
+    return path
+
+
+def _onnx_bytes() -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    return helper.make_model(graph, producer_name="test").SerializeToString() if onnx else b""
+
+
+def test_every_kind_is_recognised_whatever_the_file_is_called(tmp_path, model_file):
+    from safetensors.torch import save_file
+
+    files = {"model_file": model_file}
+    files["checkpoint"] = tmp_path / "best.bin"
+    save_state(files["checkpoint"], {"model": {"w": torch.zeros(2)}})
+    files["torch_zip"] = tmp_path / "weights.safetensors"
+    torch.save({"w": torch.zeros(2)}, files["torch_zip"])
+    files["torch_pickle"] = tmp_path / "old.onnx"
+    files["torch_pickle"].write_bytes(pickle.dumps({"w": [1.0]}, protocol=2))
+    files["safetensors"] = tmp_path / "plain.pt"
+    save_file({"w": torch.zeros(2)}, str(files["safetensors"]))
+    files["onnx"] = tmp_path / "model.bin"
+    files["onnx"].write_bytes(_onnx_bytes())
+    files["audio"] = tmp_path / "model.safetensors"
+    sf.write(str(files["audio"]), np.zeros(1600, dtype=np.float32), 16000, format="WAV")
+    files["text"] = tmp_path / "config.ckpt"
+    files["text"].write_text("model: {name: ecapa_tdnn}\n")
+    files["empty"] = tmp_path / "empty.pt"
+    files["empty"].write_bytes(b"")
+    files["experiment"] = tmp_path
+    for kind, path in files.items():
+        assert sniff(path).kind == kind, path
+    assert sniff(files["audio"]).describe() == "an audio file (WAV)"
+
+
+def test_a_model_file_of_any_name_loads_everywhere_a_model_path_is_read(model_file, write_wav, capsys):
+    model = load_model(model_file)
+    assert model.kind == "model_file" and model.embed(write_wav("a.wav")).shape == (8,)
+    assert read_init(model_file).backbone.keys() == build_model("ecapa_tdnn", **ARGS).state_dict().keys()
+    assert describe(model_file)["model"]["name"] == "ecapa_tdnn"
+    assert main(["inspect", str(model_file)]) == 0
+    assert main(["verify", "--model", str(model_file), str(write_wav("a.wav")), str(write_wav("b.wav", 1.5))]) == 0
+    assert "score" in capsys.readouterr().out
+
+
+def test_convert_output_with_any_name_is_accepted_by_finetune_init_and_load_model(tmp_path):
+    dtdnn = pytest.importorskip("speakerlab.models.campplus.DTDNN")
+    src = dtdnn.CAMPPlus(feat_dim=80, embedding_size=16)
+    torch.save(src.state_dict(), tmp_path / "campplus.bin")
+    out = tmp_path / "cam.sf"
+    assert main(["convert", "--from", "3dspeaker", "--arch", "campplus", "--set", "model.args.embedding_dim=16",
+                 str(tmp_path / "campplus.bin"), str(out)]) == 0  # fmt: skip
+    assert load_model(out).embedding_dim == 16
+    assert len(read_init(out).backbone) == len(src.state_dict())
+
+
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("wav", r"an audio file \(WAV\), not an experiment folder"),
+        ("zip", r"a PyTorch checkpoint \(torch.save zip archive\).*speakerforge convert --from 3dspeaker"),
+        ("text", r"a text file, not"),
+    ],
+)
+def test_an_unusable_file_is_named_for_what_it_is(tmp_path, kind, expected):
+    path = tmp_path / "model.safetensors"
+    if kind == "wav":
+        sf.write(str(path), np.zeros(1600, dtype=np.float32), 16000, format="WAV")
+    elif kind == "zip":
+        torch.save({"w": torch.zeros(2)}, path)
+    else:
+        path.write_text("hello\n")
+    with pytest.raises(CheckpointError, match=expected):
+        load_model(path)
+
+
+def test_finetune_init_says_what_a_foreign_file_is_and_which_flag_reads_it(tmp_path, model_file):
+    torch.save({"w": torch.zeros(2)}, tmp_path / "campplus.pt")
+    with pytest.raises(CheckpointError, match=r"PyTorch checkpoint.*--init-format 3dspeaker\|wespeaker"):
+        read_init(tmp_path / "campplus.pt")
+    with pytest.raises(CheckpointError, match=r"speakerforge model file.*drop --init-format"):
+        read_init(model_file, fmt="3dspeaker")
+
+
+def test_checkpoints_are_listed_newest_first(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    for step in (5, 40, 12):
+        (tmp_path / "checkpoints" / f"ckpt-{step:09d}.pt").write_bytes(b"")
+    (tmp_path / "checkpoints" / "ckpt-12.pt.tmp").write_bytes(b"")
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [40, 12, 5]
