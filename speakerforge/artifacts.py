@@ -37,6 +37,15 @@ _DESCRIPTIONS = {
     "unknown": "a file of unknown format",
 }
 _AUDIO_MAGIC = ((b"RIFF", "WAV"), (b"fLaC", "FLAC"), (b"OggS", "Ogg"), (b"ID3", "MP3"), (b"FORM", "AIFF"))
+# What a file's extension promises, to say so when its content does not match.
+_NAMED_AS = {
+    ".onnx": "an ONNX model",
+    ".safetensors": "a safetensors file",
+    ".pt": "a PyTorch checkpoint",
+    ".pth": "a PyTorch checkpoint",
+    ".ckpt": "a PyTorch checkpoint",
+    ".bin": "a PyTorch checkpoint",
+}
 # ONNX ModelProto fields that may follow `ir_version` (field 1): producer_name, producer_version, domain,
 # model_version, doc_string, graph, opset_import, metadata_props, training_info, functions.
 _ONNX_SECOND_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72, 0x7A, 0x82}
@@ -73,7 +82,11 @@ def sniff(path: str | Path) -> Artifact:
                 return Artifact(p, "model_file" if _has_our_metadata(header) else "safetensors")
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return Artifact(p, _kind_of_head(head), _audio_container(head))
+    kind = _kind_of_head(head)
+    detail = _audio_container(head)
+    if kind in ("unknown", "text", "empty") and p.suffix.lower() in _NAMED_AS:
+        detail = f"named {p.suffix} like {_NAMED_AS[p.suffix.lower()]}, but not one: truncated or corrupt?"
+    return Artifact(p, kind, detail)
 
 
 def _kind_of_head(head: bytes) -> str:

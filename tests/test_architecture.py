@@ -114,6 +114,8 @@ def test_the_checker_sees_a_planted_upward_import_and_cycle(tmp_path):
 def test_the_license_file_is_the_license_pyproject_declares():
     import tomllib
 
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]["text"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["license"]
+    assert project["license-files"] == ["LICENSE"]
     text = (ROOT / "LICENSE").read_text()
     assert declared == "Apache-2.0" and "Apache License" in text and "Version 2.0, January 2004" in text

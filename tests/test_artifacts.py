@@ -94,7 +94,10 @@ def test_convert_output_with_any_name_is_accepted_by_finetune_init_and_load_mode
     [
         ("wav", r"an audio file \(WAV\), not an experiment folder"),
         ("zip", r"a PyTorch checkpoint \(torch.save zip archive\).*speakerforge convert --from 3dspeaker"),
-        ("text", r"a text file, not"),
+        (
+            "text",
+            r"a text file \(named .safetensors like a safetensors file, but not one: truncated or corrupt\?\), not",
+        ),
     ],
 )
 def test_an_unusable_file_is_named_for_what_it_is(tmp_path, kind, expected):
@@ -123,3 +126,10 @@ def test_checkpoints_are_listed_newest_first(tmp_path):
         (tmp_path / "checkpoints" / f"ckpt-{step:09d}.pt").write_bytes(b"")
     (tmp_path / "checkpoints" / "ckpt-12.pt.tmp").write_bytes(b"")
     assert [s for s, _ in list_checkpoints(tmp_path)] == [40, 12, 5]
+
+
+def test_a_corrupt_file_says_what_its_name_promised(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x00garbage\xff\xfe")
+    with pytest.raises(CheckpointError, match=r"named .onnx like an ONNX model, but not one: truncated or corrupt"):
+        load_model(path)

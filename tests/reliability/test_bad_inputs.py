@@ -593,7 +593,12 @@ CASES = [
     C("verify-empty-audio", "verify " + MODEL + " {empty} {good_a}", "{empty}", "empty"),
     C("verify-unsupported-format", "verify " + MODEL + " {m4a} {good_a}", "{m4a}", "cannot decode"),
     C("verify-directory-as-audio", "verify " + MODEL + " {dir_wav} {good_a}", "{dir_wav}", "directory"),
-    C("verify-model-planted-pickle", "verify --model {planted_pt} {good_a} {good_b}", "{planted_pt}", "not a model"),
+    C(
+        "verify-model-planted-pickle",
+        "verify --model {planted_pt} {good_a} {good_b}",
+        "{planted_pt}",
+        "a PyTorch checkpoint",
+    ),
     C("verify-model-directory-without-model", "verify --model {a_dir} {good_a} {good_b}", "{a_dir}", "no model"),
     # ---- embed
     C("embed-too-short", "embed " + MODEL + " {good_a} {short} --out {out}/e.npz", "{short}", "shorter"),
