@@ -10,8 +10,17 @@ from speakerforge.cli import command
 
 
 def _args_convert(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="source", required=True, choices=["3dspeaker", "wespeaker"])
-    p.add_argument("--arch", required=True, help="registered model name: ecapa_tdnn, campplus, eres2net, resnet34")
+    p.add_argument(
+        "--from", dest="source", choices=["3dspeaker", "wespeaker"], help="the toolkit (implied by --model-id)"
+    )
+    p.add_argument(
+        "--model-id",
+        help="released model id (e.g. iic/speech_eres2netv2_sv_zh-cn_16k-common, wespeaker/voxceleb_resnet34_LM): "
+        "architecture and features from the table; without it and --arch, the one id whose shapes fit is used",
+    )
+    p.add_argument(
+        "--arch", help="registered model name (ecapa_tdnn, campplus, eres2net, resnet34...), instead of --model-id"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -36,37 +45,52 @@ def _run_convert(args: argparse.Namespace) -> int:
     from speakerforge.models.convert import split_checkpoint
     from speakerforge.models.modelfile import save_embedding_model
     from speakerforge.models.registry import build_model
+    from speakerforge.models.zoo import FBANK80, resolve
 
-    raw: dict = {"model": {"name": args.arch, "args": {}}}
+    raw: dict = {"model": {"name": args.arch or "?", "args": {}}}
     for item in args.overrides:
         if not item.startswith("model."):
             raise ConfigError(f"--set {item}: convert only takes model.args.KEY=VALUE")
         _apply_override(raw, item)
+    state = safe_torch_load(args.input, name=args.input)
+    entry = None
+    if args.arch is None:
+        if args.model_id is None and args.source is None:
+            raise ConfigError("convert needs --from SOURCE or --model-id ID (or --arch)")
+        entry = resolve(state, args.model_id, args.source, raw["model"]["args"])
+        raw["model"] = {"name": entry.arch, "args": {**entry.args, **raw["model"]["args"]}}
+    elif args.model_id is not None:
+        raise ConfigError("pass --model-id or --arch, not both (--set model.args.KEY=VALUE adjusts an id's model)")
+    elif args.source is None:
+        raise ConfigError("--arch needs --from 3dspeaker|wespeaker")
+    source = entry.source if entry is not None else args.source
     spec = from_dict(ModelConfig, raw["model"], "--set", "model.")
     model = build_model(spec.name, **spec.args)
-    state = safe_torch_load(args.input, name=args.input)
-    converted = split_checkpoint(state, args.source, spec.name, model)
+    converted = split_checkpoint(state, source, spec.name, model, part=entry.part if entry else None)
     model.load_state_dict(converted.backbone, strict=True)
     extra = {}
-    if "weight" in converted.head:
+    if "weight" in converted.head and converted.head["weight"].dim() == 2:
         extra["classifier.weight"] = converted.head["weight"]
     save_embedding_model(
         args.output,
         model,
         spec.name,
         dict(spec.args),
-        features={
-            "num_mel_bins": getattr(model, "feat_dim", 80),
-            "frame_length": 25.0,
-            "frame_shift": 10.0,
-            "mean_norm": True,
-        },
+        features={**(entry.features if entry else FBANK80), "num_mel_bins": getattr(model, "feat_dim", 80)},
         extra_tensors=extra,
-        extra_meta={"converted_from": {"source": args.source, "file": str(Path(args.input).name)}},
+        extra_meta={
+            "converted_from": {
+                "source": source,
+                "file": str(Path(args.input).name),
+                **({"model_id": entry.id, "sample_rate": entry.sample_rate} if entry else {}),
+            }
+        },
     )
     n = sum(v.numel() for v in converted.backbone.values())
     print(
-        f"{args.output}: {spec.name} {spec.args or ''} from {args.source}, {len(converted.backbone)} tensors, "
+        f"{args.output}: {spec.name} {spec.args or ''} from {source}"
+        + (f" ({entry.id})" if entry else "")
+        + f", {len(converted.backbone)} tensors, "
         f"{n:,} values" + (f", classifier {tuple(extra['classifier.weight'].shape)}" if extra else "")
     )
     return 0

@@ -391,8 +391,8 @@ def test_wrappers_nesting_and_bad_inputs(small_resnet_state):
         convert_state_dict(sd, "speechbrain", "resnet34", model)
     with pytest.raises(ConfigError, match="arch"):
         convert_state_dict(sd, "3dspeaker", "xvector", model)
-    with pytest.raises(CheckpointError, match="ERes2Net"):
-        convert_state_dict(sd, "wespeaker", "eres2net", model)
+    with pytest.raises(CheckpointError, match="ERes2NetV2"):  # WeSpeaker ERes2Net loads now; it has no V2
+        convert_state_dict(sd, "wespeaker", "eres2netv2", build_model("eres2netv2", m_channels=4))
 
 
 def test_models_are_the_registered_classes():

@@ -405,6 +405,7 @@ class CAMPPlus(nn.Module):
         config_str: str = "batchnorm-relu",
         memory_efficient: bool = True,
         seg_len: int = 100,
+        stats_eps: float = 0.0,
     ):
         super().__init__()
         if not len(block_layers) == len(block_kernels) == len(block_dilations):
@@ -437,7 +438,8 @@ class CAMPPlus(nn.Module):
             )
             channels //= 2
         self.xvector.add_module("out_nonlinear", make_nonlinear(config_str, channels))
-        self.xvector.add_module("stats", TemporalStatsPool(eps=0.0))
+        # 3D-Speaker's StatsPool has no variance floor; WeSpeaker's CAM++ pools with its TSTP (stats_eps=1e-7)
+        self.xvector.add_module("stats", TemporalStatsPool(eps=stats_eps))
         self.xvector.add_module("dense", DenseLayer(channels * 2, embedding_dim, config_str="batchnorm_"))
 
         for m in self.modules():

@@ -14,8 +14,15 @@ What loads, and how:
 | ecapa_tdnn | `asp.*` renamed to the shared pooling's  | name table below + Linear->Conv1d reshapes + Res2Net     |
 |            | names (`ecapa.speakerlab_key_map`)       | chunk rotation; build `ecapa_tdnn(variant="wespeaker")`  |
 | campplus   | identity (`campplus.speakerlab_key_map`) | identity (WeSpeaker's CAM++ is 3D-Speaker's code)        |
-| eres2net   | identity (`eres2net.speakerlab_key_map`) | not supported: its AFF blocks name the first split conv  |
-|            |                                          | `conv2_1`/`bn2_1` (a rename; not written yet), raises    |
+| eres2net*, | identity (`eres2net.speakerlab_key_map`; | its AFF blocks name the first split conv `conv2_1`/      |
+| res2net    | ERes2NetV2 and Res2Net are variants)     | `bn2_1` and the others `convs.{i-1}`: renamed            |
+| resnet     |                                          | `simam=True` (SimAM-ResNet): `front.*`, `downsample`,    |
+| simam      |                                          | `pooling.attention.{0,2,3}`, `bottleneck` renamed        |
+
+Self-supervised 3D-Speaker checkpoints (RDINO, SDPN) hold a `teacher` and a `student`, each `backbone.*` + `head.*`:
+`part="teacher"` takes that network's backbone (`speakerforge.models.zoo` sets it for those model ids).
+
+`to_wespeaker` / `to_3dspeaker` are the inverse maps (our state dict in the source toolkit's layout).
 
 WeSpeaker's ECAPA-TDNN is a different implementation of the same network (lawlict's): `layer1` / `layer{2,3,4}.
 se_res2block.{0: 1x1 TDNN, 1: Res2Net convs/bns, 2: 1x1 TDNN, 3: SE linear1/linear2}` / `conv` (MFA) / `pool` /
@@ -39,7 +46,15 @@ from speakerforge.models.modelfile import fit_problems
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Converted", "convert_state_dict", "split_checkpoint", "to_wespeaker", "SOURCES"]
+__all__ = [
+    "Converted",
+    "convert_state_dict",
+    "map_checkpoint",
+    "split_checkpoint",
+    "to_3dspeaker",
+    "to_wespeaker",
+    "SOURCES",
+]
 
 SOURCES = ("3dspeaker", "wespeaker")
 _NESTED = ("state_dict", "model_state_dict", "model", "embedding_model")
@@ -65,9 +80,11 @@ def _family(arch: str) -> str:
         return "ecapa"
     if a in ("campplus", "cam++", "campp"):
         return "campplus"
-    if a.startswith("eres2net"):
+    if a.startswith("eres2net") or a == "res2net":
         return "eres2net"
-    raise ConfigError(f"no checkpoint converter for arch {arch!r}; known: resnet*, ecapa_tdnn, campplus, eres2net")
+    raise ConfigError(
+        f"no checkpoint converter for arch {arch!r}; known: resnet*, ecapa_tdnn, campplus, eres2net*, res2net"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,15 +210,96 @@ def _ws_ecapa_tensor(ours_key: str, value: torch.Tensor, width: int, inverse: bo
     return value
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# WeSpeaker SimAM-ResNet and ERes2Net: only names differ (our key -> WeSpeaker key; the import inverts it over the
+# model's keys)
+
+_WS_SIMAM_RULES = (
+    (re.compile(r"(layer\d+\.\d+\.)shortcut\."), r"front.\1downsample."),
+    (re.compile(r"(layer\d+\.|conv1\.|bn1\.)"), r"front.\1"),
+    (re.compile(r"pool\.linear1\."), "pooling.attention.0."),
+    (re.compile(r"pool\.norm\."), "pooling.attention.2."),
+    (re.compile(r"pool\.linear2\."), "pooling.attention.3."),
+    (re.compile(r"seg_1\."), "bottleneck."),
+)
+# In WeSpeaker's AFF blocks the first split's conv/BN are `conv2_1`/`bn2_1`, the others `convs.{i-1}`/`bns.{i-1}`.
+_WS_ERES2NET_SPLIT = re.compile(r"(layer\d+\.\d+\.)(convs|bns)\.(\d+)\.")
+
+
+def _ws_simam_key(ours: str) -> str:
+    for pattern, repl in _WS_SIMAM_RULES:
+        m = pattern.match(ours)
+        if m:
+            return m.expand(repl) + ours[m.end() :]
+    return ours
+
+
+def _ws_eres2net_key(ours: str, aff_layers: frozenset[str]) -> str:
+    m = _WS_ERES2NET_SPLIT.match(ours)
+    if m is None or m[1] not in aff_layers:
+        return ours
+    i = int(m[3])
+    name = ("conv2_1." if m[2] == "convs" else "bn2_1.") if i == 0 else f"{m[2]}.{i - 1}."
+    return m[1] + name + ours[m.end() :]
+
+
+def _aff_blocks(model: nn.Module) -> frozenset[str]:
+    """Prefixes (`layer3.0.`) of the blocks with local fusion (AFF)."""
+    return frozenset(
+        name + "."
+        for name, mod in model.named_modules()
+        if getattr(mod, "fuse_models", None) is not None and hasattr(mod, "convs")
+    )
+
+
+def _ws_key_fn(family: str, model: nn.Module) -> Callable[[str], str] | None:
+    """Our key -> WeSpeaker's, for the families whose WeSpeaker layout differs only in names (None: identity)."""
+    if family == "resnet" and getattr(model, "simam", False):
+        return _ws_simam_key
+    if family == "eres2net":
+        if getattr(model, "fusion", "all") != "all":
+            raise CheckpointError("WeSpeaker has no ERes2NetV2 or Res2Net layout; use --from 3dspeaker")
+        aff = _aff_blocks(model)
+        return lambda k: _ws_eres2net_key(k, aff)
+    return None
+
+
+def _ws_rename_import(state_dict: Tensors, model: nn.Module, key_fn: Callable[[str], str]) -> tuple[Tensors, dict]:
+    to_ours = {key_fn(k): k for k in model.state_dict()}
+    out, origin = {}, {}
+    for key, value in state_dict.items():
+        ours = to_ours.get(key, key)  # unknown keys stay, reported as unexpected by the check
+        out[ours] = value
+        origin[ours] = key
+    return out, origin
+
+
 def to_wespeaker(state_dict: Tensors, arch: str, model: nn.Module) -> Tensors:
     """Our state dict -> WeSpeaker's names and layouts (the inverse of the import; for tests and export)."""
     family = _family(arch)
-    if family in ("resnet", "campplus"):
+    if family == "ecapa":
+        width = _ecapa_chunk_width(model)
+        return {_ws_ecapa_key(k): _ws_ecapa_tensor(k, v, width, inverse=True) for k, v in state_dict.items()}
+    key_fn = _ws_key_fn(family, model) if model is not None else None
+    if key_fn is None:
         return dict(state_dict)
-    if family != "ecapa":
-        raise CheckpointError(f"no WeSpeaker layout for arch {arch!r}")
-    width = _ecapa_chunk_width(model)
-    return {_ws_ecapa_key(k): _ws_ecapa_tensor(k, v, width, inverse=True) for k, v in state_dict.items()}
+    return {key_fn(k): v for k, v in state_dict.items()}
+
+
+def to_3dspeaker(state_dict: Tensors, arch: str) -> Tensors:
+    """Our state dict -> 3D-Speaker's names (the inverse of the import): only ECAPA's pooling differs."""
+    if _family(arch) != "ecapa":
+        return dict(state_dict)
+    from speakerforge.models.ecapa import SPEAKERLAB_RENAMES
+
+    out = {}
+    for key, value in state_dict.items():
+        for theirs, ours in SPEAKERLAB_RENAMES:
+            if key.startswith(ours):
+                key = theirs + key[len(ours) :]
+                break
+        out[key] = value
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -221,14 +319,12 @@ def _map_3dspeaker(state_dict: Tensors, family: str) -> Tensors:
 
 
 def _map_wespeaker(state_dict: Tensors, family: str, model: nn.Module) -> tuple[Tensors, dict[str, str]]:
-    if family in ("resnet", "campplus"):
-        return dict(state_dict), {}
     if family == "ecapa":
         return _ws_ecapa_import(state_dict, model)
-    raise CheckpointError(
-        "WeSpeaker ERes2Net checkpoints are not supported yet (its AFF blocks name their first split conv "
-        "conv2_1/bn2_1 where 3D-Speaker's use convs.0/bns.0); supported WeSpeaker archs: resnet*, ecapa_tdnn, campplus"
-    )
+    key_fn = _ws_key_fn(family, model)
+    if key_fn is None:
+        return dict(state_dict), {}
+    return _ws_rename_import(state_dict, model, key_fn)
 
 
 _HINTS = {
@@ -260,20 +356,47 @@ def _check_fits(converted: Tensors, model: nn.Module, origin: dict[str, str], hi
     return converted
 
 
-def split_checkpoint(state_dict: Mapping[str, object], source: str, arch: str, model: nn.Module) -> Converted:
-    """Checkpoint of `source` for `arch` -> (`backbone` weights that fit `model`, margin `head` tensors)."""
+def _select_part(state_dict: Mapping[str, object], part: str) -> tuple[Tensors, Tensors]:
+    """A self-supervised checkpoint's `part` (`teacher`/`student`): its `backbone.*` tensors, and the rest (head)."""
+    inner = state_dict.get(part)
+    if not isinstance(inner, Mapping):
+        have = [k for k, v in state_dict.items() if isinstance(v, Mapping)]
+        raise CheckpointError(f"checkpoint has no {part!r} network (it has: {', '.join(have) or 'no nested dicts'})")
+    flat = _strip_wrappers(_flat_state_dict(inner))
+    backbone = {k.removeprefix("backbone."): v for k, v in flat.items() if k.startswith("backbone.")}
+    head = {k: v for k, v in flat.items() if not k.startswith("backbone.")}
+    if not backbone:
+        raise CheckpointError(f"checkpoint's {part!r} network has no backbone.* tensors")
+    return backbone, head
+
+
+def map_checkpoint(
+    state_dict: Mapping[str, object], source: str, arch: str, model: nn.Module, part: str | None = None
+) -> tuple[Tensors, Tensors, dict[str, str]]:
+    """Checkpoint -> (backbone under our names, unchecked; margin-head tensors; our key -> the checkpoint's)."""
     if source not in SOURCES:
         raise ConfigError(f"checkpoint source must be one of {', '.join(SOURCES)}, got {source!r}")
     family = _family(arch)
-    flat = _strip_wrappers(_flat_state_dict(state_dict))
-    backbone, head = _split_head(flat, source)
-    if head:
-        log.info("checkpoint: set aside %d margin-head tensor(s) (%s)", len(head), ", ".join(sorted(head)))
-    if source == "3dspeaker":
-        mapped, origin = _map_3dspeaker(backbone, family), {}
+    if part is not None:
+        backbone, head = _select_part(state_dict, part)
     else:
-        mapped, origin = _map_wespeaker(backbone, family, model)
-    return Converted(_check_fits(mapped, model, origin, _HINTS.get((source, family))), head)
+        flat = _strip_wrappers(_flat_state_dict(state_dict))
+        backbone, head = _split_head(flat, source)
+    if source == "3dspeaker":
+        return _map_3dspeaker(backbone, family), head, {}
+    mapped, origin = _map_wespeaker(backbone, family, model)
+    return mapped, head, origin
+
+
+def split_checkpoint(
+    state_dict: Mapping[str, object], source: str, arch: str, model: nn.Module, part: str | None = None
+) -> Converted:
+    """Checkpoint of `source` for `arch` -> (`backbone` weights that fit `model`, margin `head` tensors); `part`
+    picks one network of a self-supervised (RDINO/SDPN) checkpoint."""
+    mapped, head, origin = map_checkpoint(state_dict, source, arch, model, part)
+    if head:
+        log.info("checkpoint: set aside %d head tensor(s) (%s)", len(head), ", ".join(sorted(head)[:8]))
+    return Converted(_check_fits(mapped, model, origin, _HINTS.get((source, _family(arch)))), head)
 
 
 def convert_state_dict(state_dict: Mapping[str, object], source: str, arch: str, model: nn.Module) -> Tensors:

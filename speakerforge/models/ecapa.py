@@ -266,7 +266,7 @@ def ecapa_tdnn(
 
 
 # 3D-Speaker's pooling parameters -> the shared AttentiveStatsPool's; every other name is the same.
-_SPEAKERLAB_RENAMES = (
+SPEAKERLAB_RENAMES = (
     ("asp.tdnn.conv.conv.", "asp.linear1."),
     ("asp.tdnn.norm.norm.", "asp.norm."),
     ("asp.conv.conv.", "asp.linear2."),
@@ -278,7 +278,7 @@ def speakerlab_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
-        for old, new in _SPEAKERLAB_RENAMES:
+        for old, new in SPEAKERLAB_RENAMES:
             if key.startswith(old):
                 key = new + key[len(old) :]
                 break

@@ -1,16 +1,23 @@
-"""ERes2Net: a Res2Net with local (inside each block) and global (across stages) attentional feature fusion.
+"""ERes2Net family: Res2Net, ERes2Net and ERes2NetV2 (one network with the fusion parts as arguments).
 
-Same network as 3D-Speaker's `speakerlab.models.eres2net.ERes2Net.ERes2Net` (Chen et al., Interspeech 2023) and,
-with `variant="huge"`, its `ERes2Net_huge.ERes2Net`. Module names are identical, so 3D-Speaker checkpoints load by
-identity; see `speakerlab_key_map`.
+ERes2Net is a Res2Net with local (inside each block) and global (across stages) attentional feature fusion. Same
+network as 3D-Speaker's `speakerlab.models.eres2net.ERes2Net.ERes2Net` (Chen et al., Interspeech 2023) and, with
+`variant="huge"`, its `ERes2Net_huge.ERes2Net`; with `variant="v2"` its `ERes2NetV2.ERes2NetV2` (global fusion of the
+last two stages only), with `variant="res2net"` its `res2net.Res2Net.Res2Net` (no fusion; the last split of each block
+passes through unconvolved). Module names are identical, so 3D-Speaker checkpoints load by identity; see
+`speakerlab_key_map`. WeSpeaker's `ERes2Net` is the same network under other names in its fusion blocks (mapped by
+`speakerforge.models.convert`).
 
-Registered as `eres2net`. Variants (all default to 192-d embeddings; pass `embedding_dim=512` for the released
-3D-Speaker-dataset base/large checkpoints):
+Registered as `eres2net` (and `eres2netv2`, `res2net`: the same class with that variant). Variants (all default to
+192-d embeddings; pass `embedding_dim=512` for the released 3D-Speaker-dataset base/large checkpoints):
 
 - `base`:  m_channels=32, expansion=2, base_width=32, scale=2 (3D-Speaker `conf/eres2net.yaml`, 6.6M at 192-d)
 - `large`: m_channels=64, otherwise as base ("change m_channels from 32 to 64" in that conf; 22.5M at 192-d)
 - `huge`:  m_channels=64, expansion=4, base_width=24, scale=3 (`ERes2Net_huge.py`, the 200k-speaker zh-cn model;
-  55.2M at 192-d)
+  55.2M at 192-d; WeSpeaker's `ERes2Net34_aug`)
+- `v2`:    m_channels=64, expansion=2, base_width=26, scale=2, ERes2NetV2 fusion (17.9M at 192-d)
+- `v2_w24s4ep4`: ERes2NetV2 with expansion=4, base_width=24, scale=4
+- `res2net`: m_channels=32, expansion=2, base_width=32, scale=2, no fusion (3D-Speaker's Res2Net, 4.03M)
 
 Any of `m_channels`, `expansion`, `base_width`, `scale`, `num_blocks` given explicitly overrides the variant.
 `pooling` is a shared layer by its reference name (`TSTP` default, `TAP`, `TSDP`, `ASTP`; speakerlab's
@@ -42,7 +49,14 @@ ERES2NET_VARIANTS: dict[str, dict[str, int]] = {
     "base": dict(m_channels=32, expansion=2, base_width=32, scale=2),
     "large": dict(m_channels=64, expansion=2, base_width=32, scale=2),
     "huge": dict(m_channels=64, expansion=4, base_width=24, scale=3),
+    "v2": dict(m_channels=64, expansion=2, base_width=26, scale=2),
+    "v2_w24s4ep4": dict(m_channels=64, expansion=4, base_width=24, scale=4),
+    "res2net": dict(m_channels=32, expansion=2, base_width=32, scale=2),
 }
+# Which fusion each variant has: `all` (ERes2Net: AFF inside the blocks of stages 3-4, and every stage fused into the
+# next), `last` (ERes2NetV2: AFF blocks, only stage 3 fused into stage 4), `none` (Res2Net).
+FUSIONS = ("all", "last", "none")
+_VARIANT_FUSION = {"v2": "last", "v2_w24s4ep4": "last", "res2net": "none"}
 
 # Inside its blocks ERes2Net clips activations at 20: the reference's `ReLU` is a Hardtanh(0, 20). In
 # `conv_bn_act` this activation is called "relu20".
@@ -85,7 +99,9 @@ class AFF(nn.Module):
 class ERes2NetBlock(nn.Module):
     """Res2Net basic block: 1x1 conv, `scale` hierarchical 3x3 branches, 1x1 conv, residual.
 
-    With `aff`, branch i receives AFF(previous branch, split i) instead of their sum (local feature fusion).
+    With `aff`, branch i receives AFF(previous branch, split i) instead of their sum (local feature fusion). With
+    `passthrough` (plain Res2Net), only the first `scale - 1` splits are convolved and the last one is concatenated
+    as it is.
     """
 
     def __init__(
@@ -97,15 +113,17 @@ class ERes2NetBlock(nn.Module):
         scale: int = 2,
         expansion: int = 2,
         aff: bool = False,
+        passthrough: bool = False,
     ):
         super().__init__()
         width = int(math.floor(planes * (base_width / 64.0)))
         self.width = width
         self.scale = scale
+        self.n_convs = scale - 1 if passthrough else scale
         self.conv1 = nn.Conv2d(in_planes, width * scale, 1, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm2d(width * scale)
-        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(scale))
-        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(scale))
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(self.n_convs))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(self.n_convs))
         if aff:
             self.fuse_models = nn.ModuleList(AFF(channels=width) for _ in range(scale - 1))
         else:
@@ -123,17 +141,19 @@ class ERes2NetBlock(nn.Module):
         spx = torch.split(conv_bn_act(self.conv1, self.bn1, x, RELU20), self.width, dim=1)
         outs = []
         sp = spx[0]
-        for i in range(self.scale):
+        for i in range(self.n_convs):
             if i > 0:
                 sp = self.fuse_models[i - 1](sp, spx[i]) if self.fuse_models is not None else sp + spx[i]
             sp = conv_bn_act(self.convs[i], self.bns[i], sp, RELU20)
             outs.append(sp)
+        if self.n_convs < self.scale:
+            outs.append(spx[-1])
         return conv_bn_act(self.conv3, self.bn3, torch.cat(outs, dim=1), RELU20, residual=self.shortcut(x))
 
     def fuse_for_inference(self) -> None:
         """Fold every BN into its conv, activations and the residual add as fused post-ops (AFFs fold their own)."""
         self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, RELU20), nn.Identity()
-        for i in range(self.scale):
+        for i in range(self.n_convs):
             self.convs[i], self.bns[i] = fuse_conv_bn_act(self.convs[i], self.bns[i], RELU20), nn.Identity()
         self.conv3, self.bn3 = fuse_conv_bn_act(self.conv3, self.bn3, RELU20), nn.Identity()
         if len(self.shortcut) == 2:  # through oneDNN too: its output is the residual post-op's operand, same layout
@@ -159,6 +179,7 @@ class ERes2Net(nn.Module):
         num_blocks: Sequence[int] = (3, 4, 6, 3),
         pooling: str = "TSTP",
         two_emb_layer: bool = False,
+        fusion: str | None = None,
     ):
         super().__init__()
         if variant not in ERES2NET_VARIANTS:
@@ -170,6 +191,9 @@ class ERes2Net(nn.Module):
         self.expansion = preset["expansion"] if expansion is None else expansion
         self.base_width = preset["base_width"] if base_width is None else base_width
         self.scale = preset["scale"] if scale is None else scale
+        self.fusion = _VARIANT_FUSION.get(variant, "all") if fusion is None else fusion
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"ERes2Net fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         self.variant = variant
         self.m_channels = m
         self.feat_dim = feat_dim
@@ -179,19 +203,24 @@ class ERes2Net(nn.Module):
         self.conv1 = nn.Conv2d(1, m, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(m)
         self._in_planes = m
+        aff = self.fusion != "none"
         self.layer1 = self._make_layer(m, num_blocks[0], stride=1, aff=False)
         self.layer2 = self._make_layer(m * 2, num_blocks[1], stride=2, aff=False)
-        self.layer3 = self._make_layer(m * 4, num_blocks[2], stride=2, aff=True)
-        self.layer4 = self._make_layer(m * 8, num_blocks[3], stride=2, aff=True)
+        self.layer3 = self._make_layer(m * 4, num_blocks[2], stride=2, aff=aff)
+        self.layer4 = self._make_layer(m * 8, num_blocks[3], stride=2, aff=aff)
 
-        # global feature fusion: each stage's output, downsampled, is fused bottom-up into the next one's
         e = self.expansion
-        self.layer1_downsample = nn.Conv2d(m * e, m * 2 * e, 3, stride=2, padding=1, bias=False)
-        self.layer2_downsample = nn.Conv2d(m * 2 * e, m * 4 * e, 3, stride=2, padding=1, bias=False)
-        self.layer3_downsample = nn.Conv2d(m * 4 * e, m * 8 * e, 3, stride=2, padding=1, bias=False)
-        self.fuse_mode12 = AFF(channels=m * 2 * e)
-        self.fuse_mode123 = AFF(channels=m * 4 * e)
-        self.fuse_mode1234 = AFF(channels=m * 8 * e)
+        if self.fusion == "all":
+            # global feature fusion: each stage's output, downsampled, is fused bottom-up into the next one's
+            self.layer1_downsample = nn.Conv2d(m * e, m * 2 * e, 3, stride=2, padding=1, bias=False)
+            self.layer2_downsample = nn.Conv2d(m * 2 * e, m * 4 * e, 3, stride=2, padding=1, bias=False)
+            self.layer3_downsample = nn.Conv2d(m * 4 * e, m * 8 * e, 3, stride=2, padding=1, bias=False)
+            self.fuse_mode12 = AFF(channels=m * 2 * e)
+            self.fuse_mode123 = AFF(channels=m * 4 * e)
+            self.fuse_mode1234 = AFF(channels=m * 8 * e)
+        elif self.fusion == "last":  # ERes2NetV2: stage 3, downsampled, fused into stage 4
+            self.layer3_ds = nn.Conv2d(m * 4 * e, m * 8 * e, 3, stride=2, padding=1, bias=False)
+            self.fuse34 = AFF(channels=m * 8 * e)
 
         freq = feat_dim
         for _ in range(3):  # three stride-2 stages
@@ -209,23 +238,40 @@ class ERes2Net(nn.Module):
     def _make_layer(self, planes: int, num_blocks: int, stride: int, aff: bool) -> nn.Sequential:
         blocks = []
         for s in [stride] + [1] * (num_blocks - 1):
-            blocks.append(ERes2NetBlock(self._in_planes, planes, s, self.base_width, self.scale, self.expansion, aff))
+            blocks.append(
+                ERes2NetBlock(
+                    self._in_planes,
+                    planes,
+                    s,
+                    self.base_width,
+                    self.scale,
+                    self.expansion,
+                    aff,
+                    passthrough=self.fusion == "none",
+                )
+            )
             self._in_planes = planes * self.expansion
         return nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, T, feat_dim]` -> `[B, embedding_dim]`."""
         x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
-        if uses_channels_last(self.layer1_downsample):
+        if uses_channels_last(self.layer1[0].conv3):
             x = x.contiguous(memory_format=torch.channels_last)
         out1 = self.layer1(conv_bn_act(self.conv1, self.bn1, x, "relu"))
         out2 = self.layer2(out1)
-        fuse12 = self.fuse_mode12(out2, self.layer1_downsample(out1))
-        out3 = self.layer3(out2)
-        fuse123 = self.fuse_mode123(out3, self.layer2_downsample(fuse12))
-        out4 = self.layer4(out3)
-        fuse1234 = self.fuse_mode1234(out4, self.layer3_downsample(fuse123))
-        embed = self.seg_1(self.pool(fuse1234.contiguous()))
+        if self.fusion == "all":
+            fuse12 = self.fuse_mode12(out2, self.layer1_downsample(out1))
+            out3 = self.layer3(out2)
+            fuse123 = self.fuse_mode123(out3, self.layer2_downsample(fuse12))
+            out4 = self.layer4(out3)
+            top = self.fuse_mode1234(out4, self.layer3_downsample(fuse123))
+        elif self.fusion == "last":
+            out3 = self.layer3(out2)
+            top = self.fuse34(self.layer4(out3), self.layer3_ds(out3))
+        else:
+            top = self.layer4(self.layer3(out2))
+        embed = self.seg_1(self.pool(top.contiguous()))
         if self.two_emb_layer:
             embed = self.seg_2(self.seg_bn_1(F.relu(embed)))
         return embed
@@ -234,12 +280,28 @@ class ERes2Net(nn.Module):
         """Fold the stem BN into its conv, and the second embedding layer's BN into `seg_2` (blocks fold their own);
         all convs run through oneDNN."""
         self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
-        for name in ("layer1_downsample", "layer2_downsample", "layer3_downsample"):
-            setattr(self, name, fuse_conv_bn_act(getattr(self, name), None, "none"))
+        for name in ("layer1_downsample", "layer2_downsample", "layer3_downsample", "layer3_ds"):
+            if hasattr(self, name):
+                setattr(self, name, fuse_conv_bn_act(getattr(self, name), None, "none"))
         if self.two_emb_layer:
             # relu -> bn -> seg_2: the BN is affine on seg_2's input, so it folds into seg_2 (BN *before* linear)
             fold_bn_into_linear(self.seg_2, self.seg_bn_1, bn_before=True)
             self.seg_bn_1 = nn.Identity()
+
+
+@register_model("eres2netv2")
+def eres2netv2(variant: str = "v2", **kwargs: object) -> ERes2Net:
+    """ERes2NetV2 (3D-Speaker's recommended model): `variant` `v2` (base_width 26, scale 2, expansion 2) or
+    `v2_w24s4ep4`; other arguments as `eres2net`."""
+    if variant not in _VARIANT_FUSION or _VARIANT_FUSION[variant] != "last":
+        raise ConfigError(f"eres2netv2 variant must be v2 or v2_w24s4ep4, got {variant!r}")
+    return ERes2Net(variant=variant, **kwargs)  # type: ignore[arg-type]
+
+
+@register_model("res2net")
+def res2net(**kwargs: object) -> ERes2Net:
+    """3D-Speaker's Res2Net (`speakerlab.models.res2net.Res2Net`): ERes2Net without fusion; arguments as `eres2net`."""
+    return ERes2Net(variant="res2net", **kwargs)  # type: ignore[arg-type]
 
 
 def speakerlab_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

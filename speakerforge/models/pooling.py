@@ -80,6 +80,9 @@ class AttentiveStatsPool(nn.Module):
     input concatenated with its utterance mean and std (unbiased if `context_unbiased`, as in WeSpeaker; biased in
     SpeechBrain).
 
+    Without `attention_tanh` the attention is `linear2(norm(relu(linear1(h))))` (WeSpeaker's `ASP` of its
+    SimAM-ResNets, registered as `ASP`: no tanh, variance floor 1e-5).
+
     `lengths` (optional, `[B]`, relative lengths in (0, 1] as in SpeechBrain) masks padded frames out of the
     statistics and the attention.
     """
@@ -92,9 +95,11 @@ class AttentiveStatsPool(nn.Module):
         attention_norm: bool = False,
         context_unbiased: bool = True,
         eps: float = 1e-10,
+        attention_tanh: bool = True,
     ):
         super().__init__()
         self.in_dim = in_dim
+        self.attention_tanh = attention_tanh
         self.global_context = global_context
         self.context_unbiased = context_unbiased
         self.eps = eps
@@ -116,7 +121,7 @@ class AttentiveStatsPool(nn.Module):
         a = self.linear1(h)
         if self.norm is not None:
             a = self.norm(torch.relu(a))
-        logits = self.linear2(torch.tanh(a))
+        logits = self.linear2(torch.tanh(a) if self.attention_tanh else a)
         if mask is not None:
             logits = logits.masked_fill(mask == 0, float("-inf"))
         alpha = torch.softmax(logits, dim=-1)
@@ -147,15 +152,17 @@ def _masked_mean_std(
 # WeSpeaker / 3D-Speaker `pooling_func` names -> (class, fixed kwargs); lets configs keep the names users know.
 POOLING_ALIASES: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "TSTP": (TemporalStatsPool, {}),
+    "TSTP_WS": (TemporalStatsPool, {"eps": 1e-7}),  # WeSpeaker's TSTP: variance floor 1e-7 (3D-Speaker's: 1e-8)
     "TAP": (TemporalStatsPool, {"use_std": False}),
     "TSDP": (TemporalStatsPool, {"use_mean": False}),
     "ASTP": (AttentiveStatsPool, {}),
+    "ASP": (AttentiveStatsPool, {"attention_norm": True, "attention_tanh": False, "eps": 1e-5}),
 }
 
 
 def build_pooling(name: str, in_dim: int, **kwargs: Any) -> nn.Module:
-    """Pooling layer by its WeSpeaker / 3D-Speaker name (`TSTP`, `TAP`, `TSDP`, `ASTP`, any case); `in_dim` =
-    flattened channel count of its input."""
+    """Pooling layer by its WeSpeaker / 3D-Speaker name (`TSTP`, `TSTP_WS`, `TAP`, `TSDP`, `ASTP`, `ASP`, any
+    case); `in_dim` = flattened channel count of its input."""
     name = name.upper()
     if name not in POOLING_ALIASES:
         raise ConfigError(f"unknown pooling {name!r}; known: {', '.join(POOLING_ALIASES)}")

@@ -10,8 +10,18 @@ The two toolkits differ in their ResNet34 recipes, and both are arguments here:
   seg_2`), 6.34 M parameters (egs/3dspeaker/sv-resnet/conf/resnet.yaml).
 - WeSpeaker: `resnet34(embedding_dim=256, two_emb_layer=False)`, the embedding is `seg_1`'s output, 6.63 M.
 
+Depth is an argument (`resnet(depth=34|221|293...)`: WeSpeaker's ResNet18-293 stage sizes and blocks). With
+`simam=True` every block applies SimAM (parameter-free attention) to its residual branch before the add: WeSpeaker's
+`SimAM_ResNet34_ASP` / `SimAM_ResNet100_ASP` (VoxBlink2 models) are `resnet(depth=34|100, simam=True,
+m_channels=64, embedding_dim=256, pooling="ASP", two_emb_layer=False)`; their checkpoints name the trunk `front.*`,
+the projections `downsample`, the pooling `pooling.attention.{0,2,3}` and the embedding layer `bottleneck`, which
+`speakerforge.models.convert` maps.
+
 Pooling is one of the shared layers of `speakerforge.models.pooling` by its reference name (`TSTP` default, `TAP`,
-`TSDP`, `ASTP`).
+`TSDP`, `ASTP`, `ASP`).
+
+For inference, `fuse_for_inference` folds every BatchNorm into its conv with the ReLU and residual add as oneDNN
+post-ops, and the model runs channels-last (`speakerforge.models.fuse`).
 """
 
 from __future__ import annotations
@@ -23,19 +33,60 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speakerforge.errors import ConfigError
+from speakerforge.models.fuse import conv_bn_act, fold_bn_into_linear, fuse_conv_bn_act, uses_channels_last
 from speakerforge.models.pooling import POOLING_ALIASES, build_pooling
 from speakerforge.models.registry import register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet", "resnet34", "speakerlab_key_map"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "RESNET_DEPTHS", "resnet", "resnet34", "simam", "speakerlab_key_map"]
+
+# depth -> (blocks per stage, block): WeSpeaker's ResNet18..293 (`wespeaker/models/resnet.py`) and the basic-block
+# ResNet100 of its SimAM models (`samresnet.py`).
+RESNET_DEPTHS: dict[int, tuple[tuple[int, int, int, int], str]] = {
+    18: ((2, 2, 2, 2), "basic"),
+    34: ((3, 4, 6, 3), "basic"),
+    50: ((3, 4, 6, 3), "bottleneck"),
+    100: ((6, 16, 24, 3), "basic"),
+    101: ((3, 4, 23, 3), "bottleneck"),
+    152: ((3, 8, 36, 3), "bottleneck"),
+    221: ((6, 16, 48, 3), "bottleneck"),
+    293: ((10, 20, 64, 3), "bottleneck"),
+}
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+def simam(x: torch.Tensor, lambda_p: float = 1e-4) -> torch.Tensor:
+    """SimAM (Yang et al., 2021): each activation weighted by the sigmoid of its energy over its channel's map."""
+    n = x.shape[2] * x.shape[3] - 1
+    d = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+    v = d.sum(dim=(2, 3), keepdim=True) / n
+    return x * torch.sigmoid(d / (4 * (v + lambda_p)) + 0.5)
+
+
+class _Block(nn.Module):
+    """What both block kinds share: the residual tail (SimAM optional) and folding for inference."""
+
+    shortcut: nn.Sequential
+    use_simam: bool
+
+    def _finish(self, conv: nn.Module, bn: nn.Module, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """`relu(branch + shortcut(x))`, the branch being `bn(conv(out))`, SimAM-weighted if asked."""
+        if self.use_simam:
+            y = simam(conv_bn_act(conv, bn, out, "none"))
+            return F.relu(y + self.shortcut(x))
+        return conv_bn_act(conv, bn, out, "relu", residual=self.shortcut(x))
+
+    def _fuse_shortcut(self) -> None:
+        if len(self.shortcut) == 2:  # through oneDNN too: its output is the residual post-op's operand, same layout
+            self.shortcut = nn.Sequential(fuse_conv_bn_act(self.shortcut[0], self.shortcut[1], "none"), nn.Identity())
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34/100)."""
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, use_simam: bool = False):
         super().__init__()
+        self.use_simam = use_simam
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
@@ -43,18 +94,25 @@ class BasicBlock(nn.Module):
         self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out = conv_bn_act(self.conv1, self.bn1, x, "relu")
+        return self._finish(self.conv2, self.bn2, out, x)
+
+    def fuse_for_inference(self) -> None:
+        """Fold both BNs into their convs, the ReLU (and the residual add) as fused post-ops (eval mode only)."""
+        self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
+        act = "none" if self.use_simam else "relu"
+        self.conv2, self.bn2 = fuse_conv_bn_act(self.conv2, self.bn2, act), nn.Identity()
+        self._fuse_shortcut()
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 - 3x3 - 1x1 bottleneck with 4x expansion (WeSpeaker's ResNet-50/101/152/221/293)."""
 
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, use_simam: bool = False):
         super().__init__()
+        self.use_simam = use_simam
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
@@ -64,10 +122,17 @@ class Bottleneck(nn.Module):
         self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        out = conv_bn_act(self.conv1, self.bn1, x, "relu")
+        out = conv_bn_act(self.conv2, self.bn2, out, "relu")
+        return self._finish(self.conv3, self.bn3, out, x)
+
+    def fuse_for_inference(self) -> None:
+        """Fold the three BNs into their convs, the ReLUs (and the residual add) as fused post-ops (eval mode)."""
+        self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
+        self.conv2, self.bn2 = fuse_conv_bn_act(self.conv2, self.bn2, "relu"), nn.Identity()
+        act = "none" if self.use_simam else "relu"
+        self.conv3, self.bn3 = fuse_conv_bn_act(self.conv3, self.bn3, act), nn.Identity()
+        self._fuse_shortcut()
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -92,6 +157,9 @@ class ResNet(nn.Module):
     `seg_2`; the embedding is then `seg_2`'s output).
     """
 
+    # oneDNN runs these small-channel 2D convs several times faster in channels-last layout (see fuse.py)
+    channels_last_inference = True
+
     def __init__(
         self,
         num_blocks: Sequence[int] = (3, 4, 6, 3),
@@ -101,6 +169,7 @@ class ResNet(nn.Module):
         embedding_dim: int = 192,
         pooling: str = "TSTP",
         two_emb_layer: bool = True,
+        simam: bool = False,
     ):
         super().__init__()
         if block not in _BLOCKS:
@@ -114,6 +183,7 @@ class ResNet(nn.Module):
         self.feat_dim = feat_dim
         self.embedding_dim = embedding_dim
         self.two_emb_layer = two_emb_layer
+        self.simam = simam
 
         self.conv1 = nn.Conv2d(1, m_channels, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(m_channels)
@@ -122,7 +192,7 @@ class ResNet(nn.Module):
             planes = m_channels * 2**i
             blocks = []
             for s in [stride] + [1] * (n - 1):
-                blocks.append(block_cls(in_planes, planes, s))
+                blocks.append(block_cls(in_planes, planes, s, simam))
                 in_planes = planes * block_cls.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
 
@@ -144,15 +214,25 @@ class ResNet(nn.Module):
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, T, F]` fbank -> `[B, C, F', T']` output of the last stage."""
         out = x.transpose(1, 2).unsqueeze(1)
-        out = F.relu(self.bn1(self.conv1(out)))
+        if uses_channels_last(self.layer1[0].conv2):
+            out = out.contiguous(memory_format=torch.channels_last)
+        out = conv_bn_act(self.conv1, self.bn1, out, "relu")
         return self.layer4(self.layer3(self.layer2(self.layer1(out))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, T, feat_dim]` fbank -> `[B, embedding_dim]` embedding."""
-        emb = self.seg_1(self.pool(self.frame_features(x)))
+        emb = self.seg_1(self.pool(self.frame_features(x).contiguous()))
         if self.two_emb_layer:
             emb = self.seg_2(self.seg_bn_1(F.relu(emb)))
         return emb
+
+    def fuse_for_inference(self) -> None:
+        """Fold the stem BN into its conv, and the second embedding layer's BN into `seg_2` (blocks fold their own)."""
+        self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
+        if self.two_emb_layer:
+            # relu -> bn -> seg_2: the BN is affine on seg_2's input, so it folds into seg_2 (BN *before* linear)
+            fold_bn_into_linear(self.seg_2, self.seg_bn_1, bn_before=True)
+            self.seg_bn_1 = nn.Identity()
 
 
 @register_model("resnet")
@@ -164,10 +244,16 @@ def resnet(
     embedding_dim: int = 192,
     pooling: str = "TSTP",
     two_emb_layer: bool = True,
+    depth: int = 0,
+    simam: bool = False,
 ) -> ResNet:
-    """ResNet of any depth: `num_blocks` per stage and `block` (`basic` or `bottleneck`; WeSpeaker's ResNet293 is
-    `num_blocks=(10, 20, 64, 3), block="bottleneck"`)."""
-    return ResNet(num_blocks, block, m_channels, feat_dim, embedding_dim, pooling, two_emb_layer)
+    """ResNet of any depth: `depth` (18, 34, 50, 100, 101, 152, 221, 293; sets `num_blocks` and `block`), or
+    `num_blocks` per stage and `block` (`basic` or `bottleneck`); `simam` for WeSpeaker's SimAM-ResNets."""
+    if depth:
+        if depth not in RESNET_DEPTHS:
+            raise ConfigError(f"resnet depth must be one of {', '.join(map(str, RESNET_DEPTHS))}, got {depth}")
+        num_blocks, block = RESNET_DEPTHS[depth]
+    return ResNet(num_blocks, block, m_channels, feat_dim, embedding_dim, pooling, two_emb_layer, simam)
 
 
 @register_model("resnet34")
