@@ -384,3 +384,20 @@ def test_large_margin_recipe_keeps_the_speed_perturbed_classifier(tmp_path):
     )
     rows = (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()
     assert '"margin": 0.5' in rows[0]
+
+
+def test_finetune_a_3dspeaker_campplus_with_cam_layers_frozen_passes_the_integrity_check(data, tmp_path):
+    """[new-user] 1: this command stopped with "held by the optimizer with a gradient, but did not change:
+    ...tdnn.nonlinear.batchnorm.weight" although that tensor's first step only rounded away (a fine-tuning warm-up
+    starts at a small learning rate: here 0.05 / 2e5 steps)."""
+    dtdnn = pytest.importorskip("speakerlab.models.campplus.DTDNN")
+    _a, b, _pre = data
+    torch.manual_seed(0)
+    torch.save(dtdnn.CAMPPlus(feat_dim=80, embedding_size=16).state_dict(), tmp_path / "campplus.bin")
+    exp = tmp_path / "cam"
+    args = ["--quiet", "finetune", "--init", str(tmp_path / "campplus.bin"), "--init-format", "3dspeaker"]
+    args += ["--exp", str(exp), "--data", str(b), "--freeze", "backbone.xvector.block*.tdnnd*.cam_layer.*"]
+    sets = ["model.name=campplus", "model.args={embedding_dim: 16}", *BASE_SETS[2:], "optim.warmup_epochs=100000"]
+    sets = [x for s in sets for x in ("--set", s)]
+    assert main(args + sets) == 0
+    assert (exp / "model.safetensors").is_file()

@@ -462,3 +462,35 @@ def test_freeze_pattern_may_name_a_batchnorm_without_parameters_to_pin_its_stati
     assert report.frozen == [] and report.frozen_bn == ["backbone.pool_bn"]
     with pytest.raises(ConfigError):
         apply_freeze(model, "backbone.pool_bn", freeze_bn=False)
+
+
+def test_a_real_gradient_with_a_step_below_float32_resolution_is_a_warning_not_a_failure():
+    """[new-user] 1: a tensor near 1.0 whose first step (tiny warm-up lr x gradient) rounds away is not dead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 5))
+    nn.init.constant_(model[0].weight, 1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-9, momentum=0.9)
+    chk = UpdateIntegrityCheck({"model": model}, optimizer)
+    x, y = torch.randn(16, 4), torch.randint(0, 5, (16,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = model[0].weight.detach().clone()
+    chk.before_step()
+    optimizer.step()
+    assert torch.equal(before, model[0].weight)  # the step rounded away
+    assert chk.after_step() == []
+    assert "model.0.weight" in " ".join(chk.warnings) and "ulp" in " ".join(chk.warnings)
+
+
+def test_a_tensor_the_step_should_have_moved_but_did_not_still_fails_and_names_the_flag():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 5))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    kept = model[2].weight.detach().clone()
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: model[2].weight.data.copy_(kept))  # a buggy step
+    chk = UpdateIntegrityCheck({"model": model}, optimizer)
+    x, y = torch.randn(16, 4), torch.randint(0, 5, (16,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    chk.before_step()
+    optimizer.step()
+    with pytest.raises(IntegrityError, match=r"model.2.weight.*--allow-dead-params"):
+        chk.after_step()

@@ -194,3 +194,20 @@ def test_bf16_autocast_trains_on_cpu(corpus, tmp_path):
     assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         _train(tiny_config([corpus], "train.epochs=1", "train.amp=fp16"), tmp_path / "x")
+
+
+def test_shipped_demo_config_with_a_long_warmup_passes_the_integrity_check(tmp_path, caplog):
+    """[hardening] 10 / [new-user] 1: `demo-ecapa.yaml` with `data.samples_per_epoch=1000000` starts warm-up at lr
+    1.6e-6; the first step then rounds away for many tensors near 1.0, which the check used to call dead (23)."""
+    from pathlib import Path
+
+    from speakerforge.config import SourceConfig, load_config
+
+    corpus = tiny_corpus(tmp_path / "c", n_speakers=4, seed=5)
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo-ecapa.yaml"
+    cfg = load_config(config, ["data.samples_per_epoch=1000000", "data.num_workers=0", "train.threads=1"])
+    cfg.data.sources = [SourceConfig(path=str(corpus))]
+    with caplog.at_level(logging.INFO, logger="speakerforge.train.freezing"), pytest.raises(StopForTest):
+        Trainer(cfg, tmp_path / "exp", RunOptions(stop_after_steps=2)).run()
+    assert "update-integrity check" in caplog.text and "ulp" in caplog.text
+    assert "asp.linear2.bias" not in caplog.text  # cancelled by the softmax over time, by design: not reported

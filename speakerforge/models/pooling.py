@@ -109,6 +109,10 @@ class AttentiveStatsPool(nn.Module):
         self.norm = nn.BatchNorm1d(bottleneck_dim) if attention_norm else None
         self.linear2 = nn.Conv1d(bottleneck_dim, in_dim, kernel_size=1)
 
+    # The softmax over time cancels linear2's bias (a per-channel constant), so it never trains. It stays so that
+    # released checkpoints load as they are; the update-integrity check reads this and does not report it.
+    cancelled_parameters = ("linear2.bias",)
+
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = _flatten_to_3d(x)
         mask = None if lengths is None else _length_mask(lengths, x.shape[-1], x.dtype)  # [B, 1, T]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -555,6 +556,7 @@ class UpdateIntegrityCheck:
         self._requires_grad: dict[int, bool] = {}
         self._grad_problems: dict[int, tuple[str, bool]] = {}
         self._grad_max: dict[int, float] = {}
+        self._state_snap: dict[int, dict[str, Any]] = {}
         self._armed = False
         with torch.no_grad():
             self._bn_snap = {name: buf.detach().clone() for name, buf in self._frozen_bn_buffers()}
@@ -581,6 +583,10 @@ class UpdateIntegrityCheck:
             return False
         with torch.no_grad():
             self._param_snap = {id(p): p.detach().clone() for _, p in self._named}
+            self._state_snap = {
+                id(p): {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in st.items()}
+                for p, st in self.optimizer.state.items()
+            }
             self._grad_max = {
                 id(p): float(p.grad.detach().abs().max())
                 for _, p in self._named
@@ -606,7 +612,7 @@ class UpdateIntegrityCheck:
             return []
         self.done = True
         violations = self._collect()
-        self._param_snap, self._grad_problems, self._grad_max = {}, {}, {}
+        self._param_snap, self._grad_problems, self._grad_max, self._state_snap = {}, {}, {}, {}
         self.violations = violations
         if self.warnings:
             log.warning("update-integrity check: %s", "; ".join(self.warnings))
@@ -624,6 +630,18 @@ class UpdateIntegrityCheck:
         log.warning("%s", _format_violations(violations))
         return violations
 
+    def _step_in_ulps(self, p: torch.Tensor) -> float | None:
+        """Largest step the optimizer computed for `p` (replayed in float64), in units of the spacing of `p`'s dtype
+        at each value: below 0.5 the step rounds away, a tensor with a real gradient then legitimately stays put."""
+        before = self._param_snap[id(p)]
+        if not before.is_floating_point():
+            return None
+        step = _replay_step(self.optimizer, p, before, self._state_snap.get(id(p), {}))
+        if step is None:
+            return None
+        spacing = (torch.nextafter(before, torch.full_like(before, math.inf)) - before).to(torch.float64)
+        return float((step / spacing).max())
+
     def _collect(self) -> list[Violation]:
         held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         out: list[Violation] = []
@@ -639,6 +657,8 @@ class UpdateIntegrityCheck:
                 )
         largest = max(self._grad_max.values(), default=0.0)
         negligible: list[str] = []
+        below_resolution: list[str] = []
+        by_design = _cancelled_by_design(self.modules)
         frozen_in_optimizer: list[str] = []
         for name, p in self._named:
             if self._ignored(name):
@@ -657,13 +677,24 @@ class UpdateIntegrityCheck:
                 out.append(Violation(name, "trainable but not held by the optimizer", True))
             elif problem is None and not changed:
                 if self._grad_max.get(id(p), 0.0) <= 1e-6 * largest:
-                    negligible.append(name)
+                    if name in by_design:
+                        log.debug("update-integrity check: %s is cancelled by its model's design", name)
+                    else:
+                        negligible.append(name)
+                elif (ratio := self._step_in_ulps(p)) is not None and ratio < 0.5:
+                    below_resolution.append(f"{name} ({ratio:.2g} ulp)")
                 else:
                     out.append(Violation(name, "held by the optimizer with a gradient, but did not change", True))
         if negligible:
             self.warnings.append(
-                "gradient negligible and tensor unchanged (a bias directly before a BatchNorm is "
-                f"cancelled by it; use bias=False): {_abbrev(negligible)}"
+                "gradient negligible and tensor unchanged (its effect on the loss is cancelled, e.g. by a following "
+                f"normalisation or softmax; such a tensor can go, e.g. bias=False): {_abbrev(negligible)}"
+            )
+        if below_resolution:
+            self.warnings.append(
+                "the first step was smaller than half the spacing of representable values, so rounding kept these "
+                f"tensors unchanged (a small first learning rate, e.g. in warm-up; they move as it grows): "
+                f"{_abbrev(below_resolution)}"
             )
         if frozen_in_optimizer:
             self.warnings.append(
@@ -684,6 +715,43 @@ class UpdateIntegrityCheck:
         return out
 
 
+def _cancelled_by_design(modules: Mapping[str, nn.Module]) -> set[str]:
+    """Full names of the parameters that a module declares cancelled by its own design (`cancelled_parameters`,
+    e.g. a bias before a softmax over time): they never train, and saying so every run would be noise."""
+    out = set()
+    for key, root in modules.items():
+        for mod_name, m in root.named_modules():
+            for rel in getattr(m, "cancelled_parameters", ()):
+                out.add(".".join(x for x in (key, mod_name, rel) if x))
+    return out
+
+
+def _replay_step(
+    optimizer: torch.optim.Optimizer, p: torch.Tensor, before: torch.Tensor, state: dict[str, Any]
+) -> torch.Tensor | None:
+    """The update `optimizer` computed for `p` from `before`, replayed in float64 (None when it cannot be)."""
+    group = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), None)
+    if group is None or p.grad is None:
+        return None
+    options = {k: v for k, v in group.items() if k != "params"}
+    for flag in ("foreach", "fused", "capturable", "differentiable"):
+        if flag in options:
+            options[flag] = False if flag != "foreach" else None
+    shadow = before.detach().to(torch.float64).clone().requires_grad_(True)
+    shadow.grad = p.grad.detach().to(torch.float64).clone()
+    try:
+        replay = type(optimizer)([{"params": [shadow], **options}])
+        replay.state[shadow] = {
+            k: (v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() and v.dim() else v)
+            for k, v in state.items()
+        }
+        replay.step()
+    except Exception as exc:  # an optimizer that cannot be rebuilt from its groups: keep the strict verdict
+        log.debug("update-integrity check: cannot replay %s: %s", type(optimizer).__name__, exc)
+        return None
+    return (shadow.detach() - before.to(torch.float64)).abs()
+
+
 def _abbrev(names: Sequence[str], limit: int = 20) -> str:
     head = ", ".join(names[:limit])
     return head + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
@@ -694,6 +762,11 @@ def _format_violations(violations: Sequence[Violation]) -> str:
     for v in violations:
         by_problem.setdefault(v.problem, []).append(v.name)
     parts = [f"{problem}: {_abbrev(names)}" for problem, names in by_problem.items()]
-    return f"update-integrity check failed after the first optimizer step ({len(violations)} problems): " + "; ".join(
-        parts
-    )
+    advice = ""
+    if any(v.dead for v in violations):
+        advice = (
+            "; freeze the tensors that should not train, or pass --allow-dead-params (train.allow_dead_params) to "
+            "continue with a warning"
+        )
+    head = f"update-integrity check failed after the first optimizer step ({len(violations)} problems): "
+    return head + "; ".join(parts) + advice
