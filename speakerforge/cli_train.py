@@ -64,6 +64,17 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_arg_sets(args: argparse.Namespace) -> dict:
+    """The `--set model.args.KEY=VALUE` items alone (with --model-id they adjust the id's model)."""
+    from speakerforge.config import _apply_override  # one parser for dotted overrides
+
+    raw: dict = {"model": {"args": {}}}
+    for item in args.overrides:
+        if item.startswith("model.args."):
+            _apply_override(raw, item)
+    return raw["model"]["args"]
+
+
 def _args_finetune(p: argparse.ArgumentParser) -> None:
     _args_common(p)
     p.add_argument(
@@ -75,6 +86,11 @@ def _args_finetune(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--init-format", default="auto", choices=["auto", "speakerforge", "3dspeaker", "wespeaker"])
     p.add_argument("--init-part", choices=["teacher", "student"], help="which backbone of a self-supervised run")
+    p.add_argument(
+        "--model-id",
+        help="released 3D-Speaker/WeSpeaker model id of the --init checkpoint: its model replaces the config's "
+        "(--set model.args.KEY=VALUE adjusts it)",
+    )
     p.add_argument(
         "--freeze",
         default="",
@@ -102,7 +118,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from speakerforge.train.trainer import RunOptions, Trainer
 
     cfg = _config(args)
-    init = read_init(args.init, args.init_format, args.init_part)
+    init = read_init(args.init, args.init_format, args.init_part, args.model_id, _model_arg_sets(args))
     if init.model_spec is not None:
         if (cfg.model.name, cfg.model.args) != (init.model_spec["name"], init.model_spec.get("args", {})):
             import logging
@@ -120,7 +136,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
         cfg.train.allow_dead_params = True
 
     def do_init(module, speakers: list[str]) -> None:
-        apply_init(module, init, args.init_format, cfg.model.name, args.allow_partial, args.keep_head, speakers)
+        fmt = "speakerforge" if args.model_id else args.init_format  # --model-id: converted by read_init
+        apply_init(module, init, fmt, cfg.model.name, args.allow_partial, args.keep_head, speakers)
 
     options = RunOptions(
         resume=not args.no_resume,
@@ -131,6 +148,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
             "init": str(Path(args.init).resolve()),
             "format": args.init_format,
             "part": args.init_part,
+            "model_id": args.model_id,
             "keep_head": args.keep_head,
             "allow_partial": args.allow_partial,
         },

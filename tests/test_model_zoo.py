@@ -498,4 +498,5 @@ def test_one_row_per_family_matches_at_its_released_width(tmp_path, model_id):
     out = _convert(tmp_path, entry, ref)
     model, _, _ = load_embedding_model(out)
     _assert_same_embeddings(model, ref, frames=100, batch=1)
-    assert math.isfinite(float(model(_fbank(50, 1)).sum()))
+    with torch.no_grad():
+        assert math.isfinite(float(model(_fbank(50, 1)).sum()))

@@ -38,14 +38,25 @@ class InitWeights:
     notes: list[str] = field(default_factory=list)
 
 
-def read_init(src: str | Path, fmt: str = "auto", part: str | None = None) -> InitWeights:
-    """Locate and read backbone weights from `src` (see module docstring)."""
+def read_init(
+    src: str | Path,
+    fmt: str = "auto",
+    part: str | None = None,
+    model_id: str | None = None,
+    model_args: dict[str, Any] | None = None,
+) -> InitWeights:
+    """Locate and read backbone weights from `src` (see module docstring); with `model_id`, a released checkpoint
+    converted into that id's model (`speakerforge.models.zoo`; `model_args` adjust it), whose spec the run uses."""
     if fmt not in FORMATS:
         raise ConfigError(f"--init-format: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     p = Path(src)
     if not p.exists():
         raise CheckpointError(f"{src}: --init source not found")
     art = sniff(p)
+    if model_id is not None:
+        if art.kind not in _FOREIGN_KINDS:
+            raise CheckpointError(f"{src}: {art.describe()}; --model-id is for 3D-Speaker / WeSpeaker checkpoints")
+        return _read_released(p, model_id, None if fmt == "auto" else fmt, model_args or {})
     if fmt in ("3dspeaker", "wespeaker"):
         if art.kind not in _FOREIGN_KINDS:
             raise CheckpointError(f"{src}: {art.describe()}, not a {fmt} checkpoint; {_FORMAT_HINT[art.kind in _OURS]}")
@@ -138,6 +149,20 @@ def _read_foreign(path: Path, fmt: str) -> InitWeights:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
     return InitWeights(dict(obj), str(path), None, None, None, notes=[f"format {fmt}"])
+
+
+def _read_released(path: Path, model_id: str, source: str | None, model_args: dict[str, Any]) -> InitWeights:
+    """A released checkpoint, checked against and converted into `model_id`'s architecture (our key names)."""
+    from speakerforge.models.convert import split_checkpoint
+    from speakerforge.models.registry import build_model
+    from speakerforge.models.zoo import resolve
+
+    obj = safe_torch_load(str(path))
+    entry = resolve(obj, model_id, source, model_args)
+    args = {**entry.args, **model_args}
+    converted = split_checkpoint(obj, entry.source, entry.arch, build_model(entry.arch, **args), entry.part)
+    spec = {"name": entry.arch, "args": args}
+    return InitWeights(converted.backbone, str(path), spec, notes=[f"model id {entry.id}"])
 
 
 def apply_init(
