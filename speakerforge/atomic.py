@@ -3,14 +3,21 @@
 A file appears complete or not at all: the data goes to a temporary file beside the target, is flushed to disk, and
 is renamed over the target; on any error the temporary file is removed and an existing target is untouched. Torch-
 free, so that light readers and writers (scoring, manifests) do not import it.
+
+A process killed by SIGKILL (or a power cut) cannot remove its temporary file; the name says which process wrote it
+(`.NAME.PID@HOST.RANDOM.tmp`), and the next write into the same folder removes those of processes of this host that
+no longer run (`sweep_stale_temps`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import re
 import secrets
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +31,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     final = Path(path)
     check_output_path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(final.parent)
     while True:  # like mkstemp, but created with the user's umask rather than mode 0600
-        tmp = final.parent / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp = final.parent / f".{final.name}.{os.getpid()}@{_HOST}.{secrets.token_hex(4)}.tmp"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break
@@ -36,9 +44,49 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:  # data on disk before the rename makes the file visible
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # A write through a file object (disk full, quota) names no file: name the one being written.
+        raise OSError(exc.errno or errno.EIO, exc.strerror or str(exc), str(final)) from exc
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(final.parent)
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:16] or "host"
+_TEMP = re.compile(r"^\..+\.(\d+)(?:@([A-Za-z0-9-]*))?\.[0-9a-f]{8}\.tmp$")
+
+
+def sweep_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporary files of `atomic_path` in `folder` whose writer (a process of this host) is gone."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP.match(name)
+        if m is None or (m.group(2) is not None and m.group(2) != _HOST) or _alive(int(m.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(Path(folder) / name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 @contextlib.contextmanager

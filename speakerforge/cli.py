@@ -1,14 +1,19 @@
 """`speakerforge <command>`: one entry point; each command is a thin layer over a library function.
 
 Commands import their library modules lazily so that `speakerforge validate` does not pay for importing torch.
-User errors (`SpeakerforgeError`, and an `OSError` about a named file) become one line on stderr and a non-zero exit;
-`--debug` shows the traceback.
+The error contract: logs and progress bars go to stderr; a command that fails ends with exactly one error line,
+`speakerforge <command>: error: ...`, the last line on stderr, and exits 2 (user errors: `SpeakerforgeError`, an
+`OSError` about a file, bad arguments, out of memory; `validate` exits 1 when it found problems). SIGTERM is treated
+as Ctrl-C (clean-up runs, exit 143). Anything else is a bug: still one line, exit 70, and `--debug` shows the
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,6 +22,7 @@ from speakerforge.errors import SpeakerforgeError, describe_os_error
 log = logging.getLogger("speakerforge")
 
 EXIT_USER_ERROR = 2
+EXIT_BUG = 70  # sysexits EX_SOFTWARE: not the user's input
 
 # name -> (help, add_arguments, run). Filled by the `command` decorator below.
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -55,10 +61,41 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
+class UsageError(Exception):
+    """A bad command line: argparse's message, printed as the one error line like every other user error."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+def finite_float(text: str) -> float:
+    """`type=float` that refuses nan and inf (every float option is a finite number)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line (no usage block), and no nan/inf for a float option."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(self.prog, message)
+
+    def add_argument(self, *args, **kwargs):  # type: ignore[override]
+        if kwargs.get("type") is float:
+            kwargs["type"] = finite_float
+        return super().add_argument(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; exposed so tests and docs can introspect the commands."""
     _import_command_modules()
-    parser = argparse.ArgumentParser(prog="speakerforge", description=__doc__.splitlines()[0])
+    parser = Parser(prog="speakerforge", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -98,10 +135,36 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (a multi-line message would break the one-error-line contract)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """Python's MemoryError, torch.OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError)
+        and (type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc))
+    )
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what job schedulers send), raised where Ctrl-C would be so that the same clean-up runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        who = " ".join(exc.prog.split()[:2])  # `speakerforge prepare synthetic` -> `speakerforge prepare`
+        print(f"{who}: error: {_one_line(exc)} (see {exc.prog} --help)", file=sys.stderr)
+        return EXIT_USER_ERROR
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
     console = logging.StreamHandler()
     console.setLevel(level)  # --quiet holds for the console even where a command logs INFO to its own log file
@@ -109,26 +172,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[console]
     )
     _help, _add, run = _COMMANDS[args.command]
+    previous = _install_sigterm()
     try:
         code = run(args)
     except SpeakerforgeError as exc:
         if args.debug:
             raise
-        _close_progress_bars()
-        print(f"speakerforge {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _fail(args.command, _one_line(exc))
     except OSError as exc:
         # A file the user named cannot be read or written (a file where a folder should be, permissions, full
-        # disk): their environment, not a bug. OSErrors without a file name stay tracebacks.
-        if args.debug or exc.filename is None:
+        # disk): their environment, not a bug. OSErrors without a file name are reported as bugs below.
+        if args.debug:
             raise
+        if exc.filename is None:
+            return _fail(
+                args.command, f"internal error ({type(exc).__name__}: {_one_line(exc)}); --debug shows where", EXIT_BUG
+            )
+        return _fail(args.command, describe_os_error(exc))
+    except KeyboardInterrupt as exc:
         _close_progress_bars()
-        print(f"speakerforge {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"speakerforge {args.command}: interrupted", file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"speakerforge {args.command}: {how}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        if _is_out_of_memory(exc):
+            return _fail(args.command, f"out of memory ({_one_line(exc)[:300]}); use smaller inputs or settings")
+        return _fail(
+            args.command,
+            f"internal error ({type(exc).__name__}: {_one_line(exc)[:300]}); this is a bug, --debug shows the "
+            "traceback",
+            EXIT_BUG,
+        )
+    finally:
+        _restore_sigterm(previous)
     return int(code or 0)
+
+
+def _fail(command: str, message: str, code: int = EXIT_USER_ERROR) -> int:
+    """The one error line, last on stderr: progress bars are closed first so it starts a line of its own."""
+    _close_progress_bars()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    print(f"speakerforge {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _install_sigterm() -> object:
+    """SIGTERM -> `_Terminated` for the duration of a command (only the main thread may set handlers)."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. a test runner's worker thread)
+        return None
+
+
+def _restore_sigterm(previous: object) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":  # `python -m speakerforge.cli`: run the package's module, where commands register

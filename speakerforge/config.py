@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,49 @@ from speakerforge.errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Declared ranges: every number of the schema is finite, and a field may declare its range (or its choices) next to
+# itself; `check_values` checks them all at load. Outside its range a value fails deep inside (a negative LR in the
+# optimizer, a zero speed in the resampler) or silently ruins the run (inf LR writes a NaN model).
+@dataclass(frozen=True)
+class Range:
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: low itself is excluded
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def describe(self) -> str:
+        lo = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        hi = None if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(x for x in (lo, hi) if x) or "finite"
+
+
+def num(
+    default: Any = None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: bool = False,
+    below: bool = False,
+    factory: Any = None,
+) -> Any:
+    """A numeric field (or list / mapping of numbers) with its declared range; `above`/`below` exclude the bounds."""
+    meta = {"range": Range(low, high, above, below)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def choice(default: str | None, *options: str, pattern: str | None = None) -> Any:
+    """A string field that must be one of `options` (or match `pattern`)."""
+    return field(default=default, metadata={"choices": options, "pattern": pattern})
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Schema
 @dataclass
 class ModelConfig:
@@ -29,27 +73,27 @@ class ModelConfig:
 
 @dataclass
 class FeatureConfig:
-    num_mel_bins: int = 80
-    frame_length: float = 25.0
-    frame_shift: float = 10.0
-    dither: float = 0.0  # training-time dither; extraction always uses 0
+    num_mel_bins: int = num(80, 1, 512)
+    frame_length: float = num(25.0, 0, 1000, above=True)  # ms
+    frame_shift: float = num(10.0, 0, 1000, above=True)  # ms
+    dither: float = num(0.0, 0)  # training-time dither; extraction always uses 0
     mean_norm: bool = True
 
 
 @dataclass
 class SourceConfig:
     path: str = ""
-    weight: float = 1.0
+    weight: float = num(1.0, 0, above=True)
     name: str = ""  # speaker namespace; defaults to the manifest's file stem
 
 
 @dataclass
 class SpecAugmentConfig:
-    prob: float = 0.0
-    num_freq_masks: int = 1
-    max_freq_width: int = 8
-    num_time_masks: int = 1
-    max_time_width: int = 10
+    prob: float = num(0.0, 0, 1)
+    num_freq_masks: int = num(1, 0, 100)
+    max_freq_width: int = num(8, 0)
+    num_time_masks: int = num(1, 0, 100)
+    max_time_width: int = num(10, 0)
 
 
 @dataclass
@@ -57,9 +101,9 @@ class AugmentConfig:
     noise_dir: str | None = None
     rir_dir: str | None = None
     # exclusive per-utterance choices (3D-Speaker's aug_prob 0.6 = 0.2 each); used only when a folder is set
-    noise_prob: float = 0.2
-    reverb_prob: float = 0.2
-    both_prob: float = 0.2
+    noise_prob: float = num(0.2, 0, 1)
+    reverb_prob: float = num(0.2, 0, 1)
+    both_prob: float = num(0.2, 0, 1)
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
 
 
@@ -67,44 +111,44 @@ class AugmentConfig:
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     shared_speakers: bool = False  # same speaker name in two sources = one class
-    crop_seconds: float = 3.0
-    min_seconds: float = 0.5  # shorter utterances are padded by repetition
-    batch_size: int = 32
-    num_workers: int = 0
-    samples_per_epoch: int = 0  # 0: the sum of the sources' sizes
-    speed_perturb: list[float] = field(default_factory=lambda: [1.0])  # each non-1 speed is a new speaker set
+    crop_seconds: float = num(3.0, 0, 600, above=True)
+    min_seconds: float = num(0.5, 0, 600)  # shorter utterances are padded by repetition
+    batch_size: int = num(32, 1, 1_000_000)
+    num_workers: int = num(0, 0, 1024)
+    samples_per_epoch: int = num(0, 0)  # 0: the sum of the sources' sizes
+    speed_perturb: list[float] = num(low=0.25, high=4.0, factory=lambda: [1.0])  # each non-1 speed: new speakers
     skip_bad_audio: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class HeadConfig:
-    kind: str = "aam"  # aam | am
-    scale: float = 32.0
-    subcenters: int = 1
+    kind: str = choice("aam", "aam", "am")
+    scale: float = num(32.0, 0, 1000, above=True)
+    subcenters: int = num(1, 1, 100)
     easy_margin: bool = False
 
 
 @dataclass
 class MarginConfig:
-    initial: float = 0.0
-    final: float = 0.2
-    start_epoch: float = 0.0  # margin held at `initial` before, raised until end_epoch
-    end_epoch: float = 0.0
-    kind: str = "linear"  # linear | exponential
+    initial: float = num(0.0, 0, 1)
+    final: float = num(0.2, 0, 1)
+    start_epoch: float = num(0.0, 0)  # margin held at `initial` before, raised until end_epoch
+    end_epoch: float = num(0.0, 0)
+    kind: str = choice("linear", "linear", "exponential")
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    min_lr: float = 1e-4
-    warmup_epochs: float = 0.0
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
+    optimizer: str = choice("sgd", "sgd", "adamw")
+    lr: float = num(0.1, 0, 1000, above=True)
+    min_lr: float = num(1e-4, 0, 1000)
+    warmup_epochs: float = num(0.0, 0)
+    weight_decay: float = num(1e-4, 0, 10)
+    momentum: float = num(0.9, 0, 1, below=True)
     nesterov: bool = True
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_mult: dict[str, float] = field(default_factory=dict)  # parameter prefix -> LR multiplier
+    betas: list[float] = num(low=0, high=1, below=True, factory=lambda: [0.9, 0.999])
+    lr_mult: dict[str, float] = num(low=0, high=1000, factory=dict)  # parameter prefix -> LR multiplier
     scale_lr_with_world_size: bool = False
 
 
@@ -113,31 +157,31 @@ class StageConfig:
     """One stage of a staged schedule; unset (None) fields inherit from the top-level config."""
 
     name: str = ""
-    epochs: int = 1
+    epochs: int = num(1, 1)
     freeze: list[str] = field(default_factory=list)
-    lr: float | None = None
-    min_lr: float | None = None
-    warmup_epochs: float | None = None
-    lr_mult: dict[str, float] | None = None
+    lr: float | None = num(None, 0, 1000, above=True)
+    min_lr: float | None = num(None, 0, 1000)
+    warmup_epochs: float | None = num(None, 0)
+    lr_mult: dict[str, float] | None = num(None, 0, 1000)
     margin: MarginConfig | None = None
-    crop_seconds: float | None = None
-    speed_perturb: list[float] | None = None
+    crop_seconds: float | None = num(None, 0, 600, above=True)
+    speed_perturb: list[float] | None = num(None, 0.25, 4.0)
     sources: list[SourceConfig] | None = None
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    seed: int = 1234
-    grad_clip: float = 5.0
-    grad_accum: int = 1
-    amp: str = "none"  # none | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch intra-op threads on CPU; 0 = leave torch's default
-    save_every_steps: int = 0  # 0: at the end of every epoch only
-    keep_last: int = 3
-    log_every: int = 10
-    max_nonfinite_steps: int = 5  # stop after this many non-finite losses in a row
+    epochs: int = num(10, 1)
+    seed: int = num(1234, 0, 2**63 - 1)
+    grad_clip: float = num(5.0, 0)  # 0: no clipping
+    grad_accum: int = num(1, 1, 100_000)
+    amp: str = choice("none", "none", "bf16", "fp16")
+    device: str = choice("auto", "auto", "cpu", "cuda", pattern=r"cuda:\d+")
+    threads: int = num(0, 0, 4096)  # torch intra-op threads on CPU; 0 = leave torch's default
+    save_every_steps: int = num(0, 0)  # 0: at the end of every epoch only
+    keep_last: int = num(3, 1)
+    log_every: int = num(10, 1)
+    max_nonfinite_steps: int = num(5, 1)  # stop after this many non-finite losses in a row
     freeze: list[str] = field(default_factory=list)
     freeze_bn: bool = True
     allow_dead_params: bool = False
@@ -170,7 +214,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = bounded_yaml(p.read_text(encoding="utf-8"), str(path)) or {}
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text; expected a YAML config file") from None
         except yaml.YAMLError as exc:
@@ -184,60 +228,105 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-# Numbers that have a valid range: outside it, training fails deep inside (a negative LR in the optimizer, a
-# zero-length crop in a convolution) or silently does nothing (0 epochs writes an untrained model).
-_AT_LEAST: dict[str, float] = {
-    "train.epochs": 1,
-    "train.grad_accum": 1,
-    "train.keep_last": 1,
-    "train.log_every": 1,
-    "train.max_nonfinite_steps": 1,
-    "data.batch_size": 1,
-    "features.num_mel_bins": 1,
-    "head.subcenters": 1,
-    "train.grad_clip": 0,
-    "train.threads": 0,
-    "train.save_every_steps": 0,
-    "data.min_seconds": 0,
-    "data.num_workers": 0,
-    "data.samples_per_epoch": 0,
-    "optim.min_lr": 0,
-    "optim.warmup_epochs": 0,
-    "optim.weight_decay": 0,
-    "margin.start_epoch": 0,
-    "margin.end_epoch": 0,
-}
-_ABOVE_ZERO = ("optim.lr", "data.crop_seconds", "features.frame_length", "features.frame_shift", "head.scale")
-_STAGE_AT_LEAST = {"epochs": 1, "min_lr": 0, "warmup_epochs": 0}
-_STAGE_ABOVE_ZERO = ("lr", "crop_seconds")
+def check_values(cfg: Any, where: str = "config", prefix: str = "") -> None:
+    """ConfigError for a value outside its declared range or choices (`train.epochs` 0, a negative `optim.lr`,
+    `optim.lr: inf`, `train.device: foo`), naming the key; every number must be finite."""
+    for f in dataclasses.fields(cfg):
+        key, value = f"{prefix}{f.name}", getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_values(value, where, key + ".")
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                check_values(item, where, f"{key}[{i}].")
+        elif isinstance(value, str) and (f.metadata.get("choices") or f.metadata.get("pattern")):
+            _check_choice(where, key, value, f.metadata["choices"], f.metadata.get("pattern"))
+        else:
+            _check_numbers(where, key, value, f.metadata.get("range", Range()))
 
 
-def check_values(cfg: Config, where: str = "config") -> None:
-    """ConfigError for a number outside its range (e.g. `train.epochs` 0, a negative `optim.lr`), naming the key."""
+def _check_numbers(where: str, key: str, value: Any, rng: Range) -> None:
+    items: list[tuple[str, Any]] = [(key, value)]
+    if isinstance(value, list):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        items = [(f"{key}.{k}", v) for k, v in value.items()]
+    for name, v in items:
+        if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(v) or not rng.holds(v):
+            what = rng.describe()
+            if not math.isfinite(v):
+                what = "a finite number" + ("" if what == "finite" else f" {what}")
+            raise ConfigError(f"{where}: {name} must be {what}, got {v!r}")
 
-    def get(obj: Any, dotted: str) -> Any:
-        for part in dotted.split("."):
-            obj = getattr(obj, part)
-        return obj
 
-    def check(key: str, value: Any, low: float, strict: bool) -> None:
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            return
-        if value < low or (strict and value == low) or value != value:
-            bound = f"> {low:g}" if strict else f">= {low:g}"
-            raise ConfigError(f"{where}: {key} must be {bound}, got {value!r}")
+def _check_choice(where: str, key: str, value: str, options: tuple[str, ...], pattern: str | None) -> None:
+    import re
 
-    for key, low in _AT_LEAST.items():
-        check(key, get(cfg, key), low, strict=False)
-    for key in _ABOVE_ZERO:
-        check(key, get(cfg, key), 0, strict=True)
-    for i, stage in enumerate(cfg.stages):
-        for name, low in _STAGE_AT_LEAST.items():
-            check(f"stages[{i}].{name}", getattr(stage, name), low, strict=False)
-        for name in _STAGE_ABOVE_ZERO:
-            check(f"stages[{i}].{name}", getattr(stage, name), 0, strict=True)
-    for i, src in enumerate(cfg.data.sources):
-        check(f"data.sources[{i}].weight", src.weight, 0, strict=True)
+    if value in options or (pattern is not None and re.fullmatch(pattern, value)):
+        return
+    near = difflib.get_close_matches(value, options, n=1)
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    also = f" or {pattern.replace(chr(92) + 'd+', 'N')}" if pattern else ""
+    raise ConfigError(f"{where}: {key} must be one of {', '.join(options)}{also}, got {value!r}{hint}")
+
+
+# A config is small: these bounds stop an alias bomb (a 540-byte file that expands to billions of values) and deep
+# nesting (a RecursionError) at load time, before anything walks the document.
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 200_000
+MAX_KEY_PARTS = 32
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a nesting limit (its composer recurses once per level)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def bounded_yaml(text: str, where: str) -> Any:
+    """`yaml.safe_load` with bounded nesting and alias expansion; ConfigError (`file:line:col`) otherwise."""
+    try:
+        loader = _BoundedLoader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(where, exc)) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML (nested too deeply)") from None
+    _count_values(data, where)
+    return data
+
+
+def _count_values(data: Any, where: str) -> None:
+    """Values the document holds once aliases are expanded (shared objects counted at every use), without
+    expanding them; more than MAX_YAML_VALUES is refused."""
+    count, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES or depth > MAX_YAML_DEPTH:
+            what = f"more than {MAX_YAML_VALUES} values" if count > MAX_YAML_VALUES else "nesting too deep"
+            raise ConfigError(f"{where}: refused: the YAML expands to {what} (YAML aliases?)")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+            count += len(node)
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def _yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:
@@ -253,10 +342,14 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.01")
     key, _, text = item.partition("=")
     keys = key.strip().split(".")
+    if len(keys) > MAX_KEY_PARTS:
+        raise ConfigError(f"--set {key[:60]}...: a key of {len(keys)} parts; at most {MAX_KEY_PARTS}")
     _check_path_exists(keys)
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = bounded_yaml(text, f"--set {key}") if text.strip() else ""
+    except ConfigError as exc:
+        if "refused" in str(exc) or "deep" in str(exc):
+            raise
         value = text
     node = raw
     for k in keys[:-1]:
