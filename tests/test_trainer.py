@@ -211,3 +211,49 @@ def test_shipped_demo_config_with_a_long_warmup_passes_the_integrity_check(tmp_p
         Trainer(cfg, tmp_path / "exp", RunOptions(stop_after_steps=2)).run()
     assert "update-integrity check" in caplog.text and "ulp" in caplog.text
     assert "asp.linear2.bias" not in caplog.text  # cancelled by the softmax over time, by design: not reported
+
+
+def _cli_train(exp, corpus, *sets, extra=()):
+    from speakerforge.cli import main
+
+    base = [*TRAIN_SETS, *sets]
+    return main(
+        ["--quiet", "train", "--exp", str(exp), "--data", str(corpus), *extra, *(x for s in base for x in ("--set", s))]
+    )
+
+
+TRAIN_SETS = [
+    "model.name=ecapa_tdnn",
+    "model.args={channels: 8, embedding_dim: 8}",
+    "data.batch_size=8",
+    "data.crop_seconds=0.5",
+    "train.threads=1",
+    "train.seed=3",
+    "optim.warmup_epochs=0",
+]
+
+
+def test_extending_a_finished_run_trains_the_extra_epochs_and_says_so(corpus, tmp_path, caplog):
+    """[new-user] 2: `--set train.epochs=4 --allow-config-change` on a finished 2-epoch run trained nothing, exited 0
+    and rewrote config.yaml to say 4 epochs."""
+    exp = tmp_path / "full"
+    assert _cli_train(exp, corpus, "train.epochs=2") == 0
+    steps_2 = json.loads((exp / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    before = model_weights(exp)
+    with caplog.at_level(logging.WARNING, logger="speakerforge.train.trainer"):
+        assert _cli_train(exp, corpus, "train.epochs=4", extra=["--allow-config-change"]) == 0
+    rows = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 * steps_2 and {r["epoch"] for r in rows} == {1, 2, 3, 4}
+    assert "epochs 2 -> 4" in caplog.text and "recomputed over 4 epochs" in caplog.text
+    after = model_weights(exp)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_shortening_a_run_below_what_it_trained_is_refused(corpus, tmp_path, capsys):
+    exp = tmp_path / "full"
+    assert _cli_train(exp, corpus, "train.epochs=2") == 0
+    before = (exp / "config.yaml").read_text()
+    assert _cli_train(exp, corpus, "train.epochs=1", extra=["--allow-config-change"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs changed from 2 to 1, but it has trained 2 epoch(s)" in err and "--no-resume" in err
+    assert (exp / "config.yaml").read_text() == before  # nothing claimed

@@ -41,10 +41,19 @@ def choose_run_dir(exp: Path, resume: bool) -> Path:
     return new
 
 
+def write_config(run_dir: Path, cfg: Config) -> None:
+    """`config.yaml` as resolved, written atomically (once a resumed run has accepted a changed config)."""
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+
+
 def prepare_run(
     run_dir: Path, cfg: Config, command: str, allow_config_change: bool, extra: dict[str, Any] | None = None
 ) -> str:
-    """Write or check `config.yaml` and `run.json`; return the run id that checkpoints must carry."""
+    """Write or check `config.yaml` and `run.json`; return the run id that checkpoints must carry.
+
+    A changed config accepted with `allow_config_change` is not written here: the caller writes it
+    (`write_config`) once the resumed run has accepted the change, so that a refused change leaves the folder as it
+    was and `config.yaml` never describes a run that did not happen."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.yaml"
     run_path = run_dir / "run.json"
@@ -65,7 +74,6 @@ def prepare_run(
             )
         if diff:
             log.warning("resuming with a changed config (--allow-config-change):\n  %s", "\n  ".join(diff))
-            atomic_write_text(cfg_path, dump_config(cfg))
         if (extra or {}) != info.get("extra", {}) and not allow_config_change:
             raise ConfigError(
                 f"{run_path}: the run was started with {info.get('extra')}, now {extra}; "

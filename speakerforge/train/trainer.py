@@ -40,7 +40,7 @@ from speakerforge.train.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from speakerforge.train.experiment import choose_run_dir, prepare_run
+from speakerforge.train.experiment import choose_run_dir, prepare_run, write_config
 from speakerforge.train.objectives import SupervisedModule
 from speakerforge.train.optim import build_optimizer, set_lr, warmup_cosine
 from speakerforge.train.stages import Stage, resolve_stages
@@ -319,14 +319,27 @@ class Trainer:
         state = self.ckpt.load_latest()
         if state is not None:
             module.load_state_dict(state["model"])
-            progress = Progress(**state["progress"])
-            log.info(
-                "resumed at stage %d epoch %d batch %d (global step %d)",
-                progress.stage,
-                progress.epoch,
-                progress.batch,
-                progress.global_step,
-            )
+            progress = self._reconcile_epochs(Progress(**state["progress"]), state.get("stage_epochs"))
+        if self.env.is_main and not self._new_run:
+            write_config(self.exp, self.cfg)  # a resumed run's accepted config (unchanged, or --allow-config-change)
+            if progress.stage >= len(self.stages):
+                log.info(
+                    "this run already finished all %d stage(s) (global step %d): nothing to train; writing the "
+                    "model file again",
+                    len(self.stages),
+                    progress.global_step,
+                )
+            else:
+                log.info(
+                    "resumed in stage %d/%d %r at epoch %d/%d, batch %d (global step %d)",
+                    progress.stage + 1,
+                    len(self.stages),
+                    self.stages[progress.stage].name,
+                    progress.epoch + 1,
+                    self.stages[progress.stage].epochs,
+                    progress.batch,
+                    progress.global_step,
+                )
         self.metrics_path = self.exp / "metrics.jsonl"
         if self.env.is_main:
             _truncate_metrics(self.metrics_path, progress.global_step)
@@ -338,6 +351,42 @@ class Trainer:
             state = None
         barrier(self.env)
         return self.finish(module)
+
+    def _reconcile_epochs(self, progress: Progress, saved: list[int] | None) -> Progress:
+        """Apply a changed epoch count (`--allow-config-change`) to a resumed run, or refuse it: never report a
+        change that cannot take effect. A finished stage may be extended when nothing after it has started."""
+        if not saved:  # checkpoints written before epoch counts were recorded
+            return progress
+        now = [st.epochs for st in self.stages]
+        for i, (was, new) in enumerate(zip(saved, now)):
+            if was == new:
+                continue
+            name = self.stages[i].name
+            started_next = progress.stage > i + 1 or (progress.stage == i + 1 and (progress.epoch or progress.batch))
+            done = was if progress.stage > i else progress.epoch + (1 if progress.batch else 0)
+            if new < done or started_next:
+                why = f"it has trained {done} epoch(s)" if new < done else "a later stage has started"
+                raise ConfigError(
+                    f"stage {i + 1} {name!r}: epochs changed from {was} to {new}, but {why}; this resumed run "
+                    "cannot apply it: keep the old value, or start afresh with --no-resume"
+                )
+            if progress.stage > i:  # finished, and the next stage has not started: extend it
+                progress.stage, progress.epoch, progress.batch = i, was, 0
+            elif progress.stage == i and new == progress.epoch and not progress.batch:  # shortened to where it is
+                progress.stage, progress.epoch = i + 1, 0
+                log.warning("stage %d %r: epochs %d -> %d (config change): it ends here", i + 1, name, was, new)
+                continue
+            log.warning(
+                "stage %d %r: epochs %d -> %d (config change): it continues at epoch %d, and its learning-rate and "
+                "margin schedules are recomputed over %d epochs from here on",
+                i + 1,
+                name,
+                was,
+                new,
+                progress.epoch + 1,
+                new,
+            )
+        return progress
 
     def _run_stage(
         self, module: nn.Module, stage: Stage, progress: Progress, state: dict | None, augment: Callable | None
@@ -678,6 +727,7 @@ class Trainer:
                 "optimizer_stage": stage_index,
                 "scaler": self.scaler.state_dict(),
                 "progress": progress.as_dict(),
+                "stage_epochs": [st.epochs for st in self.stages],
                 "rng": capture_rng(),
             }
             self.ckpt.save(state, progress.global_step, metric)
