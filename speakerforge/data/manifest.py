@@ -285,13 +285,21 @@ def _attach_speakers(utts: list[Utterance], utt2spk: dict, utt2spk_src: str, rep
 
 
 # ---- CSV (3D-Speaker)
+def _csv_fields(text: str) -> list[str]:
+    """One CSV line's fields; `csv.Error` (a field over the csv module's limit, a stray NUL) for the caller to name."""
+    return next(csv.reader([text], skipinitialspace=True), [])
+
+
 def _read_csv(path: Path, report: Report) -> list[Utterance]:
     src, folder = str(path), path.parent
     rows = list(_lines(path))
     if not rows:
         raise DataError(f"{where(path, 1)}: empty manifest; expected the header {','.join(CSV_HEADER)}")
     header_line, header_text = rows[0]
-    header = [h.strip() for h in next(csv.reader([header_text], skipinitialspace=True))]
+    try:
+        header = [h.strip() for h in _csv_fields(header_text)]
+    except csv.Error as exc:
+        raise DataError(f"{where(path, header_line)}: unreadable CSV header ({exc})") from None
     missing = [c for c in CSV_REQUIRED if c not in header]
     if missing:
         raise DataError(f"{where(path, header_line)}: header lacks column(s) {', '.join(missing)}; "
@@ -299,7 +307,11 @@ def _read_csv(path: Path, report: Report) -> list[Utterance]:
     col = {name: i for i, name in enumerate(header)}
     out = []
     for line, text in rows[1:]:
-        fields = next(csv.reader([text], skipinitialspace=True))
+        try:
+            fields = _csv_fields(text)
+        except csv.Error as exc:  # e.g. a field over the csv module's 131,072-character limit
+            report(src, line, f"unreadable CSV row ({exc})")
+            continue
         if len(fields) != len(header):
             report(src, line, f"{len(fields)} fields but the header has {len(header)} ({','.join(header)})")
             continue
