@@ -351,27 +351,65 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if "refused" in str(exc) or "deep" in str(exc):
             raise
         value = text
-    node = raw
-    for k in keys[:-1]:
+    node: Any = raw
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, k, keys[:i])
+            continue
         nxt = node.get(k)
+        if isinstance(nxt, list) or (nxt is None and keys[i + 1].isdigit()):
+            node = nxt or []  # a list of sections: the next key picks an item (`stages.0`, `stages.finetune`)
+            continue
         if not isinstance(nxt, dict):
             nxt = {}
             node[k] = nxt
         node = nxt
+    if isinstance(node, list):
+        where = ".".join(keys[:-1])
+        raise ConfigError(
+            f"--set {key}: {where} is a list; pick an item by index (from 0) or name, e.g. {where}.0.{keys[-1]}=..."
+        )
     node[keys[-1]] = value
+
+
+def _list_item(items: list[Any], k: str, parents: list[str]) -> dict[str, Any]:
+    """`stages.1` (index from 0) or `stages.finetune` (an item's `name`) in a `--set` key."""
+    where = ".".join(parents)
+    names = [str(it.get("name")) for it in items if isinstance(it, dict) and it.get("name")]
+    choices = f"0..{len(items) - 1}" + (f" or a name: {', '.join(names)}" if names else "")
+    if not items:
+        raise ConfigError(f"--set {where}.{k}...: the config has no {where}; define them in the config file first")
+    if k.isdigit():
+        if int(k) >= len(items):
+            raise ConfigError(f"--set {where}.{k}...: the config has {len(items)} {where} ({choices})")
+        item = items[int(k)]
+    else:
+        found = [it for it in items if isinstance(it, dict) and it.get("name") == k]
+        if not found:
+            raise ConfigError(f"--set {where}.{k}...: no item of {where} is named {k!r} ({choices})")
+        item = found[0]
+    if not isinstance(item, dict):
+        raise ConfigError(f"--set {where}.{k}...: that item is not a mapping")
+    return item
 
 
 def _check_path_exists(keys: list[str]) -> None:
     """`--set` of a key the schema does not have is an error, with a suggestion."""
     cls: Any = Config
+    skip_item = False
     for i, k in enumerate(keys):
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             return  # inside a free-form dict (model.args, ssl, lr_mult): anything goes
+        if skip_item:  # the index or name of an item of a list of sections (`stages.0`, `stages.finetune`)
+            skip_item = False
+            continue
         names = {f.name: f for f in dataclasses.fields(cls)}
         if k not in names:
             dotted = ".".join(keys[: i + 1])
             raise ConfigError(f"--set {'.'.join(keys)}: unknown key {dotted!r}{_suggest(k, names, keys[:i])}")
-        cls = _unwrap_optional(_type_hints(cls)[k])
+        hint = _type_hints(cls)[k]
+        cls = _unwrap_optional(hint)
+        skip_item = typing.get_origin(_unwrap_none(hint)) is list and dataclasses.is_dataclass(cls)
 
 
 def from_dict(cls: type, raw: Any, where: str = "config", prefix: str = "") -> Any:
@@ -446,6 +484,14 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
 
 def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _unwrap_none(tp: Any) -> Any:
+    """`X | None` -> X (lists kept as lists)."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return inner[0] if inner else tp
+    return tp
 
 
 def _unwrap_optional(tp: Any) -> Any:

@@ -77,3 +77,40 @@ def test_dump_round_trip_and_diff(tmp_path):
     assert to_dict(again) == to_dict(cfg)
     diff = config_diff(to_dict(cfg), to_dict(load_config(None, ["optim.lr=0.4"])))
     assert diff == ["optim.lr: 0.3 -> 0.4"]
+
+
+STAGED = "stages:\n  - {name: asr, epochs: 2}\n  - {name: hotword, epochs: 1, lr: 0.1}\n"
+
+
+def test_set_reaches_a_stage_by_index_or_by_name(tmp_path):
+    """[new-user] 5: `--set stages.0.epochs=3` was refused while the error listed `epochs` among valid keys."""
+    (tmp_path / "c.yaml").write_text(STAGED)
+    cfg = load_config(tmp_path / "c.yaml", ["stages.0.epochs=3", "stages.hotword.lr=0.5", "stages.asr.freeze=[x]"])
+    assert [(s.name, s.epochs, s.lr, s.freeze) for s in cfg.stages] == [
+        ("asr", 3, None, ["x"]),
+        ("hotword", 1, 0.5, []),
+    ]
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("stages.2.epochs=1", r"the config has 2 stages \(0\.\.1 or a name: asr, hotword\)"),
+        ("stages.hot.epochs=1", r"no item of stages is named 'hot'"),
+        ("stages.epochs=3", r"stages is a list; pick an item by index \(from 0\) or name, e\.g\. stages\.0\.epochs"),
+        ("stages.0.epoch=3", r"unknown key 'stages\.0\.epoch'; did you mean 'stages\.0\.epochs'"),
+    ],
+)
+def test_set_of_a_missing_stage_is_one_clear_line(tmp_path, item, message):
+    (tmp_path / "c.yaml").write_text(STAGED)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "c.yaml", [item])
+
+
+def test_set_stage_through_the_cli(tmp_path, capsys):
+    from speakerforge.cli import main
+
+    (tmp_path / "c.yaml").write_text(STAGED)
+    code = main(["--quiet", "train", "--config", str(tmp_path / "c.yaml"), "--exp", str(tmp_path / "e"),
+                 "--data", str(tmp_path / "missing.jsonl"), "--set", "stages.9.epochs=3"])  # fmt: skip
+    assert code == 2 and "the config has 2 stages" in capsys.readouterr().err
