@@ -53,6 +53,11 @@ FEATURE_DEFAULTS: dict[str, Any] = {"num_mel_bins": 80, "frame_length": 25.0, "f
 ONNX_META_KEY = "speakerforge"
 ONNX_FORMAT = "speakerforge-onnx-1"
 DEFAULT_BATCH_SIZE = 16
+# Memory bound: no forward pass sees more than this much audio in all. A longer utterance is embedded as the mean
+# of the embeddings of consecutive chunks of this length (the last chunk ends at the end of the audio, overlapping
+# its neighbour), and batches of shorter ones are split to stay within it. ECAPA-TDNN (512 channels) needs about
+# 2.3 MB per second of audio in a forward pass, so this is ~300 MB; audio up to this length is embedded whole.
+MAX_FORWARD_SECONDS = 120.0
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this, audio counts as silent (16-bit digital silence is +-1 LSB = 3e-5)
 
 AudioInput = str | Path | np.ndarray | torch.Tensor
@@ -280,7 +285,7 @@ class SpeakerModel:
         """One utterance (path or array) -> embedding `[D]` float32."""
         wav = self.waveform(item, sample_rate)
         self.check_input(wav, _describe(item))
-        return self.embed_waves(wav[None, : self.frame_span(self.num_frames(wav.shape[0]))], [_describe(item)])[0]
+        return self.embed_waveforms([wav], names=[_describe(item)])[0]
 
     def embed_batch(
         self,
@@ -309,13 +314,33 @@ class SpeakerModel:
         """16 kHz waveforms (any lengths, each at least `min_samples`) -> `[N, D]`, rows in input order.
         `names` name the waveforms in error messages."""
         out = np.empty((len(waves), self.embedding_dim), dtype=np.float32)
-        frames = [self.num_frames(w.shape[0]) for w in waves]
-        for idx, n in group_by_frames(frames, batch_size, length_tolerance):
+        limit = int(MAX_FORWARD_SECONDS * SAMPLE_RATE)
+        for i, w in enumerate(waves):
+            if w.shape[0] > limit:
+                out[i] = self._mean_over_chunks(w, limit, None if names is None else names[i])
+        whole = [i for i, w in enumerate(waves) if w.shape[0] <= limit]
+        frames = [self.num_frames(waves[i].shape[0]) for i in whole]
+        for group, n in group_by_frames(frames, batch_size, length_tolerance):
+            idx = [whole[j] for j in group]
             span = self.frame_span(n)
-            out[idx] = self.embed_waves(
-                np.stack([waves[i][:span] for i in idx]), None if names is None else [names[i] for i in idx]
-            )
+            step = max(1, limit // max(1, span))  # a batch holds at most MAX_FORWARD_SECONDS of audio
+            for part in (idx[k : k + step] for k in range(0, len(idx), step)):
+                out[part] = self.embed_waves(
+                    np.stack([waves[i][:span] for i in part]), None if names is None else [names[i] for i in part]
+                )
         return out
+
+    def _mean_over_chunks(self, wav: np.ndarray, chunk: int, name: str | None, batch_size: int = 1) -> np.ndarray:
+        """Mean of the embeddings of `chunk_waveform(wav, chunk)`, at most MAX_FORWARD_SECONDS of audio a pass."""
+        chunks = chunk_waveform(wav, chunk)
+        span = self.frame_span(self.num_frames(chunks.shape[1]))
+        per = max(1, min(batch_size, int(MAX_FORWARD_SECONDS * SAMPLE_RATE) // max(1, span)))
+        who = [name or "audio"]
+        embs = [
+            self.embed_waves(chunks[i : i + per, :span], who * len(chunks[i : i + per]))
+            for i in range(0, chunks.shape[0], per)
+        ]
+        return np.concatenate(embs).mean(axis=0, dtype=np.float64).astype(np.float32)
 
     def embed_chunked(
         self,
@@ -333,14 +358,7 @@ class SpeakerModel:
                 f"chunks of {chunk_seconds:g} s are shorter than the "
                 f"{self.min_samples / SAMPLE_RATE:.3f} s this model needs for an embedding"
             )
-        chunks = chunk_waveform(wav, chunk)
-        span = self.frame_span(self.num_frames(chunks.shape[1]))
-        name = [_describe(item)]
-        embs = [
-            self.embed_waves(chunks[i : i + batch_size, :span], name * len(chunks[i : i + batch_size]))
-            for i in range(0, chunks.shape[0], batch_size)
-        ]
-        return np.concatenate(embs).mean(axis=0, dtype=np.float64).astype(np.float32)
+        return self._mean_over_chunks(wav, chunk, _describe(item), batch_size)
 
     def score(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> float:
         """Cosine similarity in [-1, 1]; `a` and `b` are paths, waveforms or embeddings (1-D arrays of length D)."""
@@ -464,17 +482,19 @@ def _load_model_file(path: Path, device: str, optimize: bool) -> SpeakerModel:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    import yaml
 
     if not path.is_file():
         raise CheckpointError(
             f"{path}: not found; a checkpoint is rebuilt from its run's config.yaml "
             "(two folders up), or pass the model.safetensors file"
         )
+    from speakerforge.config import bounded_yaml
+    from speakerforge.errors import ConfigError
+
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CheckpointError(f"{path}: unreadable YAML ({str(exc).splitlines()[0]})") from None
+        cfg = bounded_yaml(path.read_text(), str(path)) or {}
+    except ConfigError as exc:
+        raise CheckpointError(f"unreadable config: {exc}") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
         raise CheckpointError(f"{path}: no `model: {{name, args}}` section")
     return cfg
@@ -495,14 +515,16 @@ def _checkpoint_backbone(state: dict[str, Any], origin: str) -> dict[str, torch.
 
 
 def _load_checkpoint(path: Path, device: str, optimize: bool, cfg_path: Path | None = None) -> SpeakerModel:
-    from speakerforge.models.modelfile import load_strict
-    from speakerforge.models.registry import build_model
+    from speakerforge.models.modelfile import build_checked_model, check_declared_size, load_strict
 
     cfg_path = cfg_path or path.parent.parent / "config.yaml"
     cfg = _read_config(cfg_path)
     weights = _checkpoint_backbone(load_state(path), str(path))
     spec = cfg["model"]
-    model = build_model(spec["name"], **(spec.get("args") or {}))
+    if not isinstance(spec.get("args") or {}, dict):
+        raise CheckpointError(f"{cfg_path}: model.args must be a mapping, got {spec.get('args')!r:.80}")
+    check_declared_size(spec["name"], spec.get("args") or {}, weights, str(path))
+    model = build_checked_model(spec["name"], spec.get("args") or {}, where=f"{cfg_path}: model.args")
     load_strict(model, weights, str(path))
     meta = {
         "model": {"name": spec["name"], "args": spec.get("args") or {}},
@@ -554,10 +576,7 @@ def _load_onnx(path: Path, threads: int | None) -> SpeakerModel:
             f"output; it has {len(inputs)} inputs and {len(outputs)} outputs"
         )
     if ONNX_META_KEY in props:
-        try:
-            meta = json.loads(props[ONNX_META_KEY])
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{path}: corrupt speakerforge metadata in the ONNX model") from None
+        meta = _onnx_meta(props[ONNX_META_KEY], str(path))
         with_fbank = bool(meta.get("with_fbank"))
         dim = int(meta.get("embedding_dim") or 0)
     else:
@@ -567,6 +586,22 @@ def _load_onnx(path: Path, threads: int | None) -> SpeakerModel:
     features = feature_settings(meta.get("features"))
     log.info("loaded ONNX model %s (%d-d, fbank %s the graph)", path, dim, "inside" if with_fbank else "outside")
     return SpeakerModel(_OnnxBackend(session, features, with_fbank), dim, features, meta, str(path), "onnx")
+
+
+def _onnx_meta(text: str, origin: str) -> dict[str, Any]:
+    """The speakerforge metadata of an ONNX model, checked with the model file's schema (types and ranges)."""
+    from speakerforge.models.modelfile import check_feature_meta, check_model_meta_types
+
+    try:
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{origin}: corrupt speakerforge metadata in the ONNX model") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{origin}: corrupt speakerforge metadata (a {type(meta).__name__}, not a mapping)")
+    meta = dict(meta)
+    meta["features"] = check_feature_meta(meta.get("features"), origin)
+    check_model_meta_types(meta, origin)
+    return meta
 
 
 def _guess_onnx(path: Path, inputs: list, outputs: list) -> tuple[dict[str, Any], bool, int]:

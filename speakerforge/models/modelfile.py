@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from speakerforge.checkpoint_io import load_model_file, save_model_file
-from speakerforge.errors import CheckpointError
+from speakerforge.config import FeatureConfig, ModelConfig, check_values, from_dict
+from speakerforge.errors import CheckpointError, ConfigError, SpeakerforgeError
 from speakerforge.models.registry import build_model
 
 FORMAT = "speakerforge-model-1"
@@ -43,16 +44,116 @@ def save_embedding_model(
 
 
 def load_embedding_model(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
-    """Rebuild the backbone from a model file and load its weights strictly: (model in eval mode, meta, extras)."""
+    """Rebuild the backbone from a model file and load its weights strictly: (model in eval mode, meta, extras).
+
+    The metadata is checked with the config's typed schema and ranges, and the network it describes is first built
+    on the meta device (no memory) and compared with the tensors in the file: a header claiming 200,000 channels
+    is refused before anything is allocated."""
     state, meta = load_model_file(path)
-    if meta.get("format") != FORMAT or "model" not in meta:
-        raise CheckpointError(f"{path}: unknown model file format {meta.get('format')!r}")
-    model = build_model(meta["model"]["name"], **meta["model"].get("args", {}))
+    meta = check_model_meta(meta, str(path))
+    spec = meta["model"]
     weights = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
     extras = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
+    check_declared_size(spec["name"], spec["args"], weights, str(path))
+    model = build_checked_model(spec["name"], spec["args"], where=f"{path}: metadata model.args")
     load_strict(model, weights, str(path))
     model.eval()
     return model, meta, extras
+
+
+def check_model_meta(meta: Any, origin: str) -> dict[str, Any]:
+    """The speakerforge metadata of a model file, validated: `model` and `features` with the config's schema and
+    ranges, the other known keys by type; CheckpointError naming the file and the key otherwise."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{origin}: corrupt speakerforge metadata (a {type(meta).__name__}, not a mapping)")
+    if meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{origin}: unknown model file format {meta.get('format')!r}")
+    out = dict(meta)
+    try:
+        model = from_dict(ModelConfig, meta["model"], where=f"{origin}: metadata", prefix="model.")
+        check_values(model, f"{origin}: metadata", "model.")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    out["model"] = {"name": model.name, "args": model.args}
+    out["features"] = check_feature_meta(meta.get("features"), origin)
+    check_model_meta_types(out, origin)
+    return out
+
+
+def check_feature_meta(features: Any, origin: str) -> dict[str, Any]:
+    """Feature settings stated by a model (file or ONNX), checked like the config's `features:` section."""
+    if features is None:
+        return {}
+    try:
+        cfg = from_dict(FeatureConfig, features, where=f"{origin}: metadata", prefix="features.")
+        check_values(cfg, f"{origin}: metadata", "features.")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    return {k: getattr(cfg, k) for k in features}
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "embedding_dim": (int,),
+    "threshold": (int, float),
+    "speakers": (list,),
+    "speeds": (list,),
+    "sub_centers": (int,),
+    "with_fbank": (bool,),
+    "config": (dict, str),
+}
+
+
+def check_model_meta_types(meta: dict[str, Any], origin: str) -> None:
+    """The known keys of model metadata (file or ONNX) by type and range."""
+    import math
+
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) and bool not in types:
+            value = "bool"
+        if not isinstance(value, types):
+            names = " or ".join(t.__name__ for t in types)
+            raise CheckpointError(f"{origin}: metadata {key} must be {names}, got {meta.get(key)!r:.80}")
+    dim = meta.get("embedding_dim")
+    if dim is not None and not 0 <= dim <= MAX_EMBEDDING_DIM:
+        raise CheckpointError(f"{origin}: metadata embedding_dim must be in [0, {MAX_EMBEDDING_DIM}], got {dim}")
+    threshold = meta.get("threshold")
+    if threshold is not None and not math.isfinite(threshold):
+        raise CheckpointError(f"{origin}: metadata threshold must be finite, got {threshold!r}")
+
+
+MAX_EMBEDDING_DIM = 65536
+
+
+def build_checked_model(name: str, args: dict[str, Any], where: str = "model.args") -> nn.Module:
+    """`build_model` where whatever the constructor refuses (negative channels, torch's own checks) is a
+    ConfigError naming `where`, and running out of memory says which model was asked for."""
+    try:
+        return build_model(name, **args)
+    except SpeakerforgeError:
+        raise
+    except MemoryError:
+        raise ConfigError(f"{where}: model {name!r} with {args} needs more memory than there is") from None
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(f"{where}: model {name!r} cannot be built with {args} ({first})") from None
+
+
+def check_declared_size(name: str, args: dict[str, Any], weights: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Build the described network on the meta device (shapes only, no memory) and refuse a file whose tensors
+    do not fit it, before the real network is allocated."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(name, **args)
+    except Exception:  # a model that cannot be built on the meta device: the strict load below still checks it
+        return
+    problems = fit_problems(skeleton.state_dict(), weights)
+    if problems:
+        raise CheckpointError(
+            f"{origin}: its metadata ({name} {args}) does not describe the weights in the file: " + "; ".join(problems)
+        )
 
 
 def load_strict(model: nn.Module, weights: dict[str, torch.Tensor], origin: str) -> None:

@@ -6,18 +6,20 @@ Re-running the same command in the same folder resumes. A changed config is refu
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from speakerforge.atomic import atomic_write_text
-from speakerforge.config import Config, config_diff, dump_config, to_dict
-from speakerforge.errors import ConfigError
+from speakerforge.config import Config, bounded_yaml, config_diff, dump_config, to_dict
+from speakerforge.errors import ConfigError, SpeakerforgeError
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +31,52 @@ def _has_run(folder: Path) -> bool:
     return (folder / "run.json").is_file()
 
 
-def choose_run_dir(exp: Path, resume: bool) -> Path:
-    """`exp` itself, or with `resume=False` and an existing run there, the first free `exp/restart-N`."""
-    if resume or not _has_run(exp):
+def _restarts(exp: Path) -> list[tuple[int, Path]]:
+    """(N, folder) of every `exp/restart-N` that holds a run, oldest first."""
+    found = []
+    for p in exp.glob("restart-*") if exp.is_dir() else []:
+        suffix = p.name.removeprefix("restart-")
+        if suffix.isdigit() and _has_run(p):
+            found.append((int(suffix), p))
+    return sorted(found)
+
+
+def _same_run(folder: Path, cfg: Config | None, command: str | None) -> bool:
+    """An unfinished run of this command with this config (ignoring the harmless keys)."""
+    if cfg is None or (folder / "model.safetensors").is_file():
+        return False
+    try:
+        info = json.loads((folder / "run.json").read_text())
+        old = bounded_yaml((folder / "config.yaml").read_text(), str(folder / "config.yaml")) or {}
+    except (OSError, ValueError, ConfigError):
+        return False
+    diff = [d for d in config_diff(old, to_dict(cfg)) if not d.startswith(_HARMLESS)]
+    return info.get("command") == command and not diff
+
+
+def choose_run_dir(exp: Path, resume: bool, cfg: Config | None = None, command: str | None = None) -> Path:
+    """Where this run goes, so that re-running the same command always resumes the run it started.
+
+    Resuming takes the newest run of the folder (`exp`, or its newest `restart-N`). `resume=False` starts afresh
+    in the first free `exp/restart-N`, unless the newest restart is an unfinished run of this same command and
+    config: that is the run an earlier `--no-resume` started and a kill interrupted, and it is resumed.
+    """
+    restarts = _restarts(exp)
+    newest = restarts[-1][1] if restarts else exp
+    if resume:
+        if newest != exp:
+            log.info("resuming the newest run of %s: %s (started with --no-resume)", exp, newest)
+        return newest
+    if not _has_run(exp):
         return exp
-    n = 1
+    if newest != exp and _same_run(newest, cfg, command):
+        log.info(
+            "--no-resume: %s holds an unfinished run of this same command and config (started by --no-resume); "
+            "resuming it (delete it to start afresh once more)",
+            newest,
+        )
+        return newest
+    n = restarts[-1][0] + 1 if restarts else 1
     while (exp / f"restart-{n}").exists():
         n += 1
     new = exp / f"restart-{n}"
@@ -64,7 +107,7 @@ def prepare_run(
             raise ConfigError(
                 f"{run_dir}: holds a `{info.get('command')}` run, not `{command}`; use another --exp or --no-resume"
             )
-        old = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+        old = bounded_yaml(cfg_path.read_text(), str(cfg_path)) if cfg_path.is_file() else {}
         diff = [d for d in config_diff(old, new) if not d.startswith(_HARMLESS)]
         if diff and not allow_config_change:
             raise ConfigError(
@@ -87,3 +130,53 @@ def prepare_run(
         json.dumps({"run_id": run_id, "command": command, "started": time.time(), "extra": extra or {}}, indent=1),
     )
     return run_id
+
+
+class ExperimentLock:
+    """One run per experiment folder: an exclusive `fcntl.flock` on `EXP/.lock`, which names its holder.
+
+    The kernel drops the lock when its process dies (SIGKILL included), so the lock file a killed run leaves is
+    simply taken over by the next run: a stale lock never blocks.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> ExperimentLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise SpeakerforgeError(
+                    f"{self.folder}: another run is using this experiment folder ({holder}); wait for it to "
+                    f"finish or stop it, or use another --exp (lock: {self.path})"
+                ) from None
+            try:  # the holder we waited for may have removed the file: lock the file that is there now
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self, remove: bool = False) -> None:
+        """Unlock; `remove` also deletes the lock file (a discarded run leaves nothing)."""
+        if self.fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None

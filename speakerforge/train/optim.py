@@ -34,10 +34,15 @@ def build_optimizer(
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ConfigError("nothing to train: every parameter is frozen (check train.freeze / --freeze)")
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    if name == "adamw" and len(betas) != 2:
+        raise ConfigError(f"optim.betas: AdamW takes two numbers, got {list(betas)}")
+    try:  # torch checks its arguments too; what it refuses is a config error, named as one
+        if name == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+        if name == "adamw":
+            return torch.optim.AdamW(groups, lr=lr, betas=(betas[0], betas[1]))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"optim ({name}): {exc}") from None
     raise ConfigError(f"optim.optimizer: unknown optimizer {name!r}; use sgd or adamw")
 
 

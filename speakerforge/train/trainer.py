@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from speakerforge.atomic import atomic_write_text, sweep_stale_temps
 from speakerforge.config import Config, to_dict
 from speakerforge.data.datasets import CropDataset, collate_crops
 from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.data.sampling import MixedSampler, SpeakerIndex, load_sources
 from speakerforge.errors import ConfigError, SpeakerforgeError
 from speakerforge.models.heads import margin_at_step
-from speakerforge.models.modelfile import save_embedding_model
-from speakerforge.models.registry import build_model
+from speakerforge.models.modelfile import build_checked_model, save_embedding_model
 from speakerforge.progress import progress_bar
 from speakerforge.train import freezing
 from speakerforge.train.checkpoint import CheckpointManager, capture_rng, restore_rng
@@ -40,7 +40,7 @@ from speakerforge.train.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from speakerforge.train.experiment import choose_run_dir, prepare_run, write_config
+from speakerforge.train.experiment import ExperimentLock, choose_run_dir, prepare_run, write_config
 from speakerforge.train.objectives import SupervisedModule
 from speakerforge.train.optim import build_optimizer, set_lr, warmup_cosine
 from speakerforge.train.stages import Stage, resolve_stages
@@ -111,19 +111,37 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self._check_amp()
         self.stages: list[Stage] = resolve_stages(cfg)
-        chosen = str(choose_run_dir(Path(exp_dir), self.opts.resume)) if self.env.is_main else None
-        self.exp = Path(broadcast_object(self.env, chosen))
         # What existed before this run, so that a run failing before its first checkpoint can be taken back.
-        self._new_folders = [p for p in (self.exp, *self.exp.parents) if not p.exists()]
-        self._new_run = not (self.exp / "run.json").is_file()
-        run_id = (
-            prepare_run(self.exp, cfg, self.opts.command, self.opts.allow_config_change, self.opts.init_description)
-            if self.env.is_main
-            else None
-        )
-        self.run_id = broadcast_object(self.env, run_id)
-        self._setup_logging()
-        self.ckpt = CheckpointManager(self.exp, self.run_id, cfg.train.keep_last)
+        missing = [p for p in (Path(exp_dir), *Path(exp_dir).parents) if not p.exists()]
+        self.exp = Path(exp_dir)
+        self._new_folders = missing
+        self._new_run = True
+        # One run per experiment folder (the main process holds the lock; torchrun's other ranks follow it).
+        self._lock = ExperimentLock(Path(exp_dir)).acquire() if self.env.is_main else None
+        try:
+            chosen = (
+                str(choose_run_dir(Path(exp_dir), self.opts.resume, cfg, self.opts.command))
+                if self.env.is_main
+                else None
+            )
+            self.exp = Path(broadcast_object(self.env, chosen))
+            self._new_folders = [p for p in (self.exp, *self.exp.parents) if not p.exists() or p in missing]
+            self._new_run = not (self.exp / "run.json").is_file()
+            if self.env.is_main:  # temporary files of a killed run (SIGKILL, power cut) never become outputs
+                for folder in (self.exp, self.exp / "checkpoints"):
+                    for stale in sweep_stale_temps(folder):
+                        log.info("removed %s, left by an interrupted run", stale)
+            run_id = (
+                prepare_run(self.exp, cfg, self.opts.command, self.opts.allow_config_change, self.opts.init_description)
+                if self.env.is_main
+                else None
+            )
+            self.run_id = broadcast_object(self.env, run_id)
+            self._setup_logging()
+            self.ckpt = CheckpointManager(self.exp, self.run_id, cfg.train.keep_last)
+        except BaseException:
+            self._discard_if_never_started()
+            raise
 
     # ------------------------------------------------------------------------------------------------ setup
     def _check_amp(self) -> None:
@@ -206,6 +224,11 @@ class Trainer:
                     info = audio_info(u.path)
                     if info.frames <= 0:
                         raise DataError(f"{u.path}: no samples")
+                    if u.start is not None and u.start >= info.duration:
+                        raise DataError(
+                            f"{u.path}: the segment starts at {u.start:g} s, at or past the end of the file "
+                            f"({info.duration:.3f} s)"
+                        )
                     keep.append(u)
                 except DataError as exc:
                     bad.append((f"{u.source}:{u.line}", str(exc)))
@@ -222,8 +245,7 @@ class Trainer:
                 "--skip-bad-audio (data.skip_bad_audio=true) to skip them"
             )
         if self.env.is_main:
-            with open(self.exp / "skipped.tsv", "w") as f:
-                f.writelines(f"{where}\t{what}\n" for where, what in bad)
+            atomic_write_text(self.exp / "skipped.tsv", "".join(f"{where}\t{what}\n" for where, what in bad))
         log.warning("skipping %d unreadable rows (listed in %s)", len(bad), self.exp / "skipped.tsv")
         empty = [s.name for s in self.sources if not s.utts]
         if empty:
@@ -232,7 +254,7 @@ class Trainer:
     def build_module(self) -> nn.Module:
         cfg = self.cfg
         _seed_everything(cfg.train.seed)
-        backbone = build_model(cfg.model.name, **cfg.model.args)
+        backbone = build_checked_model(cfg.model.name, cfg.model.args)
         module = SupervisedModule(
             backbone,
             self.speakers.num_classes,
@@ -277,16 +299,22 @@ class Trainer:
         """Train every stage to the end (resuming if a checkpoint exists); returns the model file path."""
         try:
             return self._run()
-        except SpeakerforgeError:
+        except BaseException:  # a user error, a torch error, Ctrl-C / SIGTERM: a run that never started goes
             self._discard_if_never_started()
             raise
         finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             shutdown_distributed()
 
     def _discard_if_never_started(self) -> None:
         """A new run that stopped on a user error before its first checkpoint leaves nothing behind: its run.json
         would otherwise make the corrected command "resume" it and refuse the corrected config."""
-        if not (self.env.is_main and self._new_run) or self.ckpt.list():
+        if not (self.env.is_main and self._new_run) or any((self.exp / "checkpoints").glob("ckpt-*.pt")):
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             return
         root = logging.getLogger("speakerforge")
         for handler in [
@@ -306,6 +334,9 @@ class Trainer:
             "checkpoints/index.json",
         ):
             (self.exp / name).unlink(missing_ok=True)
+        if self._lock is not None:
+            self._lock.release(remove=True)
+            self._lock = None
         for folder in [self.exp / "checkpoints", *self._new_folders]:
             try:
                 folder.rmdir()  # only if empty
@@ -350,6 +381,7 @@ class Trainer:
             progress = self._run_stage(module, stage, progress, state, augment)
             state = None
         barrier(self.env)
+        _check_trained(module, progress)
         return self.finish(module)
 
     def _reconcile_epochs(self, progress: Progress, saved: list[int] | None) -> Progress:
@@ -734,6 +766,7 @@ class Trainer:
         barrier(self.env)
 
     def _log_metrics(self, row: dict[str, Any]) -> None:
+        # One write per row; a row torn by a kill or a full disk is dropped by the next run (`_truncate_metrics`).
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -798,6 +831,21 @@ def _next_batch(it: Any) -> Any:
         raise type(exc)(original) from None
 
 
+def _check_trained(module: nn.Module, progress: Progress) -> None:
+    """Never write (and exit 0 with) a model that did not train: every step skipped, or non-finite weights."""
+    if progress.global_step > 0 and progress.skipped_nonfinite >= progress.global_step:
+        raise TrainingError(
+            f"every one of the {progress.global_step} steps had a NaN/inf loss and was skipped: the model did not "
+            "train; check optim.lr, head.scale, the margins and the data"
+        )
+    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingError(
+            f"{len(bad)} of {len(module.state_dict())} tensors hold NaN/inf after training (first: {bad[0]}); the "
+            "model is not written; lower optim.lr or raise the regularisation"
+        )
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -812,7 +860,16 @@ def _truncate_metrics(path: Path, global_step: int) -> None:
     """After a resume, drop rows logged after the checkpoint so curves show each step once."""
     if not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if json.loads(r).get("step", 0) <= global_step]
-    if len(keep) != len(rows):
-        path.write_text("".join(r + "\n" for r in keep))
+    text = path.read_text(encoding="utf-8", errors="replace")
+    rows = [line for line in text.splitlines() if line.strip()]
+    keep = []
+    for r in rows:
+        try:
+            row = json.loads(r)
+        except json.JSONDecodeError:  # a row torn by a kill or a full disk mid-append
+            log.warning("%s: dropping an unreadable row (torn by an interrupted write): %.60s", path, r)
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= global_step:
+            keep.append(r)
+    if len(keep) != len(rows) or (text and not text.endswith("\n")):
+        atomic_write_text(path, "".join(r + "\n" for r in keep))
