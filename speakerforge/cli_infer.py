@@ -35,9 +35,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    """--device: cpu, cuda or cuda:N, and cuda only where a GPU is visible."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no GPU is visible; use --device cpu")
+        if ":" in text and int(text.split(":")[1]) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return text
+
+
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (torch and ONNX Runtime)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (ignored for .onnx)")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda (ignored for .onnx)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,7 +87,7 @@ def _args_extract(p: argparse.ArgumentParser) -> None:
         default=None,
         help="model workers sharing the threads (default: one single-threaded worker per thread)",
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (ignored for .onnx)")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda (ignored for .onnx)")
 
 
 @command(
@@ -151,6 +167,10 @@ def _run_embed(args: argparse.Namespace) -> int:
     from speakerforge.eval import embio
     from speakerforge.inference import load_model
 
+    if args.out:
+        from speakerforge.errors import check_output_path
+
+        check_output_path(args.out)  # before the work, not after it
     _set_threads(args.threads)
     model = load_model(args.model, device=args.device, threads=args.threads)
     matrix = model.embed_batch(args.files)

@@ -26,6 +26,15 @@ def check_output_path(path: object) -> None:
 
     if os.path.isdir(str(path)):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    # The folder it goes in (or the nearest part of its path that exists) must take a new file: a read-only folder
+    # is found before the work, and named, rather than at the end through a temporary file's name.
+    folder = os.path.dirname(os.path.abspath(str(path)))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), folder)
 
 
 def where(path: object, line: int | None = None) -> str:

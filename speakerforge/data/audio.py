@@ -15,6 +15,18 @@ from speakerforge.errors import DataError
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+# Sample rates a recording can have. Outside them the header is corrupt or hostile: a 200 KB file whose header says
+# 1 Hz would become 28 hours of audio when resampled to 16 kHz.
+MIN_SAMPLE_RATE = 1000
+MAX_SAMPLE_RATE = 768000
+
+
+def _check_rate(path: str | Path, sr: int) -> None:
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise DataError(
+            f"{path}: the header states a sample rate of {sr} Hz, outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz "
+            "(corrupt header?)"
+        )
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ def audio_info(path: str | Path) -> AudioInfo:
         info = sf.info(str(p))
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
         raise DataError(f"{path}: cannot decode audio ({_short(exc)}); supported: wav, flac, ogg, mp3") from None
+    _check_rate(path, int(info.samplerate))
     frames = int(info.frames)
     # mp3 and some ogg files report no frame count in the header; fall back to decoding.
     if frames <= 0 or frames >= 2**62:
@@ -78,6 +91,7 @@ def load_audio(
     try:
         with sf.SoundFile(str(p)) as f:
             sr = int(f.samplerate)
+            _check_rate(path, sr)
             first = int(round(start * sr)) if start else 0
             if first > 0:
                 if f.seekable():

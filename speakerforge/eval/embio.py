@@ -179,7 +179,9 @@ def _read_npz_members(path: Path) -> dict[str, np.ndarray]:
     headers: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
     out: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as zf:  # only its central directory is read here
-        for info in zf.infolist():
+        infos = zf.infolist()
+        _check_declared_sizes(path, infos, len(data))
+        for info in infos:
             if info.is_dir():
                 continue
             key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
@@ -191,6 +193,26 @@ def _read_npz_members(path: Path) -> dict[str, np.ndarray]:
                 member = memoryview(zf.read(info))
             out[key] = _parse_npy(member, headers, info.filename)
     return out
+
+
+# An embedding is a vector of at most this many values (8 bytes each at most), plus the .npy header.
+MAX_MEMBER_BYTES = 65536 * 8 + 4096
+MAX_INFLATION = 50  # compressed embeddings shrink little; a zip bomb inflates thousands of times
+
+
+def _check_declared_sizes(path: Path, infos: list[zipfile.ZipInfo], file_bytes: int) -> None:
+    """Refuse, before inflating anything, a member that declares more than one embedding's worth of bytes, or
+    members that declare far more than the file could hold (a zip bomb)."""
+    total = 0
+    for info in infos:
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise ValueError(
+                f"member {info.filename} declares {info.file_size} bytes; an embedding is at most "
+                f"{MAX_MEMBER_BYTES} bytes"
+            )
+        total += info.file_size
+    if total > MAX_INFLATION * file_bytes + (1 << 20):
+        raise ValueError(f"its members declare {total} bytes, {total // max(1, file_bytes)} times the file's size")
 
 
 def _parse_npy(member: memoryview, cache: dict, name: str) -> np.ndarray:

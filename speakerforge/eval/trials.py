@@ -98,7 +98,7 @@ def _row_chunks(path: str | Path, what: str) -> Iterator[tuple[np.ndarray, list[
     seen = 0
     start = 0
     try:
-        with open(p, encoding="utf-8") as fh:
+        with open(p, encoding="utf-8-sig") as fh:  # -sig: strip the BOM some editors write
             while lines := list(itertools.islice(fh, _CHUNK_LINES)):
                 rows = [line.split() for line in lines]
                 if all(rows):
