@@ -16,8 +16,8 @@ def _args_common(p: argparse.ArgumentParser) -> None:
         "--data",
         nargs="+",
         metavar="SRC",
-        help="training manifests (CSV, Kaldi dir, JSONL), each its own speaker namespace; "
-        "replaces data.sources (use data.sources in the config for weights)",
+        help="training manifests (CSV, Kaldi dir, JSONL), each its own speaker namespace named after the file "
+        "(or its folder, for manifest.jsonl / train.jsonl); PATH:NAME:WEIGHT sets both; replaces data.sources",
     )
     p.add_argument(
         "--set",
@@ -41,7 +41,7 @@ def _args_common(p: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config, args.overrides)
     if args.data:
-        cfg.data.sources = [SourceConfig(path=str(Path(d)), weight=1.0) for d in args.data]
+        cfg.data.sources = [SourceConfig.from_spec(d) for d in args.data]
     if args.skip_bad_audio:
         cfg.data.skip_bad_audio = True
     return cfg

@@ -84,7 +84,28 @@ class FeatureConfig:
 class SourceConfig:
     path: str = ""
     weight: float = num(1.0, 0, above=True)
-    name: str = ""  # speaker namespace; defaults to the manifest's file stem
+    name: str = ""  # speaker namespace; defaults to the manifest's name (its folder's for manifest.jsonl etc.)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> SourceConfig:
+        """`--data` item: `PATH`, `PATH:NAME` or `PATH:NAME:WEIGHT` (`PATH::WEIGHT` keeps the default name).
+
+        An existing path is taken whole, so a path that contains a colon still works."""
+        if Path(spec).exists() or ":" not in spec:
+            return cls(path=spec)
+        path, _, rest = spec.partition(":")
+        name, _, weight_text = rest.partition(":")
+        weight = 1.0
+        if weight_text:
+            try:
+                weight = float(weight_text)
+            except ValueError:
+                raise ConfigError(f"--data {spec}: weight {weight_text!r} is not a number (PATH:NAME:WEIGHT)") from None
+            if not (math.isfinite(weight) and weight > 0):
+                raise ConfigError(f"--data {spec}: weight must be a finite number > 0 (PATH:NAME:WEIGHT)")
+        if name and not all(c.isalnum() or c in "-_." for c in name):
+            raise ConfigError(f"--data {spec}: source name {name!r} may hold letters, digits, '-', '_' and '.' only")
+        return cls(path=path, weight=weight, name=name)
 
 
 @dataclass

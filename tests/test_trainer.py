@@ -96,8 +96,10 @@ def test_two_sources_get_separate_speaker_namespaces_and_counts(tmp_path, caplog
     from speakerforge.checkpoint_io import load_model_file
 
     _state, meta = load_model_file(tmp_path / "exp" / "model.safetensors")
-    assert len(meta["speakers"]) == 7 and "bsrc/spk00" in meta["speakers"] and "train/spk00" in meta["speakers"]
-    assert "train=13, bsrc=9" in caplog.text  # 22 draws split by weight x size: 16 : 2 x 6
+    assert (
+        len(meta["speakers"]) == 7 and "bsrc/spk00" in meta["speakers"] and "a/spk00" in meta["speakers"]
+    )  # a/train.jsonl is named after its folder
+    assert "a=13, bsrc=9" in caplog.text  # 22 draws split by weight x size: 16 : 2 x 6
 
 
 def test_shared_speakers_merge_names_across_sources(tmp_path):
@@ -257,3 +259,56 @@ def test_shortening_a_run_below_what_it_trained_is_refused(corpus, tmp_path, cap
     err = capsys.readouterr().err
     assert "epochs changed from 2 to 1, but it has trained 2 epoch(s)" in err and "--no-resume" in err
     assert (exp / "config.yaml").read_text() == before  # nothing claimed
+
+
+def test_rerunning_a_killed_no_resume_command_resumes_its_restart(corpus, straight, tmp_path):
+    """[new-user] 6: the re-run of a killed `--no-resume` command started restart-2 instead of resuming restart-1."""
+    cfg = tiny_config([corpus], "train.save_every_steps=2", "train.epochs=3")
+    _train(tiny_config([corpus], "train.epochs=1"), tmp_path)  # the folder's original run, finished
+    with pytest.raises(StopForTest):
+        _train(cfg, tmp_path, resume=False, stop_after_steps=3)  # killed inside restart-1
+    out = _train(cfg, tmp_path, resume=False)  # the same command again
+    assert out.parent.name == "restart-1" and not (tmp_path / "restart-2").exists()
+    assert_same_weights(model_weights(straight), model_weights(tmp_path / "restart-1"))
+    # a finished restart with the same config: --no-resume now starts afresh once more
+    assert _train(cfg, tmp_path, resume=False).parent.name == "restart-2"
+
+
+def test_resume_without_the_flag_takes_the_newest_run_of_the_folder(corpus, tmp_path):
+    cfg = tiny_config([corpus], "train.save_every_steps=2", "train.epochs=2")
+    _train(tiny_config([corpus], "train.epochs=1"), tmp_path)
+    with pytest.raises(StopForTest):
+        _train(cfg, tmp_path, resume=False, stop_after_steps=2)  # after its first checkpoint
+    assert _train(cfg, tmp_path).parent.name == "restart-1"  # not the finished original in tmp_path
+
+
+def test_sources_from_prepare_are_named_after_their_folders_and_data_spec_sets_name_and_weight(tmp_path, caplog):
+    """[new-user] 8: `--data a b c` of three `prepare` outputs gave sources `manifest`, `manifest2`, `manifest3`."""
+    from speakerforge.cli import main
+
+    for name, seed in (("libri", 1), ("cv-fa", 2), ("cv-multi", 3)):
+        assert main(["--quiet", "prepare", "synthetic", "--out", str(tmp_path / name), "--speakers", "3",
+                     "--utts-per-speaker", "2", "--seconds", "1", "--seed", str(seed)]) == 0  # fmt: skip
+    data = [str(tmp_path / "libri" / "manifest.jsonl"), str(tmp_path / "cv-fa" / "manifest.jsonl")]
+    data.append(f"{tmp_path / 'cv-multi' / 'manifest.jsonl'}:multi:3")
+    with caplog.at_level(logging.INFO, logger="speakerforge.train.trainer"):
+        assert (
+            _cli_train(tmp_path / "exp", tmp_path, "train.epochs=1", "data.batch_size=4", extra=["--data", *data]) == 0
+        )
+    assert "libri=" in caplog.text and "cv-fa=" in caplog.text and "multi=" in caplog.text
+    assert "manifest2" not in caplog.text
+    from speakerforge.checkpoint_io import load_model_file
+
+    speakers = load_model_file(tmp_path / "exp" / "model.safetensors")[1]["speakers"]
+    assert {s.split("/")[0] for s in speakers} == {"libri", "cv-fa", "multi"}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("x.jsonl:name:heavy", "is not a number"), ("x.jsonl:n:0", "> 0"), ("x.jsonl:bad name", "letters, digits")],
+)
+def test_a_bad_data_spec_is_one_clear_error(spec, message):
+    from speakerforge.config import SourceConfig
+
+    with pytest.raises(ConfigError, match=message):
+        SourceConfig.from_spec(spec)

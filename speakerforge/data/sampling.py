@@ -37,6 +37,18 @@ class Draw:
     position: int
 
 
+# File names that say nothing about the data (what `prepare` writes): such a source is named after its folder.
+GENERIC_MANIFEST_STEMS = ("manifest", "train", "data", "wav", "all")
+
+
+def default_source_name(path: str | Path) -> str:
+    """`data/libri/manifest.jsonl` -> `libri`; `data/cv-fa.csv` -> `cv-fa`; a Kaldi folder -> its name."""
+    p = Path(str(path).rstrip("/"))
+    if p.stem.lower() in GENERIC_MANIFEST_STEMS and p.parent.name:
+        return p.parent.name
+    return p.stem or "data"
+
+
 def load_sources(specs: list[tuple[str, float, str]], need_speakers: bool = True) -> list[Source]:
     """Read each `(path, weight, name)`; empty or missing sources are errors naming the source."""
     sources: list[Source] = []
@@ -53,9 +65,11 @@ def load_sources(specs: list[tuple[str, float, str]], need_speakers: bool = True
             missing = [u for u in utts if not u.spk]
             if missing:
                 u = missing[0]
-                raise DataError(f"{u.source}:{u.line}: utterance {u.key!r} has no speaker label "
-                                f"({len(missing)} such rows); supervised training needs one for every row")
-        base = name or Path(str(path).rstrip("/")).stem or "data"
+                raise DataError(
+                    f"{u.source}:{u.line}: utterance {u.key!r} has no speaker label "
+                    f"({len(missing)} such rows); supervised training needs one for every row"
+                )
+        base = name or default_source_name(path)
         unique, k = base, 2
         while unique in names:
             unique, k = f"{base}{k}", k + 1
@@ -129,8 +143,9 @@ class MixedSampler:
         order = np.random.default_rng([self.seed, 2, epoch]).permutation(len(src))
         return [Draw(int(src[j]), int(items[j]), i) for i, j in enumerate(order)]
 
-    def batches(self, epoch: int, batch_size: int, start_batch: int = 0, rank: int = 0,
-                world_size: int = 1) -> list[list[Draw]]:
+    def batches(
+        self, epoch: int, batch_size: int, start_batch: int = 0, rank: int = 0, world_size: int = 1
+    ) -> list[list[Draw]]:
         """Full global batches of the epoch from `start_batch` on; rank r keeps its contiguous slice of each."""
         plan = self.epoch_plan(epoch)
         n = len(plan) // batch_size
