@@ -312,3 +312,15 @@ def test_a_bad_data_spec_is_one_clear_error(spec, message):
 
     with pytest.raises(ConfigError, match=message):
         SourceConfig.from_spec(spec)
+
+
+def test_a_changed_config_is_refused_in_one_line_naming_the_keys(tmp_path, corpus, capsys):
+    """[new-user] 9: the refusal spanned many lines and dumped whole `data.sources` lists."""
+    exp = tmp_path / "e"
+    assert _cli_train(exp, corpus, "train.epochs=1") == 0
+    capsys.readouterr()
+    other = tiny_corpus(tmp_path / "other", n_speakers=3, seed=9)
+    assert _cli_train(exp, corpus, "train.epochs=1", "optim.lr=0.01", extra=["--data", str(corpus), str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "in 2 keys (data.sources; optim.lr: 0.1 -> 0.01)" in err[0] and "--allow-config-change" in err[0]

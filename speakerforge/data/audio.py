@@ -50,7 +50,8 @@ def _check_path(path: str | Path) -> Path:
         raise DataError(f"{path}: Kaldi pipe commands are not supported (nothing from a manifest is executed); "
                         "convert the audio to wav/flac files first")
     if not p.exists():
-        raise DataError(f"{path}: audio file not found")
+        where = "" if p.is_absolute() else f" (relative paths resolve against the working directory: {p.resolve()})"
+        raise DataError(f"{path}: audio file not found{where}")
     if p.is_dir():
         raise DataError(f"{path}: is a directory, expected an audio file")
     if p.stat().st_size == 0:

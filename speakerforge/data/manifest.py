@@ -80,6 +80,11 @@ def manifest_format(path: str | Path) -> str:
                     "a 3D-Speaker .csv or a .jsonl file")
 
 
+def _resolved(path: str | Path) -> str:
+    p = Path(path)
+    return "" if p.is_absolute() else f" (relative to the working directory: {p.resolve()})"
+
+
 def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[Utterance]:
     """Read any manifest format into utterances.
 
@@ -88,7 +93,7 @@ def read_manifest(path: str | Path, problems: list[str] | None = None) -> list[U
     about the whole file (missing, unreadable, unusable header) still raise.
     """
     if not Path(path).exists():
-        raise DataError(f"{path}: manifest not found")
+        raise DataError(f"{path}: manifest not found{_resolved(path)}")
     fmt = manifest_format(path)
 
     def report(src: str, line: int, what: str) -> None:

@@ -55,7 +55,10 @@ def load_sources(specs: list[tuple[str, float, str]], need_speakers: bool = True
     names: set[str] = set()
     for path, weight, name in specs:
         if not Path(path).exists():
-            raise DataError(f"{path}: data source not found (check data.sources / --data)")
+            raise DataError(
+                f"{path}: data source not found (check data.sources / --data; relative paths resolve against the "
+                f"working directory: {Path(path).resolve()})"
+            )
         if weight <= 0:
             raise DataError(f"{path}: data source weight must be > 0, got {weight}")
         utts = read_manifest(path)

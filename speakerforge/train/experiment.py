@@ -84,6 +84,16 @@ def choose_run_dir(exp: Path, resume: bool, cfg: Config | None = None, command: 
     return new
 
 
+def _changed_keys(diff: list[str], limit: int = 6) -> str:
+    """`2 keys (data.sources; optim.lr: 0.05 -> 0.01)`: values when short, key names alone when long (source lists)."""
+    parts = []
+    for line in diff[:limit]:
+        key, _, change = line.partition(": ")
+        parts.append(f"{key}: {change}" if len(change) <= 40 else key)
+    more = f"; and {len(diff) - limit} more" if len(diff) > limit else ""
+    return f"{len(diff)} key{'s' if len(diff) > 1 else ''} ({'; '.join(parts)}{more})"
+
+
 def write_config(run_dir: Path, cfg: Config) -> None:
     """`config.yaml` as resolved, written atomically (once a resumed run has accepted a changed config)."""
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
@@ -110,10 +120,11 @@ def prepare_run(
         old = bounded_yaml(cfg_path.read_text(), str(cfg_path)) if cfg_path.is_file() else {}
         diff = [d for d in config_diff(old, new) if not d.startswith(_HARMLESS)]
         if diff and not allow_config_change:
+            log.info("config changes against %s:\n  %s", cfg_path, "\n  ".join(diff))
             raise ConfigError(
-                f"{cfg_path}: the config differs from the run being resumed:\n  "
-                + "\n  ".join(diff)
-                + "\nre-run with --allow-config-change to resume anyway, or --no-resume to start afresh"
+                f"{cfg_path}: the config differs from the run being resumed in {_changed_keys(diff)} (the full diff "
+                "is logged above, unless --quiet); re-run with --allow-config-change to resume anyway, "
+                "or --no-resume to start afresh"
             )
         if diff:
             log.warning("resuming with a changed config (--allow-config-change):\n  %s", "\n  ".join(diff))
