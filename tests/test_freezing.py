@@ -494,3 +494,22 @@ def test_a_tensor_the_step_should_have_moved_but_did_not_still_fails_and_names_t
     optimizer.step()
     with pytest.raises(IntegrityError, match=r"model.2.weight.*--allow-dead-params"):
         chk.after_step()
+
+
+def test_report_table_opens_the_tree_down_to_where_frozen_and_trainable_separate():
+    """[new-user] 7: the table showed only top-level modules, so it could not confirm what a nested pattern froze."""
+    from speakerforge.models import build_model
+
+    m = nn.Module()
+    m.backbone = build_model("campplus", embedding_dim=16)
+    m.classifier = nn.Linear(16, 4)
+    rows = [line.rstrip() for line in apply_freeze(m, "backbone.head,backbone.xvector.block1").table().splitlines()]
+    labels = [r.split("  ")[0] if not r.startswith(" ") else r[: len(r) - len(r.lstrip())] + r.split()[0] for r in rows]
+    assert labels[:4] == ["module", "backbone", "  head", "  xvector"]
+    block1 = next(r for r in rows if r.strip().startswith("block1"))
+    assert block1.startswith("    block1") and block1.split()[1] == "0"  # wholly frozen: one row, not opened
+    assert not any(r.strip().startswith("tdnnd") for r in rows)
+    nested = apply_freeze(m, "backbone.xvector.block*.tdnnd*.cam_layer.*").table()
+    assert "tdnnd1..tdnnd12 (12 alike)" in nested  # alike siblings share a row, and it opens to the cam_layer
+    cam = [r for r in nested.splitlines() if r.strip().startswith("cam_layer")]
+    assert len(cam) == 3 and all(r.split()[1] == "0" for r in cam)

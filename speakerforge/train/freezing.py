@@ -229,6 +229,7 @@ class FreezeReport:
     trainable: list[str]
     frozen_bn: list[str]
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # top-level module -> (trainable, frozen)
+    sizes: list[tuple[str, int, bool]] = field(default_factory=list)  # (parameter, scalars, frozen)
 
     @property
     def num_trainable(self) -> int:
@@ -241,8 +242,14 @@ class FreezeReport:
         return sum(f for _, f in self.counts.values())
 
     def table(self) -> str:
-        """Trainable and frozen parameter counts per top-level module, and the total, as aligned text."""
-        rows = [(name, f"{t:,}", f"{f:,}") for name, (t, f) in self.counts.items()]
+        """Trainable and frozen scalars as an indented tree, opened down to where frozen and trainable parameters
+        separate (a wholly frozen or wholly trainable subtree is one row; alike numbered siblings share one row)."""
+        if self.sizes:
+            tree: list[tuple[str, int, int]] = []
+            _render_tree(_build_tree(self.sizes), 0, tree)
+            rows = [(label, f"{t:,}", f"{f:,}") for label, t, f in tree]
+        else:
+            rows = [(name, f"{t:,}", f"{f:,}") for name, (t, f) in self.counts.items()]
         rows.append(("total", f"{self.num_trainable:,}", f"{self.num_frozen:,}"))
         header = ("module", "trainable", "frozen")
         w0 = max(len(r[0]) for r in [header, *rows])
@@ -253,6 +260,62 @@ class FreezeReport:
         if self.frozen_bn:
             lines.append(f"BatchNorm kept in eval mode: {len(self.frozen_bn)}")
         return "\n".join(lines)
+
+
+@dataclass
+class _Node:
+    name: str
+    children: dict[str, _Node] = field(default_factory=dict)
+    trainable: int = 0
+    frozen: int = 0
+
+    def mixed(self) -> bool:
+        return bool(self.trainable and self.frozen)
+
+
+def _build_tree(sizes: Sequence[tuple[str, int, bool]]) -> _Node:
+    root = _Node("")
+    for name, n, is_frozen in sizes:
+        node = root
+        for part in [root, *name.split(".")][1:]:
+            node.trainable += 0 if is_frozen else n
+            node.frozen += n if is_frozen else 0
+            node = node.children.setdefault(part, _Node(part))
+        node.trainable += 0 if is_frozen else n
+        node.frozen += n if is_frozen else 0
+    return root
+
+
+def _signature(node: _Node, prefix: str = "") -> tuple:
+    """Which parameters below `node` are frozen, by relative name: alike siblings have the same signature."""
+    if not node.children:
+        return ((prefix, node.frozen > 0),)
+    return tuple(x for k, c in node.children.items() for x in _signature(c, f"{prefix}.{k}"))
+
+
+def _merged(nodes: list[_Node]) -> _Node:
+    """Alike siblings (same signature) as one node whose counts are their sums."""
+    out = _Node(nodes[0].name, trainable=sum(n.trainable for n in nodes), frozen=sum(n.frozen for n in nodes))
+    for key in nodes[0].children:
+        out.children[key] = _merged([n.children[key] for n in nodes])
+    return out
+
+
+def _render_tree(node: _Node, depth: int, rows: list[tuple[str, int, int]]) -> None:
+    kids = list(node.children.values())
+    i = 0
+    while i < len(kids):
+        stem, sig = kids[i].name.rstrip("0123456789"), _signature(kids[i])
+        j = i + 1
+        while j < len(kids) and kids[j].name.rstrip("0123456789") == stem and _signature(kids[j]) == sig:
+            j += 1
+        group = kids[i:j]
+        label = group[0].name if len(group) == 1 else f"{group[0].name}..{group[-1].name} ({len(group)} alike)"
+        merged = _merged(group) if len(group) > 1 else group[0]
+        rows.append(("  " * depth + label, merged.trainable, merged.frozen))
+        if merged.mixed():
+            _render_tree(merged, depth + 1, rows)
+        i = j
 
 
 def apply_freeze(model: nn.Module, patterns: PatternSpec, freeze_bn: bool = True) -> FreezeReport:
@@ -277,6 +340,7 @@ def apply_freeze(model: nn.Module, patterns: PatternSpec, freeze_bn: bool = True
     frozen: list[str] = []
     trainable: list[str] = []
     counts: dict[str, list[int]] = {}
+    sizes: list[tuple[str, int, bool]] = []
     for name, p in model.named_parameters():
         is_frozen = id(p) in frozen_ids
         p.requires_grad_(not is_frozen)
@@ -285,6 +349,7 @@ def apply_freeze(model: nn.Module, patterns: PatternSpec, freeze_bn: bool = True
         (frozen if is_frozen else trainable).append(name)
         row = counts.setdefault(name.split(".")[0], [0, 0])
         row[1 if is_frozen else 0] += p.numel()
+        sizes.append((name, p.numel(), is_frozen))
 
     frozen_bn: list[str] = []
     for name, module, ancestors in _walk_with_ancestors(model):
@@ -298,7 +363,9 @@ def apply_freeze(model: nn.Module, patterns: PatternSpec, freeze_bn: bool = True
         elif was_pinned:
             module.training = model.training
 
-    report = FreezeReport(patterns, hits, frozen, trainable, frozen_bn, {k: (v[0], v[1]) for k, v in counts.items()})
+    report = FreezeReport(
+        patterns, hits, frozen, trainable, frozen_bn, {k: (v[0], v[1]) for k, v in counts.items()}, sizes
+    )
     log.info(
         "freeze %s: %s tensors frozen (%s scalars), %s trainable (%s scalars), %d BatchNorm pinned",
         ",".join(patterns) or "(nothing)",
