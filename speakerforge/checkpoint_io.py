@@ -120,6 +120,8 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         )
     try:
         meta = json.loads(meta_raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path}: corrupt speakerforge metadata") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: corrupt speakerforge metadata (a {type(meta).__name__}, not a mapping)")
     return tensors, meta

@@ -160,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # argparse reports these from the top-level parser; name the command they were given to
+            raise UsageError(f"speakerforge {args.command}", f"unrecognized arguments: {' '.join(extra)}")
     except UsageError as exc:
         who = " ".join(exc.prog.split()[:2])  # `speakerforge prepare synthetic` -> `speakerforge prepare`
         print(f"{who}: error: {_one_line(exc)} (see {exc.prog} --help)", file=sys.stderr)

@@ -54,8 +54,11 @@ def load_embedding_model(path: str | Path) -> tuple[nn.Module, dict[str, Any], d
     spec = meta["model"]
     weights = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
     extras = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
-    check_declared_size(spec["name"], spec["args"], weights, str(path))
-    model = build_checked_model(spec["name"], spec["args"], where=f"{path}: metadata model.args")
+    try:
+        check_declared_size(spec["name"], spec["args"], weights, str(path))
+        model = build_checked_model(spec["name"], spec["args"], where=f"{path}: metadata model.args")
+    except ConfigError as exc:  # e.g. an unknown model name: say which file states it
+        raise CheckpointError(str(exc) if str(path) in str(exc) else f"{path}: metadata: {exc}") from None
     load_strict(model, weights, str(path))
     model.eval()
     return model, meta, extras
@@ -127,18 +130,30 @@ def check_model_meta_types(meta: dict[str, Any], origin: str) -> None:
 MAX_EMBEDDING_DIM = 65536
 
 
-def build_checked_model(name: str, args: dict[str, Any], where: str = "model.args") -> nn.Module:
+def build_checked_model(
+    name: str, args: dict[str, Any], where: str = "model.args", probe_bins: int | None = None
+) -> nn.Module:
     """`build_model` where whatever the constructor refuses (negative channels, torch's own checks) is a
-    ConfigError naming `where`, and running out of memory says which model was asked for."""
+    ConfigError naming `where`, and running out of memory says which model was asked for. With `probe_bins`, one
+    forward pass over 2 s of zero fbank (`[2, 200, probe_bins]`, eval mode, no gradient, no RNG) must work too:
+    zero channels, or features that do not fit the network, fail here and not at the first training step."""
     try:
-        return build_model(name, **args)
+        model = build_model(name, **args)
+        if probe_bins is not None:
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                model(torch.zeros(2, 200, probe_bins))
+            model.train(was_training)
+        return model
     except SpeakerforgeError:
         raise
     except MemoryError:
         raise ConfigError(f"{where}: model {name!r} with {args} needs more memory than there is") from None
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ConfigError(f"{where}: model {name!r} cannot be built with {args} ({first})") from None
+        also = f" on {probe_bins}-bin features (features.num_mel_bins)" if probe_bins is not None else ""
+        raise ConfigError(f"{where}: model {name!r} cannot be built or run with {args}{also} ({first})") from None
 
 
 def check_declared_size(name: str, args: dict[str, Any], weights: Mapping[str, torch.Tensor], origin: str) -> None:

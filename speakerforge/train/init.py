@@ -19,7 +19,7 @@ import torch.nn as nn
 from speakerforge.artifacts import list_checkpoints, sniff
 from speakerforge.checkpoint_io import load_model_file, load_state, safe_torch_load
 from speakerforge.errors import CheckpointError, ConfigError
-from speakerforge.models.modelfile import BACKBONE, load_strict
+from speakerforge.models.modelfile import BACKBONE, check_model_meta, load_strict
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ def _is_pretrain_run(folder: Path) -> bool:
 
 def _from_model_file(path: Path) -> InitWeights:
     state, meta = load_model_file(path)
+    meta = check_model_meta(meta, str(path))  # typed and in range, as for extract and verify
     backbone = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
     return InitWeights(backbone, str(path), meta.get("model"), state.get("classifier.weight"), meta.get("speakers"))
 

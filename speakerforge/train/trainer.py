@@ -254,7 +254,7 @@ class Trainer:
     def build_module(self) -> nn.Module:
         cfg = self.cfg
         _seed_everything(cfg.train.seed)
-        backbone = build_checked_model(cfg.model.name, cfg.model.args)
+        backbone = build_checked_model(cfg.model.name, cfg.model.args, probe_bins=cfg.features.num_mel_bins)
         module = SupervisedModule(
             backbone,
             self.speakers.num_classes,

@@ -234,7 +234,120 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (p / "cv_binary" / "validated.tsv").write_bytes(b"client_id\tpath\n\xff\xfe\x00garbage\x81\n")
     for name in ("libri_ok", "libri_empty", "libri_bad", "cv_none", "cv_header", "cv_binary"):
         w[name] = p / name
-    return {k: str(v) for k, v in w.items()}
+    _hardening_world(w, root)
+    paths = {k: str(v) for k, v in w.items()}
+    paths.update(_model_variants(paths, root))
+    return paths
+
+
+def _hardening_world(w: dict[str, Path], root: Path) -> None:
+    """Inputs of the [hardening] probe: hostile configs, headers, archives and model metadata."""
+    h = root / "hard"
+    h.mkdir()
+    bomb = "model:\n  name: ecapa_tdnn\n  args:\n    a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+    for i in range(1, 9):
+        bomb += f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n"
+    w["cfg_bomb"] = h / "bomb.yaml"
+    w["cfg_bomb"].write_text(bomb)
+    w["cfg_deep"] = h / "deep.yaml"
+    w["cfg_deep"].write_text("model:\n  args:\n    x: " + "[" * 600 + "]" * 600 + "\n")
+    w["cfg_deep_map"] = h / "deep_map.yaml"
+    w["cfg_deep_map"].write_text("".join("  " * i + f"k{i}:\n" for i in range(300)) + "  " * 300 + "v: 1\n")
+    w["cfg_ssl_list"] = h / "list_top.yaml"
+    w["cfg_ssl_list"].write_text("- model\n- data\n")
+    # audio whose header says 1 Hz: 200 KB that would resample to hours
+    w["wav_1hz"] = h / "one_hz.wav"
+    sf.write(w["wav_1hz"], _noise(1.0, 11)[:16000], 1000)
+    raw = bytearray(w["wav_1hz"].read_bytes())
+    raw[24:28] = (1).to_bytes(4, "little")  # sample rate
+    raw[28:32] = (2).to_bytes(4, "little")  # byte rate
+    w["wav_1hz"].write_bytes(bytes(raw))
+    w["m_1hz"] = _jsonl(h / "one_hz.jsonl", [{"key": "hz", "wav": str(w["wav_1hz"]), "spk": "s1"}])
+    # a segment that starts past the end of its 1 s file
+    rows = [{"key": f"u{i}", "wav": str(w["good_a"]), "spk": f"s{i % 2}"} for i in range(4)]
+    rows.append({"key": "late", "wav": str(w["good_b"]), "spk": "s1", "start": 30.0, "end": 31.0})
+    w["m_late_segment"] = _jsonl(h / "late.jsonl", rows)
+    w["m_bigfield"] = h / "bigfield.csv"
+    w["m_bigfield"].write_text(f"ID,dur,path,start,stop,spk\na,1.0,{w['good_a']},,,s1\nb,1.0,{'x' * 140_000},,,s2\n")
+    w["m_bom_csv"] = h / "bom.csv"
+    w["m_bom_csv"].write_bytes(b"\xef\xbb\xbfID,dur,path,start,stop\na,1.0,x.wav,,\n")
+    # an .npz whose one member inflates to 8 MB (declared in the zip directory)
+    import zipfile
+
+    w["npz_bomb"] = h / "bomb.npz"
+    with zipfile.ZipFile(w["npz_bomb"], "w", zipfile.ZIP_DEFLATED) as zf:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(1_000_000, np.float64))
+        zf.writestr("u1.npy", buf.getvalue())
+    w["npz_matrix"] = h / "matrix.npz"
+    np.savez(w["npz_matrix"], u1=np.zeros((4, 4), np.float32))
+    w["trials_bom_unknown"] = h / "trials_bom.txt"
+    w["trials_bom_unknown"].write_bytes(b"\xef\xbb\xbf1 u1 u2\n0 u1 nobody\n")
+    w["ro_dir"] = h / "readonly_out"
+    w["ro_dir"].mkdir()
+
+
+def _model_variants(w: dict[str, str], root: Path) -> dict[str, str]:
+    """Copies of the trained model file (and ONNX model) with hostile or wrong metadata."""
+    from speakerforge.checkpoint_io import load_model_file, save_model_file
+
+    h = root / "hard" / "models"
+    h.mkdir(parents=True, exist_ok=True)
+    state, meta = load_model_file(w["model"])
+    out: dict[str, str] = {}
+
+    def variant(name: str, new_meta: object) -> None:
+        from safetensors.torch import save
+
+        path = h / f"{name}.safetensors"
+        path.write_bytes(
+            save({k: v.contiguous() for k, v in state.items()}, metadata={"speakerforge": json.dumps(new_meta)})
+        )
+        out[f"model_{name}"] = str(path)
+
+    variant("meta_null", None)
+    variant("meta_list", [1, 2, 3])
+    variant("meta_model_list", {**meta, "model": ["ecapa_tdnn"]})
+    variant("meta_args_list", {**meta, "model": {"name": "ecapa_tdnn", "args": [16, 16]}})
+    variant("meta_name_int", {**meta, "model": {"name": 7, "args": meta["model"]["args"]}})
+    variant("meta_features_str", {**meta, "features": "fbank"})
+    variant("meta_mel_text", {**meta, "features": {**meta["features"], "num_mel_bins": "eighty"}})
+    variant("meta_mel_huge", {**meta, "features": {**meta["features"], "num_mel_bins": 100000}})
+    variant("meta_shift_nan", {**meta, "features": {**meta["features"], "frame_shift": float("nan")}})
+    variant("meta_dim_text", {**meta, "embedding_dim": "sixteen"})
+    variant("meta_threshold_list", {**meta, "threshold": [0.5]})
+    variant("meta_speakers_dict", {**meta, "speakers": {"a": 1}})
+    variant(
+        "meta_unknown_arg", {**meta, "model": {"name": "ecapa_tdnn", "args": {**meta["model"]["args"], "chanels": 8}}}
+    )
+    variant(
+        "meta_channels_huge",
+        {**meta, "model": {"name": "ecapa_tdnn", "args": {**meta["model"]["args"], "channels": 200000}}},
+    )
+    variant(
+        "meta_channels_negative",
+        {**meta, "model": {"name": "ecapa_tdnn", "args": {**meta["model"]["args"], "channels": -1}}},
+    )
+    save_model_file(h / "ok_copy.safetensors", state, meta)
+    import onnx
+
+    for name, text in (
+        ("list", "[1, 2]"),
+        ("features", '{"features": {"num_mel_bins": "x"}, "embedding_dim": 16}'),
+        ("dim", '{"embedding_dim": "big", "with_fbank": false}'),
+        ("fbank", '{"with_fbank": "yes", "embedding_dim": 16}'),
+        ("dim_huge", '{"embedding_dim": 10000000, "with_fbank": false}'),
+    ):
+        m = onnx.load(w["onnx"])
+        for prop in m.metadata_props:
+            if prop.key == "speakerforge":
+                prop.value = text
+        path = h / f"onnx_{name}.onnx"
+        onnx.save(m, str(path))
+        out[f"onnx_{name}"] = str(path)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -670,6 +783,314 @@ CASES = [
     C("inspect-text-file", "inspect {a_file}", "{a_file}"),
     C("inspect-folder-without-experiment", "inspect {a_dir}", "{a_dir}", "experiment"),
 ]
+
+
+# ---- [hardening]: the classes of the probe, one block each
+def _range_cases() -> list[Case]:
+    """Every numeric config setting has a declared range (finite included), checked at load: for each one, NaN,
+    infinity and a value just outside its range, as `train --set`."""
+    import dataclasses
+
+    from speakerforge.config import Config, Range
+
+    cases = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            key = prefix + f.name
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                walk(type(default), key + ".")
+                continue
+            rng = f.metadata.get("range")
+            if rng is None or isinstance(default, (dict, bool)) or key == "data.sources":
+                continue
+            wrap = (lambda v: f"[{v}]") if isinstance(default, list) else (lambda v: v)
+            bad = ["nan", "inf" if rng.high is None or rng.high >= 1 else "-inf"]
+            if rng.low is not None:
+                bad.append(str(rng.low - 1 if not rng.low_open else rng.low))
+            if rng.high is not None:
+                bad.append(str(rng.high * 2 + 1 if not rng.high_open else rng.high))
+            for v in bad:
+                name = {"nan": "nan", "inf": "inf", "-inf": "neginf"}.get(
+                    v, "low" if v == str(rng.low - 1) or (rng.low_open and v == str(rng.low)) else "high"
+                )
+                cases.append(
+                    C(
+                        f"train-range-{key}-{name}",
+                        f"train --exp {{out}}/e --data {{corpus}} --set {key}={wrap(v)}",
+                        key,
+                        "must be",
+                    )
+                )
+
+    walk(Config, "")
+    assert all(isinstance(r, Range) for r in [Range()])
+    return cases
+
+
+HARD_TRAIN = "train --exp {out}/e --data {corpus} " + _sets()
+CASES += _range_cases()
+CASES += [
+    # 1. a failed start leaves nothing, and torch / csv / optimizer errors are one line naming the key or file
+    C("hard-train-negative-channels", HARD_TRAIN + " --set model.args.channels=-1", "model.args", "channels"),
+    C("hard-train-zero-channels", HARD_TRAIN + " --set model.args.channels=0", "model.args"),
+    C("hard-train-negative-momentum", HARD_TRAIN + " --set optim.momentum=-1", "optim.momentum"),
+    C("hard-train-adamw-betas", HARD_TRAIN + " --set optim.optimizer=adamw --set optim.betas=[2,3]", "optim.betas"),
+    C("hard-train-adamw-one-beta", HARD_TRAIN + " --set optim.optimizer=adamw --set optim.betas=[0.5]", "optim.betas"),
+    C("hard-train-zero-speed", HARD_TRAIN + " --set data.speed_perturb=[0.0]", "data.speed_perturb[0]"),
+    C("hard-train-huge-mel-bins", HARD_TRAIN + " --set features.num_mel_bins=5000", "features.num_mel_bins"),
+    C("hard-train-csv-field-too-large", "train --exp {out}/e --data {m_bigfield} " + _sets(), "{m_bigfield}:3", "CSV"),
+    C("hard-validate-csv-field-too-large", "validate {m_bigfield}", "{m_bigfield}:3", "field larger"),
+    C("hard-train-csv-bom-header", "train --exp {out}/e --data {m_bom_csv} " + _sets(), "{m_bom_csv}:1", "spk"),
+    # 2. values that must be refused
+    C("hard-train-lr-inf", HARD_TRAIN + " --set optim.lr=inf", "optim.lr", "finite", subprocess=True),
+    C("hard-train-margin-nan", HARD_TRAIN + " --set margin.initial=nan", "margin.initial"),
+    C("hard-train-scale-inf", HARD_TRAIN + " --set head.scale=inf", "head.scale"),
+    C("hard-train-negative-lr-mult", HARD_TRAIN + " --set optim.lr_mult.backbone=-0.5", "optim.lr_mult.backbone"),
+    C("hard-train-lr-mult-nan", HARD_TRAIN + " --set optim.lr_mult.backbone=nan", "optim.lr_mult.backbone"),
+    C("hard-train-unknown-optimizer", HARD_TRAIN + " --set optim.optimizer=adam", "optim.optimizer", "'adamw'"),
+    C("hard-train-unknown-head", HARD_TRAIN + " --set head.kind=arcface", "head.kind"),
+    C("hard-train-unknown-margin-kind", HARD_TRAIN + " --set margin.kind=cosine", "margin.kind"),
+    C("hard-train-unknown-amp", HARD_TRAIN + " --set train.amp=fp8", "train.amp"),
+    C("hard-verify-threshold-nan", "verify " + MODEL + " {good_a} {good_b} --threshold nan", "--threshold", "finite"),
+    C("hard-verify-threshold-inf", "verify " + MODEL + " {good_a} {good_b} --threshold inf", "--threshold"),
+    C("hard-verify-threshold-text", "verify " + MODEL + " {good_a} {good_b} --threshold high", "--threshold"),
+    C("hard-extract-chunk-inf", "extract " + MODEL + " --data {m_rates} --out {out}/e.npz --chunk inf", "--chunk"),
+    C("hard-extract-chunk-nan", "extract " + MODEL + " --data {m_rates} --out {out}/e.npz --chunk nan", "--chunk"),
+    C("hard-extract-chunk-zero", "extract " + MODEL + " --data {m_rates} --out {out}/e.npz --chunk 0", "--chunk"),
+    C("hard-prepare-seconds-nan", "prepare synthetic --out {out}/s --seconds nan", "--seconds", "finite"),
+    C("hard-prepare-seconds-inf", "prepare synthetic --out {out}/s --seconds inf", "--seconds"),
+    C("hard-prepare-noise-seconds-nan", "prepare noise --out {out}/n --seconds nan", "--seconds"),
+    C(
+        "hard-score-asnorm-text",
+        "score --embeddings {emb} --trials {trials} --out {out}/s.txt --asnorm-top many",
+        "--asnorm-top",
+    ),
+    # 3. resource exhaustion: declared sizes checked before allocation
+    C("hard-verify-1hz-header", "verify " + MODEL + " {good_a} {wav_1hz}", "{wav_1hz}", "1 Hz"),
+    C("hard-embed-1hz-header", "embed " + MODEL + " {wav_1hz} --out {out}/e.npz", "{wav_1hz}", "1 Hz"),
+    C("hard-extract-1hz-header", "extract " + MODEL + " --data {m_1hz} --out {out}/e.npz", "{wav_1hz}", "1 Hz"),
+    C("hard-validate-1hz-header", "validate {m_1hz}", "{m_1hz}:1", "1 Hz"),
+    C("hard-train-1hz-header", "train --exp {out}/e --data {m_1hz} " + _sets(), "{m_1hz}:1", "1 Hz"),
+    C(
+        "hard-score-npz-bomb",
+        "score --embeddings {npz_bomb} --trials {trials} --out {out}/s.txt",
+        "{npz_bomb}",
+        "declares",
+    ),
+    C(
+        "hard-score-cohort-npz-bomb",
+        "score --embeddings {emb} --trials {trials} --cohort {npz_bomb} --out {out}/s.txt",
+        "{npz_bomb}",
+    ),
+    C("hard-score-npz-matrix", "score --embeddings {npz_matrix} --trials {trials} --out {out}/s.txt", "{npz_matrix}"),
+    C(
+        "hard-verify-model-claims-huge-channels",
+        "verify --model {model_meta_channels_huge} {good_a} {good_b}",
+        "{model_meta_channels_huge}",
+        "does not describe",
+    ),
+    C(
+        "hard-extract-model-claims-huge-channels",
+        "extract --model {model_meta_channels_huge} --data {m_rates} --out {out}/e.npz",
+        "{model_meta_channels_huge}",
+        "does not describe",
+    ),
+    C(
+        "hard-export-model-claims-huge-channels",
+        "export --model {model_meta_channels_huge} --onnx {out}/m.onnx",
+        "{model_meta_channels_huge}",
+    ),
+    C(
+        "hard-verify-model-negative-channels",
+        "verify --model {model_meta_channels_negative} {good_a} {good_b}",
+        "{model_meta_channels_negative}",
+    ),
+    # 4. model and ONNX metadata validated with the config's schema
+    C("hard-verify-meta-null", "verify --model {model_meta_null} {good_a} {good_b}", "{model_meta_null}", "metadata"),
+    C("hard-verify-meta-list", "verify --model {model_meta_list} {good_a} {good_b}", "{model_meta_list}", "metadata"),
+    C(
+        "hard-extract-meta-list",
+        "extract --model {model_meta_list} --data {m_rates} --out {out}/e.npz",
+        "{model_meta_list}",
+    ),
+    C(
+        "hard-verify-meta-model-list",
+        "verify --model {model_meta_model_list} {good_a} {good_b}",
+        "{model_meta_model_list}",
+        "model",
+    ),
+    C(
+        "hard-verify-meta-args-list",
+        "verify --model {model_meta_args_list} {good_a} {good_b}",
+        "{model_meta_args_list}",
+        "model.args",
+    ),
+    C(
+        "hard-verify-meta-name-int",
+        "verify --model {model_meta_name_int} {good_a} {good_b}",
+        "{model_meta_name_int}",
+        "model.name",
+    ),
+    C(
+        "hard-verify-meta-features-str",
+        "verify --model {model_meta_features_str} {good_a} {good_b}",
+        "{model_meta_features_str}",
+        "features",
+    ),
+    C(
+        "hard-verify-meta-mel-text",
+        "verify --model {model_meta_mel_text} {good_a} {good_b}",
+        "{model_meta_mel_text}",
+        "features.num_mel_bins",
+    ),
+    C(
+        "hard-verify-meta-mel-huge",
+        "verify --model {model_meta_mel_huge} {good_a} {good_b}",
+        "{model_meta_mel_huge}",
+        "features.num_mel_bins",
+    ),
+    C(
+        "hard-verify-meta-shift-nan",
+        "verify --model {model_meta_shift_nan} {good_a} {good_b}",
+        "{model_meta_shift_nan}",
+        "features.frame_shift",
+    ),
+    C(
+        "hard-extract-meta-mel-text",
+        "extract --model {model_meta_mel_text} --data {m_rates} --out {out}/e.npz",
+        "{model_meta_mel_text}",
+    ),
+    C(
+        "hard-verify-meta-dim-text",
+        "verify --model {model_meta_dim_text} {good_a} {good_b}",
+        "{model_meta_dim_text}",
+        "embedding_dim",
+    ),
+    C(
+        "hard-verify-meta-threshold-list",
+        "verify --model {model_meta_threshold_list} {good_a} {good_b}",
+        "{model_meta_threshold_list}",
+        "threshold",
+    ),
+    C(
+        "hard-embed-meta-speakers-dict",
+        "embed --model {model_meta_speakers_dict} {good_a}",
+        "{model_meta_speakers_dict}",
+        "speakers",
+    ),
+    C("hard-verify-meta-unknown-arg", "verify --model {model_meta_unknown_arg} {good_a} {good_b}", "chanels"),
+    C("hard-export-meta-list", "export --model {model_meta_list} --onnx {out}/m.onnx", "{model_meta_list}"),
+    C(
+        "hard-finetune-init-meta-list",
+        "finetune --init {model_meta_list} --exp {out}/e --data {corpus} " + _sets(),
+        "{model_meta_list}",
+    ),
+    C("hard-verify-onnx-meta-list", "verify --model {onnx_list} {good_a} {good_b}", "{onnx_list}", "metadata"),
+    C(
+        "hard-verify-onnx-meta-features",
+        "verify --model {onnx_features} {good_a} {good_b}",
+        "{onnx_features}",
+        "features.num_mel_bins",
+    ),
+    C(
+        "hard-extract-onnx-meta-dim",
+        "extract --model {onnx_dim} --data {m_rates} --out {out}/e.npz",
+        "{onnx_dim}",
+        "embedding_dim",
+    ),
+    C("hard-verify-onnx-meta-fbank", "verify --model {onnx_fbank} {good_a} {good_b}", "{onnx_fbank}", "with_fbank"),
+    C(
+        "hard-verify-onnx-meta-dim-huge",
+        "verify --model {onnx_dim_huge} {good_a} {good_b}",
+        "{onnx_dim_huge}",
+        "embedding_dim",
+    ),
+    # 5. configs that would hang or overflow the stack
+    C(
+        "hard-train-yaml-alias-bomb",
+        "train --config {cfg_bomb} --exp {out}/e --data {corpus}",
+        "{cfg_bomb}",
+        "aliases",
+        subprocess=True,
+    ),
+    C("hard-train-yaml-deep-list", "train --config {cfg_deep} --exp {out}/e --data {corpus}", "{cfg_deep}:", "deeper"),
+    C(
+        "hard-train-yaml-deep-mapping",
+        "train --config {cfg_deep_map} --exp {out}/e --data {corpus}",
+        "{cfg_deep_map}:",
+        "deeper",
+    ),
+    C(
+        "hard-train-yaml-top-level-list",
+        "train --config {cfg_ssl_list} --exp {out}/e --data {corpus}",
+        "{cfg_ssl_list}",
+        "mapping",
+    ),
+    C(
+        "hard-pretrain-yaml-alias-bomb",
+        "pretrain --config {cfg_bomb} --exp {out}/e --data {corpus}",
+        "{cfg_bomb}",
+        "aliases",
+    ),
+    C(
+        "hard-finetune-yaml-deep",
+        "finetune --init {exp} --config {cfg_deep} --exp {out}/e --data {corpus}",
+        "{cfg_deep}:",
+    ),
+    C(
+        "hard-train-set-deep-key",
+        "train --exp {out}/e --data {corpus} --set model.args." + ".".join(["k"] * 700) + "=1",
+        "at most",
+    ),
+    C("hard-train-set-deep-value", "train --exp {out}/e --data {corpus} --set model.args.x=" + "[" * 700, "deeper"),
+    C(
+        "hard-convert-set-deep-key",
+        "convert --from 3dspeaker --arch ecapa_tdnn --set model.args."
+        + ".".join(["k"] * 700)
+        + "=1 {planted_pt} {out}/m.safetensors",
+        "at most",
+    ),
+    # 8. bad rows found late, devices
+    C(
+        "hard-train-segment-past-end",
+        "train --exp {out}/e --data {m_late_segment} " + _sets(),
+        "{m_late_segment}:5",
+        "past the end",
+    ),
+    C("hard-train-device-foo", HARD_TRAIN + " --set train.device=foo", "train.device", "foo"),
+    C("hard-train-device-cuda-index-text", HARD_TRAIN + " --set train.device=cuda:x", "train.device"),
+    C("hard-verify-device-foo", "verify " + MODEL + " {good_a} {good_b} --device foo", "--device", "foo"),
+    C("hard-embed-device-foo", "embed " + MODEL + " {good_a} --device tpu", "--device"),
+    C("hard-extract-device-foo", "extract " + MODEL + " --data {m_rates} --out {out}/e.npz --device foo", "--device"),
+    C(
+        "hard-score-bom-trials-unknown",
+        "score --embeddings {emb} --trials {trials_bom_unknown} --out {out}/s.txt",
+        "nobody",
+    ),
+    # 9. argument errors are the same one line
+    C("hard-verify-missing-model", "verify {good_a} {good_b}", "--model", subprocess=True),
+    C("hard-train-missing-exp", "train --data {corpus}", "--exp"),
+    C(
+        "hard-extract-unknown-option",
+        "extract " + MODEL + " --data {m_rates} --out {out}/e.npz --frobnicate",
+        "--frobnicate",
+    ),
+    C("hard-prepare-unknown-corpus", "prepare timit {root} --out {out}/m", "timit"),
+    C(
+        "hard-score-precision-text",
+        "score --embeddings {emb} --trials {trials} --out {out}/s.txt --precision six",
+        "--precision",
+    ),
+]
+if torch.cuda.is_available():
+    CASES.append(C("hard-train-device-cuda-index", HARD_TRAIN + " --set train.device=cuda:99", "cuda"))
+else:
+    CASES += [
+        C("hard-train-device-cuda", HARD_TRAIN + " --set train.device=cuda", "train.device", "cuda"),
+        C("hard-verify-device-cuda", "verify " + MODEL + " {good_a} {good_b} --device cuda", "--device", "GPU"),
+    ]
 
 if (REPO / "speakerforge" / "cli_ssl.py").is_file():
     CASES += [
