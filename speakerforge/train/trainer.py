@@ -163,6 +163,7 @@ class Trainer:
             isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename for h in root.handlers
         ):
             root.addHandler(handler)
+            self._log_handler = handler  # removed when the run ends: later commands in this process log elsewhere
         if root.level == logging.NOTSET or root.level > logging.INFO:
             root.setLevel(logging.INFO)
 
@@ -303,6 +304,10 @@ class Trainer:
             self._discard_if_never_started()
             raise
         finally:
+            handler = getattr(self, "_log_handler", None)
+            if handler is not None:
+                logging.getLogger("speakerforge").removeHandler(handler)
+                handler.close()
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None

@@ -1149,6 +1149,13 @@ def _files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """name -> (size, mtime) of every file: inputs must stay untouched."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
 def _temp_files(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if ".tmp" in p.name or p.name.endswith("~"))
 
@@ -1161,6 +1168,8 @@ def check_error(case: Case, code: int, err: str, paths: dict[str, str]) -> str:
     errors = [line for line in lines if line.startswith("speakerforge ")]
     assert len(errors) == 1, f"{case.id}: expected exactly one error line, stderr was:\n{err}"
     line = errors[0]
+    assert lines[-1] == line, f"{case.id}: the error line is not the last line on stderr:\n{err}"
+    assert code == (1 if case.command == "validate" else 2), f"{case.id}: exit code {code}, stderr: {err!r}"
     assert line.startswith(f"speakerforge {case.command}: error: "), f"{case.id}: {line!r}"
     for needle in case.needles:
         needle = needle.format(**paths)
@@ -1185,10 +1194,12 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(
 ) -> None:
     paths = _paths(world, tmp_path)
     before = set(_files_under(Path(world["root"])))
+    inputs = _snapshot(Path(world["root"]))
     code = main(_argv(case, paths))
     captured = capsys.readouterr()
     check_error(case, code, captured.err, paths)
     check_nothing_left(case, paths, before)
+    assert _snapshot(Path(world["root"])) == inputs, f"{case.id}: an input file changed"
 
 
 SUBPROCESS_CASES = [c for c in CASES if c.subprocess]
@@ -1412,3 +1423,150 @@ def test_a_failed_start_does_not_block_the_corrected_rerun(world: dict[str, str]
     )
     assert (exp / "model.safetensors").is_file()
     assert time.perf_counter() - started < 120
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# [hardening]: behaviours that are not one bad command line
+NOT_QUIET = ["hard-train-lr-inf", "hard-train-yaml-alias-bomb", "train-data-corrupt-audio", "verify-nan-audio"]
+
+
+@pytest.mark.parametrize("case_id", NOT_QUIET)
+def test_without_quiet_the_error_is_still_one_line_and_the_last(case_id: str, world: dict[str, str], tmp_path: Path):
+    """The contract without --quiet: logs (INFO) go to stderr too, and the error line comes last, alone."""
+    case = next(c for c in CASES if c.id == case_id)
+    paths = _paths(world, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "speakerforge", *_argv(case, paths)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
+    check_error(case, proc.returncode, proc.stderr, paths)
+
+
+def _train_argv(exp: Path, data: str, *extra: str) -> list[str]:
+    return ["--quiet", "train", "--exp", str(exp), "--data", data, *_sets(*extra).split()]
+
+
+def test_a_failed_start_from_a_torch_error_leaves_nothing_and_the_fix_runs(world, tmp_path, capsys) -> None:
+    exp = tmp_path / "e"
+    assert main(_train_argv(exp, world["corpus"], "model.args.channels=0")) == 2
+    assert not exp.exists()
+    assert main(_train_argv(exp, world["corpus"])) == 0, capsys.readouterr().err
+
+
+def test_a_torn_metrics_row_does_not_block_resume(world, tmp_path, capsys) -> None:
+    exp = tmp_path / "e"
+    assert main(_train_argv(exp, world["corpus"], "train.save_every_steps=1")) == 0
+    with open(exp / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "st')
+    assert main(_train_argv(exp, world["corpus"], "train.save_every_steps=1", "train.epochs=2")) != 0  # config change
+    assert (
+        main(
+            [*_train_argv(exp, world["corpus"], "train.save_every_steps=1", "train.epochs=2"), "--allow-config-change"]
+        )
+        == 0
+    ), capsys.readouterr().err
+    rows = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all("loss" in r for r in rows)
+
+
+def test_a_second_run_in_the_same_folder_is_refused_naming_the_holder(world, tmp_path, capsys) -> None:
+    from speakerforge.train.experiment import ExperimentLock
+
+    exp = tmp_path / "e"
+    lock = ExperimentLock(exp).acquire()
+    try:
+        assert main(_train_argv(exp, world["corpus"])) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"pid {os.getpid()}" in err and "another run" in err and err.count("\n") == 0
+        assert sorted(p.name for p in exp.iterdir()) == [".lock"]
+    finally:
+        lock.release()
+    # a lock file left by a dead process does not block: the kernel dropped its lock
+    (exp / ".lock").write_text("pid 999999 on elsewhere\n")
+    assert main(_train_argv(exp, world["corpus"])) == 0, capsys.readouterr().err
+
+
+def test_stale_temporary_files_of_dead_processes_are_swept(world, tmp_path, capsys) -> None:
+    exp = tmp_path / "e"
+    (exp / "checkpoints").mkdir(parents=True)
+    dead = 2**22 + 12345  # above pid_max's default: never a live process
+    stale = [exp / f".config.yaml.{dead}.0badc0de.tmp", exp / "checkpoints" / f".ckpt-000000002.pt.{dead}.0badc0de.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    assert main(_train_argv(exp, world["corpus"])) == 0, capsys.readouterr().err
+    assert not any(p.exists() for p in stale)
+
+
+def test_sigterm_is_treated_as_ctrl_c(world, tmp_path) -> None:
+    import signal
+
+    exp = tmp_path / "e"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speakerforge", *_train_argv(exp, world["corpus"], "train.epochs=200")],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 120
+    while not (exp / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "speakerforge train: terminated (SIGTERM)"
+    assert _temp_files(exp) == []
+
+
+def test_bad_segments_are_skipped_with_skip_bad_audio(world, tmp_path, capsys) -> None:
+    exp = tmp_path / "e"
+    argv = [*_train_argv(exp, world["m_late_segment"], "data.batch_size=4"), "--skip-bad-audio"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "past the end" in (exp / "skipped.tsv").read_text()
+
+
+def test_a_run_whose_every_step_was_skipped_does_not_exit_0(world, tmp_path, monkeypatch, capsys) -> None:
+    from speakerforge.train.trainer import Trainer
+
+    monkeypatch.setattr(
+        Trainer, "compute_loss", lambda self, m, b, s, k: (torch.tensor(float("nan"), requires_grad=True), 0, 1)
+    )
+    exp = tmp_path / "e"
+    assert main(_train_argv(exp, world["corpus"], "train.max_nonfinite_steps=100")) == 2
+    assert "did not train" in capsys.readouterr().err
+    assert not (exp / "model.safetensors").exists()
+
+
+def test_trials_with_a_bom_are_read(world, tmp_path) -> None:
+    trials = tmp_path / "t.txt"
+    trials.write_bytes(b"\xef\xbb\xbf" + Path(world["trials"]).read_bytes())
+    assert (
+        main(["--quiet", "score", "--embeddings", world["emb"], "--trials", str(trials), "--out", str(tmp_path / "s")])
+        == 0
+    )
+
+
+def test_long_audio_is_embedded_in_bounded_chunks(world, monkeypatch) -> None:
+    """Audio up to MAX_FORWARD_SECONDS is embedded whole (equal to the unchunked result); longer audio is the mean
+    of the embeddings of its chunks, and no forward pass sees more than the bound."""
+    import speakerforge.inference as inf
+
+    model = inf.load_model(world["model"])
+    wav = _noise(3.0, 21)
+    whole = model.embed_waves(wav[None, : model.frame_span(model.num_frames(wav.shape[0]))])[0]
+    assert np.array_equal(model.embed(wav), whole)  # under the bound: the unchunked result
+    monkeypatch.setattr(inf, "MAX_FORWARD_SECONDS", 1.0)
+    seen = []
+    real = model.embed_waves
+    monkeypatch.setattr(model, "embed_waves", lambda w, names=None: seen.append(w.size) or real(w, names))
+    chunked = model.embed(wav)
+    chunks = inf.chunk_waveform(wav, SR)
+    expected = np.mean([real(c[None])[0] for c in chunks], axis=0, dtype=np.float64).astype(np.float32)
+    np.testing.assert_allclose(chunked, expected, rtol=1e-5, atol=1e-6)
+    assert max(seen) <= SR
+    batch = model.embed_batch([wav[: SR // 2], wav[: SR // 2], wav])  # short ones batched within the bound too
+    assert max(seen) <= SR and np.isfinite(batch).all()
