@@ -90,6 +90,10 @@ def test_two_sources_with_same_stem_get_distinct_namespaces(tmp_path):
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
         sf.write(tmp_path / d / "x.wav", np.zeros(1600, dtype="float32"), 16000)
-        (tmp_path / d / "train.jsonl").write_text(json.dumps({"key": "u", "wav": "x.wav", "spk": "s"}) + "\n")
+        for stem in ("vox", "train"):
+            (tmp_path / d / f"{stem}.jsonl").write_text(json.dumps({"key": "u", "wav": "x.wav", "spk": "s"}) + "\n")
+    srcs = load_sources([(str(tmp_path / "a/vox.jsonl"), 1.0, ""), (str(tmp_path / "b/vox.jsonl"), 1.0, "")])
+    assert [s.name for s in srcs] == ["vox", "vox2"]
+    # a generic file name (what `prepare` writes) names the source after its folder
     srcs = load_sources([(str(tmp_path / "a/train.jsonl"), 1.0, ""), (str(tmp_path / "b/train.jsonl"), 1.0, "")])
-    assert [s.name for s in srcs] == ["train", "train2"]
+    assert [s.name for s in srcs] == ["a", "b"]

@@ -21,6 +21,15 @@ MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 768000
 
 
+# What a folder scan takes as audio (soundfile reads them all, mp3 and opus included).
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".sph")
+
+
+def find_audio_files(folder: str | Path) -> list[Path]:
+    """Audio files anywhere below `folder` (by suffix), sorted: the one folder scan of every command."""
+    return sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+
+
 def _check_rate(path: str | Path, sr: int) -> None:
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
         raise DataError(
@@ -47,8 +56,10 @@ def _check_path(path: str | Path) -> Path:
     p = Path(path)
     text = str(path).rstrip()
     if text.endswith("|"):
-        raise DataError(f"{path}: Kaldi pipe commands are not supported (nothing from a manifest is executed); "
-                        "convert the audio to wav/flac files first")
+        raise DataError(
+            f"{path}: Kaldi pipe commands are not supported (nothing from a manifest is executed); "
+            "convert the audio to wav/flac files first"
+        )
     if not p.exists():
         where = "" if p.is_absolute() else f" (relative paths resolve against the working directory: {p.resolve()})"
         raise DataError(f"{path}: audio file not found{where}")

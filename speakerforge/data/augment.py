@@ -28,12 +28,11 @@ import soxr
 import torch
 
 from speakerforge.atomic import atomic_write_text
-from speakerforge.data.audio import SAMPLE_RATE, load_audio, resample
+from speakerforge.data.audio import AUDIO_SUFFIXES, SAMPLE_RATE, find_audio_files, load_audio, resample
 from speakerforge.errors import ConfigError, DataError, where
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 NOISE_CATEGORIES = ("noise", "music", "speech")
 # SNR ranges in dB per category; "speech" files are mixed as babble.
 DEFAULT_SNR_DB = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "speech": (13.0, 20.0)}
@@ -51,7 +50,7 @@ def fit_length(noise: np.ndarray, length: int, rng: np.random.Generator | None =
         raise DataError("noise signal holds no samples")
     if n >= length:
         offset = int(rng.integers(0, n - length + 1)) if rng is not None else 0
-        return noise[offset:offset + length]
+        return noise[offset : offset + length]
     # Shorter than the speech: loop it, starting anywhere inside the first period.
     offset = int(rng.integers(0, n)) if rng is not None else 0
     return np.take(noise, (offset + np.arange(length)) % n)
@@ -61,8 +60,9 @@ def _power(x: np.ndarray) -> float:
     return float(np.mean(np.square(x, dtype=np.float64))) if len(x) else 0.0
 
 
-def _scaled_noise(wav: np.ndarray, noise: np.ndarray, snr_db: float,
-                  rng: np.random.Generator | None) -> np.ndarray | None:
+def _scaled_noise(
+    wav: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator | None
+) -> np.ndarray | None:
     """The noise segment scaled so that power(wav) / power(segment) is `snr_db`; None when either is silent."""
     segment = fit_length(np.asarray(noise, dtype=np.float64), len(wav), rng)
     p_speech, p_noise = _power(wav), _power(segment)
@@ -72,8 +72,7 @@ def _scaled_noise(wav: np.ndarray, noise: np.ndarray, snr_db: float,
     return segment * np.sqrt(p_speech / (p_noise * 10.0 ** (snr_db / 10.0)))
 
 
-def add_noise(wav: np.ndarray, noise: np.ndarray, snr_db: float,
-              rng: np.random.Generator | None = None) -> np.ndarray:
+def add_noise(wav: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Generator | None = None) -> np.ndarray:
     """Mix `noise` into `wav` at `snr_db` (power ratio over the whole crop); same length, float32."""
     scaled = _scaled_noise(wav, noise, snr_db, rng)
     if scaled is None:
@@ -81,8 +80,9 @@ def add_noise(wav: np.ndarray, noise: np.ndarray, snr_db: float,
     return (wav.astype(np.float64) + scaled).astype(np.float32)
 
 
-def add_babble(wav: np.ndarray, talkers: Sequence[np.ndarray], snrs_db: Sequence[float],
-               rng: np.random.Generator | None = None) -> np.ndarray:
+def add_babble(
+    wav: np.ndarray, talkers: Sequence[np.ndarray], snrs_db: Sequence[float], rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Add several speech signals, each at its own SNR against `wav` (Kaldi / VoxCeleb-trainer babble)."""
     if len(talkers) != len(snrs_db):
         raise ValueError(f"{len(talkers)} talkers but {len(snrs_db)} SNRs")
@@ -114,7 +114,7 @@ def reverberate(wav: np.ndarray, rir: np.ndarray) -> np.ndarray:
     size = _fft_size(n + len(h) - 1)
     spectrum = np.fft.rfft(np.asarray(wav, dtype=np.float64), size) * np.fft.rfft(h, size)
     full = np.fft.irfft(spectrum, size)
-    return full[peak:peak + n].astype(np.float32)
+    return full[peak : peak + n].astype(np.float32)
 
 
 def speed_perturb(wav: np.ndarray, factor: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -217,8 +217,10 @@ def read_audio_list(path: str | Path, key: str) -> list[NoiseItem]:
     with open(p, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise DataError(f"{where(p, 1)}: {key}: an audio list needs a CSV header with a 'path' column "
-                            f"(got {reader.fieldnames}); a folder of audio files works too")
+            raise DataError(
+                f"{where(p, 1)}: {key}: an audio list needs a CSV header with a 'path' column "
+                f"(got {reader.fieldnames}); a folder of audio files works too"
+            )
         items = []
         for row in reader:
             text = (row.get("path") or "").strip()
@@ -231,10 +233,6 @@ def read_audio_list(path: str | Path, key: str) -> list[NoiseItem]:
     return items
 
 
-def _scan_folder(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
-
-
 def _resolve_source(path: str | Path | None, key: str, what: str) -> list[NoiseItem]:
     """Items of a folder (scanned recursively, sorted) or a list file; missing or empty sources name `key`."""
     if path is None or str(path) == "":
@@ -243,10 +241,12 @@ def _resolve_source(path: str | Path | None, key: str, what: str) -> list[NoiseI
     if not p.exists():
         raise DataError(f"{key}: {p} does not exist (expected a folder of {what} wav files or a CSV list)")
     if p.is_dir():
-        files = _scan_folder(p)
+        files = find_audio_files(p)
         if not files:
-            raise DataError(f"{key}: {p} holds no audio files ({', '.join(AUDIO_SUFFIXES)}); "
-                            f"`speakerforge.data.corpora.noise` can make synthetic {what} files")
+            raise DataError(
+                f"{key}: {p} holds no audio files ({', '.join(AUDIO_SUFFIXES)}); "
+                f"`speakerforge.data.corpora.noise` can make synthetic {what} files"
+            )
         return [NoiseItem(str(f), _category_of(f, p)) for f in files]
     items = read_audio_list(p, key)
     if not items:
@@ -305,8 +305,10 @@ class NoiseBank:
         self._by_category: dict[str, list[int]] = {}
         for i, item in enumerate(self.items):
             if item.category not in NOISE_CATEGORIES:
-                raise DataError(f"{key}: {item.path}: unknown noise category {item.category!r}, "
-                                f"expected one of {', '.join(NOISE_CATEGORIES)}")
+                raise DataError(
+                    f"{key}: {item.path}: unknown noise category {item.category!r}, "
+                    f"expected one of {', '.join(NOISE_CATEGORIES)}"
+                )
             self._by_category.setdefault(item.category, []).append(i)
         self.load = _LruCache(self._decode, cache_size)
         log.info("noise bank: %s", ", ".join(f"{c} {len(v)}" for c, v in sorted(self._by_category.items())))
@@ -356,8 +358,9 @@ def load_rir(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises several types
-        raise DataError(f"{path}: cannot read room impulse response ({str(exc).strip() or type(exc).__name__})") \
-            from None
+        raise DataError(
+            f"{path}: cannot read room impulse response ({str(exc).strip() or type(exc).__name__})"
+        ) from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: room impulse response holds no samples")
     return resample(np.ascontiguousarray(data[:, 0]), int(sr), sample_rate)
@@ -431,15 +434,21 @@ class AugmentConfig:
                 raise ConfigError(f"{prefix}.{name}={value}: a probability must lie in [0, 1]")
         total = self.noise_prob + self.reverb_prob + self.both_prob
         if total > 1.0 + 1e-9:
-            raise ConfigError(f"{prefix}.noise_prob + reverb_prob + both_prob = {total:g} > 1: they are exclusive "
-                              "choices per utterance")
+            raise ConfigError(
+                f"{prefix}.noise_prob + reverb_prob + both_prob = {total:g} > 1: they are exclusive "
+                "choices per utterance"
+            )
         if self.enabled:
             if self.noise_dir is None and (self.noise_prob > 0 or self.both_prob > 0):
-                raise ConfigError(f"{prefix}.noise_dir is not set but {prefix}.noise_prob={self.noise_prob} / "
-                                  f"both_prob={self.both_prob}: set the folder or make those probabilities 0")
+                raise ConfigError(
+                    f"{prefix}.noise_dir is not set but {prefix}.noise_prob={self.noise_prob} / "
+                    f"both_prob={self.both_prob}: set the folder or make those probabilities 0"
+                )
             if self.rir_dir is None and (self.reverb_prob > 0 or self.both_prob > 0):
-                raise ConfigError(f"{prefix}.rir_dir is not set but {prefix}.reverb_prob={self.reverb_prob} / "
-                                  f"both_prob={self.both_prob}: set the folder or make those probabilities 0")
+                raise ConfigError(
+                    f"{prefix}.rir_dir is not set but {prefix}.reverb_prob={self.reverb_prob} / "
+                    f"both_prob={self.both_prob}: set the folder or make those probabilities 0"
+                )
         for name in ("noise_snr", "music_snr", "babble_snr", "babble_speakers"):
             low, high = getattr(self, name)
             if low > high:
@@ -447,8 +456,10 @@ class AugmentConfig:
         if self.babble_speakers[0] < 1:
             raise ConfigError(f"{prefix}.babble_speakers must be at least 1, got {self.babble_speakers}")
         if not self.speeds or self.speeds[0] != 1.0 or any(s <= 0 for s in self.speeds):
-            raise ConfigError(f"{prefix}.speeds={self.speeds}: positive factors starting with 1.0 "
-                              "(index 0 keeps the speaker label), e.g. [1.0, 0.9, 1.1]")
+            raise ConfigError(
+                f"{prefix}.speeds={self.speeds}: positive factors starting with 1.0 "
+                "(index 0 keeps the speaker label), e.g. [1.0, 0.9, 1.1]"
+            )
         if len(set(self.speeds)) != len(self.speeds):
             raise ConfigError(f"{prefix}.speeds={self.speeds}: repeated factor")
         for name in ("num_freq_masks", "max_freq_width", "num_time_masks", "max_time_width", "cache_size"):
@@ -466,8 +477,13 @@ class Augmenter:
         self.rirs: RirBank | None = None
         if config.noise_dir is not None:
             snr = {"noise": config.noise_snr, "music": config.music_snr, "speech": config.babble_snr}
-            self.noise = NoiseBank.from_path(config.noise_dir, key=f"{prefix}.noise_dir", snr_db=snr,
-                                             babble_speakers=config.babble_speakers, cache_size=config.cache_size)
+            self.noise = NoiseBank.from_path(
+                config.noise_dir,
+                key=f"{prefix}.noise_dir",
+                snr_db=snr,
+                babble_speakers=config.babble_speakers,
+                cache_size=config.cache_size,
+            )
         if config.rir_dir is not None:
             self.rirs = RirBank.from_path(config.rir_dir, key=f"{prefix}.rir_dir", cache_size=config.cache_size)
         if not config.enabled:

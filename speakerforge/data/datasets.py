@@ -6,7 +6,8 @@ example is the same whichever worker builds it and whether or not the run was re
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +34,16 @@ def random_crop(wav: np.ndarray, length: int, rng: np.random.Generator) -> np.nd
 class CropDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by `(epoch, Draw)`; returns (waveform, class id, source id)."""
 
-    def __init__(self, sources: list[Source], speakers: SpeakerIndex, crop_seconds: float, seed: int,
-                 augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-                 speeds: list[float] | None = None, sample_rate: int = SAMPLE_RATE):
+    def __init__(
+        self,
+        sources: list[Source],
+        speakers: SpeakerIndex,
+        crop_seconds: float,
+        seed: int,
+        augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        speeds: list[float] | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ):
         self.sources = sources
         self.speakers = speakers
         self.crop = int(round(crop_seconds * sample_rate))

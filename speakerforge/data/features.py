@@ -8,9 +8,9 @@ epsilon.
 
 Input convention: waveforms are float in [-1, 1], what `speakerforge.data.audio.load_audio` returns. Kaldi and its
 reimplementations are fed int16-scale samples, so `fbank` multiplies by 32768 internally (folded into its matrices,
-not a separate pass) and returns their numbers (to float32 rounding, see below). Any other scale would only add a constant to every log-mel
-value (2 ln scale), which utterance mean normalisation removes anyway. `dither` is likewise in int16 units, as in
-Kaldi (dither=1.0 is one least significant bit).
+not a separate pass) and returns their numbers (to float32 rounding, see below). Any other scale would only add a
+constant to every log-mel value (2 ln scale), which utterance mean normalisation removes anyway. `dither` is likewise
+in int16 units, as in Kaldi (dither=1.0 is one least significant bit).
 
 How it is computed: the per-frame steps after DC removal (pre-emphasis, window, zero padding, DFT) are linear, so
 they are folded, in float64, into one real DFT basis `[window, fft_size]` (real | imaginary parts); a frame's
@@ -55,13 +55,17 @@ class FbankConfig:
     mean_norm: bool = False  # subtract the utterance mean (used by `Fbank` only)
 
 
-def frame_sizes(sample_rate: int = 16000, frame_length: float = 25.0, frame_shift: float = 10.0) -> tuple[int, int, int]:
+def frame_sizes(
+    sample_rate: int = 16000, frame_length: float = 25.0, frame_shift: float = 10.0
+) -> tuple[int, int, int]:
     """Window, shift and padded FFT size in samples, rounded the way Kaldi rounds them."""
     window = int(sample_rate * 0.001 * frame_length)
     shift = int(sample_rate * 0.001 * frame_shift)
     if window < 2 or shift < 1:
-        raise ValueError(f"frame_length={frame_length} ms and frame_shift={frame_shift} ms at {sample_rate} Hz give "
-                         f"a window of {window} and a shift of {shift} samples; need at least 2 and 1")
+        raise ValueError(
+            f"frame_length={frame_length} ms and frame_shift={frame_shift} ms at {sample_rate} Hz give "
+            f"a window of {window} and a shift of {shift} samples; need at least 2 and 1"
+        )
     return window, shift, 1 << (window - 1).bit_length()
 
 
@@ -88,8 +92,9 @@ def _mel(freq: Tensor) -> Tensor:
     return 1127.0 * torch.log1p(freq / 700.0)
 
 
-def mel_banks(num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: float = LOW_FREQ,
-              high_freq: float | None = None) -> Tensor:
+def mel_banks(
+    num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: float = LOW_FREQ, high_freq: float | None = None
+) -> Tensor:
     """Kaldi's triangular mel filters on FFT bins `0 .. fft_size/2 - 1` (Kaldi gives the Nyquist bin no weight).
 
     Returns float64 `[fft_size // 2, num_mel_bins]`.
@@ -97,7 +102,10 @@ def mel_banks(num_mel_bins: int, fft_size: int, sample_rate: int, low_freq: floa
     high_freq = sample_rate / 2 if high_freq is None else high_freq
     if not 0.0 <= low_freq < high_freq <= sample_rate / 2:
         raise ValueError(f"mel range {low_freq}..{high_freq} Hz does not fit {sample_rate} Hz audio")
-    mel_low, mel_high = _mel(torch.tensor(low_freq, dtype=torch.float64)), _mel(torch.tensor(high_freq, dtype=torch.float64))
+    mel_low, mel_high = (
+        _mel(torch.tensor(low_freq, dtype=torch.float64)),
+        _mel(torch.tensor(high_freq, dtype=torch.float64)),
+    )
     delta = (mel_high - mel_low) / (num_mel_bins + 1)
     left = mel_low + delta * torch.arange(num_mel_bins, dtype=torch.float64)
     center, right = left + delta, left + 2 * delta
@@ -126,8 +134,14 @@ def dft_basis(window: int, fft_size: int, preemphasis: float = PREEMPHASIS, scal
 
 
 @lru_cache(maxsize=32)
-def _matrices(sample_rate: int, num_mel_bins: int, frame_length: float, frame_shift: float,
-              device: torch.device, dtype: torch.dtype) -> tuple[int, int, Tensor, Tensor]:
+def _matrices(
+    sample_rate: int,
+    num_mel_bins: int,
+    frame_length: float,
+    frame_shift: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[int, int, Tensor, Tensor]:
     """(window, shift, DFT basis, mel matrix), built once per setting, device and dtype."""
     window, shift, fft_size = frame_sizes(sample_rate, frame_length, frame_shift)
     basis = dft_basis(window, fft_size)
@@ -148,8 +162,15 @@ def _frames(wave: Tensor, window: int, shift: int) -> Tensor:
     return wave.unfold(-1, window, shift)
 
 
-def _log_mel(wave: Tensor, window: int, shift: int, basis: Tensor, mel: Tensor, dither: float = 0.0,
-             generator: torch.Generator | None = None) -> Tensor:
+def _log_mel(
+    wave: Tensor,
+    window: int,
+    shift: int,
+    basis: Tensor,
+    mel: Tensor,
+    dither: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Shared core of `fbank` and `Fbank`: `[..., T]` float -> `[..., frames, bins]`; T must hold one window."""
     frames = _frames(wave, window, shift)
     if dither != 0.0:
@@ -190,8 +211,9 @@ def fbank(
     Computes in float64 when given float64, else float32.
     """
     wave = _check_waveform(waveform)
-    window, shift, basis, mel = _matrices(sample_rate, num_mel_bins, float(frame_length), float(frame_shift),
-                                          wave.device, wave.dtype)
+    window, shift, basis, mel = _matrices(
+        sample_rate, num_mel_bins, float(frame_length), float(frame_shift), wave.device, wave.dtype
+    )
     if wave.shape[-1] < window:
         return wave.new_zeros(*wave.shape[:-1], 0, num_mel_bins)
     return _log_mel(wave, window, shift, basis, mel, dither, generator)
@@ -233,8 +255,14 @@ class Fbank(nn.Module):
         super().__init__()
         self.config = FbankConfig(**{**(asdict(config) if config else {}), **kwargs})
         c = self.config
-        window, shift, basis, mel = _matrices(c.sample_rate, c.num_mel_bins, float(c.frame_length),
-                                              float(c.frame_shift), torch.device("cpu"), torch.float32)
+        window, shift, basis, mel = _matrices(
+            c.sample_rate,
+            c.num_mel_bins,
+            float(c.frame_length),
+            float(c.frame_shift),
+            torch.device("cpu"),
+            torch.float32,
+        )
         self.window, self.shift = window, shift
         # Not persistent: rebuilt from the config, so checkpoints stay free of constants.
         self.register_buffer("basis", basis.clone(), persistent=False)

@@ -22,9 +22,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from speakerforge.atomic import atomic_write_text
 from speakerforge.errors import DataError, where
@@ -76,8 +76,10 @@ def manifest_format(path: str | Path) -> str:
         return "jsonl"
     if not p.exists():
         raise DataError(f"{path}: manifest not found")
-    raise DataError(f"{path}: unknown manifest format '{suffix or p.name}'; expected a Kaldi data dir, "
-                    "a 3D-Speaker .csv or a .jsonl file")
+    raise DataError(
+        f"{path}: unknown manifest format '{suffix or p.name}'; expected a Kaldi data dir, "
+        "a 3D-Speaker .csv or a .jsonl file"
+    )
 
 
 def _resolved(path: str | Path) -> str:
@@ -145,8 +147,12 @@ def _audio_path(text: str, folder: Path, src: str, line: int, report: Report) ->
         report(src, line, "empty audio path")
         return None
     if text.endswith("|"):
-        report(src, line, "Kaldi pipe commands are not supported (nothing from a manifest is executed); "
-                          "convert the audio to wav/flac files and list their paths")
+        report(
+            src,
+            line,
+            "Kaldi pipe commands are not supported (nothing from a manifest is executed); "
+            "convert the audio to wav/flac files and list their paths",
+        )
         return None
     return os.path.abspath(os.path.join(folder, os.path.expanduser(text)))
 
@@ -211,8 +217,7 @@ def _attach_durations(utts: list[Utterance], utt2dur_file: Path, report: Report)
         ok, value = _number(text, "duration", src, line, report)
         if ok and value is not None:
             durations[key] = value
-    return [replace(u, duration=durations[u.key]) if u.duration is None and u.key in durations else u
-            for u in utts]
+    return [replace(u, duration=durations[u.key]) if u.duration is None and u.key in durations else u for u in utts]
 
 
 def _read_wav_scp(path: Path, folder: Path, report: Report) -> list[tuple[str, tuple[str, str, int]]]:
@@ -307,8 +312,10 @@ def _read_csv(path: Path, report: Report) -> list[Utterance]:
         raise DataError(f"{where(path, header_line)}: unreadable CSV header ({exc})") from None
     missing = [c for c in CSV_REQUIRED if c not in header]
     if missing:
-        raise DataError(f"{where(path, header_line)}: header lacks column(s) {', '.join(missing)}; "
-                        f"a 3D-Speaker CSV starts with {','.join(CSV_HEADER)}")
+        raise DataError(
+            f"{where(path, header_line)}: header lacks column(s) {', '.join(missing)}; "
+            f"a 3D-Speaker CSV starts with {','.join(CSV_HEADER)}"
+        )
     col = {name: i for i, name in enumerate(header)}
     out = []
     for line, text in rows[1:]:
@@ -320,7 +327,7 @@ def _read_csv(path: Path, report: Report) -> list[Utterance]:
         if len(fields) != len(header):
             report(src, line, f"{len(fields)} fields but the header has {len(header)} ({','.join(header)})")
             continue
-        get = lambda name: fields[col[name]].strip() if name in col else ""  # noqa: E731
+        get = lambda name, fields=fields: fields[col[name]].strip() if name in col else ""  # noqa: E731
         key = get("ID")
         if not key:
             report(src, line, "empty ID")
@@ -334,8 +341,7 @@ def _read_csv(path: Path, report: Report) -> list[Utterance]:
         if audio is None:
             continue
         # 3D-Speaker's `dur` is the whole file's length; the segment is [start, stop).
-        out.append(Utterance(key, audio, get("spk") or None, start, end, _segment_duration(start, end, dur),
-                             src, line))
+        out.append(Utterance(key, audio, get("spk") or None, start, end, _segment_duration(start, end, dur), src, line))
     return out
 
 
@@ -348,8 +354,10 @@ def _read_jsonl(path: Path, report: Report) -> list[Utterance]:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             if line == 1 and text.lstrip().startswith("["):
-                raise DataError(f"{where(path, line)}: a JSON array; expected JSON Lines, one object per line "
-                                '({"key": ..., "wav": ..., "spk": ...})') from None
+                raise DataError(
+                    f"{where(path, line)}: a JSON array; expected JSON Lines, one object per line "
+                    '({"key": ..., "wav": ..., "spk": ...})'
+                ) from None
             report(src, line, f"bad JSON ({exc.msg} at column {exc.colno})")
             continue
         if not isinstance(obj, dict):
@@ -357,8 +365,12 @@ def _read_jsonl(path: Path, report: Report) -> list[Utterance]:
             continue
         missing = [k for k in ("key", "wav") if not isinstance(obj.get(k), str) or not obj.get(k)]
         if missing:
-            report(src, line, f"missing or empty field(s) {', '.join(missing)}; "
-                              'each line needs {"key": ..., "wav": ..., "spk": ...}')
+            report(
+                src,
+                line,
+                f"missing or empty field(s) {', '.join(missing)}; "
+                'each line needs {"key": ..., "wav": ..., "spk": ...}',
+            )
             continue
         spk = obj.get("spk")
         if isinstance(spk, bool) or (spk is not None and not isinstance(spk, (str, int))):
@@ -373,8 +385,9 @@ def _read_jsonl(path: Path, report: Report) -> list[Utterance]:
         if audio is None:
             continue
         duration = dur if dur is not None else _segment_duration(start, end, None)
-        out.append(Utterance(obj["key"], audio, None if spk in (None, "") else str(spk), start, end, duration,
-                             src, line))
+        out.append(
+            Utterance(obj["key"], audio, None if spk in (None, "") else str(spk), start, end, duration, src, line)
+        )
     return out
 
 
@@ -392,8 +405,10 @@ def write_manifest(utts: Sequence[Utterance], path: str | Path) -> Path:
     elif suffix in JSONL_SUFFIXES:
         atomic_write_text(p, _jsonl_text(utts, p.parent))
     elif suffix and not p.is_dir():
-        raise DataError(f"{path}: cannot tell the manifest format from '{suffix}'; "
-                        "use .csv, .jsonl, or a folder name for a Kaldi data dir")
+        raise DataError(
+            f"{path}: cannot tell the manifest format from '{suffix}'; "
+            "use .csv, .jsonl, or a folder name for a Kaldi data dir"
+        )
     else:
         _write_kaldi(utts, p)
     return p
@@ -435,8 +450,10 @@ def _write_kaldi(utts: Sequence[Utterance], folder: Path) -> None:
     for u in utts:
         for name, value in (("key", u.key), ("speaker", u.spk or "")):
             if any(c.isspace() for c in value):
-                raise DataError(f"{u.where}: {name} {value!r} contains whitespace, "
-                                "which a Kaldi data dir cannot hold; write .jsonl or .csv instead")
+                raise DataError(
+                    f"{u.where}: {name} {value!r} contains whitespace, "
+                    "which a Kaldi data dir cannot hold; write .jsonl or .csv instead"
+                )
     ordered = sorted(utts, key=lambda u: u.key)
     # Kaldi wants a speaker for every utterance; an unknown one becomes the utterance itself (Kaldi's convention).
     utt2spk = [(u.key, u.spk or u.key) for u in ordered]
@@ -453,11 +470,13 @@ def _write_kaldi(utts: Sequence[Utterance], folder: Path) -> None:
         (folder / "utt2dur").unlink()
     if any(u.is_segment for u in ordered):
         rec_of = _recording_ids(ordered)
-        files["wav.scp"] = "".join(f"{rec} {_rel(path, folder)}\n"
-                                   for path, rec in sorted(rec_of.items(), key=lambda kv: kv[1]))
+        files["wav.scp"] = "".join(
+            f"{rec} {_rel(path, folder)}\n" for path, rec in sorted(rec_of.items(), key=lambda kv: kv[1])
+        )
         files["segments"] = "".join(
             f"{u.key} {rec_of[u.path]} {_num(u.start or 0.0)} {_num(u.end) if u.end is not None else '-1'}\n"
-            for u in ordered)
+            for u in ordered
+        )
     else:
         files["wav.scp"] = "".join(f"{u.key} {_rel(u.path, folder)}\n" for u in ordered)
         stale = folder / "segments"

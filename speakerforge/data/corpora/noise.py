@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speakerforge.data.audio import SAMPLE_RATE, load_audio, save_audio
-from speakerforge.data.augment import AUDIO_SUFFIXES, NOISE_CATEGORIES, NoiseItem, write_audio_list
+from speakerforge.data.audio import SAMPLE_RATE, find_audio_files, load_audio, save_audio
+from speakerforge.data.augment import NOISE_CATEGORIES, NoiseItem, write_audio_list
 from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,14 @@ def synthetic_rir(rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> t
     tail = rng.standard_normal(tail_len - 1) * np.exp(-_DECAY_60DB * t / rt60)
     drr_db = float(rng.uniform(-3.0, 10.0))
     tail *= math.sqrt(10.0 ** (-drr_db / 10.0) / float(np.sum(tail * tail)))
-    h[delay + 1:] = tail
+    h[delay + 1 :] = tail
     for _ in range(int(rng.integers(3, 9))):
         lag = int(rng.integers(int(0.001 * sample_rate), int(0.03 * sample_rate)))
-        h[delay + lag] += float(rng.uniform(0.1, 0.5)) * float(rng.choice([-1.0, 1.0])) * math.exp(
-            -_DECAY_60DB * lag / sample_rate / rt60)
+        h[delay + lag] += (
+            float(rng.uniform(0.1, 0.5))
+            * float(rng.choice([-1.0, 1.0]))
+            * math.exp(-_DECAY_60DB * lag / sample_rate / rt60)
+        )
     h[delay] = 1.0
     others = np.abs(np.delete(h, delay)).max()
     if others >= 0.8:  # keep the direct path clearly the peak
@@ -112,7 +115,7 @@ def _music(rng: np.random.Generator, length: int, sample_rate: int) -> np.ndarra
             freq = 440.0 * 2.0 ** ((int(rng.integers(48, 85)) - 69) / 12.0)
             for k in range(1, 5):
                 if k * freq < sample_rate / 2:
-                    out[pos:pos + len(t)] += envelope * np.sin(2 * np.pi * k * freq * t) / k**1.5
+                    out[pos : pos + len(t)] += envelope * np.sin(2 * np.pi * k * freq * t) / k**1.5
         pos += dur
     return out
 
@@ -162,14 +165,16 @@ def make_noise_bank(
         save_audio(path, _at_level(make(rng, length, sample_rate), rng), sample_rate)
         items.append(NoiseItem(str(path), category))
     if speech_manifest is not None:
-        items += _write_speech_clips(out / "speech", speech_manifest, num_speech if num_speech is not None else n,
-                                     seed, length, sample_rate)
+        items += _write_speech_clips(
+            out / "speech", speech_manifest, num_speech if num_speech is not None else n, seed, length, sample_rate
+        )
     log.info("wrote %d augmentation files to %s", len(items), out)
     return items
 
 
-def _write_speech_clips(out: Path, manifest: str | Path, count: int, seed: int, length: int,
-                        sample_rate: int) -> list[NoiseItem]:
+def _write_speech_clips(
+    out: Path, manifest: str | Path, count: int, seed: int, length: int, sample_rate: int
+) -> list[NoiseItem]:
     from speakerforge.data.manifest import read_manifest  # imported late: data.manifest is optional for the rest
 
     utterances = list(read_manifest(manifest))
@@ -183,7 +188,7 @@ def _write_speech_clips(out: Path, manifest: str | Path, count: int, seed: int, 
         wav = load_audio(utt.path, utt.start, utt.end, sample_rate)
         if len(wav) > length:
             offset = int(rng.integers(0, len(wav) - length + 1))
-            wav = wav[offset:offset + length]
+            wav = wav[offset : offset + length]
         path = out / f"speech_{j:04d}.wav"
         save_audio(path, wav, sample_rate)
         items.append(NoiseItem(str(path), "speech"))
@@ -203,10 +208,6 @@ def _remove_stale(folder: Path, prefix: str) -> None:
 # ------------------------------------------------------------------------------------- real corpora layouts
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
-
-
 def prepare_musan(src: str | Path) -> list[NoiseItem]:
     """List a MUSAN tree (`musan/{noise,music,speech}/<source>/*.wav`) with each file's category."""
     root = Path(src)
@@ -214,11 +215,17 @@ def prepare_musan(src: str | Path) -> list[NoiseItem]:
         root = root / "musan"
     if not root.is_dir():
         raise DataError(f"{src}: MUSAN folder not found")
-    items = [NoiseItem(str(f.resolve()), c) for c in NOISE_CATEGORIES if (root / c).is_dir()
-             for f in _audio_files(root / c)]
+    items = [
+        NoiseItem(str(f.resolve()), c)
+        for c in NOISE_CATEGORIES
+        if (root / c).is_dir()
+        for f in find_audio_files(root / c)
+    ]
     if not items:
-        raise DataError(f"{src}: no audio under noise/, music/ or speech/ (expected the MUSAN layout "
-                        "musan/{noise,music,speech}/<source>/*.wav)")
+        raise DataError(
+            f"{src}: no audio under noise/, music/ or speech/ (expected the MUSAN layout "
+            "musan/{noise,music,speech}/<source>/*.wav)"
+        )
     return items
 
 
@@ -232,19 +239,21 @@ def prepare_rirs(src: str | Path) -> list[Path]:
         root = root / "RIRS_NOISES"
     if not root.is_dir():
         raise DataError(f"{src}: RIRS_NOISES folder not found")
-    paths = _audio_files(root / "simulated_rirs") if (root / "simulated_rirs").is_dir() else []
+    paths = find_audio_files(root / "simulated_rirs") if (root / "simulated_rirs").is_dir() else []
     real = root / "real_rirs_isotropic_noises"
     if real.is_dir():
         paths += _real_rirs(real)
     if not paths:
-        raise DataError(f"{src}: no RIRs under simulated_rirs/ or real_rirs_isotropic_noises/ (expected the "
-                        "RIRS_NOISES layout of OpenSLR 28)")
+        raise DataError(
+            f"{src}: no RIRs under simulated_rirs/ or real_rirs_isotropic_noises/ (expected the "
+            "RIRS_NOISES layout of OpenSLR 28)"
+        )
     return [p.resolve() for p in paths]
 
 
 def _real_rirs(folder: Path) -> list[Path]:
     """Files of `folder` listed in its Kaldi `rir_list` (`--rir-id ID --room-id R path`), else those not noises."""
-    files = _audio_files(folder)
+    files = find_audio_files(folder)
     rir_list = folder / "rir_list"
     if not rir_list.is_file():
         return [f for f in files if "noise" not in f.name.lower()]

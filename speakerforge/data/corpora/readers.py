@@ -12,9 +12,9 @@ import io
 import logging
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from speakerforge.data.audio import audio_info
 from speakerforge.data.corpora.synthetic import write_trials
@@ -48,8 +48,9 @@ class PrepareResult:
         extra = f", {self.trials} trials" if self.trials else ""
         skipped = f", {self.skipped} skipped (see warnings)" if self.skipped else ""
         files = ", ".join(str(p) for p in self.outputs.values())
-        return (f"{self.corpus}: {self.utterances} utterances, {self.speakers} speakers{hours}{extra}{skipped}"
-                f" -> {files}")
+        return (
+            f"{self.corpus}: {self.utterances} utterances, {self.speakers} speakers{hours}{extra}{skipped} -> {files}"
+        )
 
 
 class _Skips:
@@ -117,8 +118,9 @@ def _result(corpus: str, outputs: dict[str, Path], utts: list[Utterance], skip: 
     return PrepareResult(corpus, outputs, len(utts), len({u.spk for u in utts}), seconds, skip.count)
 
 
-def _finish(corpus: str, src: str | Path, utts: list[Utterance], out_dir: str | Path, fmt: str,
-            skip: _Skips) -> PrepareResult:
+def _finish(
+    corpus: str, src: str | Path, utts: list[Utterance], out_dir: str | Path, fmt: str, skip: _Skips
+) -> PrepareResult:
     if not utts:
         why = f" ({skip.count} skipped; first: {skip.first})" if skip.first else ""
         raise DataError(f"{src}: no usable {corpus} utterances{why}")
@@ -129,8 +131,9 @@ def _finish(corpus: str, src: str | Path, utts: list[Utterance], out_dir: str | 
 
 # ----------------------------------------------------------------------------------------------------------------
 # LibriSpeech
-def scan_librispeech(src: str | Path, speaker_prefix: str = "", durations: bool = True,
-                     skip: _Skips | None = None) -> list[Utterance]:
+def scan_librispeech(
+    src: str | Path, speaker_prefix: str = "", durations: bool = True, skip: _Skips | None = None
+) -> list[Utterance]:
     """`SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac` (the release) or the same files side by side in one folder."""
     root = _require_dir(src, "LibriSpeech")
     skip = skip or _Skips("librispeech")
@@ -146,8 +149,9 @@ def scan_librispeech(src: str | Path, speaker_prefix: str = "", durations: bool 
     return _with_durations(utts, skip, "librispeech") if durations else utts
 
 
-def prepare_librispeech(src: str | Path, out_dir: str | Path, fmt: str = "jsonl", speaker_prefix: str = "",
-                        durations: bool = True) -> PrepareResult:
+def prepare_librispeech(
+    src: str | Path, out_dir: str | Path, fmt: str = "jsonl", speaker_prefix: str = "", durations: bool = True
+) -> PrepareResult:
     """Write `OUT/manifest.{jsonl,csv}` for a LibriSpeech folder."""
     skip = _Skips("librispeech")
     return _finish("librispeech", src, scan_librispeech(src, speaker_prefix, durations, skip), out_dir, fmt, skip)
@@ -162,13 +166,20 @@ def commonvoice_locales(src: str | Path) -> list[Path]:
         return [root]
     found = sorted(d for d in root.iterdir() if d.is_dir() and (d / "validated.tsv").is_file())
     if not found:
-        raise DataError(f"{src}: no validated.tsv here or in its subfolders; point at a Common Voice locale "
-                        "folder (validated.tsv, clips/) or at a folder of them")
+        raise DataError(
+            f"{src}: no validated.tsv here or in its subfolders; point at a Common Voice locale "
+            "folder (validated.tsv, clips/) or at a folder of them"
+        )
     return found
 
 
-def scan_commonvoice(src: str | Path, include_other: bool = False, speaker_prefix: str = "",
-                     durations: bool = True, skip: _Skips | None = None) -> list[Utterance]:
+def scan_commonvoice(
+    src: str | Path,
+    include_other: bool = False,
+    speaker_prefix: str = "",
+    durations: bool = True,
+    skip: _Skips | None = None,
+) -> list[Utterance]:
     """`validated.tsv` (and `other.tsv` when asked) with `client_id` as the speaker and audio in `clips/`."""
     skip = skip or _Skips("commonvoice")
     utts: list[Utterance] = []
@@ -235,8 +246,14 @@ def _clip_durations(tsv: Path) -> dict[str, float]:
     return out
 
 
-def prepare_commonvoice(src: str | Path, out_dir: str | Path, fmt: str = "jsonl", include_other: bool = False,
-                        speaker_prefix: str = "", durations: bool = True) -> PrepareResult:
+def prepare_commonvoice(
+    src: str | Path,
+    out_dir: str | Path,
+    fmt: str = "jsonl",
+    include_other: bool = False,
+    speaker_prefix: str = "",
+    durations: bool = True,
+) -> PrepareResult:
     """Write `OUT/manifest.{jsonl,csv}` for a Common Voice locale folder or a folder of locale folders."""
     skip = _Skips("commonvoice")
     utts = scan_commonvoice(src, include_other, speaker_prefix, durations, skip)
@@ -245,8 +262,9 @@ def prepare_commonvoice(src: str | Path, out_dir: str | Path, fmt: str = "jsonl"
 
 # ----------------------------------------------------------------------------------------------------------------
 # VoxCeleb
-def scan_voxceleb(src: str | Path, speaker_prefix: str = "", durations: bool = True,
-                  skip: _Skips | None = None) -> list[Utterance]:
+def scan_voxceleb(
+    src: str | Path, speaker_prefix: str = "", durations: bool = True, skip: _Skips | None = None
+) -> list[Utterance]:
     """`idXXXXX/VIDEO/NNNNN.wav`; keys are that relative path, as in the official trial lists."""
     root = _require_dir(src, "VoxCeleb")
     skip = skip or _Skips("voxceleb")
@@ -261,8 +279,10 @@ def scan_voxceleb(src: str | Path, speaker_prefix: str = "", durations: bool = T
             continue
         utts.append(Utterance("/".join(parts[-3:]), str(path.absolute()), speaker_prefix + parts[-3]))
     if m4a and not utts:
-        raise DataError(f"{src}: VoxCeleb2 ships AAC .m4a files, which soundfile cannot decode; convert them to "
-                        "wav first (e.g. `ffmpeg -i x.m4a -ar 16000 -ac 1 x.wav`, same folders)")
+        raise DataError(
+            f"{src}: VoxCeleb2 ships AAC .m4a files, which soundfile cannot decode; convert them to "
+            "wav first (e.g. `ffmpeg -i x.m4a -ar 16000 -ac 1 x.wav`, same folders)"
+        )
     if m4a:
         log.warning("voxceleb: ignored %d .m4a files (not decodable); convert them to wav to include them", m4a)
     if not utts:
@@ -270,8 +290,9 @@ def scan_voxceleb(src: str | Path, speaker_prefix: str = "", durations: bool = T
     return _with_durations(utts, skip, "voxceleb") if durations else utts
 
 
-def prepare_voxceleb(src: str | Path, out_dir: str | Path, fmt: str = "jsonl", speaker_prefix: str = "",
-                     durations: bool = True) -> PrepareResult:
+def prepare_voxceleb(
+    src: str | Path, out_dir: str | Path, fmt: str = "jsonl", speaker_prefix: str = "", durations: bool = True
+) -> PrepareResult:
     """Write `OUT/manifest.{jsonl,csv}` for a VoxCeleb1/2 wav folder."""
     skip = _Skips("voxceleb")
     return _finish("voxceleb", src, scan_voxceleb(src, speaker_prefix, durations, skip), out_dir, fmt, skip)
@@ -286,8 +307,10 @@ def cnceleb_roots(src: str | Path) -> list[Path]:
         return [root]
     found = sorted(d for d in root.iterdir() if (d / "data").is_dir())
     if not found:
-        raise DataError(f"{src}: no data/ folder here or in its subfolders; point at CN-Celeb_flac, "
-                        "CN-Celeb2_flac or the folder holding them")
+        raise DataError(
+            f"{src}: no data/ folder here or in its subfolders; point at CN-Celeb_flac, "
+            "CN-Celeb2_flac or the folder holding them"
+        )
     return found
 
 
@@ -301,8 +324,9 @@ class CNCelebScan:
     trials: list[tuple[int, str, str]] = field(default_factory=list)
 
 
-def scan_cnceleb(src: str | Path, speaker_prefix: str = "", durations: bool = True,
-                 skip: _Skips | None = None) -> CNCelebScan:
+def scan_cnceleb(
+    src: str | Path, speaker_prefix: str = "", durations: bool = True, skip: _Skips | None = None
+) -> CNCelebScan:
     """`data/idXXXXX/*.flac|wav` for training; `eval/enroll`, `eval/test`, `eval/lists/trials.lst` if present."""
     skip = skip or _Skips("cnceleb")
     scan = CNCelebScan(train=[])
@@ -378,8 +402,9 @@ def _cn_trials(path: Path, enroll: set[str], test: set[str], skip: _Skips) -> li
     return out
 
 
-def prepare_cnceleb(src: str | Path, out_dir: str | Path, fmt: str = "jsonl", speaker_prefix: str = "",
-                    durations: bool = True) -> PrepareResult:
+def prepare_cnceleb(
+    src: str | Path, out_dir: str | Path, fmt: str = "jsonl", speaker_prefix: str = "", durations: bool = True
+) -> PrepareResult:
     """Write `OUT/train.*`, and `enroll.*`, `test.*`, `trials.txt` (VoxCeleb style) when there is an eval part."""
     skip = _Skips("cnceleb")
     scan = scan_cnceleb(src, speaker_prefix, durations, skip)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import comb
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -26,10 +26,21 @@ from speakerforge.errors import DataError
 log = logging.getLogger(__name__)
 
 # Vowel formants F1-F3 in Hz for an adult male voice (Peterson & Barney 1952 averages).
-_VOWELS = np.array([
-    [270, 2290, 3010], [390, 1990, 2550], [530, 1840, 2480], [660, 1720, 2410], [730, 1090, 2440],
-    [570, 840, 2410], [440, 1020, 2240], [300, 870, 2240], [640, 1190, 2390], [490, 1350, 1690],
-], dtype=np.float64)
+_VOWELS = np.array(
+    [
+        [270, 2290, 3010],
+        [390, 1990, 2550],
+        [530, 1840, 2480],
+        [660, 1720, 2410],
+        [730, 1090, 2440],
+        [570, 840, 2410],
+        [440, 1020, 2240],
+        [300, 870, 2240],
+        [640, 1190, 2390],
+        [490, 1350, 1690],
+    ],
+    dtype=np.float64,
+)
 _BANDWIDTHS = np.array([70.0, 100.0, 140.0, 220.0, 300.0])
 _TAIL = 1024  # samples a resonance is allowed to ring past the end of its segment
 
@@ -103,11 +114,12 @@ def synthesize(voice: Voice, seconds: float, sample_rate: int, rng: np.random.Ge
 def _add(out: np.ndarray, pos: int, seg: np.ndarray) -> None:
     room = out.size - pos
     if room > 0:
-        out[pos:pos + min(room, seg.size)] += seg[:room]
+        out[pos : pos + min(room, seg.size)] += seg[:room]
 
 
-def _vowel(voice: Voice, formants: np.ndarray, f0_start: float, f0_end: float, length: int, sr: int,
-           rng: np.random.Generator) -> np.ndarray:
+def _vowel(
+    voice: Voice, formants: np.ndarray, f0_start: float, f0_end: float, length: int, sr: int, rng: np.random.Generator
+) -> np.ndarray:
     """A voiced segment: jittered pulse train plus breath noise, filtered by the vowel's resonances."""
     source = np.zeros(length)
     t, pulses = rng.uniform(0.0, sr / f0_start), []
@@ -145,7 +157,7 @@ def _ramp(length: int, fade: int) -> np.ndarray:
     if fade > 0:
         ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, fade))
         env[:fade] = ramp
-        env[length - fade:] = ramp[::-1]
+        env[length - fade :] = ramp[::-1]
     return env
 
 
@@ -179,8 +191,7 @@ def make_synthetic_corpus(
             _write_wav(path, wav, sample_rate)
             utts.append(Utterance(key, str(path.absolute()), spk, duration=wav.size / sample_rate))
     write_manifest(utts, out / manifest_name)
-    log.info("synthetic corpus: %d speakers x %d utterances x %.1f s in %s", n_speakers, utts_per_speaker,
-             seconds, out)
+    log.info("synthetic corpus: %d speakers x %d utterances x %.1f s in %s", n_speakers, utts_per_speaker, seconds, out)
     return utts
 
 
@@ -221,13 +232,20 @@ def make_trials(utts: Sequence[Utterance], n: int, seed: int = 0) -> list[Trial]
     return [trials[i] for i in order]
 
 
-def _pairs(rng: np.random.Generator, by_spk: dict[str, list[str]], speakers: list[str], sizes: np.ndarray,
-           count: int, same: bool) -> list[tuple[str, str]]:
+def _pairs(
+    rng: np.random.Generator,
+    by_spk: dict[str, list[str]],
+    speakers: list[str],
+    sizes: np.ndarray,
+    count: int,
+    same: bool,
+) -> list[tuple[str, str]]:
     """`count` distinct unordered pairs of keys, from one speaker (`same`) or two; sampled, or enumerated if few."""
     if count == 0:
         return []
-    total = sum(comb(int(k), 2) for k in sizes) if same else comb(int(sizes.sum()), 2) - sum(
-        comb(int(k), 2) for k in sizes)
+    total = (
+        sum(comb(int(k), 2) for k in sizes) if same else comb(int(sizes.sum()), 2) - sum(comb(int(k), 2) for k in sizes)
+    )
     if 2 * count > total:  # dense: enumerate every pair and choose among them
         everything = _all_pairs(by_spk, speakers, same)
         return [everything[i] for i in sorted(rng.choice(len(everything), count, replace=False))]
@@ -252,11 +270,17 @@ def _pairs(rng: np.random.Generator, by_spk: dict[str, list[str]], speakers: lis
 
 def _all_pairs(by_spk: dict[str, list[str]], speakers: list[str], same: bool) -> list[tuple[str, str]]:
     if same:
-        return [(ks[i], ks[j]) for s in speakers for ks in [by_spk[s]] for i in range(len(ks))
-                for j in range(i + 1, len(ks))]
+        return [
+            (ks[i], ks[j])
+            for s in speakers
+            for ks in [by_spk[s]]
+            for i in range(len(ks))
+            for j in range(i + 1, len(ks))
+        ]
     flat = [(key, s) for s in speakers for key in by_spk[s]]
-    return [(flat[i][0], flat[j][0]) for i in range(len(flat)) for j in range(i + 1, len(flat))
-            if flat[i][1] != flat[j][1]]
+    return [
+        (flat[i][0], flat[j][0]) for i in range(len(flat)) for j in range(i + 1, len(flat)) if flat[i][1] != flat[j][1]
+    ]
 
 
 def write_trials(path: str | Path, trials: Sequence[Trial]) -> Path:
