@@ -1570,3 +1570,153 @@ def test_long_audio_is_embedded_in_bounded_chunks(world, monkeypatch) -> None:
     assert max(seen) <= SR
     batch = model.embed_batch([wav[: SR // 2], wav[: SR // 2], wav])  # short ones batched within the bound too
     assert max(seen) <= SR and np.isfinite(batch).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# generated layer (hypothesis): manifests, configs, --set values and trial lists made up at random must all meet
+# the contract: exit 0 (1 for validate's findings) or 2 with one error line, last; never a traceback or an
+# internal error (70); no temporary files left; inputs untouched.
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+GEN = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_NUMBERISH = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**12), 10**12),
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "0", "-1", "", "[1, 2]", "{a: 1}", "~", "*x", "&a 1", "[[[[[["]),
+    _TEXT,
+)
+
+
+def _config_keys() -> list[str]:
+    import dataclasses
+
+    from speakerforge.config import Config
+
+    keys: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                walk(type(default), prefix + f.name + ".")
+            else:
+                keys.append(prefix + f.name)
+
+    walk(Config, "")
+    return keys + ["model.args.channels", "model.args.embedding_dim", "optim.lr_mult.backbone", "stages"]
+
+
+def _run_contract(argv: list[str], command: str, folder: Path, inputs: list[Path], capsys) -> int:
+    before = {p: p.read_bytes() for p in inputs}
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert code in (0, 1, 2), f"exit {code}: {err}"
+    errors = [line for line in lines if line.startswith("speakerforge ")]
+    if code != 0 and not (command == "validate" and code == 1 and errors == []):
+        assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith(f"speakerforge {command}: "), err
+    assert _temp_files(folder) == []
+    assert {p: p.read_bytes() for p in inputs} == before
+    return code
+
+
+@GEN
+@given(sets=st.lists(st.tuples(st.sampled_from(_config_keys()), _NUMBERISH), min_size=1, max_size=4))
+def test_generated_set_values_meet_the_contract(sets, world: dict[str, str], capsys) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["train", "--exp", f"{tmp}/e", "--data", f"{tmp}/absent.jsonl"]  # a valid config stops at the data
+        for key, value in sets:
+            argv += ["--set", f"{key}={value}"]
+        assert _run_contract(argv, "train", Path(tmp), [], capsys) == 2
+        assert not Path(tmp, "e").exists()
+
+
+_YAML_VALUE = st.recursive(
+    _NUMBERISH,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_TEXT, inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+@GEN
+@given(
+    doc=st.dictionaries(
+        st.sampled_from(["model", "data", "optim", "train", "head", "margin", "features", "stages", "x"]),
+        st.one_of(_YAML_VALUE, st.dictionaries(st.sampled_from(_config_keys()), _YAML_VALUE, max_size=3)),
+        max_size=4,
+    )
+)
+def test_generated_configs_meet_the_contract(doc, world: dict[str, str], capsys) -> None:
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp, "c.yaml")
+        cfg.write_text(yaml.safe_dump(doc, allow_unicode=True))
+        argv = ["train", "--config", str(cfg), "--exp", f"{tmp}/e", "--data", f"{tmp}/absent.jsonl"]
+        assert _run_contract(argv, "train", Path(tmp), [cfg], capsys) == 2
+
+
+_ROW = st.fixed_dictionaries(
+    {
+        "key": _TEXT,
+        "wav": st.sampled_from(["good_a", "good_b", "short", "text", "empty", "nan", "missing", "a_dir"]),
+        "spk": st.one_of(_TEXT, st.none(), st.integers()),
+    },
+    optional={"start": _NUMBERISH, "end": _NUMBERISH},
+)
+
+
+@GEN
+@given(rows=st.lists(_ROW, max_size=5), torn=st.booleans())
+def test_generated_manifests_meet_the_contract(rows, torn, world: dict[str, str], capsys) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp, "m.jsonl")
+        text = "".join(json.dumps({**r, "wav": world.get(r["wav"], "nope.wav")}) + "\n" for r in rows)
+        manifest.write_text(text[: len(text) // 2] if torn else text)
+        _run_contract(["validate", str(manifest)], "validate", Path(tmp), [manifest], capsys)
+        out = Path(tmp, "out")
+        code = _run_contract(
+            ["extract", "--model", world["model"], "--data", str(manifest), "--out", f"{out}/e.npz", "--threads", "1"],
+            "extract",
+            Path(tmp),
+            [manifest],
+            capsys,
+        )
+        assert code == 0 or not out.exists() or list(out.iterdir()) == []
+
+
+@GEN
+@given(
+    lines=st.lists(
+        st.lists(
+            st.one_of(st.sampled_from(["0", "1", "u1", "u2", "u3", "u4", "target", "nontarget"]), _TEXT), max_size=4
+        ),
+        max_size=6,
+    ),
+    bom=st.booleans(),
+)
+def test_generated_trial_lists_meet_the_contract(lines, bom, world: dict[str, str], capsys) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trials = Path(tmp, "t.txt")
+        trials.write_bytes(
+            (b"\xef\xbb\xbf" if bom else b"")
+            + "".join(" ".join(x) + "\n" for x in lines).encode("utf-8", "surrogatepass")
+        )
+        _run_contract(
+            ["score", "--embeddings", world["emb"], "--trials", str(trials), "--out", f"{tmp}/o/s.txt"],
+            "score",
+            Path(tmp),
+            [trials],
+            capsys,
+        )
