@@ -32,7 +32,13 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     )
     dec = sub.add_parser("decode", help="transcribe a JSONL or wav files, optionally with a hotword list")
     dec.add_argument("--model", required=True, help="EXP or EXP/model.safetensors")
-    dec.add_argument("--data", required=True, help="JSONL (key, source[, target])")
+    dec.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="SRC",
+        help="FunASR JSONL (key, source[, target]), audio files, or folders of audio files",
+    )
     dec.add_argument("--hotwords", help="text file, one hotword per line")
     _args_decoding(dec)
     ev = sub.add_parser(
@@ -111,12 +117,12 @@ def _train(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     import torch
 
-    from speakerforge.asr.data import read_asr_jsonl
+    from speakerforge.asr.data import read_decode_inputs
     from speakerforge.asr.infer import AsrModel, read_hotwords
     from speakerforge.data.audio import load_audio
 
+    utts = read_decode_inputs(args.data)
     asr = AsrModel.load(args.model)
-    utts = read_asr_jsonl(args.data)
     hotwords = read_hotwords(args.hotwords) if args.hotwords else []
     hyps = asr.transcribe(
         [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts], hotwords, decoding=_decoding(args)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from speakerforge.asr.vocab import Vocab
-from speakerforge.data.audio import load_audio
+from speakerforge.data.audio import AUDIO_SUFFIXES, find_audio_files, load_audio
 from speakerforge.data.manifest import Utterance
 from speakerforge.data.sampling import Draw, Source
 from speakerforge.errors import DataError
@@ -53,7 +53,7 @@ class HotwordSampling:
     rare_power: float = 0.0  # word spans drawn with weight count^-rare_power (0: uniform, as FunASR)
 
 
-def read_asr_jsonl(path: str | Path) -> list[AsrUtterance]:
+def read_asr_jsonl(path: str | Path, need_target: bool = True) -> list[AsrUtterance]:
     """FunASR JSONL: `{"key", "source", "target"}` per line (`source_len`, `target_len` optional, unused)."""
     p = Path(path)
     if not p.is_file():
@@ -66,9 +66,8 @@ def read_asr_jsonl(path: str | Path) -> list[AsrUtterance]:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{line}: bad JSON ({exc.msg})") from None
-        missing = [
-            k for k in ("key", "source", "target") if not isinstance(obj, dict) or not isinstance(obj.get(k), str)
-        ]
+        fields = ("key", "source", "target") if need_target else ("key", "source")
+        missing = [k for k in fields if not isinstance(obj, dict) or not isinstance(obj.get(k), str)]
         if missing:
             raise DataError(
                 f"{path}:{line}: missing field(s) {', '.join(missing)}; each line needs "
@@ -77,9 +76,43 @@ def read_asr_jsonl(path: str | Path) -> list[AsrUtterance]:
         audio = Path(obj["source"])
         if not audio.is_absolute():
             audio = p.parent / audio
-        out.append(AsrUtterance(obj["key"], str(audio), None, source=str(path), line=line, text=obj["target"]))
+        text = obj.get("target") if isinstance(obj.get("target"), str) else ""
+        out.append(AsrUtterance(obj["key"], str(audio), None, source=str(path), line=line, text=text))
     if not out:
         raise DataError(f"{path}: holds no utterances")
+    return out
+
+
+def read_decode_inputs(items: list[str | Path]) -> list[AsrUtterance]:
+    """What `asr decode --data` takes: FunASR JSONL lists (`target` optional), audio files, and folders of audio
+    files (keys: the path below the folder, without suffix), recognised by content, not by extension."""
+    from speakerforge.artifacts import sniff
+
+    out: list[AsrUtterance] = []
+    for item in items:
+        p = Path(item)
+        if not p.exists():
+            raise DataError(f"{item}: not found (expected a JSONL list, an audio file or a folder of audio files)")
+        if p.is_dir():
+            files = find_audio_files(p)
+            if not files:
+                raise DataError(f"{p}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
+            out += [
+                AsrUtterance(f.relative_to(p).with_suffix("").as_posix(), str(f), None, source=str(p)) for f in files
+            ]
+            continue
+        art = sniff(p)
+        if art.kind == "audio" or (art.kind == "unknown" and p.suffix.lower() in AUDIO_SUFFIXES):
+            out.append(AsrUtterance(p.stem, str(p), None, source=str(p)))
+        elif art.kind == "text":
+            out += read_asr_jsonl(p, need_target=False)
+        else:
+            raise DataError(f"{p}: {art.describe()}, not a JSONL list or an audio file")
+    keys: dict[str, str] = {}
+    for u in out:
+        if u.key in keys:
+            raise DataError(f"{u.source}: key {u.key!r} also comes from {keys[u.key]}; keys must be unique")
+        keys[u.key] = u.source or ""
     return out
 
 
