@@ -16,6 +16,9 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--train", type=int, default=None, help="training sentences")
     prep.add_argument("--test", type=int, default=None, help="test sentences")
+    prep.add_argument(
+        "--dev", type=int, default=None, help="dev sentences for tuning decoding (default 60; 0: no dev set)"
+    )
     prep.add_argument("--workers", type=int, default=2, help="TTS processes (about 400 MB each)")
     train = sub.add_parser(
         "train",
@@ -95,8 +98,15 @@ def _prepare(args: argparse.Namespace) -> int:
         sizes.train = args.train
     if args.test:
         sizes.test = args.test
+    if args.dev is not None:
+        if args.dev < 0:
+            from speakerforge.errors import ConfigError
+
+            raise ConfigError(f"--dev {args.dev}: the number of dev sentences must be >= 0")
+        sizes.dev = args.dev
     out = build_hotword_corpus(args.out, seed=args.seed, sizes=sizes, workers=args.workers)
-    print(f"corpus: {out} (train.jsonl, dev.jsonl, test.jsonl, test_hotwords.txt, distractors_100/500.txt)")
+    dev = "dev.jsonl, dev_hotwords.txt, " if sizes.dev else ""
+    print(f"corpus: {out} (train.jsonl, {dev}test.jsonl, test_hotwords.txt, distractors_100/500.txt)")
     return 0
 
 

@@ -135,7 +135,7 @@ def plan_corpus(seed: int = 0, sizes: CorpusSizes | None = None) -> dict[str, ob
         "train": sentences("train", train_w, s.train),
         "dev": sentences("dev", dev_w, s.dev),
         "test": sentences("test", test_w, s.test),
-        "dev_hotwords": dev_w,
+        "dev_hotwords": dev_w[: s.dev],  # the words the dev sentences say (the test words never depend on --dev)
         "test_hotwords": test_w,
         "distractors_100": distract[:100],
         "distractors_500": distract[:500],
@@ -190,10 +190,12 @@ def build_hotword_corpus(
         }
         run_tts_jobs(jobs, voice, workers, progress, desc="hotword corpus")
     seconds = {}
-    for split in ("train", "dev", "test"):
+    splits = ("train", "dev", "test") if s.dev else ("train", "test")  # --dev 0: no dev set at all
+    for split in splits:
         write_asr_jsonl(plan[split], out / f"{split}.jsonl")
         seconds[split] = round(sum(audio_info(r["source"]).duration for r in plan[split]), 1)
-    for name in ("dev_hotwords", "test_hotwords", "distractors_100", "distractors_500"):
+    lists = ("dev_hotwords",) * bool(s.dev) + ("test_hotwords", "distractors_100", "distractors_500")
+    for name in lists:
         atomic_write_text(out / f"{name}.txt", "".join(w + "\n" for w in plan[name]))
     atomic_write_text(
         stamp,
