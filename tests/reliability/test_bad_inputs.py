@@ -931,7 +931,7 @@ CASES += [
         "hard-verify-meta-name-int",
         "verify --model {model_meta_name_int} {good_a} {good_b}",
         "{model_meta_name_int}",
-        "model.name",
+        "unknown model",
     ),
     C(
         "hard-verify-meta-features-str",
