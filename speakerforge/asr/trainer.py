@@ -329,17 +329,20 @@ class AsrTrainer(Trainer):
             )
         missing = [i for i, u in enumerate(batch["uids"]) if u not in self._states]
         if missing:
-            idx = torch.tensor(missing)
-            feats, feat_lengths = self.utterance_features(batch["wav"][idx], batch["wav_lengths"][idx])
             was_training = module.training
             module.eval()
-            emb, mask, hidden = module.asr_states(
-                feats.to(self.device), feat_lengths.to(self.device), batch["target_lengths"][idx].to(self.device)
-            )
+            # One utterance at a time: its states are then a function of the weights and the utterance alone, not
+            # of the batch it first met (padding and batch shape change float sums), so a resumed run refills the
+            # cache with exactly the values an uninterrupted run holds.
+            for i in missing:
+                idx = torch.tensor([i])
+                feats, feat_lengths = self.utterance_features(batch["wav"][idx], batch["wav_lengths"][idx])
+                emb, mask, hidden = module.asr_states(
+                    feats.to(self.device), feat_lengths.to(self.device), batch["target_lengths"][idx].to(self.device)
+                )
+                k = int(mask[0].sum())
+                self._states[batch["uids"][i]] = (emb[0, :k].clone(), hidden[0, :k].clone())
             module.train(was_training)
-            for j, i in enumerate(missing):
-                k = int(mask[j].sum())
-                self._states[batch["uids"][i]] = (emb[j, :k].clone(), hidden[j, :k].clone())
         rows = [self._states[u] for u in batch["uids"]]
         emb, lengths = pad_features([r[0] for r in rows])
         hidden, _ = pad_features([r[1] for r in rows])
