@@ -277,7 +277,7 @@ def _build_tree(sizes: Sequence[tuple[str, int, bool]]) -> _Node:
     root = _Node("")
     for name, n, is_frozen in sizes:
         node = root
-        for part in [root, *name.split(".")][1:]:
+        for part in name.split("."):
             node.trainable += 0 if is_frozen else n
             node.frozen += n if is_frozen else 0
             node = node.children.setdefault(part, _Node(part))
@@ -807,7 +807,7 @@ def _replay_step(
     shadow = before.detach().to(torch.float64).clone().requires_grad_(True)
     shadow.grad = p.grad.detach().to(torch.float64).clone()
     try:
-        replay = type(optimizer)([{"params": [shadow], **options}])
+        replay = type(optimizer)([{"params": [shadow], **options}])  # type: ignore[call-arg]
         replay.state[shadow] = {
             k: (v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() and v.dim() else v)
             for k, v in state.items()
