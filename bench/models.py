@@ -66,7 +66,20 @@ EXTRA_CASES = [
         "speakerlab.models.eres2net.ERes2Net:ERes2Net",
         {"feat_dim": 80, "embedding_size": 192, "m_channels": 64},
     ),
+    # WeSpeaker's SimAM-ResNet34 (VoxBlink2): its reference is the transcription in tests/test_model_zoo.py
+    Case(
+        "simam_resnet34",
+        "resnet",
+        {"depth": 34, "simam": True, "m_channels": 64, "embedding_dim": 256, "pooling": "ASP", "two_emb_layer": False},
+        "tests.test_model_zoo:WsSimAMResNet",
+        {"num_blocks": (3, 4, 6, 3), "in_planes": 64, "embed_dim": 256},
+    ),
 ]
+REFERENCES["eres2netv2"] = (
+    "speakerlab.models.eres2net.ERes2NetV2:ERes2NetV2",
+    {"feat_dim": 80, "embedding_size": 192, "baseWidth": 26, "scale": 2, "expansion": 2},
+)
+REFERENCES["res2net"] = ("speakerlab.models.res2net.Res2Net:Res2Net", {"feat_dim": 80, "embedding_size": 192})
 
 
 def registry_cases() -> list[Case]:
@@ -89,7 +102,11 @@ def _import_reference(path: str, kwargs: dict[str, Any]) -> nn.Module | None:
         return None
 
 
-def _key_map(model: nn.Module) -> Callable[[dict], dict]:
+def _key_map(model: nn.Module, ref: nn.Module) -> Callable[[dict], dict]:
+    if getattr(model, "simam", False):  # a WeSpeaker-layout reference
+        from speakerforge.models.convert import convert_state_dict
+
+        return lambda sd: convert_state_dict(sd, "wespeaker", "resnet", model)
     return getattr(importlib.import_module(type(model).__module__), "speakerlab_key_map", lambda sd: sd)
 
 
@@ -102,7 +119,7 @@ def build_versions(case: Case) -> dict[str, nn.Module]:
         if ref is not None:
             ref.eval()
             try:
-                ours.load_state_dict(_key_map(ours)(ref.state_dict()))
+                ours.load_state_dict(_key_map(ours, ref)(ref.state_dict()))
                 versions["speakerlab"] = ref
             except RuntimeError as exc:
                 print(f"  (weights of {case.reference} do not fit {case.label}: {str(exc)[:200]}; not compared)")
