@@ -169,12 +169,14 @@ def describe(path: str | Path) -> dict[str, Any]:
         return _describe_onnx(p)
     if art.kind == "checkpoint":
         st = load_state(p)
+        weights = st.get("model", {})
         return {
             "checkpoint": str(p),
             "meta": st.get("meta"),
             "progress": st.get("progress"),
             "optimizer_stage": st.get("optimizer_stage"),
-            "model_values": sum(v.numel() for v in st.get("model", {}).values()),
+            "model_values": sum(v.numel() for v in weights.values()),
+            "shapes": _shapes(weights),
         }
     state, meta = load_model_file(p)
     meta = dict(meta)
@@ -183,7 +185,13 @@ def describe(path: str | Path) -> dict[str, Any]:
     meta.pop("config", None)
     meta["tensors"] = len(state)
     meta["values"] = sum(v.numel() for v in state.values())
+    meta["shapes"] = _shapes(state)
     return meta
+
+
+def _shapes(tensors: dict[str, Any]) -> dict[str, list[int]]:
+    """Every tensor's name and shape, so that a freeze pattern or a key map can be written from what is there."""
+    return {k: list(v.shape) for k, v in tensors.items() if hasattr(v, "shape")}
 
 
 def _describe_experiment(p: Path) -> dict[str, Any]:

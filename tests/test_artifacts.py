@@ -133,3 +133,15 @@ def test_a_corrupt_file_says_what_its_name_promised(tmp_path):
     path.write_bytes(b"\x00garbage\xff\xfe")
     with pytest.raises(CheckpointError, match=r"named .onnx like an ONNX model, but not one: truncated or corrupt"):
         load_model(path)
+
+
+def test_inspect_lists_the_tensors_of_a_checkpoint_and_a_model_file(tmp_path, model_file, capsys):
+    """[new-user] 13: `inspect CKPT` listed no tensors."""
+    import json
+
+    save_state(tmp_path / "ckpt-000000001.pt", {"model": {"backbone.w": torch.zeros(2, 3)}, "progress": {}})
+    assert main(["inspect", str(tmp_path / "ckpt-000000001.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["shapes"] == {"backbone.w": [2, 3]}
+    assert main(["inspect", str(model_file)]) == 0
+    shapes = json.loads(capsys.readouterr().out)["shapes"]
+    assert len(shapes) > 10 and all(k.startswith("backbone.") for k in shapes)

@@ -366,6 +366,7 @@ def test_linear_probe_from_the_ssl_teacher_keeps_its_backbone_bit_identical(sdpn
     )
     assert_same_weights(_backbone(model_weights(sdpn_run)), _backbone(model_weights(exp)))
     assert model_weights(exp)["classifier.weight"].shape[0] == 6
+    assert "(teacher backbone)" in (exp / "train.log").read_text()  # [new-user] 13: the log never said "teacher"
 
 
 def test_full_finetune_from_the_ssl_student_trains_the_backbone(sdpn_run, corpus, tmp_path):

@@ -174,3 +174,19 @@ def test_validate_command_exits_1_with_problems_and_0_when_clean(tmp_path, write
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == [f"{m}:2: no speaker for 'b'", f"{m}:2: {tmp_path / 'x.wav'}: audio file not found"]
     assert out[-1] == "1 manifest, 2 rows, 1 speaker, 0.00 hours, 2 problems"
+
+
+def test_a_damaged_mp3_is_one_line_in_our_words_and_the_decoder_notes_stay_off_stderr(tmp_path, capfd):
+    """[new-user] 13: `validate --deep` let libmpg123's "Note: Trying to resync..." through to stderr, and the error
+    quoted libsndfile's "not a regular file (possibly a pipe?)" for a regular file."""
+    import os
+
+    from speakerforge.cli import main
+
+    (tmp_path / "bad.mp3").write_bytes(b"ID3" + os.urandom(4000))
+    (tmp_path / "m.jsonl").write_text('{"key": "a", "wav": "bad.mp3", "spk": "s"}\n')
+    assert main(["--quiet", "validate", "--deep", str(tmp_path / "m.jsonl")]) == 1
+    out, err = capfd.readouterr()
+    text = out + err
+    assert "damaged or not audio" in text and "possibly a pipe" not in text
+    assert "resync" not in err and "Note:" not in err and "libmpg123" not in err

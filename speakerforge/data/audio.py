@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +81,8 @@ def audio_info(path: str | Path) -> AudioInfo:
     """Read only the header: used by `validate` so that a million-row manifest is checked in minutes."""
     p = _check_path(path)
     try:
-        info = sf.info(str(p))
+        with _quiet_native_stderr(p):
+            info = sf.info(str(p))
     except Exception as exc:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
         raise DataError(f"{path}: cannot decode audio ({_short(exc)}); supported: wav, flac, ogg, mp3") from None
     _check_rate(path, int(info.samplerate))
@@ -82,7 +90,8 @@ def audio_info(path: str | Path) -> AudioInfo:
     # mp3 and some ogg files report no frame count in the header; fall back to decoding.
     if frames <= 0 or frames >= 2**62:
         try:
-            data, _ = sf.read(str(p), dtype="float32", always_2d=True)
+            with _quiet_native_stderr(p):
+                data, _ = sf.read(str(p), dtype="float32", always_2d=True)
         except Exception as exc:
             raise DataError(f"{path}: cannot decode audio ({_short(exc)})") from None
         frames = int(data.shape[0])
@@ -101,7 +110,7 @@ def load_audio(
     """
     p = _check_path(path)
     try:
-        with sf.SoundFile(str(p)) as f:
+        with _quiet_native_stderr(p), sf.SoundFile(str(p)) as f:
             sr = int(f.samplerate)
             _check_rate(path, sr)
             first = int(round(start * sr)) if start else 0
@@ -146,6 +155,46 @@ def _format_of(p: Path) -> str:
     return {".flac": "FLAC", ".ogg": "OGG"}.get(p.suffix.lower(), "WAV")
 
 
+# libsndfile's wording for a file it cannot parse, in what a user can act on.
+_LIBSNDFILE_WORDING = {
+    "File does not exist or is not a regular file (possibly a pipe?).": "damaged or not audio: no decoder accepts it",
+    "Format not recognised.": "format not recognised: damaged, or not audio",
+    "Error : unknown error in flac decoder.": "damaged FLAC data",
+}
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__
+    """The last line of a decoder error, without libsndfile's "Error opening 'PATH':" (the path leads our message)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[-1] if lines else type(exc).__name__
+    text = re.sub(r"^Error opening '.*?': ", "", text)
+    return _LIBSNDFILE_WORDING.get(text, text)
+
+
+_NATIVE_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr(path: Path) -> Iterator[list[str]]:
+    """Hold back what native decoders print straight to file descriptor 2 while they read `path` (libmpg123's
+    "Note: Trying to resync..." for a damaged mp3), so a command's stderr stays its own (they go to the debug log);
+    only MPEG files, whose decoder is the one that talks."""
+    held: list[str] = []
+    if path.suffix.lower() not in (".mp3", ".mpga", ".mp2"):
+        yield held
+        return
+    # File descriptor 2 is process-wide: threads (extraction's audio readers) take turns, or one thread could
+    # restore another's redirect and leave stderr pointing at a closed file.
+    with _NATIVE_STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            held += [line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    if held:
+        log.debug("%s: the decoder said: %s", path, " | ".join(held[:5]))

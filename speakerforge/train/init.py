@@ -137,7 +137,8 @@ def _from_training_state(
 
         spec = (yaml.safe_load(cfg_path.read_text()) or {}).get("model")
     classifier = weights.get("classifier.weight") if part is None else None
-    return InitWeights(backbone, origin, spec, classifier)
+    # the part is in the origin, so every log line about the load says which backbone it took
+    return InitWeights(backbone, f"{origin} ({part} backbone)" if part else origin, spec, classifier)
 
 
 def _read_foreign(path: Path, fmt: str) -> InitWeights:
