@@ -112,10 +112,21 @@ def test_an_unusable_file_is_named_for_what_it_is(tmp_path, kind, expected):
         load_model(path)
 
 
-def test_finetune_init_says_what_a_foreign_file_is_and_which_flag_reads_it(tmp_path, model_file):
-    torch.save({"w": torch.zeros(2)}, tmp_path / "campplus.pt")
-    with pytest.raises(CheckpointError, match=r"PyTorch checkpoint.*--init-format 3dspeaker\|wespeaker"):
-        read_init(tmp_path / "campplus.pt")
+def test_finetune_init_tells_a_foreign_layout_by_its_keys_or_says_what_fits_nothing(tmp_path, model_file):
+    """[new-user] 10: `--init-format auto` did not recognise a plain 3D-Speaker state dict."""
+    from speakerforge.train.init import apply_init
+    from speakerforge.train.objectives import SupervisedModule
+
+    dtdnn = pytest.importorskip("speakerlab.models.campplus.DTDNN")
+    torch.save(dtdnn.CAMPPlus(feat_dim=80, embedding_size=16).state_dict(), tmp_path / "campplus.bin")
+    init = read_init(tmp_path / "campplus.bin")
+    assert init.layout == "auto"
+    module = SupervisedModule(build_model("campplus", embedding_dim=16), 4)
+    apply_init(module, init, "auto", "campplus", False, False, None)
+    assert torch.equal(module.backbone.state_dict()["head.conv1.weight"], init.backbone["head.conv1.weight"])
+    wrong = SupervisedModule(build_model("ecapa_tdnn", **ARGS), 4)
+    with pytest.raises(CheckpointError, match=r"fits neither the 3D-Speaker nor the WeSpeaker layout of model ecapa"):
+        apply_init(wrong, init, "auto", "ecapa_tdnn", False, False, None)
     with pytest.raises(CheckpointError, match=r"speakerforge model file.*drop --init-format"):
         read_init(model_file, fmt="3dspeaker")
 

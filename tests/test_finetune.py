@@ -182,7 +182,7 @@ def test_resume_inside_stage_two_continues_stage_two(data, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         Trainer(cfg(), tmp_path / "run", RunOptions(**opts)).run()
-    assert "resumed at stage 1 epoch 1 batch 1" in caplog.text  # 2 steps/epoch: stage index 1 = the second
+    assert "resumed in stage 2/2 'all' at epoch 2/2, batch 1" in caplog.text  # stages and epochs counted from 1
     assert "stage 1/2" not in caplog.text
     assert_same_weights(model_weights(tmp_path / "ref"), model_weights(tmp_path / "run"))
 
@@ -395,9 +395,10 @@ def test_finetune_a_3dspeaker_campplus_with_cam_layers_frozen_passes_the_integri
     torch.manual_seed(0)
     torch.save(dtdnn.CAMPPlus(feat_dim=80, embedding_size=16).state_dict(), tmp_path / "campplus.bin")
     exp = tmp_path / "cam"
-    args = ["--quiet", "finetune", "--init", str(tmp_path / "campplus.bin"), "--init-format", "3dspeaker"]
+    args = ["--quiet", "finetune", "--init", str(tmp_path / "campplus.bin")]  # [new-user] 10: no --init-format
     args += ["--exp", str(exp), "--data", str(b), "--freeze", "backbone.xvector.block*.tdnnd*.cam_layer.*"]
     sets = ["model.name=campplus", "model.args={embedding_dim: 16}", *BASE_SETS[2:], "optim.warmup_epochs=100000"]
     sets = [x for s in sets for x in ("--set", s)]
     assert main(args + sets) == 0
     assert (exp / "model.safetensors").is_file()
+    assert "holds a 3D-Speaker campplus state dict" in (exp / "train.log").read_text()

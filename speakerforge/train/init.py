@@ -36,6 +36,7 @@ class InitWeights:
     classifier: torch.Tensor | None = None
     speakers: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    layout: str | None = None  # a foreign state dict: "3dspeaker", "wespeaker", or "auto" (told by its keys)
 
 
 def read_init(
@@ -67,7 +68,9 @@ def read_init(
         return _from_training_state(load_state(p), str(p), part)
     if art.kind == "model_file":
         return _from_model_file(p)
-    hint = _FORMAT_HINT[False] if art.kind in _FOREIGN_KINDS and fmt == "auto" else "pass a speakerforge file"
+    if art.kind in _FOREIGN_KINDS and fmt == "auto":
+        return _read_foreign(p, "auto")  # 3D-Speaker or WeSpeaker: told by its keys against the model (apply_init)
+    hint = _FORMAT_HINT[False] if art.kind in _FOREIGN_KINDS else "pass a speakerforge file"
     raise CheckpointError(f"{src}: {art.describe()}, not a speakerforge checkpoint or model file; {hint}")
 
 
@@ -150,7 +153,7 @@ def _read_foreign(path: Path, fmt: str) -> InitWeights:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors")
-    return InitWeights(dict(obj), str(path), None, None, None, notes=[f"format {fmt}"])
+    return InitWeights(dict(obj), str(path), None, None, None, notes=[f"format {fmt}"], layout=fmt)
 
 
 def _read_released(path: Path, model_id: str, source: str | None, model_args: dict[str, Any]) -> InitWeights:
@@ -167,6 +170,45 @@ def _read_released(path: Path, model_id: str, source: str | None, model_args: di
     return InitWeights(converted.backbone, str(path), spec, notes=[f"model id {entry.id}"])
 
 
+_LAYOUT_NAMES = {"3dspeaker": "3D-Speaker", "wespeaker": "WeSpeaker"}
+
+
+def detect_layout(weights: dict[str, torch.Tensor], arch: str, backbone: nn.Module, origin: str) -> str:
+    """Which toolkit's layout a foreign state dict has, told by its keys and shapes against `backbone` (the run's
+    `arch`): the one that converts to exactly the model's tensors. Says which it chose; refuses when none fits,
+    naming the released model id the file does fit, if any."""
+    from speakerforge.models.convert import convert_state_dict
+    from speakerforge.models.modelfile import fit_problems
+
+    own = backbone.state_dict()
+    problems: dict[str, str] = {}
+    for layout in ("3dspeaker", "wespeaker"):
+        try:
+            converted = convert_state_dict(weights, layout, arch, backbone)
+        except (CheckpointError, ConfigError) as exc:
+            problems[layout] = str(exc).split(": ", 1)[-1][:160]
+            continue
+        found = fit_problems(own, converted)
+        if not found:
+            log.info("--init-format auto: %s holds a %s %s state dict (its keys and shapes fit)", origin,
+                     _LAYOUT_NAMES[layout], arch)  # fmt: skip
+            return layout
+        problems[layout] = found[0][:160]
+    hint = ""
+    try:
+        from speakerforge.models.zoo import resolve
+
+        released = resolve(weights, None).id
+        hint = f"; it is the architecture of released model {released}: pass --model-id {released}"
+    except (CheckpointError, ConfigError):
+        pass
+    raise CheckpointError(
+        f"{origin}: a PyTorch state dict that fits neither the 3D-Speaker nor the WeSpeaker layout of model {arch} "
+        f"(3D-Speaker: {problems['3dspeaker']}; WeSpeaker: {problems['wespeaker']}); set the model in the config "
+        f"(model.name, model.args){hint}"
+    )
+
+
 def apply_init(
     module: nn.Module,
     init: InitWeights,
@@ -178,6 +220,8 @@ def apply_init(
 ) -> None:
     """Load the backbone into `module.backbone` (strict unless `allow_partial`) and the classifier if asked."""
     weights = init.backbone
+    if init.layout == "auto":
+        fmt = detect_layout(weights, arch, module.backbone, init.origin)
     if fmt in ("3dspeaker", "wespeaker"):
         from speakerforge.models.convert import convert_state_dict
 
