@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from speakerforge.cli import command
 
@@ -35,64 +34,17 @@ def _args_convert(p: argparse.ArgumentParser) -> None:
 
 @command("convert", "turn a 3D-Speaker or WeSpeaker checkpoint into a speakerforge model file", _args_convert)
 def _run_convert(args: argparse.Namespace) -> int:
-    from speakerforge.checkpoint_io import safe_torch_load
-    from speakerforge.config import (
-        ModelConfig,
-        _apply_override,  # one parser for dotted overrides
-        from_dict,
-    )
+    from speakerforge.config import apply_override
     from speakerforge.errors import ConfigError
-    from speakerforge.models.convert import split_checkpoint
-    from speakerforge.models.modelfile import save_embedding_model
-    from speakerforge.models.registry import build_model
-    from speakerforge.models.zoo import FBANK80, resolve
+    from speakerforge.models.zoo import convert_checkpoint
 
-    raw: dict = {"model": {"name": args.arch or "?", "args": {}}}
+    raw: dict = {"model": {"args": {}}}
     for item in args.overrides:
-        if not item.startswith("model."):
+        if not item.startswith("model.args."):
             raise ConfigError(f"--set {item}: convert only takes model.args.KEY=VALUE")
-        _apply_override(raw, item)
-    state = safe_torch_load(args.input, name=args.input)
-    entry = None
-    if args.arch is None:
-        if args.model_id is None and args.source is None:
-            raise ConfigError("convert needs --from SOURCE or --model-id ID (or --arch)")
-        entry = resolve(state, args.model_id, args.source, raw["model"]["args"])
-        raw["model"] = {"name": entry.arch, "args": {**entry.args, **raw["model"]["args"]}}
-    elif args.model_id is not None:
-        raise ConfigError("pass --model-id or --arch, not both (--set model.args.KEY=VALUE adjusts an id's model)")
-    elif args.source is None:
-        raise ConfigError("--arch needs --from 3dspeaker|wespeaker")
-    source = entry.source if entry is not None else args.source
-    spec = from_dict(ModelConfig, raw["model"], "--set", "model.")
-    model = build_model(spec.name, **spec.args)
-    converted = split_checkpoint(state, source, spec.name, model, part=entry.part if entry else None)
-    model.load_state_dict(converted.backbone, strict=True)
-    extra = {}
-    if "weight" in converted.head and converted.head["weight"].dim() == 2:
-        extra["classifier.weight"] = converted.head["weight"]
-    save_embedding_model(
-        args.output,
-        model,
-        spec.name,
-        dict(spec.args),
-        features={**(entry.features if entry else FBANK80), "num_mel_bins": getattr(model, "feat_dim", 80)},
-        extra_tensors=extra,
-        extra_meta={
-            "converted_from": {
-                "source": source,
-                "file": str(Path(args.input).name),
-                **({"model_id": entry.id, "sample_rate": entry.sample_rate} if entry else {}),
-            }
-        },
-    )
-    n = sum(v.numel() for v in converted.backbone.values())
-    print(
-        f"{args.output}: {spec.name} {spec.args or ''} from {source}"
-        + (f" ({entry.id})" if entry else "")
-        + f", {len(converted.backbone)} tensors, "
-        f"{n:,} values" + (f", classifier {tuple(extra['classifier.weight'].shape)}" if extra else "")
-    )
+        apply_override(raw, item)
+    done = convert_checkpoint(args.input, args.output, args.source, args.arch, args.model_id, raw["model"]["args"])
+    print(done.summary())
     return 0
 
 

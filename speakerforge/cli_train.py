@@ -66,12 +66,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _model_arg_sets(args: argparse.Namespace) -> dict:
     """The `--set model.args.KEY=VALUE` items alone (with --model-id they adjust the id's model)."""
-    from speakerforge.config import _apply_override  # one parser for dotted overrides
+    from speakerforge.config import apply_override  # one parser for dotted overrides
 
     raw: dict = {"model": {"args": {}}}
     for item in args.overrides:
         if item.startswith("model.args."):
-            _apply_override(raw, item)
+            apply_override(raw, item)
     return raw["model"]["args"]
 
 

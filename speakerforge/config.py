@@ -243,7 +243,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train, ...)")
     for item in overrides or []:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     cfg = from_dict(Config, raw, where=str(path) if path else "config")
     check_values(cfg, where=str(path) if path else "config")
     return cfg
@@ -358,7 +358,7 @@ def _yaml_error(path: str | Path, exc: yaml.YAMLError) -> str:
     return f"{at}: invalid YAML ({what or str(exc).splitlines()[0]})"
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.01")
     key, _, text = item.partition("=")

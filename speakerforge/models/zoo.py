@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ import torch
 from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.models.registry import build_model
 
-__all__ = ["ZooEntry", "ZOO", "find", "fitting", "resolve", "first_mismatch"]
+__all__ = ["ZooEntry", "ZOO", "find", "fitting", "resolve", "first_mismatch", "convert_checkpoint"]
 
 # Both toolkits' fbank: Kaldi-compatible, 80 bins, 25/10 ms, mean-normalised per utterance.
 FBANK80 = {"num_mel_bins": 80, "frame_length": 25.0, "frame_shift": 10.0, "mean_norm": True}
@@ -253,4 +254,93 @@ def resolve(
         )
     raise CheckpointError(
         "checkpoint fits several architectures: " + ", ".join(e.id for e in fits) + "; choose one with --model-id"
+    )
+
+
+@dataclass
+class Converted:
+    """What `convert_checkpoint` wrote: the model, its source, and sizes (for the command's summary line)."""
+
+    output: str
+    name: str
+    args: dict[str, Any]
+    source: str
+    model_id: str | None
+    tensors: int
+    values: int
+    classifier: tuple[int, ...] | None
+
+    def summary(self) -> str:
+        head = f" ({self.model_id})" if self.model_id else ""
+        cls = f", classifier {self.classifier}" if self.classifier else ""
+        return (
+            f"{self.output}: {self.name} {self.args or ''} from {self.source}{head}, {self.tensors} tensors, "
+            f"{self.values:,} values{cls}"
+        )
+
+
+def convert_checkpoint(
+    src: str | Path,
+    out: str | Path,
+    source: str | None = None,
+    arch: str | None = None,
+    model_id: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
+) -> Converted:
+    """`speakerforge convert`: a 3D-Speaker / WeSpeaker checkpoint -> our model file.
+
+    The model is `arch` (+ `model_args`) with `source`, or `model_id`'s row of the table, or without either the one
+    row whose architecture the tensors fit. Flags and model arguments are checked before the file is read."""
+    from speakerforge.checkpoint_io import safe_torch_load
+    from speakerforge.config import ModelConfig, from_dict
+    from speakerforge.models.convert import split_checkpoint
+    from speakerforge.models.modelfile import save_embedding_model
+
+    args = dict(model_args or {})
+    if arch is not None and model_id is not None:
+        raise ConfigError("pass --model-id or --arch, not both (--set model.args.KEY=VALUE adjusts an id's model)")
+    if arch is not None and source is None:
+        raise ConfigError("--arch needs --from 3dspeaker|wespeaker")
+    if arch is None and model_id is None and source is None:
+        raise ConfigError("convert needs --from SOURCE or --model-id ID (or --arch)")
+    entry = find(model_id) if model_id is not None else None
+    if arch is not None:  # the model is known before the file is read: refuse a bad name or argument first
+        spec = from_dict(ModelConfig, {"name": arch, "args": args}, "--set", "model.")
+        with torch.device("meta"):
+            build_model(spec.name, **spec.args)
+    state = safe_torch_load(str(src), name=str(src))
+    if arch is None:
+        entry = resolve(state, model_id, source, args)
+        spec = from_dict(ModelConfig, {"name": entry.arch, "args": {**entry.args, **args}}, "--set", "model.")
+    from_source = entry.source if entry is not None else str(source)
+    model = build_model(spec.name, **spec.args)
+    converted = split_checkpoint(state, from_source, spec.name, model, part=entry.part if entry else None)
+    model.load_state_dict(converted.backbone, strict=True)
+    extra = {}
+    if "weight" in converted.head and converted.head["weight"].dim() == 2:
+        extra["classifier.weight"] = converted.head["weight"]
+    save_embedding_model(
+        out,
+        model,
+        spec.name,
+        dict(spec.args),
+        features={**(entry.features if entry else FBANK80), "num_mel_bins": getattr(model, "feat_dim", 80)},
+        extra_tensors=extra,
+        extra_meta={
+            "converted_from": {
+                "source": from_source,
+                "file": Path(src).name,
+                **({"model_id": entry.id, "sample_rate": entry.sample_rate} if entry else {}),
+            }
+        },
+    )
+    return Converted(
+        str(out),
+        spec.name,
+        dict(spec.args),
+        from_source,
+        entry.id if entry else None,
+        len(converted.backbone),
+        sum(v.numel() for v in converted.backbone.values()),
+        tuple(extra["classifier.weight"].shape) if extra else None,
     )
