@@ -1092,28 +1092,27 @@ else:
         C("hard-verify-device-cuda", "verify " + MODEL + " {good_a} {good_b} --device cuda", "--device", "GPU"),
     ]
 
-if (REPO / "speakerforge" / "cli_ssl.py").is_file():
-    CASES += [
-        C(
-            "pretrain-data-missing",
-            "pretrain --exp {out}/e --data {root}/nope.jsonl " + _sets("ssl.method=dino"),
-            "{root}/nope.jsonl",
-            "not found",
-        ),
-        C(
-            "pretrain-unknown-method",
-            "pretrain --exp {out}/e --data {corpus} " + _sets("ssl.method=byol"),
-            "ssl.method",
-            "byol",
-        ),
-        C("pretrain-set-missing-key", "pretrain --exp {out}/e --data {corpus} --set optim.lrr=1", "'optim.lrr'"),
-        C(
-            "pretrain-data-kaldi-pipe",
-            "pretrain --exp {out}/e --data {kaldi_pipe} " + _sets("ssl.method=dino"),
-            "{kaldi_pipe}/wav.scp:2",
-            "pipe",
-        ),
-    ]
+CASES += [
+    C(
+        "pretrain-data-missing",
+        "pretrain --exp {out}/e --data {root}/nope.jsonl " + _sets("ssl.method=dino"),
+        "{root}/nope.jsonl",
+        "not found",
+    ),
+    C(
+        "pretrain-unknown-method",
+        "pretrain --exp {out}/e --data {corpus} " + _sets("ssl.method=byol"),
+        "ssl.method",
+        "byol",
+    ),
+    C("pretrain-set-missing-key", "pretrain --exp {out}/e --data {corpus} --set optim.lrr=1", "'optim.lrr'"),
+    C(
+        "pretrain-data-kaldi-pipe",
+        "pretrain --exp {out}/e --data {kaldi_pipe} " + _sets("ssl.method=dino"),
+        "{kaldi_pipe}/wav.scp:2",
+        "pipe",
+    ),
+]
 
 
 # ----------------------------------------------------------------------------------------------------------------

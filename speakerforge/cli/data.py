@@ -1,4 +1,4 @@
-"""`speakerforge prepare CORPUS [SRC] --out DIR`: corpus release layouts and generated corpora -> manifests."""
+"""`prepare` (corpus release layouts, generated corpora and augmentation material -> manifests) and `validate`."""
 
 from __future__ import annotations
 
@@ -170,3 +170,25 @@ def _prepare_demo(args: argparse.Namespace) -> int:
         file=sys.stdout,
     )
     return 0
+
+
+def _args_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("manifests", nargs="+", metavar="MANIFEST", help="3D-Speaker CSV, Kaldi data dir, or JSONL")
+    p.add_argument("--deep", action="store_true", help="decode every file (finite samples, true length)")
+
+
+@command("validate", "check manifests row by row; exit 1 when any problem was found", _args_validate)
+def _run_validate(args: argparse.Namespace) -> int:
+    from speakerforge.data.validate import validate_manifests
+
+    report = validate_manifests(args.manifests, deep=args.deep)
+    for problem in report.problems:
+        print(problem, file=sys.stdout)
+    print(report.summary(), file=sys.stdout)
+    if not report.problems:
+        return 0
+    # The report (stdout) lists every problem; the verdict on stderr is the one error line every command gives.
+    n = len(report.problems)
+    more = f" (and {n - 1} more, listed above)" if n > 1 else ""
+    print(f"speakerforge validate: error: {report.problems[0]}{more}", file=sys.stderr)
+    return 1

@@ -37,30 +37,6 @@ def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPars
 
 
 # --------------------------------------------------------------------------------------------------------------
-# validate
-def _args_validate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("manifests", nargs="+", metavar="MANIFEST", help="3D-Speaker CSV, Kaldi data dir, or JSONL")
-    p.add_argument("--deep", action="store_true", help="decode every file (finite samples, true length)")
-
-
-@command("validate", "check manifests row by row; exit 1 when any problem was found", _args_validate)
-def _run_validate(args: argparse.Namespace) -> int:
-    from speakerforge.data.validate import validate_manifests
-
-    report = validate_manifests(args.manifests, deep=args.deep)
-    for problem in report.problems:
-        print(problem, file=sys.stdout)
-    print(report.summary(), file=sys.stdout)
-    if not report.problems:
-        return 0
-    # The report (stdout) lists every problem; the verdict on stderr is the one error line every command gives.
-    n = len(report.problems)
-    more = f" (and {n - 1} more, listed above)" if n > 1 else ""
-    print(f"speakerforge validate: error: {report.problems[0]}{more}", file=sys.stderr)
-    return 1
-
-
-# --------------------------------------------------------------------------------------------------------------
 class UsageError(Exception):
     """A bad command line: argparse's message, printed as the one error line like every other user error."""
 
@@ -105,25 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# One module per command group, in `--help` order; each registers its commands with `@command` on import.
+COMMAND_GROUPS = ("data", "train", "eval", "infer", "models", "asr", "demo")
+
+
 def _import_command_modules() -> None:
-    """Commands that live beside their library (large argument sets) register themselves on import."""
+    """Import every command group (their library modules are imported only when a command runs)."""
     import importlib
 
-    for mod in (
-        "speakerforge.cli_data",
-        "speakerforge.cli_models",
-        "speakerforge.cli_train",
-        "speakerforge.cli_eval",
-        "speakerforge.cli_infer",
-        "speakerforge.cli_demo",
-        "speakerforge.cli_ssl",
-        "speakerforge.cli_asr",
-    ):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    for group in COMMAND_GROUPS:
+        importlib.import_module(f"speakerforge.cli.{group}")
 
 
 def _close_progress_bars() -> None:

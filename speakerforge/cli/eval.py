@@ -1,7 +1,7 @@
 """Evaluation commands (no model needed). One section per command: arguments, then a thin `_run_*` over the library.
 
 Sections: shared helpers, score, eval. A new command is one more section of the same shape; the model-based ones
-(extract, embed, verify, export) live in `cli_infer.py`. Library modules are imported inside the `_run_*`
+(extract, embed, verify, export) live in `cli/infer.py`. Library modules are imported inside the `_run_*`
 functions so that the CLI starts fast and commands that need no torch never import it.
 """
 

@@ -1,4 +1,4 @@
-"""`train` and `finetune`: thin layers over `speakerforge.train.Trainer`."""
+"""`train`, `finetune` and `pretrain`: thin layers over `speakerforge.train` (Trainer, init, PretrainTrainer)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from speakerforge.cli import command
 from speakerforge.config import Config, SourceConfig, load_config
 
 
-def _args_common(p: argparse.ArgumentParser) -> None:
+def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=False, help="YAML config (see configs/)")
     p.add_argument("--exp", required=True, help="experiment folder; re-running the same command there resumes")
     p.add_argument(
@@ -38,7 +38,7 @@ def _args_common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _config(args: argparse.Namespace) -> Config:
+def training_config(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config, args.overrides)
     if args.data:
         cfg.data.sources = [SourceConfig.from_spec(d) for d in args.data]
@@ -48,12 +48,14 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 @command(
-    "train", "supervised training (AAM-softmax), resumable, one or several datasets, CPU or torchrun DDP", _args_common
+    "train",
+    "supervised training (AAM-softmax), resumable, one or several datasets, CPU or torchrun DDP",
+    add_training_options,
 )
 def _run_train(args: argparse.Namespace) -> int:
     from speakerforge.train.trainer import RunOptions, Trainer
 
-    cfg = _config(args)
+    cfg = training_config(args)
     trainer = Trainer(
         cfg,
         args.exp,
@@ -76,7 +78,7 @@ def _model_arg_sets(args: argparse.Namespace) -> dict:
 
 
 def _args_finetune(p: argparse.ArgumentParser) -> None:
-    _args_common(p)
+    add_training_options(p)
     p.add_argument(
         "--init",
         required=True,
@@ -117,7 +119,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from speakerforge.train.init import apply_init, read_init
     from speakerforge.train.trainer import RunOptions, Trainer
 
-    cfg = _config(args)
+    cfg = training_config(args)
     init = read_init(args.init, args.init_format, args.init_part, args.model_id, _model_arg_sets(args))
     if init.model_spec is not None:
         if (cfg.model.name, cfg.model.args) != (init.model_spec["name"], init.model_spec.get("args", {})):
@@ -155,4 +157,26 @@ def _run_finetune(args: argparse.Namespace) -> int:
     )
     out = Trainer(cfg, args.exp, options).run()
     print(f"model: {out}")
+    return 0
+
+
+@command(
+    "pretrain",
+    "self-supervised pretraining (ssl.method: dino | sdpn) on unlabelled manifests; resumable; "
+    "writes the teacher backbone as EXP/model.safetensors",
+    add_training_options,
+)
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from speakerforge.train.pretrain import PretrainTrainer
+    from speakerforge.train.trainer import RunOptions
+
+    cfg = training_config(args)
+    trainer = PretrainTrainer(
+        cfg,
+        args.exp,
+        RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change, command="pretrain"),
+    )
+    out = trainer.run()
+    print(f"model (teacher backbone): {out}")
+    print(f"fine-tune it with: speakerforge finetune --init {trainer.exp} --init-part teacher --data ...")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from speakerforge.cli import command
-from speakerforge.cli_train import _args_common, _config
+from speakerforge.cli.train import add_training_options, training_config
 
 
 def _args_asr(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         help="train (e.g. the two-stage recipe configs/asr-seaco-two-stage.yaml); "
         "--data takes FunASR JSONL (key, source, target); resumable",
     )
-    _args_common(train)
+    add_training_options(train)
     train.add_argument("--init", metavar="SRC", help="start from a trained ASR model file or experiment folder")
     train.add_argument(
         "--init-part",
@@ -114,7 +114,7 @@ def _train(args: argparse.Namespace) -> int:
     from speakerforge.asr.trainer import AsrInit, AsrTrainer
     from speakerforge.train.trainer import RunOptions
 
-    cfg = _config(args)
+    cfg = training_config(args)
     init = AsrInit(args.init, args.init_part) if args.init else None
     trainer = AsrTrainer(
         cfg, args.exp, RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change), init=init
