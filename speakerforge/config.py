@@ -431,6 +431,12 @@ def _check_path_exists(keys: list[str]) -> None:
         hint = _type_hints(cls)[k]
         cls = _unwrap_optional(hint)
         skip_item = typing.get_origin(_unwrap_none(hint)) is list and dataclasses.is_dataclass(cls)
+        if skip_item and i + 2 == len(keys) and not keys[-1].isdigit():  # `stages.epochs`: no item named
+            where = ".".join(keys[: i + 1])
+            raise ConfigError(
+                f"--set {'.'.join(keys)}: {where} is a list; pick an item by index (from 0) or name, e.g. "
+                f"{where}.0.{keys[-1]}=..."
+            )
 
 
 def from_dict(cls: type, raw: Any, where: str = "config", prefix: str = "") -> Any:

@@ -173,6 +173,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     w["fake_onnx"].write_bytes(b"\x00garbage, not a protobuf\xff\xfe")
     w["planted_pt"] = root / "planted.pt"
     torch.save({"model": {"w": torch.zeros(2)}, "evil": Planted(w["marker"])}, w["planted_pt"])
+    w["foreign_pt"] = root / "foreign.pt"  # a plain state dict that fits no toolkit's layout of any model
+    torch.save({"blocks.0.conv.weight": torch.zeros(2, 2)}, w["foreign_pt"])
     w["planted_pkl"] = root / "planted.pkl"
     w["planted_pkl"].write_bytes(pickle.dumps(Planted(w["marker"])))
     # a checkpoint with a valid header and checksum whose payload is the planted pickle
@@ -1112,6 +1114,37 @@ CASES += [
         "{kaldi_pipe}/wav.scp:2",
         "pipe",
     ),
+]
+
+# ---- what the [new-user] round met
+CASES += [
+    C("nu-train-set-stage-without-stages", HARD_TRAIN + " --set stages.0.epochs=3", "stages.0", "no stages"),
+    C("nu-train-set-stage-list-without-item", HARD_TRAIN + " --set stages.epochs=3", "is a list", "stages.0.epochs"),
+    C("nu-train-data-spec-bad-weight", "train --exp {out}/e --data {corpus}:c:heavy " + _sets(), "heavy", "number"),
+    C("nu-train-data-spec-zero-weight", "train --exp {out}/e --data {corpus}:c:0 " + _sets(), "> 0"),
+    C("nu-train-data-spec-missing-path", "train --exp {out}/e --data {root}/nope.jsonl:x " + _sets(), "nope.jsonl"),
+    C(
+        "nu-finetune-foreign-fits-no-layout",
+        "finetune --init {foreign_pt} --exp {out}/e --data {corpus} " + _sets(),
+        "{foreign_pt}",
+        "fits neither the 3D-Speaker nor the WeSpeaker layout",
+    ),
+    C(
+        "nu-finetune-model-file-as-3dspeaker",
+        "finetune --init {model} --init-format 3dspeaker --exp {out}/e --data {corpus} " + _sets(),
+        "speakerforge model file",
+        "drop --init-format",
+    ),
+    C("nu-inspect-audio-as-model", "inspect {good_a}", "{good_a}", "an audio file (WAV)"),
+    C("nu-verify-audio-as-model", "verify --model {good_b} {good_a} {good_b}", "an audio file (WAV)"),
+    C(
+        "nu-asr-decode-pickle-as-data",
+        "asr decode --model {exp} --data {planted_pt}",
+        "{planted_pt}",
+        "not a JSONL list or an audio file",
+    ),
+    C("nu-asr-decode-missing-data", "asr decode --model {exp} --data {root}/none.wav", "none.wav", "not found"),
+    C("nu-asr-prepare-negative-dev", "asr prepare --out {out}/c --dev -1", "--dev -1"),
 ]
 
 
