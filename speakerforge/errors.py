@@ -19,6 +19,11 @@ class CheckpointError(SpeakerforgeError):
     """A checkpoint or model file that is missing, corrupt, unsafe or does not fit the model."""
 
 
+class TrainingError(SpeakerforgeError):
+    """Training cannot go on (the loss stayed non-finite, a trainable tensor does not train); the last good
+    checkpoint is kept."""
+
+
 def check_output_path(path: object) -> None:
     """An output file path must not name a folder: refuse before the work, not at the final rename."""
     import errno

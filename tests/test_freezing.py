@@ -11,16 +11,9 @@ import torch
 from torch import nn
 
 from speakerforge.errors import ConfigError
-from speakerforge.train.freezing import (
-    IntegrityError,
-    UpdateIntegrityCheck,
-    apply_freeze,
-    find_free_tensors,
-    frozen_batchnorms,
-    match_parameters,
-    parse_freeze_patterns,
-    trainable_parameter_groups,
-)
+from speakerforge.train.freezing import apply_freeze, frozen_batchnorms, match_parameters, parse_freeze_patterns
+from speakerforge.train.integrity import IntegrityError, UpdateIntegrityCheck, find_free_tensors
+from speakerforge.train.optim import trainable_parameter_groups
 
 
 class Tiny(nn.Module):
@@ -309,7 +302,7 @@ def test_integrity_check_passes_on_a_clean_model_with_frozen_parts(model, caplog
     apply_freeze(model, "backbone.conv,backbone.bn1")
     model.train()
     optimizer = torch.optim.SGD(trainable_parameter_groups(model, 0.1, 1e-4), lr=0.1, momentum=0.9)
-    with caplog.at_level(logging.INFO, logger="speakerforge.train.freezing"):
+    with caplog.at_level(logging.INFO, logger="speakerforge.train.integrity"):
         assert _checked_step({"model": model}, optimizer, _ce(model)) == []
     assert "passed" in caplog.text
 
@@ -400,7 +393,7 @@ def test_integrity_check_catches_frozen_batchnorm_statistics_that_changed(model)
 def test_allow_dead_warns_and_returns_the_dead_tensors_instead_of_raising(model, caplog):
     model.extra = nn.Linear(3, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with caplog.at_level(logging.WARNING, logger="speakerforge.train.freezing"):
+    with caplog.at_level(logging.WARNING, logger="speakerforge.train.integrity"):
         found = _checked_step({"model": model}, optimizer, _ce(model), allow_dead=True)
     assert {v.name for v in found} == {"model.extra.weight", "model.extra.bias"}
     assert "model.extra.weight" in caplog.text
@@ -452,7 +445,7 @@ def test_a_bias_cancelled_by_the_next_batchnorm_is_a_warning_not_a_failure(caplo
     nn.functional.cross_entropy(model(x), y).backward()
     chk.before_step()
     optimizer.step()
-    with caplog.at_level(logging.WARNING, logger="speakerforge.train.freezing"):
+    with caplog.at_level(logging.WARNING, logger="speakerforge.train.integrity"):
         assert chk.after_step() == []
     assert "model.0.bias" in chk.warnings[0] and "bias=False" in caplog.text
 

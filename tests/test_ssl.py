@@ -21,6 +21,8 @@ from speakerforge.errors import ConfigError
 from speakerforge.models.ssl import DINOHead, SDPNHead, SSLBranch, ema_momentum, ema_update
 from speakerforge.train import freezing
 from speakerforge.train.init import read_init
+from speakerforge.train.integrity import IntegrityError, UpdateIntegrityCheck
+from speakerforge.train.optim import trainable_parameter_groups
 from speakerforge.train.pretrain import PretrainTrainer, parse_ssl_config
 from speakerforge.train.ssl_objectives import (
     DINOObjective,
@@ -149,9 +151,7 @@ def test_teacher_gets_no_gradient_and_is_not_in_the_optimizer(corpus, tmp_path):
     trainer, module = fresh_module(corpus, tmp_path, *SDPN_SETS)
     report = trainer.apply_freeze(module, trainer.stages[0])
     assert report.counts["teacher"][0] == 0 and report.counts["teacher"][1] > 0
-    groups = freezing.trainable_parameter_groups(
-        module, 0.1, 1e-4, param_overrides=trainer.param_overrides(trainer.stages[0])
-    )
+    groups = trainable_parameter_groups(module, 0.1, 1e-4, param_overrides=trainer.param_overrides(trainer.stages[0]))
     held = {id(p) for g in groups for p in g["params"]}
     assert not any(id(p) in held for p in module.teacher.parameters())
     assert id(module.objective.prototypes) in held
@@ -248,12 +248,12 @@ def test_prototypes_planted_as_a_plain_tensor_are_caught(corpus, tmp_path, monke
     _trainer, module = fresh_module(corpus, tmp_path, *SDPN_SETS)
     assert "objective.prototypes" not in module.state_dict()
     optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
-    check = freezing.UpdateIntegrityCheck({"model": module}, optimizer)
+    check = UpdateIntegrityCheck({"model": module}, optimizer)
     loss, *_ = module(torch.randn(4, 60, 80), torch.randn(16, 30, 80), 1, 4)
     loss.backward()
     check.before_step()
     optimizer.step()
-    with pytest.raises(freezing.IntegrityError, match=r"free tensor not registered.*model\.objective\.prototypes"):
+    with pytest.raises(IntegrityError, match=r"free tensor not registered.*model\.objective\.prototypes"):
         check.after_step()
 
 

@@ -209,7 +209,7 @@ def test_shipped_demo_config_with_a_long_warmup_passes_the_integrity_check(tmp_p
     config = Path(__file__).resolve().parents[1] / "configs" / "demo-ecapa.yaml"
     cfg = load_config(config, ["data.samples_per_epoch=1000000", "data.num_workers=0", "train.threads=1"])
     cfg.data.sources = [SourceConfig(path=str(corpus))]
-    with caplog.at_level(logging.INFO, logger="speakerforge.train.freezing"), pytest.raises(StopForTest):
+    with caplog.at_level(logging.INFO, logger="speakerforge.train.integrity"), pytest.raises(StopForTest):
         Trainer(cfg, tmp_path / "exp", RunOptions(stop_after_steps=2)).run()
     assert "update-integrity check" in caplog.text and "ulp" in caplog.text
     assert "asp.linear2.bias" not in caplog.text  # cancelled by the softmax over time, by design: not reported

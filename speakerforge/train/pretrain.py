@@ -40,6 +40,7 @@ from speakerforge.models.modelfile import save_embedding_model
 from speakerforge.models.registry import build_model
 from speakerforge.models.ssl import DINOHead, SDPNHead, SSLBranch, ema_momentum, ema_update
 from speakerforge.train import freezing
+from speakerforge.train.integrity import IntegrityError, find_free_tensors
 from speakerforge.train.ssl_objectives import (
     DINOObjective,
     SDPNObjective,
@@ -293,9 +294,9 @@ class PretrainTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------ freezing
     def apply_freeze(self, module: nn.Module, stage: Stage) -> freezing.FreezeReport:
         """Freeze the stage's patterns and the never-trained tensors over student + objective; the teacher stays out."""
-        free = freezing.find_free_tensors({"": module})
+        free = find_free_tensors({"": module})
         if free:  # checked first: the prototypes' param_overrides key would otherwise report only "matches nothing"
-            raise freezing.IntegrityError(
+            raise IntegrityError(
                 f"tensors that require grad but are not registered parameters: {', '.join(free)}; they would be "
                 "neither optimized nor saved (3D-Speaker #191): make them an nn.Parameter of their module"
             )

@@ -7,6 +7,7 @@ step), and the rest (weights, optimizer, scaler, RNG) is in the checkpoint: a ki
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from speakerforge.config import Config, to_dict
 from speakerforge.data.datasets import CropDataset, collate_crops
 from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.data.sampling import MixedSampler, SpeakerIndex, load_sources
-from speakerforge.errors import ConfigError, SpeakerforgeError
+from speakerforge.errors import ConfigError, SpeakerforgeError, TrainingError
 from speakerforge.models.heads import margin_at_step
 from speakerforge.models.modelfile import build_checked_model, save_embedding_model
 from speakerforge.progress import progress_bar
@@ -41,15 +42,12 @@ from speakerforge.train.distributed import (
     shutdown_distributed,
 )
 from speakerforge.train.experiment import ExperimentLock, choose_run_dir, prepare_run, write_config
+from speakerforge.train.integrity import UpdateIntegrityCheck
 from speakerforge.train.objectives import SupervisedModule
-from speakerforge.train.optim import build_optimizer, set_lr, warmup_cosine
+from speakerforge.train.optim import build_optimizer, set_lr, trainable_parameter_groups, warmup_cosine
 from speakerforge.train.stages import Stage, resolve_stages
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(SpeakerforgeError):
-    """Training cannot go on (e.g. the loss stayed non-finite); the last good checkpoint is kept."""
 
 
 @dataclass
@@ -441,7 +439,7 @@ class Trainer:
                 stage.freeze or "nothing",
                 report.table(),
             )
-        groups = freezing.trainable_parameter_groups(
+        groups = trainable_parameter_groups(
             module,
             base_lr=stage.lr,
             weight_decay=cfg.optim.weight_decay,
@@ -475,7 +473,7 @@ class Trainer:
         first_global = progress.global_step - (progress.epoch * steps_per_epoch + progress.batch)
         dataset = self.make_dataset(stage, augment)
         integrity = cfg.train.integrity_check
-        self.integrity = freezing.UpdateIntegrityCheck(
+        self.integrity = UpdateIntegrityCheck(
             {"model": module}, optimizer, allow_dead=cfg.train.allow_dead_params, ignore=self.integrity_ignore(stage)
         )
         # A stage draws its data, crops and RNG from (seed, stage-local epoch/step) only, so a stage run inside a
@@ -620,7 +618,7 @@ class Trainer:
         for k in range(accum):
             batch = _next_batch(it)
             sync = k == accum - 1 or not self.env.enabled
-            ctx = train_module.no_sync() if (not sync and self.env.enabled) else _nullcontext()
+            ctx = train_module.no_sync() if (not sync and self.env.enabled) else contextlib.nullcontext()
             with ctx:
                 with torch.autocast(
                     self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
@@ -812,14 +810,6 @@ class Trainer:
 
 class StopForTest(Exception):
     """Raised by `stop_after_steps` to emulate a killed run in tests (the checkpoints on disk are what counts)."""
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _next_batch(it: Any) -> Any:
