@@ -346,7 +346,7 @@ def feature_summary(manifests: list[Path], out_json: Path) -> dict:
     import torch
 
     from speakerforge.data.audio import load_audio
-    from speakerforge.data.features import fbank, mean_normalize
+    from speakerforge.data.features import FeatureSpec
     from speakerforge.data.manifest import read_manifest
     from speakerforge.progress import progress_bar
 
@@ -358,7 +358,7 @@ def feature_summary(manifests: list[Path], out_json: Path) -> dict:
         wav = load_audio(u.path, u.start, u.end)
         seconds += len(wav) / 16000
         t0 = time.perf_counter()
-        feats = mean_normalize(fbank(torch.from_numpy(wav)))
+        feats = FeatureSpec()(torch.from_numpy(wav))
         compute += time.perf_counter() - t0
         frames += feats.shape[0]
         if not torch.isfinite(feats).all():

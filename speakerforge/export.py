@@ -118,18 +118,12 @@ class _WaveToEmbedding(nn.Module):
 
 
 def _reference(net: nn.Module, x: torch.Tensor, with_fbank: bool, features: dict[str, Any]) -> torch.Tensor:
-    """What the PyTorch backend computes: `features.fbank` and `mean_normalize`, then the network."""
+    """What the PyTorch backend computes: the model's `FeatureSpec`, then the network."""
     if not with_fbank:
         return net(x)
-    from speakerforge.data.features import fbank, mean_normalize
+    from speakerforge.data.features import FeatureSpec
 
-    feats = fbank(
-        x,
-        num_mel_bins=features["num_mel_bins"],
-        frame_length=features["frame_length"],
-        frame_shift=features["frame_shift"],
-    )
-    return net(mean_normalize(feats) if features["mean_norm"] else feats)
+    return net(FeatureSpec.from_meta(features)(x))
 
 
 def export_onnx(

@@ -42,14 +42,14 @@ import torch.nn as nn
 from speakerforge.artifacts import expect, list_checkpoints
 from speakerforge.checkpoint_io import load_state
 from speakerforge.data.audio import SAMPLE_RATE, load_audio, resample
-from speakerforge.data.features import fbank, frame_sizes, mean_normalize, num_frames
+from speakerforge.data.features import FeatureSpec, frame_sizes, num_frames
 from speakerforge.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SpeakerModel", "load_model", "FEATURE_DEFAULTS", "ONNX_META_KEY", "cosine", "group_by_frames"]
 
-FEATURE_DEFAULTS: dict[str, Any] = {"num_mel_bins": 80, "frame_length": 25.0, "frame_shift": 10.0, "mean_norm": True}
+FEATURE_DEFAULTS: dict[str, Any] = FeatureSpec().to_meta()
 ONNX_META_KEY = "speakerforge"
 ONNX_FORMAT = "speakerforge-onnx-1"
 DEFAULT_BATCH_SIZE = 16
@@ -65,8 +65,7 @@ AudioInput = str | Path | np.ndarray | torch.Tensor
 
 def feature_settings(features: dict[str, Any] | None) -> dict[str, Any]:
     """The four feature settings inference needs, defaults filled in (training-only keys such as dither dropped)."""
-    given = dict(features or {})
-    return {k: type(v)(given.get(k, v)) for k, v in FEATURE_DEFAULTS.items()}
+    return FeatureSpec.from_meta(features).to_meta()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -80,13 +79,7 @@ class _TorchBackend:
     @torch.inference_mode()
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
-        f = self.features
-        feats = fbank(
-            x, num_mel_bins=f["num_mel_bins"], frame_length=f["frame_length"], frame_shift=f["frame_shift"], dither=0.0
-        )
-        if f["mean_norm"]:
-            feats = mean_normalize(feats)
-        return self.model(feats).float().cpu().numpy()
+        return self.model(FeatureSpec.from_meta(self.features)(x)).float().cpu().numpy()
 
 
 class _OnnxBackend:
@@ -100,20 +93,7 @@ class _OnnxBackend:
     def __call__(self, waves: np.ndarray, quiet: bool = False) -> np.ndarray:
         """`quiet`: an expected failure (probing input lengths) raises without ONNX Runtime's own error log."""
         waves = np.ascontiguousarray(waves, dtype=np.float32)
-        if self.with_fbank:
-            inp = waves
-        else:
-            f = self.features
-            feats = fbank(
-                torch.from_numpy(waves),
-                num_mel_bins=f["num_mel_bins"],
-                frame_length=f["frame_length"],
-                frame_shift=f["frame_shift"],
-                dither=0.0,
-            )
-            if f["mean_norm"]:
-                feats = mean_normalize(feats)
-            inp = feats.numpy()
+        inp = waves if self.with_fbank else FeatureSpec.from_meta(self.features)(torch.from_numpy(waves)).numpy()
         run_options = None
         if quiet:
             import onnxruntime as ort

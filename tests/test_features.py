@@ -330,3 +330,16 @@ def test_onnx_export_with_dynamic_batch_and_time_matches_torch(tmp_path, dynamo)
         expected = module(wave).numpy()
         assert got.shape == expected.shape == (shape[0], num_frames(shape[1]), 80)
         assert max_diff(got, expected) <= TOL
+
+
+def test_feature_spec_is_the_one_description_from_config_to_model_file_to_inference():
+    from speakerforge.config import load_config
+    from speakerforge.data.features import FeatureSpec, fbank, mean_normalize
+
+    spec = FeatureSpec.from_config(load_config(None, ["features.num_mel_bins=40", "features.mean_norm=false"]).features)
+    assert spec == FeatureSpec(num_mel_bins=40, mean_norm=False)
+    assert FeatureSpec.from_meta(spec.to_meta()) == spec
+    assert FeatureSpec.from_meta({"dither": 1.0}) == FeatureSpec()  # training-only keys ignored, defaults filled
+    wave = torch.randn(2, 16000) * 0.1
+    torch.testing.assert_close(FeatureSpec()(wave), mean_normalize(fbank(wave)), rtol=0, atol=0)
+    torch.testing.assert_close(spec(wave), fbank(wave, num_mel_bins=40), rtol=0, atol=0)

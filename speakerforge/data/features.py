@@ -29,8 +29,10 @@ MatMul nodes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -235,6 +237,66 @@ def mean_normalize(feats: Tensor, lengths: Tensor | None = None) -> Tensor:
     valid = valid.unsqueeze(-1).to(feats.dtype)
     mean = (feats * valid).sum(dim=1, keepdim=True) / lengths.to(feats.device, feats.dtype).clamp_min(1)[:, None, None]
     return (feats - mean) * valid
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The features a model reads: Kaldi fbank, then (with `mean_norm`) utterance mean normalisation.
+
+    The one description of a model's input: built from the config when training (`from_config`), stored in the
+    model file and ONNX metadata (`to_meta`), read back at inference (`from_meta`, defaults filled in), and applied
+    by calling it, so a model is always used with the features it was trained on."""
+
+    num_mel_bins: int = 80
+    frame_length: float = 25.0  # ms
+    frame_shift: float = 10.0  # ms
+    mean_norm: bool = True
+
+    def __call__(
+        self, waves: Tensor, dither: float = 0.0, generator: torch.Generator | None = None, sample_rate: int = 16000
+    ) -> Tensor:
+        """`[T]` or `[B, T]` float waveforms in [-1, 1] -> `[frames, bins]` or `[B, frames, bins]`."""
+        feats = fbank(
+            waves,
+            sample_rate,
+            num_mel_bins=self.num_mel_bins,
+            frame_length=self.frame_length,
+            frame_shift=self.frame_shift,
+            dither=dither,
+            generator=generator,
+        )
+        return mean_normalize(feats) if self.mean_norm else feats
+
+    def to_meta(self) -> dict[str, Any]:
+        """The JSON form stored with a model (`features` in its metadata)."""
+        return {
+            "num_mel_bins": self.num_mel_bins,
+            "frame_length": self.frame_length,
+            "frame_shift": self.frame_shift,
+            "mean_norm": self.mean_norm,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> FeatureSpec:
+        """From stored metadata; missing keys take the defaults, training-only keys (dither) are ignored."""
+        given = dict(meta or {})
+        base = cls()
+        return cls(
+            num_mel_bins=int(given.get("num_mel_bins", base.num_mel_bins)),
+            frame_length=float(given.get("frame_length", base.frame_length)),
+            frame_shift=float(given.get("frame_shift", base.frame_shift)),
+            mean_norm=bool(given.get("mean_norm", base.mean_norm)),
+        )
+
+    @classmethod
+    def from_config(cls, features: Any) -> FeatureSpec:
+        """From a config's `features` section (anything with these four attributes)."""
+        return cls(
+            int(features.num_mel_bins),
+            float(features.frame_length),
+            float(features.frame_shift),
+            bool(features.mean_norm),
+        )
 
 
 class Fbank(nn.Module):

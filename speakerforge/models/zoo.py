@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 
+from speakerforge.data.features import FeatureSpec
 from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.models.registry import build_model
 
 __all__ = ["ZooEntry", "ZOO", "find", "fitting", "resolve", "first_mismatch", "convert_checkpoint"]
 
 # Both toolkits' fbank: Kaldi-compatible, 80 bins, 25/10 ms, mean-normalised per utterance.
-FBANK80 = {"num_mel_bins": 80, "frame_length": 25.0, "frame_shift": 10.0, "mean_norm": True}
+FBANK80 = FeatureSpec(num_mel_bins=80, mean_norm=True).to_meta()
 # RDINO/SDPN read torchaudio's MelSpectrogram (n_fft 512, hop 160, power) and take log(x + 1e-6) themselves; our
 # input is the log fbank, the nearest we compute (the model's InstanceNorm removes the per-bin offset).
 MEL80_SSL = {**FBANK80, "mean_norm": False}

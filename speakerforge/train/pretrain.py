@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from speakerforge.config import Config, from_dict, to_dict
+from speakerforge.data.features import FeatureSpec
 from speakerforge.data.sampling import load_sources
 from speakerforge.data.ssl_views import CropSpec, MultiCropDataset, collate_views
 from speakerforge.errors import ConfigError
@@ -400,18 +401,12 @@ class PretrainTrainer(Trainer):
         """Write the TEACHER backbone as the run's model file (what `extract` and `verify` use)."""
         out = self.exp / "model.safetensors"
         if self.env.is_main:
-            fc = self.cfg.features
             save_embedding_model(
                 out,
                 module.teacher.backbone,
                 self.cfg.model.name,
                 dict(self.cfg.model.args),
-                features={
-                    "num_mel_bins": fc.num_mel_bins,
-                    "frame_length": fc.frame_length,
-                    "frame_shift": fc.frame_shift,
-                    "mean_norm": fc.mean_norm,
-                },
+                features=FeatureSpec.from_config(self.cfg.features).to_meta(),
                 extra_meta={"ssl": {"method": self.ssl.method, "part": "teacher"}, "config": to_dict(self.cfg)},
             )
             log.info("teacher backbone written to %s", out)

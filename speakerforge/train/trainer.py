@@ -25,8 +25,9 @@ import torch.nn as nn
 from speakerforge.atomic import atomic_write_text, sweep_stale_temps
 from speakerforge.config import Config, to_dict
 from speakerforge.data.datasets import CropDataset, collate_crops
-from speakerforge.data.features import fbank, mean_normalize
+from speakerforge.data.features import FeatureSpec
 from speakerforge.data.sampling import MixedSampler, SpeakerIndex, load_sources
+from speakerforge.data.shards import ReaderLayout, shard_sizes
 from speakerforge.errors import ConfigError, SpeakerforgeError, TrainingError
 from speakerforge.models.heads import margin_at_step
 from speakerforge.models.modelfile import build_checked_model, save_embedding_model
@@ -209,29 +210,23 @@ class Trainer:
         return per_rank
 
     def _check_audio(self) -> None:
-        """Every row readable before the first step: stop with the full list, or skip and record them."""
-        from speakerforge.data.audio import audio_info
-        from speakerforge.errors import DataError
+        """Every row readable before the first step: stop with the full list, or skip and record them.
 
+        The main process reads each audio file's header once (shard members: their index) and records the verdict
+        in EXP/audio-checks.json; a later start with unchanged manifests (a resume) opens only the rows found bad.
+        """
+        from speakerforge.data.validate import check_training_rows
+
+        found = None
+        if self.env.is_main:
+            found = check_training_rows([(s.path, s.utts) for s in self.sources], self.exp / "audio-checks.json")
+        found = broadcast_object(self.env, found)
         bad: list[tuple[str, str]] = []
-        for src in self.sources:
-            keep = []
-            for u in progress_bar(
-                src.utts, desc=f"checking {src.name}", disable=not self.env.is_main, leave=False, mininterval=2
-            ):
-                try:
-                    info = audio_info(u.path)
-                    if info.frames <= 0:
-                        raise DataError(f"{u.path}: no samples")
-                    if u.start is not None and u.start >= info.duration:
-                        raise DataError(
-                            f"{u.path}: the segment starts at {u.start:g} s, at or past the end of the file "
-                            f"({info.duration:.3f} s)"
-                        )
-                    keep.append(u)
-                except DataError as exc:
-                    bad.append((f"{u.source}:{u.line}", str(exc)))
-            src.utts = keep
+        for src, rows in zip(self.sources, found):
+            if rows:
+                drop = {i for i, _, _ in rows}
+                src.utts = [u for i, u in enumerate(src.utts) if i not in drop]
+                bad += [(where, what) for _, where, what in rows]
         if not bad:
             return
         if not self.cfg.data.skip_bad_audio:
@@ -274,6 +269,10 @@ class Trainer:
             [self.sources[i].weight for i in idx],
             seed=self.cfg.train.seed,
             samples_per_epoch=self.cfg.data.samples_per_epoch,
+            shards={k: sizes for k, i in enumerate(idx) if (sizes := shard_sizes(self.sources[i].utts)) is not None},
+            layout=ReaderLayout(
+                self.cfg.data.batch_size, self.env.world_size, self.micro_batch, self.cfg.data.num_workers
+            ),
         )
 
     def _augmenter(self) -> Callable | None:
@@ -332,6 +331,7 @@ class Trainer:
             "run.json",
             "train.log",
             "skipped.tsv",
+            "audio-checks.json",
             "metrics.jsonl",
             "training_curves.png",
             "checkpoints/index.json",
@@ -722,16 +722,7 @@ class Trainer:
         if fc.dither > 0:
             gen = torch.Generator(device=wav.device)
             gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, dither_tag))
-        feats = fbank(
-            wav,
-            num_mel_bins=fc.num_mel_bins,
-            frame_length=fc.frame_length,
-            frame_shift=fc.frame_shift,
-            dither=fc.dither,
-            generator=gen,
-        )
-        if fc.mean_norm:
-            feats = mean_normalize(feats)
+        feats = FeatureSpec.from_config(fc)(wav, dither=fc.dither, generator=gen)
         sa = self.cfg.data.augment.spec_augment
         if spec and sa.prob > 0:
             from speakerforge.data.augment import spec_augment
@@ -790,12 +781,7 @@ class Trainer:
                 module.backbone,
                 self.cfg.model.name,
                 dict(self.cfg.model.args),
-                features={
-                    "num_mel_bins": fc.num_mel_bins,
-                    "frame_length": fc.frame_length,
-                    "frame_shift": fc.frame_shift,
-                    "mean_norm": fc.mean_norm,
-                },
+                features=FeatureSpec.from_config(fc).to_meta(),
                 extra_tensors={"classifier.weight": module.classifier.weight.detach()},
                 extra_meta={
                     "speakers": self.speakers.names,
