@@ -71,6 +71,15 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
     sp.add_argument("--seconds", type=float, default=4.0, help="length of each noise clip (default 4)")
     sp.add_argument("--seed", type=int, default=0)
 
+    text = "pack manifests into tar shards (+ shards.list, shards.index.jsonl) that training reads as a stream"
+    sp = sub.add_parser("shards", help=text, description=text)
+    sp.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST", help="CSV, Kaldi data dir or JSONL")
+    sp.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the tars and the shard list")
+    sp.add_argument("--utts-per-shard", type=int, default=1000, metavar="N", help="utterances per tar (default 1000)")
+    sp.add_argument("--flac", action="store_true", help="re-encode the audio to FLAC (default: stored as it is)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the shuffle before packing")
+    sp.add_argument("--no-shuffle", action="store_true", help="keep manifest order (shards then hold few speakers)")
+
     sp = sub.add_parser("demo", help="the demo corpus (TTS voices; needs `pip install speakerforge[demo]`)")
     sp.add_argument("--out", type=Path, required=True, metavar="DIR")
     sp.add_argument("--train-speakers", type=int, default=None)
@@ -83,6 +92,12 @@ def _run_prepare(args: argparse.Namespace) -> int:
         return _prepare_synthetic(args)
     if args.corpus == "demo":
         return _prepare_demo(args)
+    if args.corpus == "shards":
+        from speakerforge.data.shards import write_shards
+
+        summary = write_shards(args.manifests, args.out, args.utts_per_shard, args.flac, args.seed, not args.no_shuffle)
+        print(summary.line(), file=sys.stdout)
+        return 0
     if args.corpus in ("musan", "rirs", "noise"):
         return _prepare_augmentation(args)
     from speakerforge.data.corpora.readers import PREPARERS

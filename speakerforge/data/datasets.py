@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from speakerforge.data.audio import SAMPLE_RATE, load_audio
+from speakerforge.data.audio import SAMPLE_RATE
 from speakerforge.data.sampling import Draw, Source, SpeakerIndex
+from speakerforge.data.shards import load_utterance, shard_tables
 from speakerforge.errors import DataError
 
 
@@ -51,6 +52,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.speeds = list(speeds or speakers.speeds)  # this stage's speeds, a subset of the label space's
         self.sample_rate = sample_rate
+        self.tables = shard_tables(sources)  # where sharded sources' members lie, for reading tars in order
 
     def __len__(self) -> int:
         return sum(len(s.utts) for s in self.sources)
@@ -63,7 +65,7 @@ class CropDataset(torch.utils.data.Dataset):
         speed = self.speeds[int(rng.integers(len(self.speeds)))] if len(self.speeds) > 1 else self.speeds[0]
         speed_index = self.speakers.speeds.index(speed)
         try:
-            wav = load_audio(utt.path, utt.start, utt.end, self.sample_rate)
+            wav = load_utterance(utt, self.sample_rate, self.tables)
         except DataError as exc:  # decoded only now (NaN samples, a file changed since the header check)
             raise DataError(f"{utt.where}: {exc}") from None
         if speed != 1.0:

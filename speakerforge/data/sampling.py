@@ -1,7 +1,9 @@
 """Several training sources mixed at sample level by weight, with speaker namespaces and an exact, resumable order.
 
 The order of an epoch is a pure function of (seed, epoch), so resuming needs only (epoch, position): no sampler
-state can be lost, and every rank of a distributed run computes the same plan and takes its own slice.
+state can be lost, and every rank of a distributed run computes the same plan and takes its own slice. A sharded
+source (`data.shards`) is read as a stream: its items in the plan also depend on the reader layout (ranks x
+DataLoader workers), so that each reader reads its own contiguous run of shards.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from speakerforge.data.manifest import Utterance, read_manifest
+from speakerforge.data.shards import ReaderLayout, assign_stream, is_shard_list, read_shard_list, shard_stream
 from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,7 @@ class Draw:
 
 
 # File names that say nothing about the data (what `prepare` writes): such a source is named after its folder.
-GENERIC_MANIFEST_STEMS = ("manifest", "train", "data", "wav", "all")
+GENERIC_MANIFEST_STEMS = ("manifest", "train", "data", "wav", "all", "shards", "shard")
 
 
 def default_source_name(path: str | Path) -> str:
@@ -61,7 +64,7 @@ def load_sources(specs: list[tuple[str, float, str]], need_speakers: bool = True
             )
         if weight <= 0:
             raise DataError(f"{path}: data source weight must be > 0, got {weight}")
-        utts = read_manifest(path)
+        utts: list[Utterance] = list(read_shard_list(path)) if is_shard_list(path) else read_manifest(path)
         if not utts:
             raise DataError(f"{path}: data source holds no utterances")
         if need_speakers:
@@ -109,7 +112,16 @@ class SpeakerIndex:
 class MixedSampler:
     """Epoch plans mixing sources by weight x size; each source walks its own endless sequence of permutations."""
 
-    def __init__(self, sizes: list[int], weights: list[float], seed: int, samples_per_epoch: int = 0):
+    def __init__(
+        self,
+        sizes: list[int],
+        weights: list[float],
+        seed: int,
+        samples_per_epoch: int = 0,
+        shards: dict[int, list[int]] | None = None,
+        layout: ReaderLayout | None = None,
+    ):
+        """`shards`: source index -> utterances per shard, for sources read as a stream; `layout`: who reads what."""
         if not sizes or min(sizes) <= 0:
             raise DataError("every data source must hold at least one utterance")
         self.sizes = list(sizes)
@@ -121,6 +133,8 @@ class MixedSampler:
         for i in np.argsort(-(raw - counts))[: total - int(counts.sum())]:  # largest remainders
             counts[i] += 1
         self.counts = [int(c) for c in counts]
+        self.shards = dict(shards or {})
+        self.layout = layout
 
     @property
     def epoch_size(self) -> int:
@@ -142,9 +156,32 @@ class MixedSampler:
     def epoch_plan(self, epoch: int) -> list[Draw]:
         """The full ordered list of draws of `epoch`."""
         src = np.concatenate([np.full(c, s, dtype=np.int64) for s, c in enumerate(self.counts)])
-        items = np.concatenate([self._stream(s, epoch * c, c) for s, c in enumerate(self.counts)])
+        items = np.concatenate(
+            [
+                np.zeros(c, np.int64) if s in self.shards else self._stream(s, epoch * c, c)
+                for s, c in enumerate(self.counts)
+            ]
+        )
         order = np.random.default_rng([self.seed, 2, epoch]).permutation(len(src))
-        return [Draw(int(src[j]), int(items[j]), i) for i, j in enumerate(order)]
+        src, items = src[order], items[order]
+        for s in self.shards:
+            self._stream_items(epoch, s, src, items)
+        return [Draw(int(a), int(b), i) for i, (a, b) in enumerate(zip(src.tolist(), items.tolist()))]
+
+    def _stream_items(self, epoch: int, source: int, src: np.ndarray, items: np.ndarray) -> None:
+        """Give a sharded source's draws their items: each reader a contiguous run of the source's stream, shuffled
+        through its buffer, in the order the reader builds its micro-batches (positions past the last full batch
+        are read by nobody)."""
+        layout = self.layout or ReaderLayout(batch_size=len(src))
+        used = len(src) // layout.batch_size * layout.batch_size
+        positions = np.flatnonzero(src[:used] == source)
+        readers = layout.reader_of(positions)
+        by_reader = np.argsort(readers, kind="stable")
+        count = self.counts[source]
+        stream = shard_stream(self.shards[source], self.seed, source, epoch * count, count)
+        items[positions[by_reader]] = assign_stream(
+            readers[by_reader], layout.readers, stream, self.seed, epoch, source
+        )
 
     def batches(
         self, epoch: int, batch_size: int, start_batch: int = 0, rank: int = 0, world_size: int = 1

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from speakerforge.data.audio import SAMPLE_RATE, load_audio
+from speakerforge.data.audio import SAMPLE_RATE
 from speakerforge.data.datasets import example_rng, random_crop
 from speakerforge.data.sampling import Draw, Source
+from speakerforge.data.shards import load_utterance, shard_tables
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -81,6 +82,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.speeds = list(speeds or [1.0])
         self.sample_rate = sample_rate
+        self.tables = shard_tables(sources)  # where sharded sources' members lie, for reading tars in order
 
     def __len__(self) -> int:
         return sum(len(s.utts) for s in self.sources)
@@ -89,7 +91,7 @@ class MultiCropDataset(torch.utils.data.Dataset):
         epoch, draw = index
         rng = example_rng(self.seed, epoch, draw.position)
         utt = self.sources[draw.source].utts[draw.item]
-        wav = load_audio(utt.path, utt.start, utt.end, self.sample_rate)
+        wav = load_utterance(utt, self.sample_rate, self.tables)
         speed = pick_speed(self.speeds, rng)
         if speed != 1.0:
             from speakerforge.data.augment import speed_perturb
