@@ -415,14 +415,16 @@ Tables = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def shard_tables(sources: Sequence[object]) -> Tables:
-    """Where the audio members of each tar of these sources lie (offsets, sizes; sorted), for reading ahead."""
+    """Where the audio members of each tar of these sources (`Source`s or lists of utterances) lie (offsets, sizes;
+    sorted), for reading ahead."""
     by_tar: dict[str, list[tuple[int, int]]] = {}
     for src in sources:
-        utts = getattr(src, "utts", src)
+        utts: Sequence[Utterance] = getattr(src, "utts", src)  # type: ignore[arg-type]
         if not utts or not isinstance(utts[0], ShardUtterance):
             continue
         for u in utts:
-            by_tar.setdefault(u.path, []).append((u.offset, u.size))
+            if isinstance(u, ShardUtterance):
+                by_tar.setdefault(u.path, []).append((u.offset, u.size))
     out: Tables = {}
     for tar, members in by_tar.items():
         arr = np.asarray(sorted(members), dtype=np.int64)
