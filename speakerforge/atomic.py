@@ -26,12 +26,16 @@ from speakerforge.errors import check_output_path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` for a writer that wants a file name; on success it replaces `path`."""
+def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for a writer that wants a file name; on success it replaces `path`.
+
+    `durable=False` is for builders writing thousands of files into one folder (corpus audio): still all-or-nothing
+    by rename, but without the disk syncs and the per-write sweep (the builder sweeps once)."""
     final = Path(path)
     check_output_path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(final.parent)
+    if durable:
+        sweep_stale_temps(final.parent)
     while True:  # like mkstemp, but created with the user's umask rather than mode 0600
         tmp = final.parent / f".{final.name}.{os.getpid()}@{_HOST}.{secrets.token_hex(4)}.tmp"
         try:
@@ -41,8 +45,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             continue
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:  # data on disk before the rename makes the file visible
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:  # data on disk before the rename makes the file visible
+                os.fsync(fh.fileno())
         os.replace(tmp, final)
     except OSError as exc:
         if exc.filename is not None:
@@ -51,7 +56,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise OSError(exc.errno or errno.EIO, exc.strerror or str(exc), str(final)) from exc
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(final.parent)
+    if durable:
+        _fsync_dir(final.parent)
 
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:16] or "host"
@@ -104,8 +110,9 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         write(fh)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from speakerforge.atomic import atomic_path
 from speakerforge.data.audio import SAMPLE_RATE
-from speakerforge.errors import SpeakerforgeError, check_output_path
+from speakerforge.errors import SpeakerforgeError
 from speakerforge.inference import ONNX_FORMAT, ONNX_META_KEY, SpeakerModel, feature_settings, load_model
 
 log = logging.getLogger(__name__)
@@ -150,10 +150,7 @@ def export_onnx(
     gen = torch.Generator().manual_seed(seed)
     example = _example_input(sm, with_fbank, EXAMPLE_FRAMES, 1, gen)
 
-    check_output_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         _torch_export(wrapper, example, tmp, input_name, opset, dynamo)
         meta = {
             "format": ONNX_FORMAT,
@@ -170,9 +167,6 @@ def export_onnx(
         _write_metadata(tmp, meta)
         report = ExportReport(str(out), with_fbank, opset, sm.embedding_dim)
         _check_parity(net, tmp, sm, with_fbank, features, report, atol, gen)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - started
     log.info("%s", report.summary())
     return report

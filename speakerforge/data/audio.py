@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from speakerforge.atomic import atomic_path
 from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -144,11 +145,10 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.
 
 def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write 16-bit PCM via a temporary file so that an interrupted write never leaves a half file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    sf.write(str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format=_format_of(p))
-    tmp.replace(p)
+    with atomic_path(path, durable=False) as tmp:
+        sf.write(
+            str(tmp), np.asarray(wav, dtype=np.float32), sample_rate, subtype="PCM_16", format=_format_of(Path(path))
+        )
 
 
 def _format_of(p: Path) -> str:

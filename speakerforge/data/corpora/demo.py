@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from speakerforge.atomic import atomic_write_text
 from speakerforge.data.audio import SAMPLE_RATE, resample, save_audio
 from speakerforge.data.corpora.synthetic import write_trials
 from speakerforge.data.manifest import Utterance, write_manifest
@@ -413,17 +414,11 @@ def run_tts_jobs(
 
 # --------------------------------------------------------------------------------------------------------------
 # Manifests and trials
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _write_manifests(out: Path, split: str, utts: list[_Utt], durations: dict[str, float]) -> None:
     """`SPLIT.jsonl` through data/manifest.py (relative paths, `dur`), and the sentences in Kaldi `text` form."""
     rows = [Utterance(u.key, str(u.path), u.spk, duration=round(durations[str(u.path)], 3)) for u in utts]
     write_manifest(rows, out / f"{split}.jsonl")
-    _write_text_atomic(out / f"{split}.text", "".join(f"{u.key} {u.text}\n" for u in utts))
+    atomic_write_text(out / f"{split}.text", "".join(f"{u.key} {u.text}\n" for u in utts))
 
 
 def balanced_trials(utts: list[tuple[str, str]], seed: int = 0) -> list[tuple[int, str, str]]:
@@ -510,7 +505,7 @@ def build_demo_corpus(
     out.mkdir(parents=True, exist_ok=True)  # an unusable output path is the first thing to report
     _require_tts()  # here, not in a worker, so that a missing extra is one clear error
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    _write_text_atomic(out / _BUILDING, json.dumps(params, indent=1) + "\n")
+    atomic_write_text(out / _BUILDING, json.dumps(params, indent=1) + "\n")
     (out / STAMP).unlink(missing_ok=True)  # the stamp must never describe a corpus that is being changed
     for stale in (out / "wav").glob("*/.*.tmp"):  # left by a killed worker mid-write
         stale.unlink(missing_ok=True)
@@ -543,7 +538,7 @@ def build_demo_corpus(
             "workers": workers,
         },
     )
-    _write_text_atomic(out / STAMP, json.dumps(stamp, indent=1) + "\n")
+    atomic_write_text(out / STAMP, json.dumps(stamp, indent=1) + "\n")
     (out / _BUILDING).unlink(missing_ok=True)
     log.info(
         "demo corpus: %d train + %d test utterances, %.2f h, %d trials, built in %.0f s",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speakerforge.atomic import atomic_path
 from speakerforge.data.audio import SAMPLE_RATE, find_audio_files, load_audio, save_audio
 from speakerforge.data.augment import NOISE_CATEGORIES, NoiseItem, write_audio_list
 from speakerforge.errors import DataError
@@ -72,9 +73,8 @@ def make_synthetic_rirs(out_dir: str | Path, n: int, seed: int = 0, sample_rate:
 
 
 def _write_float_wav(path: Path, wav: np.ndarray, sample_rate: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), wav, sample_rate, subtype="FLOAT", format="WAV")
-    tmp.replace(path)
+    with atomic_path(path, durable=False) as tmp:
+        sf.write(str(tmp), wav, sample_rate, subtype="FLOAT", format="WAV")
 
 
 # ------------------------------------------------------------------------------------------------- noises

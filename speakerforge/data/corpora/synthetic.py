@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speakerforge.atomic import atomic_write_bytes, atomic_write_text
 from speakerforge.data.manifest import Utterance, write_manifest
 from speakerforge.errors import DataError
 
@@ -199,10 +200,7 @@ def _write_wav(path: Path, wav: np.ndarray, sample_rate: int) -> None:
     """16-bit PCM through memory and an atomic rename: like `save_audio`, without its per-file disk sync."""
     buf = io.BytesIO()
     sf.write(buf, wav, sample_rate, subtype="PCM_16", format="WAV")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue(), durable=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,8 +289,5 @@ def write_trials(path: str | Path, trials: Sequence[Trial]) -> Path:
         if any(c.isspace() for c in a + b):
             raise DataError(f"{path}: trial keys cannot contain whitespace ({a!r}, {b!r})")
         lines.append(f"{int(label)} {a} {b}\n")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(p)
+    atomic_write_text(p, "".join(lines))
     return p
