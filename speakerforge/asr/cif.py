@@ -68,3 +68,15 @@ def cif_reference(hidden: Tensor, alphas: Tensor, threshold: float = 1.0) -> lis
                     acc = integ * h[t]
         out.append((torch.stack(fired) if fired else h.new_zeros(0, h.shape[-1]), acc, integ))
     return out
+
+
+def fire_weights(alphas: Tensor, num_tokens: Tensor) -> Tensor:
+    """`[B, K, T]` weights of FunASR's integrate-and-fire: token k integrates the part of each frame's weight that
+    falls in [k, k+1) of the running sum, and nothing past the last integer boundary (FunASR drops the remainder;
+    its tail frame is what completes a last token). Rows at or past an utterance's count are zero."""
+    c = alphas.cumsum(-1)
+    prev = c - alphas
+    k_max = int(num_tokens.max().item()) if num_tokens.numel() else 0
+    k = torch.arange(k_max, device=alphas.device, dtype=alphas.dtype)[None, :, None]
+    w = (torch.minimum(c[:, None, :], k + 1) - torch.maximum(prev[:, None, :], k)).clamp_min(0)
+    return w * (k < num_tokens.to(alphas.dtype)[:, None, None])

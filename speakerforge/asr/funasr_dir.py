@@ -1,0 +1,216 @@
+"""A FunASR model directory (`config.yaml`, `model.pt`, `tokens.json`, `am.mvn`, optional `seg_dict`): read it into
+`speakerforge.asr.paraformer` modules, decode with it, and write one.
+
+- `model.pt` is read with `torch.load(weights_only=True)` (a state dict, or one under `state_dict` / `model`) and
+  loaded strictly: every missing, unexpected or mis-shaped key is listed;
+- hotwords are tokenised as FunASR's `generate_hotwords_list`: each entry split on spaces; with a `seg_dict` each word
+  is looked up lower-cased (English words give their BPE pieces), else a word of Chinese characters or digits is
+  looked up character by character, anything else is `<unk>`; without a `seg_dict` each word is one token. The list
+  is a file (one hotword per line, FunASR's hotword file) or a string of space-separated hotwords;
+- decoded ids become text as FunASR's tokenizer does for these releases: CJK characters joined, other tokens spaced,
+  BPE pieces ending in `@@` joined to the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from speakerforge.asr.funasr_frontend import WavFrontend, read_am_mvn, write_am_mvn
+from speakerforge.asr.paraformer import SeacoParaformer, load_funasr_state
+from speakerforge.errors import CheckpointError, ConfigError, DataError
+
+FILES = ("config.yaml", "model.pt", "tokens.json", "am.mvn")
+_CJK_OR_DIGITS = re.compile(r"^[\u4E00-\u9FA50-9]+$")
+
+
+def is_funasr_dir(path: str | Path) -> bool:
+    """A folder holding FunASR's `config.yaml` and `model.pt`."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.yaml").is_file() and (p / "model.pt").is_file()
+
+
+def read_seg_dict(path: str | Path) -> dict[str, str]:
+    """FunASR's `seg_dict`: `word piece piece ...` per line -> {word: "piece piece ..."}."""
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if parts:
+            out[parts[0]] = " ".join(parts[1:])
+    return out
+
+
+class FunasrTokens:
+    """`tokens.json` (+ `seg_dict`): ids <-> tokens, hotword tokenisation and text as FunASR's CharTokenizer."""
+
+    def __init__(self, tokens: list[str], seg_dict: dict[str, str] | None = None, unk: str = "<unk>"):
+        self.tokens = list(tokens)
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.index) != len(self.tokens):
+            raise DataError("tokens.json lists a token twice")
+        if unk not in self.index:
+            raise DataError(f"tokens.json has no {unk!r} token")
+        self.unk_id = self.index[unk]
+        self.seg_dict = seg_dict
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def split_word(self, word: str) -> list[str]:
+        """Token strings of one word (see the module docstring)."""
+        if self.seg_dict is None:
+            return [word]
+        w = word.lower()
+        if w in self.seg_dict:
+            return self.seg_dict[w].split()
+        if _CJK_OR_DIGITS.match(w):
+            return [p for c in w for p in (self.seg_dict[c].split() if c in self.seg_dict else ["<unk>"])]
+        return ["<unk>"]
+
+    def encode_hotword(self, hotword: str) -> list[int]:
+        return [self.index.get(t, self.unk_id) for w in hotword.split() for t in self.split_word(w)]
+
+    def to_text(self, ids: Sequence[int]) -> str:
+        out = ""
+        prev_joins = True
+        for i in ids:
+            t = self.tokens[i]
+            joins_next = t.endswith("@@")
+            t = t[:-2] if joins_next else t
+            cjk = bool(re.match(r"^[\u3400-\u9FFF]+$", t))
+            if out and not prev_joins and not cjk and not out[-1:].isspace():
+                out += " "
+            elif out and cjk and not prev_joins and re.match(r"[A-Za-z0-9']$", out[-1:]):
+                out += " "
+            out += t
+            prev_joins = joins_next or cjk
+        return out.strip()
+
+
+def read_hotword_list(spec: str | Path) -> list[str]:
+    """FunASR's hotword input: a file path (one hotword per line) or a string of space-separated hotwords."""
+    p = Path(spec)
+    if p.is_file():
+        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if str(spec).endswith(".txt"):
+        raise DataError(f"{spec}: hotword file not found")
+    return str(spec).split()
+
+
+def read_model_pt(path: str | Path) -> dict[str, Tensor]:
+    """The state dict of a FunASR `model.pt` (weights only; a dict under `state_dict` or `model` is unwrapped)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle with code, or not a torch file at all
+        raise CheckpointError(f"{path}: not a weights-only torch state dict ({exc.__class__.__name__})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return obj
+
+
+@dataclass
+class FunasrModel:
+    """A FunASR model directory in memory."""
+
+    config: dict[str, Any]
+    model: SeacoParaformer
+    frontend: WavFrontend
+    tokens: FunasrTokens
+    cmvn: Tensor | None
+
+    @classmethod
+    def load(cls, path: str | Path) -> FunasrModel:
+        p = Path(path)
+        missing = [f for f in ("config.yaml", "model.pt", "tokens.json") if not (p / f).is_file()]
+        if missing:
+            raise CheckpointError(f"{p}: not a FunASR model directory (missing {', '.join(missing)})")
+        config = yaml.safe_load((p / "config.yaml").read_text(encoding="utf-8")) or {}
+        tokens = json.loads((p / "tokens.json").read_text(encoding="utf-8"))
+        seg = read_seg_dict(p / "seg_dict") if (p / "seg_dict").is_file() else None
+        cmvn = read_am_mvn(p / "am.mvn") if (p / "am.mvn").is_file() else None
+        return cls.build(config, tokens, cmvn, seg, read_model_pt(p / "model.pt"), str(p / "model.pt"))
+
+    @classmethod
+    def build(
+        cls,
+        config: dict[str, Any],
+        tokens: list[str],
+        cmvn: Tensor | None,
+        seg_dict: dict[str, str] | None = None,
+        state: dict[str, Tensor] | None = None,
+        origin: str = "state",
+    ) -> FunasrModel:
+        if config.get("frontend", "WavFrontend") != "WavFrontend":
+            raise ConfigError(f"config.yaml frontend: {config.get('frontend')!r}; supported: WavFrontend")
+        fconf = {k: v for k, v in (config.get("frontend_conf") or {}).items() if k != "cmvn_file"}
+        frontend = WavFrontend(cmvn, **fconf).eval()
+        model = SeacoParaformer(config, len(tokens), frontend.output_size()).eval()
+        if state is not None:
+            load_funasr_state(model, state, origin)
+        unk = (config.get("tokenizer_conf") or {}).get("unk_symbol", "<unk>")
+        return cls(config, model, frontend, FunasrTokens(tokens, seg_dict, unk), cmvn)
+
+    def hotword_ids(self, hotwords: Sequence[str]) -> list[list[int]] | None:
+        """FunASR's list: each hotword's ids, then `[sos]`; None for no hotwords."""
+        if not hotwords:
+            return None
+        return [*(self.tokens.encode_hotword(h) for h in hotwords), [self.model.sos]]
+
+    @torch.no_grad()
+    def decode_ids(self, wavs: Sequence[Tensor], hotwords: Sequence[str] = ()) -> list[list[int]]:
+        """Token ids of 16 kHz waveforms (one at a time, as FunASR decodes), biased towards `hotwords`."""
+        hw = self.hotword_ids(hotwords)
+        out = []
+        for w in wavs:
+            feats, lengths = self.frontend([w])
+            out.extend(self.model.recognize(feats, lengths, hw))
+        return out
+
+    def transcribe(self, wavs: Sequence[Tensor], hotwords: Sequence[str] = ()) -> list[str]:
+        return [self.tokens.to_text(ids) for ids in self.decode_ids(wavs, hotwords)]
+
+    def save(self, out: str | Path) -> Path:
+        """Write this model as a FunASR directory (`config.yaml`, `model.pt`, `tokens.json`, `am.mvn`, `seg_dict`)."""
+        return write_funasr_dir(
+            out, self.config, self.model.state_dict(), self.tokens.tokens, self.cmvn, self.tokens.seg_dict
+        )
+
+
+def write_funasr_dir(
+    out: str | Path,
+    config: dict[str, Any],
+    state: dict[str, Tensor],
+    tokens: list[str],
+    cmvn: Tensor | None,
+    seg_dict: dict[str, str] | None = None,
+) -> Path:
+    """A FunASR model directory that FunASR's `AutoModel` and `FunasrModel.load` read."""
+    from speakerforge.atomic import atomic_write_bytes, atomic_write_text
+
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    cfg = dict(config)
+    if cmvn is not None:
+        write_am_mvn(o / "am.mvn", cmvn)
+        cfg["frontend_conf"] = {**(cfg.get("frontend_conf") or {}), "cmvn_file": "am.mvn"}
+    atomic_write_text(o / "config.yaml", yaml.safe_dump(cfg, allow_unicode=True, sort_keys=False))
+    atomic_write_text(o / "tokens.json", json.dumps(tokens, ensure_ascii=False, indent=0) + "\n")
+    if seg_dict is not None:
+        atomic_write_text(o / "seg_dict", "".join(f"{k} {v}\n" for k, v in seg_dict.items()))
+    import io
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
+    atomic_write_bytes(o / "model.pt", buf.getvalue())
+    return o
