@@ -23,7 +23,7 @@ from speakerforge.asr.model import ModelArgs, SeacoParaformer, read_asr_model_fi
 from speakerforge.asr.vocab import Vocab, vocab_from_meta
 from speakerforge.data.audio import load_audio
 from speakerforge.data.features import fbank, mean_normalize
-from speakerforge.errors import DataError
+from speakerforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,32 @@ class AsrModel:
                 ids = self.model.recognize(feats, lengths, *(hw if hw is not None else (None, None)))
             out.extend(self.vocab.decode(x) for x in ids)
         return out
+
+
+def decode(
+    model_path: str | Path,
+    data: Sequence[str | Path],
+    hotwords: str | None = None,
+    decoding: Decoding | None = None,
+) -> list[tuple[str, str]]:
+    """(key, text) of every utterance of `data` (`read_decode_inputs`), decoded by `model_path`: an `asr train`
+    experiment or model file, or a FunASR model directory (`config.yaml` + `model.pt`: FunASR's SeACo decoding, one
+    utterance at a time). `hotwords`: a file (one per line) or, for a FunASR directory, also a string of
+    space-separated hotwords, as FunASR takes them."""
+    from speakerforge.asr.data import read_decode_inputs
+    from speakerforge.asr.funasr_dir import FunasrModel, is_funasr_dir, read_hotword_list
+
+    utts = read_decode_inputs(list(data))
+    wavs = [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts]
+    if is_funasr_dir(model_path):
+        if decoding is not None and decoding.mode != "seaco":
+            raise ConfigError(f"{model_path}: a FunASR SeACo model decodes with --decoding seaco")
+        fm = FunasrModel.load(model_path)
+        texts = fm.transcribe(wavs, read_hotword_list(hotwords) if hotwords else [])
+    else:
+        asr = AsrModel.load(model_path)
+        texts = asr.transcribe(wavs, read_hotwords(hotwords) if hotwords else [], decoding=decoding)
+    return [(u.key, t) for u, t in zip(utts, texts)]
 
 
 def read_hotwords(path: str | Path) -> list[str]:

@@ -34,7 +34,9 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         help="asr: load only encoder/predictor/decoder/ctc and train new hotword modules",
     )
     dec = sub.add_parser("decode", help="transcribe a JSONL or wav files, optionally with a hotword list")
-    dec.add_argument("--model", required=True, help="EXP or EXP/model.safetensors")
+    dec.add_argument(
+        "--model", required=True, help="EXP, EXP/model.safetensors, or a FunASR model directory (config.yaml, model.pt)"
+    )
     dec.add_argument(
         "--data",
         required=True,
@@ -42,7 +44,11 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         metavar="SRC",
         help="FunASR JSONL (key, source[, target]), audio files, or folders of audio files",
     )
-    dec.add_argument("--hotwords", help="text file, one hotword per line")
+    dec.add_argument(
+        "--hotwords",
+        help="text file, one hotword per line (FunASR's hotword file); for a FunASR model also a string of "
+        "space-separated hotwords",
+    )
     _args_decoding(dec)
     ev = sub.add_parser(
         "eval",
@@ -125,20 +131,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    import torch
+    from speakerforge.asr.infer import decode
 
-    from speakerforge.asr.data import read_decode_inputs
-    from speakerforge.asr.infer import AsrModel, read_hotwords
-    from speakerforge.data.audio import load_audio
-
-    utts = read_decode_inputs(args.data)
-    asr = AsrModel.load(args.model)
-    hotwords = read_hotwords(args.hotwords) if args.hotwords else []
-    hyps = asr.transcribe(
-        [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts], hotwords, decoding=_decoding(args)
-    )
-    for u, h in zip(utts, hyps):
-        sys.stdout.write(f"{u.key}\t{h}\n")
+    for key, text in decode(args.model, args.data, args.hotwords, _decoding(args)):
+        sys.stdout.write(f"{key}\t{text}\n")
     return 0
 
 

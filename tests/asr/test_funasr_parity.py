@@ -6,6 +6,7 @@ decoded token ids identical, with no hotword list, the true list and the true li
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -208,32 +209,69 @@ def test_hotword_tokenisation_is_funasrs(tmp_path, pair):
     assert FunasrTokens(TOKENS).encode_hotword(TOKENS[4]) == [4]
 
 
-def test_decode_from_funasr_dir_gives_funasrs_ids(tmp_path, pair):
-    """The whole path: a FunASR directory, waveforms, a hotword file -> FunASR's `inference` token ids."""
+def _oracle_ids(oracle, d, waves, hotword: str | None) -> list[list[int]]:
+    """FunASR's `inference` token ids (batch size 1) with its own hotword list from `hotword` (file or string)."""
     from funasr.tokenizer.char_tokenizer import CharTokenizer
 
+    tok = CharTokenizer(token_list=str(d / "tokens.json"), seg_dict=str(d / "seg_dict"))
+
+    class Front:  # generate_hotwords_list finds seg_dict beside the frontend's am.mvn
+        cmvn_file = str(d / "am.mvn")
+
+    hw_list = type(oracle).generate_hotwords_list(oracle, hotword, tokenizer=tok, frontend=Front())
+    oracle.generate_hotwords_list = lambda *a, _hw=hw_list, **k: _hw  # tokenizer=None: `inference` returns ids
+    try:
+        front = oracle_frontend(SEACO_SMALL, str(d / "am.mvn"))
+        return [
+            oracle.inference([w], key=["u"], tokenizer=None, frontend=front, device="cpu")[0][0]["token_int"]
+            for w in waves
+        ]
+    finally:
+        del oracle.generate_hotwords_list
+
+
+def test_decode_from_funasr_dir_gives_funasrs_ids(tmp_path, pair):
+    """The whole path: a FunASR directory, waveforms, a hotword file -> FunASR's `inference` token ids."""
     oracle, _ = pair
     d = _release_dir(tmp_path, oracle)
     g = torch.Generator().manual_seed(7)
     waves = [0.1 * torch.randn(n, generator=g) for n in (16000, 12000)]
     (tmp_path / "hw.txt").write_text(f"{TOKENS[5]}{TOKENS[6]}\n{TOKENS[9]}\nhello\n", encoding="utf-8")
     m = FunasrModel.load(d)
-    front = oracle_frontend(SEACO_SMALL, str(d / "am.mvn"))
-    tok = CharTokenizer(token_list=str(d / "tokens.json"), seg_dict=str(d / "seg_dict"))
-
-    class Front:
-        cmvn_file = str(d / "am.mvn")
-
     for hotword in (None, str(tmp_path / "hw.txt")):
-        # FunASR's own hotword list (checked against ours above); tokenizer=None makes `inference` return token ids
-        hw_list = type(oracle).generate_hotwords_list(oracle, hotword, tokenizer=tok, frontend=Front())
-        oracle.generate_hotwords_list = lambda *a, _hw=hw_list, **k: _hw
-        try:
-            theirs = [
-                oracle.inference([w], key=["u"], tokenizer=None, frontend=front, device="cpu")[0][0]["token_int"]
-                for w in waves
-            ]
-        finally:
-            del oracle.generate_hotwords_list
         mine = m.decode_ids(waves, read_hotword_list(hotword) if hotword else [])
-        assert mine == theirs
+        assert mine == _oracle_ids(oracle, d, waves, hotword)
+
+
+def test_cli_decode_of_a_funasr_dir_prints_funasrs_result(tmp_path, pair, capsys):
+    """`asr decode --model FUNASR_DIR --data my.jsonl --hotwords words.txt`: no list, the true list (a file and a
+    space-separated string) and the true list among 100 distractors give FunASR's tokens."""
+    from speakerforge.asr.data import write_asr_jsonl
+    from speakerforge.cli import main
+    from speakerforge.data.audio import load_audio, save_audio
+
+    oracle = copy.deepcopy(pair[0])
+    with torch.no_grad():  # the bias branch then says "no hotword" at some tokens, so the merge is exercised
+        oracle.hotword_output_layer.bias[oracle.NO_BIAS] += 2.0
+    d = _release_dir(tmp_path, oracle)
+    g = torch.Generator().manual_seed(11)
+    rows = []
+    for i, n in enumerate((16000, 11000, 14000)):
+        save_audio(tmp_path / f"u{i}.wav", (0.1 * torch.randn(n, generator=g)).numpy())
+        rows.append({"key": f"u{i}", "source": str(tmp_path / f"u{i}.wav"), "target": ""})
+    write_asr_jsonl(rows, tmp_path / "my.jsonl")
+    waves = [torch.from_numpy(load_audio(tmp_path / f"u{i}.wav")) for i in range(3)]
+    rnd = random.Random(3)
+    true = [f"{TOKENS[5]}{TOKENS[6]}", TOKENS[9], "hello"]
+    chars = TOKENS[3:-1]
+    distractors = ["".join(rnd.choice(chars) for _ in range(rnd.randint(2, 4))) for _ in range(100)]
+    (tmp_path / "true.txt").write_text("\n".join(true) + "\n", encoding="utf-8")
+    (tmp_path / "all.txt").write_text("\n".join(true + distractors) + "\n", encoding="utf-8")
+    tokens = FunasrTokens(TOKENS)
+    for hotword in (None, str(tmp_path / "true.txt"), " ".join(true), str(tmp_path / "all.txt")):
+        args = ["--quiet", "asr", "decode", "--model", str(d), "--data", str(tmp_path / "my.jsonl")]
+        assert main(args + (["--hotwords", hotword] if hotword else [])) == 0
+        out = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+        expected = [tokens.to_text(ids) for ids in _oracle_ids(oracle, d, waves, hotword)]
+        assert [k for k, _ in out] == ["u0", "u1", "u2"]
+        assert [t for _, t in out] == expected
