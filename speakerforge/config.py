@@ -119,13 +119,26 @@ class SpecAugmentConfig:
 
 @dataclass
 class AugmentConfig:
+    """Waveform augmentation (`speakerforge.data.augment.Augmenter` reads this section as it is)."""
+
     noise_dir: str | None = None
     rir_dir: str | None = None
     # exclusive per-utterance choices (3D-Speaker's aug_prob 0.6 = 0.2 each); used only when a folder is set
     noise_prob: float = num(0.2, 0, 1)
     reverb_prob: float = num(0.2, 0, 1)
     both_prob: float = num(0.2, 0, 1)
+    # SNR ranges in dB, [low, high], by MUSAN category (speech: each babble talker), and babble's talker count
+    noise_snr: list[float] = num(low=-30, high=60, factory=lambda: [0.0, 15.0])
+    music_snr: list[float] = num(low=-30, high=60, factory=lambda: [5.0, 15.0])
+    babble_snr: list[float] = num(low=-30, high=60, factory=lambda: [13.0, 20.0])
+    babble_speakers: list[int] = num(low=1, high=64, factory=lambda: [3, 7])
+    cache_size: int = num(64, 0)  # decoded noise / RIR files kept in memory per process
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether waveform augmentation (noise / reverb) can happen at all."""
+        return bool(self.noise_dir or self.rir_dir)
 
 
 @dataclass
@@ -550,14 +563,23 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
 
 
-def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two resolved configs, one `key: old -> new` per line."""
+def config_diff(
+    old: dict[str, Any], new: dict[str, Any], prefix: str = "", defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """Human-readable differences between two resolved configs, one `key: old -> new` per line.
+
+    With `defaults` (the resolved default config), a key the old config lacks and the new one holds at its default
+    is no difference: a newer speakerforge added that setting, and the run it resumes behaved like the default."""
     out: list[str] = []
+    defaults = defaults or {}
     for k in sorted(set(old) | set(new), key=str):
         a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
         key = f"{prefix}{k}"
+        default = defaults.get(k) if isinstance(defaults, dict) else None
         if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(config_diff(a, b, key + "."))
+            out.extend(config_diff(a, b, key + ".", default if isinstance(default, dict) else None))
+        elif a == "<absent>" and k in defaults and b == default:
+            continue
         elif a != b:
             out.append(f"{key}: {a!r} -> {b!r}")
     return out

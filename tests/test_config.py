@@ -114,3 +114,15 @@ def test_set_stage_through_the_cli(tmp_path, capsys):
     code = main(["--quiet", "train", "--config", str(tmp_path / "c.yaml"), "--exp", str(tmp_path / "e"),
                  "--data", str(tmp_path / "missing.jsonl"), "--set", "stages.9.epochs=3"])  # fmt: skip
     assert code == 2 and "the config has 2 stages" in capsys.readouterr().err
+
+
+def test_a_setting_added_by_a_newer_version_at_its_default_is_no_config_change():
+    """A run started before `data.augment.noise_snr` existed resumes: the new key at its default changes nothing."""
+    from speakerforge.config import Config, config_diff, to_dict
+
+    new = to_dict(Config())
+    old = to_dict(Config())
+    del old["data"]["augment"]["noise_snr"]
+    assert config_diff(old, new, defaults=to_dict(Config())) == []
+    changed = to_dict(load_config(None, ["data.augment.noise_snr=[5, 10]"]))
+    assert config_diff(old, changed, defaults=to_dict(Config())) == ["data.augment.noise_snr: '<absent>' -> [5.0, 10.0]"]

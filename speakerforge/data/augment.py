@@ -28,6 +28,7 @@ import soxr
 import torch
 
 from speakerforge.atomic import atomic_write_text
+from speakerforge.config import AugmentConfig
 from speakerforge.data.audio import AUDIO_SUFFIXES, SAMPLE_RATE, find_audio_files, load_audio, resample
 from speakerforge.errors import ConfigError, DataError, where
 
@@ -35,8 +36,13 @@ log = logging.getLogger(__name__)
 
 NOISE_CATEGORIES = ("noise", "music", "speech")
 # SNR ranges in dB per category; "speech" files are mixed as babble.
-DEFAULT_SNR_DB = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "speech": (13.0, 20.0)}
-DEFAULT_BABBLE_SPEAKERS = (3, 7)
+_DEFAULTS = AugmentConfig()  # the config's defaults are the banks' defaults: one schema
+DEFAULT_SNR_DB = {
+    "noise": (_DEFAULTS.noise_snr[0], _DEFAULTS.noise_snr[1]),
+    "music": (_DEFAULTS.music_snr[0], _DEFAULTS.music_snr[1]),
+    "speech": (_DEFAULTS.babble_snr[0], _DEFAULTS.babble_snr[1]),
+}
+DEFAULT_BABBLE_SPEAKERS = (_DEFAULTS.babble_speakers[0], _DEFAULTS.babble_speakers[1])
 _SILENCE_POWER = 1e-10  # mean square below -100 dBFS counts as silence
 
 
@@ -126,18 +132,6 @@ def speed_perturb(wav: np.ndarray, factor: float, sample_rate: int = SAMPLE_RATE
     # Pretend the samples were taken at sample_rate * factor and resample back to sample_rate.
     out = soxr.resample(np.asarray(wav, dtype=np.float32), sample_rate * factor, sample_rate, quality="HQ")
     return out.astype(np.float32, copy=False)
-
-
-def speed_label(spk_index: int, speed_index: int, num_speakers: int) -> int:
-    """Class index of a speaker at a perturbed speed: each speed is a new set of `num_speakers` classes.
-
-    Speed index 0 is the original speed and keeps the label (3D-Speaker `SpkLabelEncoder`, WeSpeaker).
-    """
-    if not 0 <= spk_index < num_speakers:
-        raise ValueError(f"speaker index {spk_index} outside [0, {num_speakers})")
-    if speed_index < 0:
-        raise ValueError(f"speed index must be >= 0, got {speed_index}")
-    return spk_index + speed_index * num_speakers
 
 
 # --------------------------------------------------------------------------------------------- SpecAugment
@@ -396,95 +390,60 @@ class RirBank:
 # ----------------------------------------------------------------------------------------------- composition
 
 
-@dataclass
-class AugmentConfig:
-    """Augmentation settings: the `augment` section of a training config.
-
-    The three probabilities are absolute and exclusive (their sum is the chance that an utterance is augmented;
-    3D-Speaker's `aug_prob=0.6` is 0.2 each). With neither folder set augmentation is off; a probability whose
-    folder is missing is an error, not silently skipped. `speeds[0]` must be 1.0: speed index 0 keeps the label.
-    """
-
-    noise_dir: str | None = None
-    rir_dir: str | None = None
-    noise_prob: float = 0.2
-    reverb_prob: float = 0.2
-    both_prob: float = 0.2
-    noise_snr: tuple[float, float] = DEFAULT_SNR_DB["noise"]
-    music_snr: tuple[float, float] = DEFAULT_SNR_DB["music"]
-    babble_snr: tuple[float, float] = DEFAULT_SNR_DB["speech"]
-    babble_speakers: tuple[int, int] = DEFAULT_BABBLE_SPEAKERS
-    speeds: tuple[float, ...] = (1.0,)
-    num_freq_masks: int = 0
-    max_freq_width: int = 8
-    num_time_masks: int = 0
-    max_time_width: int = 10
-    cache_size: int = 64
-
-    @property
-    def enabled(self) -> bool:
-        """Whether waveform augmentation (noise / reverb) can happen at all."""
-        return self.noise_dir is not None or self.rir_dir is not None
-
-    def validate(self, prefix: str = "augment") -> None:
-        """Raise ConfigError naming the offending `prefix.key`."""
-        for name in ("noise_prob", "reverb_prob", "both_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{prefix}.{name}={value}: a probability must lie in [0, 1]")
-        total = self.noise_prob + self.reverb_prob + self.both_prob
-        if total > 1.0 + 1e-9:
+def check_augment(config: AugmentConfig, prefix: str = "augment") -> None:
+    """ConfigError naming `prefix.key` for settings that each pass their declared range but not together."""
+    for name in ("noise_prob", "reverb_prob", "both_prob"):
+        value = getattr(config, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{prefix}.{name}={value}: a probability must lie in [0, 1]")
+    total = config.noise_prob + config.reverb_prob + config.both_prob
+    if total > 1.0 + 1e-9:
+        raise ConfigError(
+            f"{prefix}.noise_prob + reverb_prob + both_prob = {total:g} > 1: they are exclusive choices per utterance"
+        )
+    if config.enabled:
+        if not config.noise_dir and (config.noise_prob > 0 or config.both_prob > 0):
             raise ConfigError(
-                f"{prefix}.noise_prob + reverb_prob + both_prob = {total:g} > 1: they are exclusive "
-                "choices per utterance"
+                f"{prefix}.noise_dir is not set but {prefix}.noise_prob={config.noise_prob} / "
+                f"both_prob={config.both_prob}: set the folder or make those probabilities 0"
             )
-        if self.enabled:
-            if self.noise_dir is None and (self.noise_prob > 0 or self.both_prob > 0):
-                raise ConfigError(
-                    f"{prefix}.noise_dir is not set but {prefix}.noise_prob={self.noise_prob} / "
-                    f"both_prob={self.both_prob}: set the folder or make those probabilities 0"
-                )
-            if self.rir_dir is None and (self.reverb_prob > 0 or self.both_prob > 0):
-                raise ConfigError(
-                    f"{prefix}.rir_dir is not set but {prefix}.reverb_prob={self.reverb_prob} / "
-                    f"both_prob={self.both_prob}: set the folder or make those probabilities 0"
-                )
-        for name in ("noise_snr", "music_snr", "babble_snr", "babble_speakers"):
-            low, high = getattr(self, name)
-            if low > high:
-                raise ConfigError(f"{prefix}.{name}=({low}, {high}): low must not exceed high")
-        if self.babble_speakers[0] < 1:
-            raise ConfigError(f"{prefix}.babble_speakers must be at least 1, got {self.babble_speakers}")
-        if not self.speeds or self.speeds[0] != 1.0 or any(s <= 0 for s in self.speeds):
+        if not config.rir_dir and (config.reverb_prob > 0 or config.both_prob > 0):
             raise ConfigError(
-                f"{prefix}.speeds={self.speeds}: positive factors starting with 1.0 "
-                "(index 0 keeps the speaker label), e.g. [1.0, 0.9, 1.1]"
+                f"{prefix}.rir_dir is not set but {prefix}.reverb_prob={config.reverb_prob} / "
+                f"both_prob={config.both_prob}: set the folder or make those probabilities 0"
             )
-        if len(set(self.speeds)) != len(self.speeds):
-            raise ConfigError(f"{prefix}.speeds={self.speeds}: repeated factor")
-        for name in ("num_freq_masks", "max_freq_width", "num_time_masks", "max_time_width", "cache_size"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{prefix}.{name} must be >= 0, got {getattr(self, name)}")
+    for name in ("noise_snr", "music_snr", "babble_snr", "babble_speakers"):
+        pair = list(getattr(config, name))
+        if len(pair) != 2:
+            raise ConfigError(f"{prefix}.{name}={pair}: give two numbers, [low, high]")
+        if pair[0] > pair[1]:
+            raise ConfigError(f"{prefix}.{name}={pair}: low must not exceed high")
+    if config.babble_speakers[0] < 1:
+        raise ConfigError(f"{prefix}.babble_speakers must be at least 1, got {config.babble_speakers}")
 
 
 class Augmenter:
     """Applies the configured policy; `augmenter(wav, rng)` is a pure function of `wav` and the rng state."""
 
     def __init__(self, config: AugmentConfig, prefix: str = "augment") -> None:
-        config.validate(prefix)
+        check_augment(config, prefix)
         self.config = config
         self.noise: NoiseBank | None = None
         self.rirs: RirBank | None = None
-        if config.noise_dir is not None:
-            snr = {"noise": config.noise_snr, "music": config.music_snr, "speech": config.babble_snr}
+        if config.noise_dir:
+            snr = {
+                "noise": tuple(config.noise_snr),
+                "music": tuple(config.music_snr),
+                "speech": tuple(config.babble_snr),
+            }
             self.noise = NoiseBank.from_path(
                 config.noise_dir,
                 key=f"{prefix}.noise_dir",
                 snr_db=snr,
-                babble_speakers=config.babble_speakers,
+                babble_speakers=(config.babble_speakers[0], config.babble_speakers[1]),
                 cache_size=config.cache_size,
             )
-        if config.rir_dir is not None:
+        if config.rir_dir:
             self.rirs = RirBank.from_path(config.rir_dir, key=f"{prefix}.rir_dir", cache_size=config.cache_size)
         if not config.enabled:
             log.info("augmentation off: neither %s.noise_dir nor %s.rir_dir is set", prefix, prefix)
@@ -502,22 +461,3 @@ class Augmenter:
         if u < c.noise_prob + c.reverb_prob + c.both_prob:
             return self.noise.add_random(self.rirs.reverberate_random(wav, rng), rng)
         return np.asarray(wav, dtype=np.float32)
-
-    def speed(self, wav: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        """A uniformly chosen speed of `config.speeds`; returns the wav and the speed index for `speed_label`."""
-        speeds = self.config.speeds
-        if len(speeds) == 1:
-            return np.asarray(wav, dtype=np.float32), 0
-        index = int(rng.integers(len(speeds)))
-        return speed_perturb(wav, speeds[index]), index
-
-    def num_classes(self, num_speakers: int) -> int:
-        """Classifier size: every speed other than 1.0 adds a copy of the speakers."""
-        return num_speakers * len(self.config.speeds)
-
-    def spec(self, feats: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """SpecAugment with the configured masks (zero fill: call it after mean normalisation)."""
-        c = self.config
-        if c.num_freq_masks == 0 and c.num_time_masks == 0:
-            return feats
-        return spec_augment(feats, generator, c.num_freq_masks, c.max_freq_width, c.num_time_masks, c.max_time_width)

@@ -84,6 +84,18 @@ def load_sources(specs: list[tuple[str, float, str]], need_speakers: bool = True
     return sources
 
 
+def speed_label(spk_index: int, speed_index: int, num_speakers: int) -> int:
+    """Class index of a speaker at a perturbed speed: each speed is a new set of `num_speakers` classes.
+
+    Speed index 0 is the original speed and keeps the label (3D-Speaker `SpkLabelEncoder`, WeSpeaker).
+    """
+    if not 0 <= spk_index < num_speakers:
+        raise ValueError(f"speaker index {spk_index} outside [0, {num_speakers})")
+    if speed_index < 0:
+        raise ValueError(f"speed index must be >= 0, got {speed_index}")
+    return spk_index + speed_index * num_speakers
+
+
 class SpeakerIndex:
     """Maps (source, speaker, speed) to a class id. Each speed other than 1.0 makes new classes, as in 3D-Speaker."""
 
@@ -106,7 +118,7 @@ class SpeakerIndex:
         return len(self.base) * len(self.speeds)
 
     def class_of(self, source: str, spk: str | None, speed_index: int = 0) -> int:
-        return self.base[self._label(source, spk)] + speed_index * len(self.base)
+        return speed_label(self.base[self._label(source, spk)], speed_index, len(self.base))
 
 
 class MixedSampler:

@@ -50,7 +50,7 @@ def _same_run(folder: Path, cfg: Config | None, command: str | None) -> bool:
         old = bounded_yaml((folder / "config.yaml").read_text(), str(folder / "config.yaml")) or {}
     except (OSError, ValueError, ConfigError):
         return False
-    diff = [d for d in config_diff(old, to_dict(cfg)) if not d.startswith(_HARMLESS)]
+    diff = [d for d in config_diff(old, to_dict(cfg), defaults=to_dict(Config())) if not d.startswith(_HARMLESS)]
     return info.get("command") == command and not diff
 
 
@@ -118,7 +118,7 @@ def prepare_run(
                 f"{run_dir}: holds a `{info.get('command')}` run, not `{command}`; use another --exp or --no-resume"
             )
         old = bounded_yaml(cfg_path.read_text(), str(cfg_path)) if cfg_path.is_file() else {}
-        diff = [d for d in config_diff(old, new) if not d.startswith(_HARMLESS)]
+        diff = [d for d in config_diff(old, new, defaults=to_dict(Config())) if not d.startswith(_HARMLESS)]
         if diff and not allow_config_change:
             log.info("config changes against %s:\n  %s", cfg_path, "\n  ".join(diff))
             raise ConfigError(

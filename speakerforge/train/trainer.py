@@ -279,18 +279,9 @@ class Trainer:
         aug = self.cfg.data.augment
         if not (aug.noise_dir or aug.rir_dir):
             return None
-        from speakerforge.data.augment import AugmentConfig, Augmenter
+        from speakerforge.data.augment import Augmenter
 
-        return Augmenter(
-            AugmentConfig(
-                noise_dir=aug.noise_dir,
-                rir_dir=aug.rir_dir,
-                noise_prob=aug.noise_prob,
-                reverb_prob=aug.reverb_prob,
-                both_prob=aug.both_prob,
-            ),
-            prefix="data.augment",
-        )
+        return Augmenter(aug, prefix="data.augment")
 
     # ------------------------------------------------------------------------------------------------ loop
     def run(self) -> Path:
