@@ -125,4 +125,5 @@ def test_a_setting_added_by_a_newer_version_at_its_default_is_no_config_change()
     del old["data"]["augment"]["noise_snr"]
     assert config_diff(old, new, defaults=to_dict(Config())) == []
     changed = to_dict(load_config(None, ["data.augment.noise_snr=[5, 10]"]))
-    assert config_diff(old, changed, defaults=to_dict(Config())) == ["data.augment.noise_snr: '<absent>' -> [5.0, 10.0]"]
+    diff = config_diff(old, changed, defaults=to_dict(Config()))
+    assert diff == ["data.augment.noise_snr: '<absent>' -> [5.0, 10.0]"]
