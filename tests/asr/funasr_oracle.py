@@ -147,3 +147,15 @@ def oracle_seaco(config: dict[str, Any], vocab_size: int, seed: int = 0) -> Orac
 
 def oracle_frontend(config: dict[str, Any], cmvn_file: str | None) -> Any:
     return fa_frontend.WavFrontend(cmvn_file=cmvn_file, **config["frontend_conf"]).eval()
+
+
+def released_seaco_config() -> dict[str, Any]:
+    """`SEACO_SMALL` at the released sizes (512 wide, 50 + 16 + 6 blocks, 80 mels, LFR 7/6, NO_BIAS 8377)."""
+    cfg = copy.deepcopy(SEACO_SMALL)
+    cfg["model_conf"].update(inner_dim=512, NO_BIAS=8377)
+    cfg["encoder_conf"].update(output_size=512, attention_heads=4, linear_units=2048, num_blocks=50)
+    cfg["decoder_conf"].update(attention_heads=4, linear_units=2048, num_blocks=16, att_layer_num=16)
+    cfg["seaco_decoder_conf"].update(attention_heads=4, linear_units=1024)
+    cfg["predictor_conf"].update(idim=512)
+    cfg["frontend_conf"].update(n_mels=80)
+    return cfg

@@ -275,3 +275,46 @@ def test_cli_decode_of_a_funasr_dir_prints_funasrs_result(tmp_path, pair, capsys
         expected = [tokens.to_text(ids) for ids in _oracle_ids(oracle, d, waves, hotword)]
         assert [k for k, _ in out] == ["u0", "u1", "u2"]
         assert [t for _, t in out] == expected
+
+
+@pytest.mark.slow
+def test_released_sizes_load_strictly_and_decode_as_funasr():
+    """The released SeACo-Paraformer's structure and sizes (about 220M parameters, 8404 tokens), random weights."""
+    from tests.asr.funasr_oracle import released_seaco_config
+
+    cfg = released_seaco_config()
+    vocab = 8404
+    oracle = oracle_seaco(cfg, vocab, seed=0)
+    ours = SeacoParaformer(cfg, vocab, 80 * 7).eval()
+    load_funasr_state(ours, oracle.state_dict(), "released-size oracle")
+    g = torch.Generator().manual_seed(0)
+    x, lens = torch.randn(1, 30, 80 * 7, generator=g), torch.tensor([30])
+    hw = [[100, 200, 300], [4000], *([[g_ % 8000 + 3] for g_ in range(60)]), [1]]  # > 50: the filter runs
+    with torch.no_grad():
+        enc, enc_len, _ = oracle.encoder(x, lens)
+        emb, num, _, _ = oracle.calc_predictor(enc, enc_len)
+        k = num.round().long()
+        theirs = oracle._seaco_decode_with_ASF(enc, enc_len, emb, k, hw_list=hw)[0, : int(k)]
+        mine, n = ours.decode_logp(x, lens, hw)
+    assert int(n) == int(k) > 0
+    assert (theirs - mine[0, : int(k)]).abs().max() <= TOL
+    assert theirs.argmax(-1).tolist() == mine[0, : int(k)].argmax(-1).tolist()
+
+
+def test_funasr_1560_two_stage_freeze_lists_match_the_real_module_names(pair):
+    """FunASR #1560's stages against the FunASR-named modules: stage 1 freezes the hotword modules and the embedding
+    the bias branch reads, stage 2 the ASR part; together they cover every parameter, and a typo is an error that
+    names the real modules."""
+    from speakerforge.asr.paraformer import ASR_PART, HOTWORD_PART
+    from speakerforge.errors import ConfigError
+    from speakerforge.train import freezing
+
+    _, ours = pair
+    stage1 = freezing.match_parameters(ours, ",".join([*HOTWORD_PART, "decoder.embed"]))
+    stage2 = freezing.match_parameters(ours, ",".join(p for p in ASR_PART if p != "ctc"))  # no ctc head here
+    frozen1 = {n for names in stage1.values() for n in names}
+    frozen2 = {n for names in stage2.values() for n in names}
+    every = {n for n, _ in ours.named_parameters()}
+    assert frozen1 | frozen2 == every and frozen1 & frozen2 == {"decoder.embed.0.weight"}
+    with pytest.raises(ConfigError, match="seaco_decoder"):
+        freezing.match_parameters(ours, "seaco_decoders")
