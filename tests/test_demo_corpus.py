@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speakerforge.data.corpora import demo
+from speakerforge.data.corpora import demo, tts
 from speakerforge.data.manifest import read_manifest
 from speakerforge.errors import DataError
 
@@ -53,22 +53,22 @@ def test_trials_are_balanced_and_cover_every_target_pair():
 
 def test_missing_tts_packages_raise_data_error_with_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "kokoro_onnx", None)  # makes `import kokoro_onnx` raise ImportError
-    monkeypatch.setattr(demo, "_ENGINE", None)
+    monkeypatch.setattr(tts, "_ENGINE", None)
     with pytest.raises(DataError, match=r"pip install 'speakerforge\[demo\]'"):
         demo.build_demo_corpus(tmp_path / "c", **TINY)
 
 
 @needs_kokoro
 def test_speakers_are_deterministic_per_seed_and_independent_of_count():
-    a = demo.make_speakers(3, seed=7)
-    b = demo.make_speakers(5, seed=7)
-    c = demo.make_speakers(3, seed=8)
+    a = tts.make_speakers(3, seed=7)
+    b = tts.make_speakers(5, seed=7)
+    c = tts.make_speakers(3, seed=8)
     for x, y in zip(a, b):
         assert x.name == y.name and x.speed == y.speed
         np.testing.assert_array_equal(x.style, y.style)
     assert all(not np.allclose(x.style, z.style) for x, z in zip(a, c))
-    assert [s.name for s in demo.make_speakers(2, seed=7, first=3)] == ["spk0003", "spk0004"]
-    np.testing.assert_array_equal(demo.make_speakers(1, seed=7, first=4)[0].style, b[4].style)
+    assert [s.name for s in tts.make_speakers(2, seed=7, first=3)] == ["spk0003", "spk0004"]
+    np.testing.assert_array_equal(tts.make_speakers(1, seed=7, first=4)[0].style, b[4].style)
     for s in b:
         assert s.style.shape == (510, 1, 256) and s.style.dtype == np.float32
         assert 0.85 <= s.speed <= 1.15 and abs(sum(s.blend) - 1) < 1e-6
@@ -160,7 +160,7 @@ def test_two_workers_build_from_an_empty_model_cache(tmp_path, monkeypatch):
     one died renaming it ("0 of 8 utterances were written"); the parent now assembles it once, under a lock."""
     monkeypatch.setenv("KOKORO_JA_CACHE", str(tmp_path / "kokoro-cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(demo, "_ENGINE", None)
+    monkeypatch.setattr(tts, "_ENGINE", None)
     out = tmp_path / "c"
     stamp = demo.build_demo_corpus(
         out,
@@ -183,9 +183,9 @@ def test_a_worker_that_cannot_start_reports_its_own_exception(tmp_path, monkeypa
     def broken(threads=None, model_file=None):
         raise RuntimeError("onnx session refused: bad model bytes")
 
-    monkeypatch.setattr(demo, "load_tts", broken)  # forked workers inherit the patch
+    monkeypatch.setattr(tts, "load_tts", broken)  # forked workers inherit the patch
     with pytest.raises(DataError, match=r"could not start in its worker process: RuntimeError: onnx session refused"):
-        demo.run_tts_jobs(
+        tts.run_tts_jobs(
             [(str(tmp_path / "a.wav"), "Hello there.", 0), (str(tmp_path / "b.wav"), "Hi.", 1)],
             {"seed": 0, "alpha": 0.3, "noise": 1.0, "speed_range": [0.9, 1.1]},
             workers=2,

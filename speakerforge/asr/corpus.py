@@ -147,14 +147,14 @@ def build_hotword_corpus(
 ) -> Path:
     """Synthesize (or finish, or reuse) the corpus under `out`; returns the folder.
 
-    Audio comes from the demo corpus's TTS voices (`speakerforge.data.corpora.demo`), in `workers` processes; the
-    voices are a function of `seed`, so a rerun only synthesizes what is missing."""
+    Audio comes from the TTS voices of `speakerforge.data.corpora.tts`, in `workers` processes; the voices are a
+    function of `seed`, so a rerun only synthesizes what is missing."""
     from speakerforge.data.audio import audio_info
-    from speakerforge.data.corpora.demo import (
+    from speakerforge.data.corpora.tts import (
         DEFAULT_ALPHA,
         DEFAULT_NOISE,
         DEFAULT_SPEED_RANGE,
-        _require_tts,
+        require_tts,
         run_tts_jobs,
     )
 
@@ -180,7 +180,7 @@ def build_hotword_corpus(
                 jobs.append((row["source"], str(row["target"]), int(row["speaker"])))
     t0 = time.perf_counter()
     if jobs:
-        _require_tts()
+        require_tts()
         log.info("hotword corpus: %d utterances to synthesize into %s", len(jobs), out)
         voice = {
             "seed": int(seed),
