@@ -25,10 +25,14 @@ import yaml
 from torch import Tensor
 
 from speakerforge.asr.funasr_frontend import WavFrontend, read_am_mvn, write_am_mvn
-from speakerforge.asr.paraformer import SeacoParaformer, load_funasr_state
+from speakerforge.asr.paraformer import ContextualParaformer, SeacoParaformer, load_funasr_state
 from speakerforge.errors import CheckpointError, ConfigError, DataError
 
 FILES = ("config.yaml", "model.pt", "tokens.json", "am.mvn")
+MODELS: dict[str, type[SeacoParaformer] | type[ContextualParaformer]] = {
+    "SeacoParaformer": SeacoParaformer,
+    "ContextualParaformer": ContextualParaformer,
+}
 _CJK_OR_DIGITS = re.compile(r"^[\u4E00-\u9FA50-9]+$")
 
 
@@ -124,7 +128,7 @@ class FunasrModel:
     """A FunASR model directory in memory."""
 
     config: dict[str, Any]
-    model: SeacoParaformer
+    model: SeacoParaformer | ContextualParaformer
     frontend: WavFrontend
     tokens: FunasrTokens
     cmvn: Tensor | None
@@ -155,7 +159,10 @@ class FunasrModel:
             raise ConfigError(f"config.yaml frontend: {config.get('frontend')!r}; supported: WavFrontend")
         fconf = {k: v for k, v in (config.get("frontend_conf") or {}).items() if k != "cmvn_file"}
         frontend = WavFrontend(cmvn, **fconf).eval()
-        model = SeacoParaformer(config, len(tokens), frontend.output_size()).eval()
+        name = config.get("model")
+        if name not in MODELS:
+            raise ConfigError(f"config.yaml model: {name!r}; supported: {', '.join(MODELS)}")
+        model = MODELS[name](config, len(tokens), frontend.output_size()).eval()
         if state is not None:
             load_funasr_state(model, state, origin)
         unk = (config.get("tokenizer_conf") or {}).get("unk_symbol", "<unk>")

@@ -123,9 +123,9 @@ def decode(
     decoding: Decoding | None = None,
 ) -> list[tuple[str, str]]:
     """(key, text) of every utterance of `data` (`read_decode_inputs`), decoded by `model_path`: an `asr train`
-    experiment or model file, or a FunASR model directory (`config.yaml` + `model.pt`: FunASR's SeACo decoding, one
-    utterance at a time). `hotwords`: a file (one per line) or, for a FunASR directory, also a string of
-    space-separated hotwords, as FunASR takes them."""
+    experiment or model file, or a FunASR model directory (`config.yaml` + `model.pt`; SeACo- or
+    Contextual-Paraformer, decoded as FunASR, one utterance at a time). `hotwords`: a file (one per line) or, for a
+    FunASR directory, also a string of space-separated hotwords, as FunASR takes them."""
     from speakerforge.asr.data import read_decode_inputs
     from speakerforge.asr.funasr_dir import FunasrModel, is_funasr_dir, read_hotword_list
 
@@ -133,7 +133,7 @@ def decode(
     wavs = [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts]
     if is_funasr_dir(model_path):
         if decoding is not None and decoding.mode != "seaco":
-            raise ConfigError(f"{model_path}: a FunASR SeACo model decodes with --decoding seaco")
+            raise ConfigError(f"{model_path}: a FunASR model directory decodes with --decoding seaco (FunASR's own)")
         fm = FunasrModel.load(model_path)
         texts = fm.transcribe(wavs, read_hotword_list(hotwords) if hotwords else [])
     else:

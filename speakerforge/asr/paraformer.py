@@ -1,4 +1,5 @@
-"""FunASR's Paraformer family with FunASR's parameter names and shapes, built from FunASR's own `config.yaml`.
+"""FunASR's Paraformer family with FunASR's parameter names and shapes, built from FunASR's own `config.yaml`:
+`SeacoParaformer` and `ContextualParaformer` (below).
 
 `SeacoParaformer` (FunASR's SeACo-Paraformer, `model: SeacoParaformer`) holds:
 - `encoder`: `SANMEncoder` (`speakerforge.asr.sanm`);
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speakerforge.asr.cif import fire_weights
-from speakerforge.asr.sanm import ParaformerSANMDecoder, SANMEncoder, sequence_mask
+from speakerforge.asr.sanm import ContextualParaformerDecoder, ParaformerSANMDecoder, SANMEncoder, sequence_mask
 from speakerforge.errors import CheckpointError, ConfigError
 
 ASR_PART = ("encoder", "predictor", "decoder", "ctc")
@@ -198,25 +199,24 @@ def _section(cfg: dict[str, Any], key: str, allowed: Sequence[str], ignored: Seq
     return {k: v for k, v in conf.items() if k in allowed}
 
 
-class SeacoParaformer(nn.Module):
-    """FunASR's SeACo-Paraformer (see the module docstring); `from_config` builds it from FunASR's config dict."""
+class _Paraformer(nn.Module):
+    """What FunASR's Paraformer family shares: `model_conf` ids, `encoder` (SANMEncoder) and `predictor` (CIF)
+    built from the config; the subclass adds its decoder, `ctc` and hotword modules."""
+
+    MODEL = ""
 
     def __init__(self, config: dict[str, Any], vocab_size: int, input_size: int):
         super().__init__()
-        if config.get("model") != "SeacoParaformer":
-            raise ConfigError(f"config.yaml model: {config.get('model')!r}; this class builds SeacoParaformer")
+        if config.get("model") != self.MODEL:
+            raise ConfigError(f"config.yaml model: {config.get('model')!r}; this class builds {self.MODEL}")
         mc = dict(config.get("model_conf") or {})
         self.config = config
         self.vocab_size = vocab_size
         self.blank_id = int(mc.get("blank_id", 0))
         self.sos = int(mc.get("sos", 1))
         self.eos = int(mc.get("eos", 2))
-        self.no_bias = int(mc.get("NO_BIAS", 8377))
-        self.seaco_weight = float(mc.get("seaco_weight", 0.01))
         self.predictor_bias = int(mc.get("predictor_bias", 0))
         self.sampling_ratio = float(mc.get("sampling_ratio", 0.2))
-        if not 0 <= self.no_bias < vocab_size:
-            raise ConfigError(f"model_conf.NO_BIAS {self.no_bias} is not a token id (vocabulary of {vocab_size})")
         if config.get("encoder") != "SANMEncoder":
             raise ConfigError(f"config.yaml encoder: {config.get('encoder')!r}; supported: SANMEncoder")
         enc_raw = dict(config.get("encoder_conf") or {})
@@ -224,7 +224,6 @@ class SeacoParaformer(nn.Module):
             if k in enc_raw and enc_raw[k] != v:
                 raise ConfigError(f"config.yaml encoder_conf.{k}: {enc_raw[k]!r}; supported: {v!r}")
         self.encoder = SANMEncoder(input_size, **_section(config, "encoder_conf", _ENCODER_KEYS, _ENCODER_IGNORED))
-        d = self.encoder.output_size()
         pred = config.get("predictor")
         if pred not in ("CifPredictorV3", "CifPredictorV2"):
             raise ConfigError(f"config.yaml predictor: {pred!r}; supported: CifPredictorV3, CifPredictorV2")
@@ -232,6 +231,44 @@ class SeacoParaformer(nn.Module):
         if pred == "CifPredictorV2":
             pconf["upsample_type"] = None
         self.predictor = CifPredictor(**pconf)
+
+    def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(feats, lengths)
+
+    def decode_logp(
+        self, feats: Tensor, lengths: Tensor, hotwords: Sequence[Sequence[int]] | None = None, nfilter: int = 50
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def recognize(
+        self, feats: Tensor, lengths: Tensor, hotwords: Sequence[Sequence[int]] | None = None, nfilter: int = 50
+    ) -> list[list[int]]:
+        """Greedy token ids per utterance, `<blank>`, `<s>` and `</s>` dropped (FunASR's output)."""
+        logp, num = self.decode_logp(feats, lengths, hotwords, nfilter)
+        drop = {self.blank_id, self.sos, self.eos}
+        return [[t for t in logp[i, : int(num[i])].argmax(-1).tolist() if t not in drop] for i in range(len(num))]
+
+    def _predict(self, enc: Tensor, enc_len: Tensor) -> tuple[Tensor, Tensor]:
+        """(CIF embeddings `[B, K, D]` cut or padded to the largest rounded token count, counts `[B]`)."""
+        pred = self.predictor(enc, enc_len)
+        num = pred.token_num.round().long()
+        k_max = int(num.max().item()) if num.numel() else 0
+        return F.pad(pred.embeds, (0, 0, 0, max(0, k_max - pred.embeds.shape[1])))[:, :k_max], num
+
+
+class SeacoParaformer(_Paraformer):
+    """FunASR's SeACo-Paraformer (see the module docstring); built from FunASR's config dict."""
+
+    MODEL = "SeacoParaformer"
+
+    def __init__(self, config: dict[str, Any], vocab_size: int, input_size: int):
+        super().__init__(config, vocab_size, input_size)
+        mc = dict(config.get("model_conf") or {})
+        self.no_bias = int(mc.get("NO_BIAS", 8377))
+        self.seaco_weight = float(mc.get("seaco_weight", 0.01))
+        if not 0 <= self.no_bias < vocab_size:
+            raise ConfigError(f"model_conf.NO_BIAS {self.no_bias} is not a token id (vocabulary of {vocab_size})")
+        d = self.encoder.output_size()
         for key in ("decoder", "seaco_decoder"):
             if config.get(key) != "ParaformerSANMDecoder":
                 raise ConfigError(f"config.yaml {key}: {config.get(key)!r}; supported: ParaformerSANMDecoder")
@@ -262,9 +299,6 @@ class SeacoParaformer(nn.Module):
         self.hotword_output_layer = nn.Linear(inner, vocab_size)
 
     # ------------------------------------------------------------------------------------------------ parts
-    def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        return self.encoder(feats, lengths)
-
     def hotword_representation(self, hotwords: Tensor, lengths: Tensor) -> Tensor:
         """`[H, L]` padded token ids -> `[H, D]`: the bias LSTM's state at each hotword's last token."""
         emb = self.decoder.embed_tokens(hotwords)
@@ -309,10 +343,7 @@ class SeacoParaformer(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """(merged log-probabilities `[B, K, V]`, token counts `[B]`); `hotwords` already end with `[sos]`."""
         enc, enc_len = self.encode(feats, lengths)
-        pred = self.predictor(enc, enc_len)
-        num = pred.token_num.round().long()
-        k_max = int(num.max().item()) if num.numel() else 0
-        embeds = F.pad(pred.embeds, (0, 0, 0, max(0, k_max - pred.embeds.shape[1])))[:, :k_max]
+        embeds, num = self._predict(enc, enc_len)
         logits, hidden = self.decoder(enc, enc_len, embeds, num.clamp_min(1))
         logp = logits.log_softmax(-1)
         if not hotwords:
@@ -329,13 +360,63 @@ class SeacoParaformer(nn.Module):
             rows.append(F.pad(merged, (0, 0, 0, logp.shape[1] - k)))
         return torch.stack(rows), num
 
-    def recognize(
+
+class ContextualParaformer(_Paraformer):
+    """FunASR's ContextualParaformer (`model: ContextualParaformer`, e.g. the released
+    `speech_paraformer-large-contextual_asr_nat-zh-cn-16k-common-vocab8404`): `encoder`, `predictor` (usually
+    `CifPredictorV2`), `decoder` (`ContextualParaformerDecoder`: the hotword vectors enter its last attention
+    layer), `bias_embed` + `bias_encoder` (a 1-layer LSTM; a hotword's vector is its final hidden state) and `ctc`
+    when `ctc_weight > 0`. With no list FunASR still passes one entry, `[sos]`; so does this class."""
+
+    MODEL = "ContextualParaformer"
+
+    def __init__(self, config: dict[str, Any], vocab_size: int, input_size: int):
+        super().__init__(config, vocab_size, input_size)
+        mc = dict(config.get("model_conf") or {})
+        d = self.encoder.output_size()
+        if config.get("decoder") != "ContextualParaformerDecoder":
+            raise ConfigError(f"config.yaml decoder: {config.get('decoder')!r}; supported: ContextualParaformerDecoder")
+        self.decoder = ContextualParaformerDecoder(
+            vocab_size, d, **_section(config, "decoder_conf", _DECODER_KEYS, _DECODER_IGNORED)
+        )
+        self.ctc = CTC(vocab_size, d) if float(mc.get("ctc_weight", 0.5)) > 0 else None
+        if mc.get("bias_encoder_type", "lstm") != "lstm":
+            raise ConfigError("model_conf.bias_encoder_type: only lstm is supported")
+        inner = int(mc.get("inner_dim", 256))
+        if inner != d:
+            raise ConfigError(f"model_conf.inner_dim {inner}: the contextual decoder attends with width {d}")
+        self.use_decoder_embedding = bool(mc.get("use_decoder_embedding", False))
+        self.clas_scale = 1.0
+        self.bias_encoder = nn.LSTM(
+            inner, inner, 1, batch_first=True, dropout=float(mc.get("bias_encoder_dropout_rate", 0.0))
+        )
+        self.bias_embed = nn.Embedding(vocab_size, inner)
+
+    def hotword_representation(self, hotwords: Tensor, lengths: Tensor) -> Tensor:
+        """`[H, L]` padded token ids -> `[H, D]`: the bias LSTM's final hidden state per hotword."""
+        emb = self.decoder.embed_tokens(hotwords) if self.use_decoder_embedding else self.bias_embed(hotwords)
+        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.cpu().long(), batch_first=True, enforce_sorted=False)
+        return self.bias_encoder(packed)[1][0][-1]
+
+    def decoder_logits(
+        self, enc: Tensor, enc_len: Tensor, embeds: Tensor, num: Tensor, hotword_vectors: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(logits `[B, K, V]`, hidden `[B, K, D]`) of the contextual decoder with one list for the whole batch."""
+        context = hotword_vectors.unsqueeze(0).expand(enc.shape[0], -1, -1)
+        return self.decoder.forward_with_context(enc, enc_len, embeds, num, context, self.clas_scale)
+
+    @torch.no_grad()
+    def decode_logp(
         self, feats: Tensor, lengths: Tensor, hotwords: Sequence[Sequence[int]] | None = None, nfilter: int = 50
-    ) -> list[list[int]]:
-        """Greedy token ids per utterance, `<blank>`, `<s>` and `</s>` dropped (FunASR's output)."""
-        logp, num = self.decode_logp(feats, lengths, hotwords, nfilter)
-        drop = {self.blank_id, self.sos, self.eos}
-        return [[t for t in logp[i, : int(num[i])].argmax(-1).tolist() if t not in drop] for i in range(len(num))]
+    ) -> tuple[Tensor, Tensor]:
+        """(log-probabilities `[B, K, V]`, token counts `[B]`); `hotwords` already end with `[sos]` (FunASR has no
+        attention filter for this model: `nfilter` is not used)."""
+        enc, enc_len = self.encode(feats, lengths)
+        embeds, num = self._predict(enc, enc_len)
+        ids, hw_len = pad_hotwords(hotwords or [[self.sos]], enc.device)
+        vectors = self.hotword_representation(ids, hw_len)
+        logits, _ = self.decoder_logits(enc, enc_len, embeds, num.clamp_min(1), vectors)
+        return logits.log_softmax(-1), num
 
 
 def pad_hotwords(hotwords: Sequence[Sequence[int]], device: torch.device | None = None) -> tuple[Tensor, Tensor]:

@@ -341,3 +341,109 @@ class ParaformerSANMDecoder(nn.Module):
             x = blk(x, token_mask, memory, memory_mask)
         last: DecoderLayerSANM = self.decoders[layer]  # type: ignore[assignment]
         return last.attention(x, token_mask, memory, memory_mask)
+
+
+class ContextualBiasDecoder(nn.Module):
+    """FunASR's `ContextualBiasDecoder`: `norm3` then cross-attention (`src_attn`) from the tokens to the hotwords."""
+
+    def __init__(self, heads: int, size: int, dropout: float):
+        super().__init__()
+        self.src_attn = MultiHeadedAttentionCrossAtt(heads, size, dropout)
+        self.norm3 = layer_norm(size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor | None) -> Tensor:
+        return self.dropout(self.src_attn(self.norm3(x), memory, memory_mask)[0])
+
+
+class ContextualParaformerDecoder(ParaformerSANMDecoder):
+    """FunASR's `ContextualParaformerDecoder` (ContextualParaformer): `decoders` holds att_layer_num - 1 layers,
+    then `last_decoder` (a full layer whose FSMN output and cross-attention output are kept apart), `bias_decoder`
+    (the FSMN output attending to the hotword vectors), and `bias_output` (a 1x1 convolution without bias, 2D -> D,
+    over the cross-attention output and the hotword attention output), added to the FSMN output; then `decoders2`,
+    `decoders3`, `after_norm` and `output_layer` as in `ParaformerSANMDecoder`."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        encoder_output_size: int,
+        attention_heads: int = 4,
+        linear_units: int = 2048,
+        num_blocks: int = 6,
+        dropout_rate: float = 0.1,
+        self_attention_dropout_rate: float = 0.0,
+        src_attention_dropout_rate: float = 0.0,
+        use_output_layer: bool = True,
+        wo_input_layer: bool = False,
+        att_layer_num: int = 6,
+        kernel_size: int = 21,
+        sanm_shfit: int = 0,
+    ):
+        if att_layer_num < 1:
+            raise ValueError("ContextualParaformerDecoder needs att_layer_num >= 1 (its last_decoder)")
+        # the parent builds decoders (att_layer_num - 1), decoders2 (num_blocks - att_layer_num) and decoders3
+        super().__init__(
+            vocab_size,
+            encoder_output_size,
+            attention_heads,
+            linear_units,
+            num_blocks - 1,
+            dropout_rate,
+            self_attention_dropout_rate,
+            src_attention_dropout_rate,
+            use_output_layer,
+            wo_input_layer,
+            att_layer_num - 1,
+            kernel_size,
+            sanm_shfit,
+        )
+        d = encoder_output_size
+        self.dropout = nn.Dropout(dropout_rate)
+        self.bias_decoder = ContextualBiasDecoder(attention_heads, d, src_attention_dropout_rate)
+        self.bias_output = nn.Conv1d(d * 2, d, 1, bias=False)
+        self.last_decoder = DecoderLayerSANM(
+            d,
+            linear_units,
+            dropout_rate,
+            MultiHeadedAttentionSANMDecoder(d, self_attention_dropout_rate, kernel_size, sanm_shfit),
+            MultiHeadedAttentionCrossAtt(attention_heads, d, src_attention_dropout_rate),
+        )
+
+    def hidden_with_context(
+        self,
+        memory: Tensor,
+        memory_lengths: Tensor,
+        queries: Tensor,
+        query_lengths: Tensor,
+        context: Tensor,
+        clas_scale: float = 1.0,
+    ) -> Tensor:
+        """`after_norm` states `[B, K, D]`; `context` `[B, H, D]` are the hotword vectors (all valid)."""
+        token_mask = sequence_mask(query_lengths)[:, :, None]
+        memory_mask = sequence_mask(memory_lengths, memory.shape[1])[:, None, :]
+        x = queries
+        for layer in self.decoders:
+            x = layer(x, token_mask, memory, memory_mask)
+        last: DecoderLayerSANM = self.last_decoder
+        assert last.src_attn is not None
+        x_self = last.context(x, token_mask)
+        x_src = last.src_attn(last.norm3(x_self), memory, memory_mask)[0]
+        cx = self.bias_decoder(x_self, context, None)
+        x = torch.cat([x_src, cx * clas_scale], dim=2)
+        x = x_self + self.dropout(self.bias_output(x.transpose(1, 2)).transpose(1, 2))
+        for layer in [*(self.decoders2 or []), *self.decoders3]:
+            x = layer(x, token_mask, memory, memory_mask)
+        return self.after_norm(x)
+
+    def forward_with_context(
+        self,
+        memory: Tensor,
+        memory_lengths: Tensor,
+        queries: Tensor,
+        query_lengths: Tensor,
+        context: Tensor,
+        clas_scale: float = 1.0,
+    ) -> tuple[Tensor, Tensor]:
+        """(logits `[B, K, V]`, hidden states `[B, K, D]`) with the hotword vectors `context` `[B, H, D]`."""
+        h = self.hidden_with_context(memory, memory_lengths, queries, query_lengths, context, clas_scale)
+        return (self.output_layer(h) if self.output_layer is not None else h), h

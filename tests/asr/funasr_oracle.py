@@ -159,3 +159,77 @@ def released_seaco_config() -> dict[str, Any]:
     cfg["predictor_conf"].update(idim=512)
     cfg["frontend_conf"].update(n_mels=80)
     return cfg
+
+
+def contextual_small() -> dict[str, Any]:
+    """The released `speech_paraformer-large-contextual_asr_nat-zh-cn-16k-common-vocab8404` config's structure
+    (ContextualParaformer, ContextualParaformerDecoder, CifPredictorV2 with a tail, inner_dim = the model width) at
+    `SEACO_SMALL`'s sizes."""
+    cfg = copy.deepcopy(SEACO_SMALL)
+    cfg["model"] = "ContextualParaformer"
+    cfg["model_conf"] = {
+        "ctc_weight": 0.0,
+        "lsm_weight": 0.1,
+        "length_normalized_loss": True,
+        "predictor_weight": 1.0,
+        "predictor_bias": 1,
+        "sampling_ratio": 0.75,
+        "inner_dim": cfg["encoder_conf"]["output_size"],
+    }
+    cfg["decoder"] = "ContextualParaformerDecoder"
+    cfg["predictor"] = "CifPredictorV2"
+    cfg["predictor_conf"] = {"idim": 16, "threshold": 1.0, "l_order": 1, "r_order": 1, "tail_threshold": 0.45}
+    del cfg["seaco_decoder"], cfg["seaco_decoder_conf"]
+    return cfg
+
+
+def oracle_contextual(config: dict[str, Any], vocab_size: int, seed: int = 0) -> Any:
+    """FunASR's ContextualParaformer from `config`, random weights (LayerNorms and biases too), eval mode."""
+    import funasr.models.contextual_paraformer.decoder  # noqa: F401  (registers ContextualParaformerDecoder)
+    from funasr.models.contextual_paraformer.model import ContextualParaformer
+
+    cfg = copy.deepcopy(config)
+    fc = cfg["frontend_conf"]
+    torch.manual_seed(seed)
+    model = ContextualParaformer(
+        **cfg, **cfg["model_conf"], vocab_size=vocab_size, input_size=fc["n_mels"] * fc["lfr_m"]
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or ".norm" in name or "after_norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def write_release_dir(path: Any, config: dict[str, Any], state: dict[str, torch.Tensor], tokens: list[str]) -> Any:
+    """A FunASR model directory written from an oracle's state (the stand-in for a downloaded release): a random
+    `am.mvn` and a `seg_dict` with "hello" as two pieces and every character as itself."""
+    from speakerforge.asr.funasr_dir import write_funasr_dir
+
+    fc = config["frontend_conf"]
+    dim = fc["n_mels"] * fc["lfr_m"]
+    g = torch.Generator().manual_seed(5)
+    cmvn = torch.stack([torch.randn(dim, generator=g), torch.rand(dim, generator=g) + 0.5])
+    seg_dict = {"hello": f"{tokens[10]} {tokens[11]}", **{c: c for c in tokens[3:-1]}}
+    return write_funasr_dir(path, config, state, tokens, cmvn, seg_dict)
+
+
+def oracle_ids(oracle: Any, d: Any, config: dict[str, Any], waves: list[torch.Tensor], hotword: str | None) -> list:
+    """FunASR's `inference` token ids (batch size 1) with its own hotword list from `hotword` (file or string)."""
+    from funasr.tokenizer.char_tokenizer import CharTokenizer
+
+    tok = CharTokenizer(token_list=str(d / "tokens.json"), seg_dict=str(d / "seg_dict"))
+
+    class Front:  # generate_hotwords_list finds seg_dict beside the frontend's am.mvn
+        cmvn_file = str(d / "am.mvn")
+
+    hw_list = type(oracle).generate_hotwords_list(oracle, hotword, tokenizer=tok, frontend=Front())
+    oracle.generate_hotwords_list = lambda *a, _hw=hw_list, **k: _hw  # tokenizer=None: `inference` returns ids
+    try:
+        front = oracle_frontend(config, str(d / "am.mvn"))
+        return [
+            oracle.inference([w], key=["u"], tokenizer=None, frontend=front, device="cpu")[0][0]["token_int"]
+            for w in waves
+        ]
+    finally:
+        del oracle.generate_hotwords_list

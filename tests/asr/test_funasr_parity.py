@@ -14,11 +14,18 @@ import pytest
 import torch
 import yaml
 
-from speakerforge.asr.funasr_dir import FunasrModel, FunasrTokens, read_hotword_list, write_funasr_dir
+from speakerforge.asr.funasr_dir import FunasrModel, FunasrTokens, read_hotword_list
 from speakerforge.asr.funasr_frontend import WavFrontend, read_am_mvn, write_am_mvn
 from speakerforge.asr.paraformer import SeacoParaformer, load_funasr_state
 from speakerforge.errors import CheckpointError
-from tests.asr.funasr_oracle import SEACO_SMALL, oracle_frontend, oracle_seaco, small_tokens
+from tests.asr.funasr_oracle import (
+    SEACO_SMALL,
+    oracle_frontend,
+    oracle_ids,
+    oracle_seaco,
+    small_tokens,
+    write_release_dir,
+)
 
 TOL = 1e-4
 TOKENS = small_tokens()
@@ -162,12 +169,9 @@ def test_decoded_ids_match_funasr(pair, condition):
         assert biased > 0  # the list did change some tokens
 
 
-def _release_dir(tmp_path, oracle, seg: bool = True):
+def _release_dir(tmp_path, oracle):
     """A FunASR model directory written from the oracle: the stand-in for a downloaded release."""
-    g = torch.Generator().manual_seed(5)
-    cmvn = torch.stack([torch.randn(INPUT, generator=g), torch.rand(INPUT, generator=g) + 0.5])
-    seg_dict = {"hello": f"{TOKENS[10]} {TOKENS[11]}", **{c: c for c in TOKENS[3:-1]}} if seg else None
-    return write_funasr_dir(tmp_path / "release", SEACO_SMALL, oracle.state_dict(), TOKENS, cmvn, seg_dict)
+    return write_release_dir(tmp_path / "release", SEACO_SMALL, oracle.state_dict(), TOKENS)
 
 
 def test_funasr_dir_loads_strictly_and_writes_back_the_same_files(tmp_path, pair):
@@ -210,24 +214,7 @@ def test_hotword_tokenisation_is_funasrs(tmp_path, pair):
 
 
 def _oracle_ids(oracle, d, waves, hotword: str | None) -> list[list[int]]:
-    """FunASR's `inference` token ids (batch size 1) with its own hotword list from `hotword` (file or string)."""
-    from funasr.tokenizer.char_tokenizer import CharTokenizer
-
-    tok = CharTokenizer(token_list=str(d / "tokens.json"), seg_dict=str(d / "seg_dict"))
-
-    class Front:  # generate_hotwords_list finds seg_dict beside the frontend's am.mvn
-        cmvn_file = str(d / "am.mvn")
-
-    hw_list = type(oracle).generate_hotwords_list(oracle, hotword, tokenizer=tok, frontend=Front())
-    oracle.generate_hotwords_list = lambda *a, _hw=hw_list, **k: _hw  # tokenizer=None: `inference` returns ids
-    try:
-        front = oracle_frontend(SEACO_SMALL, str(d / "am.mvn"))
-        return [
-            oracle.inference([w], key=["u"], tokenizer=None, frontend=front, device="cpu")[0][0]["token_int"]
-            for w in waves
-        ]
-    finally:
-        del oracle.generate_hotwords_list
+    return oracle_ids(oracle, d, SEACO_SMALL, waves, hotword)
 
 
 def test_decode_from_funasr_dir_gives_funasrs_ids(tmp_path, pair):
