@@ -109,6 +109,18 @@ def read_hotword_list(spec: str | Path) -> list[str]:
     return str(spec).split()
 
 
+def read_tokens(folder: str | Path) -> list[str]:
+    """A FunASR directory's token list: `tokens.json` (a JSON list), or `tokens.txt` (one token per line, as older
+    releases ship it)."""
+    p = Path(folder)
+    if (p / "tokens.json").is_file():
+        tokens = json.loads((p / "tokens.json").read_text(encoding="utf-8"))
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise DataError(f"{p / 'tokens.json'}: not a JSON list of token strings")
+        return tokens
+    return [line.strip() for line in (p / "tokens.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def read_model_pt(path: str | Path) -> dict[str, Tensor]:
     """The state dict of a FunASR `model.pt` (weights only; a dict under `state_dict` or `model` is unwrapped)."""
     try:
@@ -136,11 +148,13 @@ class FunasrModel:
     @classmethod
     def load(cls, path: str | Path) -> FunasrModel:
         p = Path(path)
-        missing = [f for f in ("config.yaml", "model.pt", "tokens.json") if not (p / f).is_file()]
+        missing = [f for f in ("config.yaml", "model.pt") if not (p / f).is_file()]
+        if not (p / "tokens.json").is_file() and not (p / "tokens.txt").is_file():
+            missing.append("tokens.json")
         if missing:
             raise CheckpointError(f"{p}: not a FunASR model directory (missing {', '.join(missing)})")
         config = yaml.safe_load((p / "config.yaml").read_text(encoding="utf-8")) or {}
-        tokens = json.loads((p / "tokens.json").read_text(encoding="utf-8"))
+        tokens = read_tokens(p)
         seg = read_seg_dict(p / "seg_dict") if (p / "seg_dict").is_file() else None
         cmvn = read_am_mvn(p / "am.mvn") if (p / "am.mvn").is_file() else None
         return cls.build(config, tokens, cmvn, seg, read_model_pt(p / "model.pt"), str(p / "model.pt"))
@@ -208,6 +222,9 @@ def write_funasr_dir(
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     cfg = dict(config)
+    # FunASR's WavFrontend dithers (1.0) whenever the key is absent, at decoding too; written as 0.0 here, so the
+    # directory decodes deterministically in FunASR as in speakerforge (which dithers only in training)
+    cfg["frontend_conf"] = {"dither": 0.0, **(cfg.get("frontend_conf") or {})}
     if cmvn is not None:
         write_am_mvn(o / "am.mvn", cmvn)
         cfg["frontend_conf"] = {**(cfg.get("frontend_conf") or {}), "cmvn_file": "am.mvn"}

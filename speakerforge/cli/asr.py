@@ -1,4 +1,4 @@
-"""`speakerforge asr prepare|train|decode|eval`: hotword-biased ASR, thin layers over `speakerforge.asr`."""
+"""`speakerforge asr prepare|train|decode|export|eval`: hotword-biased ASR, thin layers over `speakerforge.asr`."""
 
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         "space-separated hotwords",
     )
     _args_decoding(dec)
+    exp = sub.add_parser(
+        "export", help="write a model as a FunASR model directory (config.yaml, model.pt, tokens.json, am.mvn)"
+    )
+    exp.add_argument("--model", required=True, help="a FunASR model directory (SeACo- or Contextual-Paraformer)")
+    exp.add_argument("--format", choices=["funasr"], default="funasr", help="funasr: FunASR's model directory")
+    exp.add_argument("out", metavar="OUT_DIR", help="the folder to write (new or empty)")
     ev = sub.add_parser(
         "eval",
         help="table of CER/WER, hotword recall/precision/F1, B-WER/U-WER with no list, "
@@ -91,9 +97,11 @@ def _decoding(args: argparse.Namespace):
         raise ConfigError(str(exc)) from None
 
 
-@command("asr", "hotword-biased ASR (SeACo-Paraformer style): prepare | train | decode | eval", _args_asr)
+@command("asr", "hotword-biased ASR (SeACo-Paraformer style): prepare | train | decode | export | eval", _args_asr)
 def _run_asr(args: argparse.Namespace) -> int:
-    return {"prepare": _prepare, "train": _train, "decode": _decode, "eval": _eval}[args.asr_command](args)
+    return {"prepare": _prepare, "train": _train, "decode": _decode, "export": _export, "eval": _eval}[
+        args.asr_command
+    ](args)
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -135,6 +143,13 @@ def _decode(args: argparse.Namespace) -> int:
 
     for key, text in decode(args.model, args.data, args.hotwords, _decoding(args)):
         sys.stdout.write(f"{key}\t{text}\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from speakerforge.asr.export import export_asr
+
+    print(f"FunASR model directory: {export_asr(args.model, args.out, args.format)}")
     return 0
 
 

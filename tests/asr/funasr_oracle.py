@@ -146,7 +146,8 @@ def oracle_seaco(config: dict[str, Any], vocab_size: int, seed: int = 0) -> Orac
 
 
 def oracle_frontend(config: dict[str, Any], cmvn_file: str | None) -> Any:
-    return fa_frontend.WavFrontend(cmvn_file=cmvn_file, **config["frontend_conf"]).eval()
+    conf = {k: v for k, v in config["frontend_conf"].items() if k != "cmvn_file"}
+    return fa_frontend.WavFrontend(cmvn_file=cmvn_file, **conf).eval()
 
 
 def released_seaco_config() -> dict[str, Any]:
@@ -233,3 +234,27 @@ def oracle_ids(oracle: Any, d: Any, config: dict[str, Any], waves: list[torch.Te
         ]
     finally:
         del oracle.generate_hotwords_list
+
+
+def oracle_from_dir(d: Any) -> Any:
+    """FunASR's model for a local model directory, built as `AutoModel.build_model` builds it (AutoModel itself
+    imports omegaconf, which the test-only install lacks): the class from FunASR's registry by `config.yaml`'s
+    `model`, `**config, **model_conf`, the vocabulary size of `tokens.json`, the frontend's output size, and
+    `model.pt` loaded with `strict=True`."""
+    import json
+    from pathlib import Path
+
+    import funasr.models.contextual_paraformer.decoder  # registers the classes
+    import funasr.models.contextual_paraformer.model  # noqa: F401
+    import yaml
+    from funasr.register import tables
+
+    d = Path(d)
+    cfg = yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8"))
+    vocab = len(json.loads((d / "tokens.json").read_text(encoding="utf-8")))
+    front = fa_frontend.WavFrontend(**{**cfg["frontend_conf"], "cmvn_file": str(d / "am.mvn")})
+    model = tables.model_classes[cfg["model"]](
+        **cfg, **cfg["model_conf"], vocab_size=vocab, input_size=front.output_size()
+    )
+    model.load_state_dict(torch.load(d / "model.pt", weights_only=True), strict=True)
+    return model.eval()
