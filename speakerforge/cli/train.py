@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from speakerforge.cli import command
 from speakerforge.config import Config, SourceConfig, load_config
+
+if TYPE_CHECKING:  # the trainer (torch) is imported only when a command runs
+    from speakerforge.train.trainer import RunOptions
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
@@ -47,21 +51,22 @@ def training_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def run_options(args: argparse.Namespace, command: str, **extra: Any) -> RunOptions:
+    """The run decisions every training command takes from its options (resume, config change), plus `extra`."""
+    from speakerforge.train.trainer import RunOptions
+
+    return RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change, command=command, **extra)
+
+
 @command(
     "train",
     "supervised training (AAM-softmax), resumable, one or several datasets, CPU or torchrun DDP",
     add_training_options,
 )
 def _run_train(args: argparse.Namespace) -> int:
-    from speakerforge.train.trainer import RunOptions, Trainer
+    from speakerforge.train.trainer import Trainer
 
-    cfg = training_config(args)
-    trainer = Trainer(
-        cfg,
-        args.exp,
-        RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change, command="train"),
-    )
-    out = trainer.run()
+    out = Trainer(training_config(args), args.exp, run_options(args, "train")).run()
     print(f"model: {out}")
     return 0
 
@@ -117,7 +122,7 @@ def _args_finetune(p: argparse.ArgumentParser) -> None:
 )
 def _run_finetune(args: argparse.Namespace) -> int:
     from speakerforge.train.init import apply_init, read_init
-    from speakerforge.train.trainer import RunOptions, Trainer
+    from speakerforge.train.trainer import Trainer
 
     cfg = training_config(args)
     init = read_init(args.init, args.init_format, args.init_part, args.model_id, _model_arg_sets(args))
@@ -141,10 +146,9 @@ def _run_finetune(args: argparse.Namespace) -> int:
         fmt = "speakerforge" if args.model_id else args.init_format  # --model-id: converted by read_init
         apply_init(module, init, fmt, cfg.model.name, args.allow_partial, args.keep_head, speakers)
 
-    options = RunOptions(
-        resume=not args.no_resume,
-        allow_config_change=args.allow_config_change,
-        command="finetune",
+    options = run_options(
+        args,
+        "finetune",
         init=do_init,
         init_description={
             "init": str(Path(args.init).resolve()),
@@ -168,14 +172,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
 )
 def _run_pretrain(args: argparse.Namespace) -> int:
     from speakerforge.train.pretrain import PretrainTrainer
-    from speakerforge.train.trainer import RunOptions
 
-    cfg = training_config(args)
-    trainer = PretrainTrainer(
-        cfg,
-        args.exp,
-        RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change, command="pretrain"),
-    )
+    trainer = PretrainTrainer(training_config(args), args.exp, run_options(args, "pretrain"))
     out = trainer.run()
     print(f"model (teacher backbone): {out}")
     print(f"fine-tune it with: speakerforge finetune --init {trainer.exp} --init-part teacher --data ...")
