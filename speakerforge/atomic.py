@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import re
 import secrets
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from speakerforge.errors import check_output_path
 
@@ -66,7 +65,7 @@ _TEMP = re.compile(r"^\..+\.(\d+)(?:@([A-Za-z0-9-]*))?\.[0-9a-f]{8}\.tmp$")
 
 def sweep_stale_temps(folder: str | Path) -> list[Path]:
     """Remove the temporary files of `atomic_path` in `folder` whose writer (a process of this host) is gone."""
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -96,7 +95,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[io.IOBase]:
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file for writing; it becomes `path` only if the block finishes without an exception."""
     with atomic_path(path) as tmp:
         encoding = None if "b" in mode else "utf-8"

@@ -482,7 +482,7 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         return _coerce(inner[0], value, where, key)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where, key + ".")
     if origin is list:
         if isinstance(value, (str, int, float)) and args and args[0] is str:

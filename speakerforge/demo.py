@@ -73,7 +73,7 @@ class Demo:
         if code != 0:
             raise SpeakerforgeError(f"demo step {title!r} failed (exit {code}); re-run `make demo` to resume")
 
-    def step(self, title: str, fn: Callable[[], None]) -> None:
+    def step(self, title: str, fn: Callable[[], object]) -> None:
         print(f"\n== {title}", flush=True)
         t0 = time.time()
         fn()
@@ -332,7 +332,7 @@ def split_speakers(manifest: Path, out: Path, fraction: float) -> tuple[Path, Pa
     from speakerforge.data.manifest import read_manifest, write_manifest
 
     utts = read_manifest(manifest)
-    speakers = sorted({u.spk for u in utts})
+    speakers = sorted({str(u.spk) for u in utts})
     cut = max(1, min(len(speakers) - 1, int(round(len(speakers) * fraction))))
     first = set(speakers[:cut])
     a = write_manifest([u for u in utts if u.spk in first], out / "train_a.jsonl")

@@ -506,7 +506,7 @@ def _load_checkpoint(path: Path, device: str, optimize: bool, cfg_path: Path | N
     check_declared_size(spec["name"], spec.get("args") or {}, weights, str(path))
     model = build_checked_model(spec["name"], spec.get("args") or {}, where=f"{cfg_path}: model.args")
     load_strict(model, weights, str(path))
-    meta = {
+    meta: dict[str, Any] = {
         "model": {"name": spec["name"], "args": spec.get("args") or {}},
         "features": cfg.get("features") or {},
         "embedding_dim": getattr(model, "embedding_dim", 0),

@@ -25,7 +25,9 @@ EXIT_USER_ERROR = 2
 EXIT_BUG = 70  # sysexits EX_SOFTWARE: not the user's input
 
 # name -> (help, add_arguments, run). Filled by the `command` decorator below.
-_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+_COMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
+] = {}
 
 
 def command(name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
@@ -59,10 +61,10 @@ def finite_float(text: str) -> float:
 class Parser(argparse.ArgumentParser):
     """argparse with the CLI's error contract: one line (no usage block), and no nan/inf for a float option."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         raise UsageError(self.prog, message)
 
-    def add_argument(self, *args, **kwargs):  # type: ignore[override]
+    def add_argument(self, *args, **kwargs):
         if kwargs.get("type") is float:
             kwargs["type"] = finite_float
         return super().add_argument(*args, **kwargs)

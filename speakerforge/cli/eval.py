@@ -139,6 +139,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     rates = {}
     for name, path in zip(names, paths):
         s = _labelled_scores(path, trials)
+        assert s.labels is not None  # _labelled_scores refuses unlabelled scores
         rates[name] = error_rates(
             s.scores, s.labels, describe=s.describe, source=trials.source if trials is not None else path
         )

@@ -32,7 +32,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -331,12 +331,13 @@ class Fbank(nn.Module):
         self.register_buffer("mel", mel.clone(), persistent=False)
 
     def forward(self, waveform: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        wave = _check_waveform(waveform).to(self.basis.dtype)
+        basis, mel = cast(Tensor, self.basis), cast(Tensor, self.mel)  # buffers: nn.Module types them loosely
+        wave = _check_waveform(waveform).to(basis.dtype)
         exporting = torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
         if not exporting and wave.shape[-1] < self.window:
             raise ValueError(f"waveform of {wave.shape[-1]} samples is shorter than one {self.window}-sample window")
         dither = self.config.dither if self.training else 0.0
-        feats = _log_mel(wave, self.window, self.shift, self.basis, self.mel, dither, generator)
+        feats = _log_mel(wave, self.window, self.shift, basis, mel, dither, generator)
         return feats - feats.mean(dim=-2, keepdim=True) if self.config.mean_norm else feats
 
     def extra_repr(self) -> str:

@@ -136,9 +136,9 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
         raise DataError(f"{where(path, line)}: not UTF-8 text; is this really a manifest?") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read manifest ({exc.strerror})") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            yield number, line
+    for number, row in enumerate(text.splitlines(), 1):
+        if row.strip():
+            yield number, row
 
 
 def _audio_path(text: str, folder: Path, src: str, line: int, report: Report) -> str | None:

@@ -95,7 +95,8 @@ def _scan_audio_dir(folder: Path) -> list[Utterance]:
     files = find_audio_files(folder)
     if not files:
         raise DataError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) and no wav.scp in this folder")
-    utts, seen = [], {}
+    utts: list[Utterance] = []
+    seen: dict[str, Path] = {}
     for f in files:
         key = f.relative_to(folder).with_suffix("").as_posix()
         if key in seen:

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 import numpy as np
 
@@ -191,12 +191,12 @@ def _read_trials(path: str | Path) -> Trials:
 
         cols = _columns(rows, width, bad_line)
         if l_col is not None:
-            labels.append(_map_labels(cols[l_col], words, bad_line))
+            labels.append(_map_labels(cols[l_col], words or {}, bad_line))
         enroll.extend(cols[e_col])
         test.extend(cols[t_col])
     lab = np.concatenate(labels) if labels else None
     log.info("%s: %d trials (%s format%s)", path, len(enroll), fmt, "" if lab is None else f", {int(lab.sum())} target")
-    return Trials(enroll, test, lab, source=str(path), format=fmt)
+    return Trials(enroll, test, lab, source=str(path), format=fmt or "")
 
 
 def _read_scores(path: str | Path) -> Scores:
@@ -303,7 +303,7 @@ def _warn_on_label_changes(old: np.ndarray | None, aligned: Scores) -> None:
 
 
 def write_scores(
-    fh: TextIO, enroll: list[str], test: list[str], scores: np.ndarray, labels: np.ndarray | None, precision: int = 6
+    fh: IO[str], enroll: list[str], test: list[str], scores: np.ndarray, labels: np.ndarray | None, precision: int = 6
 ) -> None:
     """Write `enroll test score [target|nontarget]` lines to an open text file."""
     fmt = f"{{:.{precision}f}}"

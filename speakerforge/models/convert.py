@@ -37,6 +37,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -178,8 +179,8 @@ def _ws_ecapa_key(ours: str) -> str:
 
 
 def _ecapa_chunk_width(model: nn.Module) -> int:
-    res2net = model.blocks[1].res2net_block
-    return model.channels // res2net.scale
+    ecapa: Any = model  # nn.Module types submodule attributes loosely
+    return int(ecapa.channels) // int(ecapa.blocks[1].res2net_block.scale)
 
 
 def _ws_ecapa_import(state_dict: Tensors, model: nn.Module) -> tuple[Tensors, dict[str, str]]:

@@ -32,7 +32,7 @@ def capture_rng() -> dict[str, Any]:
         "python": _py_state_to_lists(random.getstate()),
         "numpy": {
             "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached": float(cached),

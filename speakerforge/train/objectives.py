@@ -6,6 +6,8 @@ The trainer optimises and checkpoints exactly `TrainModule.parameters()` / `stat
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn as nn
 
@@ -27,7 +29,8 @@ class SupervisedModule(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
-        self.classifier = CosineClassifier(backbone.embedding_dim, num_classes, sub_centers=sub_centers)
+        dim = int(cast(Any, backbone).embedding_dim)  # nn.Module types attributes loosely
+        self.classifier = CosineClassifier(dim, num_classes, sub_centers=sub_centers)
         kwargs = {"margin": margin, "scale": scale}
         if kind == "aam":
             kwargs["easy_margin"] = easy_margin

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from speakerforge.config import Config, MarginConfig, SourceConfig
+from speakerforge.config import Config, MarginConfig, SourceConfig, StageConfig
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Stage:
 
 def resolve_stages(cfg: Config) -> list[Stage]:
     """The config's stages with inherited values filled in; no `stages` means one stage from the top level."""
-    specs = cfg.stages or [None]
+    specs: list[StageConfig | None] = list(cfg.stages) or [None]
     out: list[Stage] = []
     for i, st in enumerate(specs):
 

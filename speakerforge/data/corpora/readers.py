@@ -12,7 +12,7 @@ import io
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def _require_dir(src: str | Path, corpus: str) -> Path:
 
 def _walk(root: Path, suffixes: Sequence[str]) -> list[Path]:
     """All files under `root` with one of `suffixes` (case-insensitive), in a stable order; follows symlinks."""
-    out = []
+    out: list[Path] = []
     for folder, dirs, files in os.walk(root, followlinks=True):
         dirs.sort()
         out.extend(Path(folder, f) for f in sorted(files) if f.lower().endswith(tuple(suffixes)))
@@ -422,7 +422,7 @@ def prepare_cnceleb(
     return result
 
 
-PREPARERS = {
+PREPARERS: dict[str, Callable[..., PrepareResult]] = {
     "librispeech": prepare_librispeech,
     "commonvoice": prepare_commonvoice,
     "voxceleb": prepare_voxceleb,
