@@ -121,8 +121,19 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (what job schedulers send), raised where Ctrl-C would be so that the same clean-up runs."""
 
 
+_SIGTERM_SEEN = False
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _SIGTERM_SEEN
+    _SIGTERM_SEEN = True
     raise _Terminated()
+
+
+def _terminated_meanwhile(exc: BaseException) -> bool:
+    """A SIGTERM to the process group can surface first as another error: PyTorch's DataLoader reports its
+    terminated workers ("killed by signal: Terminated") before our handler runs. That is a termination, not a bug."""
+    return _SIGTERM_SEEN or "killed by signal: Terminated" in str(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[console]
     )
     _help, _add, run = _COMMANDS[args.command]
+    global _SIGTERM_SEEN
+    _SIGTERM_SEEN = False
     previous = _install_sigterm()
     try:
         code = run(args)
@@ -168,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        if _terminated_meanwhile(exc):
+            _close_progress_bars()
+            print(f"speakerforge {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            return 143
         if _is_out_of_memory(exc):
             return _fail(args.command, f"out of memory ({_one_line(exc)[:300]}); use smaller inputs or settings")
         return _fail(

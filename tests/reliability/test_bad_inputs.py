@@ -1752,3 +1752,17 @@ def test_generated_trial_lists_meet_the_contract(lines, bom, world: dict[str, st
             [trials],
             capsys,
         )
+
+
+def test_dataloader_workers_terminated_with_the_group_read_as_a_termination_not_a_bug(monkeypatch, capsys) -> None:
+    """`timeout` / a scheduler terminating the process group: the DataLoader reports its killed workers before our
+    SIGTERM handler runs; that ended as "internal error ... this is a bug" (exit 70)."""
+    import speakerforge.cli as cli
+
+    def run(args):
+        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly: killed by signal: Terminated.")
+
+    monkeypatch.setitem(cli._COMMANDS, "validate", ("validate", cli._COMMANDS["validate"][1], run))
+    assert cli.main(["validate", "x.jsonl"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "speakerforge validate: terminated (SIGTERM)" and "bug" not in err[-1]
