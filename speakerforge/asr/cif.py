@@ -80,3 +80,32 @@ def fire_weights(alphas: Tensor, num_tokens: Tensor) -> Tensor:
     k = torch.arange(k_max, device=alphas.device, dtype=alphas.dtype)[None, :, None]
     w = (torch.minimum(c[:, None, :], k + 1) - torch.maximum(prev[:, None, :], k)).clamp_min(0)
     return w * (k < num_tokens.to(alphas.dtype)[:, None, None])
+
+
+def funasr_cif(hidden: Tensor, alphas: Tensor, threshold: float = 1.0) -> Tensor:
+    """FunASR's training-time `cif` as it runs: a frame loop accumulating in float32, firing when the running sum
+    reaches `threshold`; `[B, round(sum).max(), D]`, zero rows where a token never fired. Scaled alphas that sum
+    to 9.99999 leave the last token unfired (a zero embedding) there, and FunASR trains with that."""
+    b, t, d = hidden.shape
+    integrate = hidden.new_zeros(b)
+    frame = hidden.new_zeros(b, d)
+    fires, frames = [], []
+    for i in range(t):
+        alpha = alphas[:, i]
+        completion = 1.0 - integrate
+        integrate = integrate + alpha
+        fires.append(integrate)
+        fire = integrate >= threshold
+        integrate = torch.where(fire, integrate - 1.0, integrate)
+        cur = torch.where(fire, completion, alpha)
+        frame = frame + cur[:, None] * hidden[:, i]
+        frames.append(frame)
+        frame = torch.where(fire[:, None], (alpha - cur)[:, None] * hidden[:, i], frame)
+    fired = torch.stack(fires, 1) >= threshold
+    stacked = torch.stack(frames, 1)
+    k_max = int(torch.round(alphas.sum(-1)).max().item()) if b else 0
+    out = hidden.new_zeros(b, k_max, d)
+    for j in range(b):
+        rows = stacked[j, fired[j]][:k_max]
+        out[j, : rows.shape[0]] = rows
+    return out

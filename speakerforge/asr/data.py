@@ -21,12 +21,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from speakerforge.asr.vocab import Vocab
 from speakerforge.data.audio import AUDIO_SUFFIXES, find_audio_files, load_audio
 from speakerforge.data.manifest import Utterance
 from speakerforge.data.sampling import Draw, Source
@@ -192,10 +191,18 @@ def sample_spans(
     return sorted(spans)
 
 
+class Tokenizer(Protocol):
+    """What the dataset needs of a vocabulary: ours (`Vocab`) or a FunASR directory's (`FunasrTokens`)."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def word_spans(self, ids: list[int]) -> list[tuple[int, int]]: ...
+
+
 class AsrDataset(torch.utils.data.Dataset):
     """Items `(epoch, Draw)` -> waveform, token ids and this epoch's hotword spans."""
 
-    def __init__(self, sources: list[Source], vocab: Vocab, seed: int, stage: int, sampling: HotwordSampling):
+    def __init__(self, sources: list[Source], vocab: Tokenizer, seed: int, stage: int, sampling: HotwordSampling):
         self.sources = sources
         self.vocab = vocab
         self.seed, self.stage = int(seed), int(stage)

@@ -3,8 +3,9 @@
 `speakerforge asr decode` does.
 
 The source is a FunASR model directory (SeACo- or Contextual-Paraformer, read strictly and written back, e.g. to
-drop a release's extra files or to turn `tokens.txt` into `tokens.json`). The small model of `asr train` without
-`--init FUNASR_DIR` has no FunASR counterpart and is refused with that reason. A `config.yaml` without
+drop a release's extra files or to turn `tokens.txt` into `tokens.json`) or an `asr train --init FUNASR_DIR`
+experiment (or its `model.safetensors`). The small model of `asr train` without `--init FUNASR_DIR` has no FunASR
+counterpart and is refused with that reason. A `config.yaml` without
 `frontend_conf.dither` is written with `dither: 0.0`: FunASR dithers by 1.0 when the key is absent, at decoding
 too, which would make its output vary from run to run.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from speakerforge.asr.funasr_dir import FunasrModel, is_funasr_dir
+from speakerforge.asr.funasr_dir import load_funasr
 from speakerforge.errors import ConfigError
 
 FORMATS = ("funasr",)
@@ -26,9 +27,9 @@ def export_asr(src: str | Path, out: str | Path, fmt: str = "funasr") -> Path:
     o = Path(out)
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise ConfigError(f"{o}: the export folder must be new or empty")
-    if is_funasr_dir(src):
-        return FunasrModel.load(src).save(o)
-    raise ConfigError(
-        f"{src}: not a FunASR model directory (config.yaml + model.pt); the small model of `asr train` without "
-        "--init FUNASR_DIR has no FunASR form"
-    )
+    fm = load_funasr(src)
+    if fm is None:
+        raise ConfigError(
+            f"{src}: a model of the small ASR architecture (`asr train` without --init FUNASR_DIR) has no FunASR form"
+        )
+    return fm.save(o)

@@ -79,6 +79,24 @@ class FunasrTokens:
             return [p for c in w for p in (self.seg_dict[c].split() if c in self.seg_dict else ["<unk>"])]
         return ["<unk>"]
 
+    def encode(self, text: str) -> list[int]:
+        """A transcript's ids as FunASR's CharTokenizer makes them: with a `seg_dict` each space-separated word
+        through it (`split_word`), else every character but spaces."""
+        if self.seg_dict is None:
+            return [self.index.get(c, self.unk_id) for c in text if not c.isspace()]
+        return [self.index.get(t, self.unk_id) for w in text.split() for t in self.split_word(w)]
+
+    def word_spans(self, ids: list[int]) -> list[tuple[int, int]]:
+        """`[start, end)` of each word: a token ending in `@@` joins the next one; any other token ends a word."""
+        spans, start = [], 0
+        for i, t in enumerate(ids):
+            if not self.tokens[t].endswith("@@"):
+                spans.append((start, i + 1))
+                start = i + 1
+        if start < len(ids):
+            spans.append((start, len(ids)))
+        return spans
+
     def encode_hotword(self, hotword: str) -> list[int]:
         return [self.index.get(t, self.unk_id) for w in hotword.split() for t in self.split_word(w)]
 
@@ -182,6 +200,20 @@ class FunasrModel:
         unk = (config.get("tokenizer_conf") or {}).get("unk_symbol", "<unk>")
         return cls(config, model, frontend, FunasrTokens(tokens, seg_dict, unk), cmvn)
 
+    def to_meta(self) -> dict[str, Any]:
+        """What a model file needs besides the weights to rebuild this model (`from_meta`)."""
+        return {
+            "config": self.config,
+            "tokens": self.tokens.tokens,
+            "seg_dict": self.tokens.seg_dict,
+            "cmvn": None if self.cmvn is None else self.cmvn.tolist(),
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], state: dict[str, Tensor], origin: str) -> FunasrModel:
+        cmvn = None if meta.get("cmvn") is None else torch.tensor(meta["cmvn"], dtype=torch.float32)
+        return cls.build(meta["config"], meta["tokens"], cmvn, meta.get("seg_dict"), state, origin)
+
     def hotword_ids(self, hotwords: Sequence[str]) -> list[list[int]] | None:
         """FunASR's list: each hotword's ids, then `[sos]`; None for no hotwords."""
         if not hotwords:
@@ -206,6 +238,19 @@ class FunasrModel:
         return write_funasr_dir(
             out, self.config, self.model.state_dict(), self.tokens.tokens, self.cmvn, self.tokens.seg_dict
         )
+
+
+def load_funasr(path: str | Path) -> FunasrModel | None:
+    """The FunASR model at `path`: a FunASR directory, or an `asr train --init FUNASR_DIR` experiment or model
+    file; None for a model of the small ASR architecture (`speakerforge.asr.model`)."""
+    if is_funasr_dir(path):
+        return FunasrModel.load(path)
+    from speakerforge.asr.model import read_asr_model_file
+
+    state, meta, file = read_asr_model_file(path)
+    if meta.get("model") != "funasr":
+        return None
+    return FunasrModel.from_meta(meta["funasr"], state, str(file))
 
 
 def write_funasr_dir(

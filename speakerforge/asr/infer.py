@@ -127,19 +127,23 @@ def decode(
     Contextual-Paraformer, decoded as FunASR, one utterance at a time). `hotwords`: a file (one per line) or, for a
     FunASR directory, also a string of space-separated hotwords, as FunASR takes them."""
     from speakerforge.asr.data import read_decode_inputs
-    from speakerforge.asr.funasr_dir import FunasrModel, is_funasr_dir, read_hotword_list
+    from speakerforge.asr.funasr_dir import load_funasr, read_hotword_list
 
     utts = read_decode_inputs(list(data))
     wavs = [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts]
-    if is_funasr_dir(model_path):
-        if decoding is not None and decoding.mode != "seaco":
-            raise ConfigError(f"{model_path}: a FunASR model directory decodes with --decoding seaco (FunASR's own)")
-        fm = FunasrModel.load(model_path)
+    fm = load_funasr(model_path)
+    if fm is not None:
+        _funasr_decoding(model_path, decoding)
         texts = fm.transcribe(wavs, read_hotword_list(hotwords) if hotwords else [])
     else:
         asr = AsrModel.load(model_path)
         texts = asr.transcribe(wavs, read_hotwords(hotwords) if hotwords else [], decoding=decoding)
     return [(u.key, t) for u, t in zip(utts, texts)]
+
+
+def _funasr_decoding(model_path: str | Path, decoding: Decoding | None) -> None:
+    if decoding is not None and decoding.mode != "seaco":
+        raise ConfigError(f"{model_path}: a FunASR model decodes with --decoding seaco (FunASR's own)")
 
 
 def read_hotwords(path: str | Path) -> list[str]:
@@ -159,7 +163,12 @@ def evaluate(
 ) -> tuple[dict[str, dict[str, float]], str]:
     """Scores with no list, the true hotwords, and the true hotwords plus each distractor list; (rows, table).
     Every row uses the same decoding, so the list is the only difference."""
-    asr = AsrModel.load(model_path)
+    from speakerforge.asr.funasr_dir import load_funasr
+
+    fm = load_funasr(model_path)
+    if fm is not None:
+        _funasr_decoding(model_path, decoding)
+    asr = AsrModel.load(model_path) if fm is None else None
     utts = read_asr_jsonl(data)
     true = read_hotwords(hotwords)
     wavs = [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts]
@@ -169,7 +178,11 @@ def evaluate(
         conditions[f"true + {len(extra)} distractors"] = true + extra
     rows = {}
     for name, biasing in conditions.items():
-        hyps = asr.transcribe(wavs, biasing, decoding=decoding)
+        if fm is not None:
+            hyps = fm.transcribe(wavs, biasing)
+        else:
+            assert asr is not None
+            hyps = asr.transcribe(wavs, biasing, decoding=decoding)
         s = AsrScores()
         for u, h in zip(utts, hyps):
             s.add(u.text, h, true)  # recall/precision and B-WER always against the true hotwords

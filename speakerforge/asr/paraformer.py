@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from speakerforge.asr.cif import fire_weights
+from speakerforge.asr.cif import fire_weights, funasr_cif
 from speakerforge.asr.sanm import ContextualParaformerDecoder, ParaformerSANMDecoder, SANMEncoder, sequence_mask
 from speakerforge.errors import CheckpointError, ConfigError
 
@@ -115,7 +115,10 @@ class CifPredictor(nn.Module):
                 hidden = torch.cat([hidden, hidden.new_zeros(b, 1, hidden.shape[2])], 1)
                 token_num = torch.floor(alphas.sum(-1))
             num = torch.floor(alphas.sum(-1)).long()  # fires: the integer boundaries crossed
-        embeds = torch.bmm(fire_weights(alphas, num), hidden)
+        if target_lengths is not None:  # training: FunASR's frame loop, with its float behaviour
+            embeds = funasr_cif(hidden, alphas)
+        else:
+            embeds = torch.bmm(fire_weights(alphas, num), hidden)
         return PredictorOut(embeds, token_num, alphas, num)
 
     def upsampled_alphas(self, hidden: Tensor, lengths: Tensor, token_num: Tensor | None = None) -> Tensor:
@@ -217,6 +220,11 @@ class _Paraformer(nn.Module):
         self.eos = int(mc.get("eos", 2))
         self.predictor_bias = int(mc.get("predictor_bias", 0))
         self.sampling_ratio = float(mc.get("sampling_ratio", 0.2))
+        # training (FunASR's defaults)
+        self.lsm_weight = float(mc.get("lsm_weight", 0.0))
+        self.length_normalized_loss = bool(mc.get("length_normalized_loss", False))
+        self.ctc_weight = float(mc.get("ctc_weight", 0.5))
+        self.predictor_weight = float(mc.get("predictor_weight", 0.0))
         if config.get("encoder") != "SANMEncoder":
             raise ConfigError(f"config.yaml encoder: {config.get('encoder')!r}; supported: SANMEncoder")
         enc_raw = dict(config.get("encoder_conf") or {})
@@ -266,6 +274,8 @@ class SeacoParaformer(_Paraformer):
         mc = dict(config.get("model_conf") or {})
         self.no_bias = int(mc.get("NO_BIAS", 8377))
         self.seaco_weight = float(mc.get("seaco_weight", 0.01))
+        self.seaco_lsm_weight = float(mc.get("seaco_lsm_weight", 0.0))
+        self.seaco_length_normalized_loss = bool(mc.get("seaco_length_normalized_loss", True))
         if not 0 <= self.no_bias < vocab_size:
             raise ConfigError(f"model_conf.NO_BIAS {self.no_bias} is not a token id (vocabulary of {vocab_size})")
         d = self.encoder.output_size()
@@ -335,6 +345,69 @@ class SeacoParaformer(_Paraformer):
         keep = (bias_logp.argmax(-1) == self.no_bias).to(dec_logp.dtype).unsqueeze(-1)
         keep = keep * lam + (1 - lam)
         return dec_logp * keep + bias_logp * (1 - keep)
+
+    # ------------------------------------------------------------------------------------------------ training
+    def forward(
+        self,
+        feats: Tensor | None,
+        feat_lengths: Tensor | None,
+        targets: Tensor,
+        target_lengths: Tensor,
+        hotwords: Tensor | None = None,
+        hotword_lengths: Tensor | None = None,
+        hotword_labels: Tensor | None = None,
+        losses: tuple[str, ...] = ("ce", "cif"),
+        asr_states: Any = None,
+    ) -> dict[str, Tensor]:
+        """FunASR's loss terms named in `losses` (targets padded with -1): `ce` (Paraformer's decoder loss with the
+        glancing sampler and label smoothing), `cif` (the predictor's MAE), `ctc`, `hotword` (SeACo's loss:
+        the bias branch against `hotword_labels`, `NO_BIAS` outside the hotword spans), plus `ce_acc` and
+        `hotword_acc` as `[correct, counted]`. FunASR's SpecAugment is not applied."""
+        from speakerforge.asr import funasr_losses as fl
+
+        if asr_states is not None or feats is None or feat_lengths is None:
+            raise ValueError("a FunASR model computes its ASR states at every step (no cache)")
+        out: dict[str, Tensor] = {}
+        enc, enc_len = self.encode(feats, feat_lengths)
+        if "ctc" in losses:
+            if self.ctc is None:
+                raise ValueError("loss 'ctc' selected but the model has no ctc head (model_conf.ctc_weight: 0)")
+            logp = self.ctc(enc).log_softmax(-1).transpose(0, 1)
+            ctc = F.ctc_loss(logp, targets.clamp_min(0), enc_len, target_lengths, self.blank_id, "sum", True)
+            out["ctc"] = ctc / targets.shape[0]
+        ys, ys_len = targets, target_lengths
+        if self.predictor_bias == 1:
+            ys, ys_len = fl.add_eos(targets, target_lengths, self.eos), target_lengths + 1
+        pred = self.predictor(enc, enc_len, ys_len)
+        emb = pred.embeds
+        if "cif" in losses:
+            out["cif"] = fl.mae_loss(ys_len, pred.token_num, self.length_normalized_loss)
+        if "ce" in losses:
+            first = None
+            sem = emb
+            if self.sampling_ratio > 0:
+                sem, first = fl.glancing_inputs(
+                    lambda e: self.decoder(enc, enc_len, e, ys_len)[0],
+                    self.decoder.embed_tokens,
+                    ys,
+                    ys_len,
+                    emb,
+                    self.sampling_ratio,
+                )
+            logits, _ = self.decoder(enc, enc_len, sem, ys_len)
+            out["ce"] = fl.label_smoothing_loss(logits, ys, self.lsm_weight, self.length_normalized_loss)
+            out["ce_acc"] = fl.accuracy(first if first is not None else logits, ys)
+        if "hotword" in losses:
+            if hotwords is None or hotword_lengths is None or hotword_labels is None:
+                raise ValueError("the hotword loss needs hotwords, their lengths and the hotword labels")
+            _, hidden = self.decoder(enc, enc_len, emb, ys_len)
+            vectors = self.hotword_representation(hotwords, hotword_lengths)
+            logits = self.bias_logits(vectors, emb, hidden, ys_len)[:, :-1]  # FunASR drops the last position
+            out["hotword"] = fl.label_smoothing_loss(
+                logits, hotword_labels, self.seaco_lsm_weight, self.seaco_length_normalized_loss
+            )
+            out["hotword_acc"] = fl.accuracy(logits, hotword_labels)
+        return out
 
     # ------------------------------------------------------------------------------------------------ decoding
     @torch.no_grad()

@@ -13,7 +13,10 @@ is an error), per-stage optimizers, checkpoints and exact resume are the trainer
 - a hotword-only stage over a frozen ASR part reuses each utterance's ASR states (`asr.cache_asr_states`);
 - `--init SRC [--init-part asr]` starts from a trained ASR model (all of it, or the ASR part with new hotword
   modules), with the source's vocabulary;
-- the run writes `model.safetensors` with the vocabulary, model arguments and feature settings for `asr decode/eval`.
+- the run writes `model.safetensors` with the vocabulary, model arguments and feature settings for `asr decode/eval`;
+- `--init FUNASR_DIR` (a FunASR SeACo-Paraformer directory) trains that model instead (`speakerforge.asr.paraformer`
+  with FunASR's losses): its tokens, frontend and `model_conf` loss weights, no state cache; the model file then
+  holds the FunASR config, tokens, `seg_dict` and CMVN, so `asr decode/eval/export` rebuild it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import torch
 import torch.nn as nn
 
 from speakerforge.asr.data import AsrDataset, HotwordSampling, load_asr_sources, make_collate, pad_features
+from speakerforge.asr.funasr_dir import FunasrModel
 from speakerforge.asr.model import ASR_PART, HOTWORD_PART, ModelArgs, SeacoParaformer
+from speakerforge.asr.paraformer import SeacoParaformer as FunasrSeaco
 from speakerforge.asr.vocab import CharVocab, PieceVocab, vocab_from_meta
 from speakerforge.config import Config, from_dict, to_dict
 from speakerforge.data.features import fbank, mean_normalize
@@ -112,6 +117,11 @@ class AsrInit:
     src: str | Path
     part: str = "all"
 
+    def is_funasr(self) -> bool:
+        from speakerforge.asr.funasr_dir import is_funasr_dir
+
+        return is_funasr_dir(self.src)
+
     def read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
         from speakerforge.asr.model import read_asr_model_file
 
@@ -150,9 +160,12 @@ class AsrTrainer(Trainer):
         self.asr = parse_asr_config(cfg.asr, "config")  # before the run folder is created
         self.model_args = from_dict(ModelArgs, dict(cfg.model.args), "config", "model.args.")
         self.init = init
-        self._init_state = self.init.read() if self.init is not None else None
+        self.funasr = self._read_funasr(cfg, init)
+        self._init_state = self.init.read() if self.init is not None and self.funasr is None else None
         options = dataclasses.replace(options or RunOptions(), command="asr-train")
-        if init is not None:
+        if init is not None and self.funasr is not None:
+            options.init_description = {"init": str(Path(init.src).resolve()), "part": "all", "format": "funasr"}
+        elif init is not None and self._init_state is not None:
             options.init_description = {"init": str(self._init_state[2].resolve()), "part": init.part}
         super().__init__(cfg, exp_dir, options)
         names = [s.name for s in self.stages]
@@ -164,11 +177,50 @@ class AsrTrainer(Trainer):
         self._terms_n = 0
 
     # ------------------------------------------------------------------------------------------------ setup
+    @staticmethod
+    def _read_funasr(cfg: Config, init: AsrInit | None) -> FunasrModel | None:
+        """The FunASR model of `--init FUNASR_DIR` (weights loaded strictly), or None (the small model)."""
+        if init is None or not init.is_funasr():
+            if cfg.model.name == "funasr":
+                raise ConfigError("model.name funasr: give the FunASR model directory to train with --init FUNASR_DIR")
+            return None
+        if cfg.model.name != "funasr":
+            raise ConfigError(
+                f"model.name {cfg.model.name}: with --init FUNASR_DIR the config says model: {{name: funasr}} "
+                "(see configs/asr-funasr-seaco-two-stage.yaml)"
+            )
+        if init.part != "all":
+            raise ConfigError(f"--init-part {init.part}: a FunASR directory initialises the whole model (all)")
+        if cfg.model.args:
+            raise ConfigError(
+                "model.args: with --init FUNASR_DIR the network is the one its config.yaml describes; remove model.args"
+            )
+        if cfg.asr and (cfg.asr.get("vocab") or "tokenizer" in cfg.asr or "bpe_size" in cfg.asr):
+            raise ConfigError("asr.vocab/tokenizer/bpe_size: with --init FUNASR_DIR the tokens are its tokens.json")
+        fm = FunasrModel.load(init.src)
+        if not isinstance(fm.model, FunasrSeaco):
+            raise ConfigError(f"{init.src}: asr train takes a SeACo-Paraformer directory (config.yaml model)")
+        return fm
+
+    def has_ctc(self) -> bool:
+        return self.funasr.model.ctc is not None if self.funasr is not None else self.model_args.ctc
+
+    def loss_weight(self, name: str) -> float:
+        """`asr.loss_weights`, else for a FunASR model its `model_conf` (FunASR's Paraformer loss:
+        (1 - ctc_weight) x ce + ctc_weight x ctc + predictor_weight x cif; the seaco loss x 1), else ours."""
+        if name in self.asr.loss_weights:
+            return self.asr.loss_weights[name]
+        if self.funasr is None:
+            return DEFAULT_WEIGHTS[name]
+        m = self.funasr.model
+        ctc = m.ctc_weight if m.ctc is not None else 0.0
+        return {"ce": 1.0 - ctc, "ctc": ctc, "cif": m.predictor_weight, "hotword": 1.0}[name]
+
     def stage_losses(self, stage: Stage) -> tuple[str, ...]:
         names = self.asr.stage_losses.get(stage.name, self.asr.losses)
-        if not self.model_args.ctc:
+        if not self.has_ctc():
             if stage.name in self.asr.stage_losses and "ctc" in names:
-                raise ConfigError(f"asr.stage_losses.{stage.name}: ctc selected but model.args.ctc is false")
+                raise ConfigError(f"asr.stage_losses.{stage.name}: ctc selected but the model has no ctc head")
             names = [n for n in names if n != "ctc"]
         return tuple(names)
 
@@ -177,6 +229,17 @@ class AsrTrainer(Trainer):
         self.speakers = None
         self.check_batch_size()
         texts = [u.text for s in self.sources for u in s.utts]
+        if self.funasr is not None:  # FunASR's tokens (tokens.json + seg_dict), NO_BIAS its hotword label
+            tokens = self.funasr.tokens
+            unk = sum(t.count(tokens.unk_id) for t in map(tokens.encode, texts))
+            if unk:
+                log.warning("%d token(s) of the transcripts are not in tokens.json and become <unk>", unk)
+            model = self.funasr.model
+            assert isinstance(model, FunasrSeaco)
+            word_spans = tokens.word_spans if self.asr.hotwords.span_unit == "word" else None
+            self.collate = make_collate(model.no_bias, model.sos, word_spans)
+            log.info("data: %d sources, %d utterances, FunASR tokens: %d", len(self.sources), len(texts), len(tokens))
+            return
         if self._init_state is not None:  # the source's token ids, whatever the new transcripts hold
             self.vocab = vocab_from_meta(self._init_state[1])
             if self.asr.vocab and self.asr.vocab != self.vocab.tokens:
@@ -203,9 +266,14 @@ class AsrTrainer(Trainer):
 
     def build_module(self) -> nn.Module:
         _seed_everything(self.cfg.train.seed)
-        module = SeacoParaformer(
-            len(self.vocab), self.model_args, sos_id=self.vocab.sos_id, blank_id=self.vocab.blank_id
-        )
+        module: nn.Module
+        if self.funasr is not None:
+            module = self.funasr.model
+            self.funasr.frontend.train()  # dither (frontend_conf.dither; FunASR's 1.0 when absent) in training
+        else:
+            module = SeacoParaformer(
+                len(self.vocab), self.model_args, sos_id=self.vocab.sos_id, blank_id=self.vocab.blank_id
+            )
         if self._init_state is not None:
             state, _meta, origin = self._init_state
             n = load_init_part(module, state, self.init.part, str(origin))
@@ -221,17 +289,17 @@ class AsrTrainer(Trainer):
     def make_dataset(self, stage: Stage, augment: Callable | None) -> torch.utils.data.Dataset:
         self._losses = self.stage_losses(stage)
         self._states: dict[Any, tuple[torch.Tensor, torch.Tensor]] | None = (
-            {} if self.asr.cache_asr_states and self._losses == ("hotword",) else None
+            {} if self.asr.cache_asr_states and self._losses == ("hotword",) and self.funasr is None else None
         )
         self._states_checked = False
         log.info(
             "stage %r: losses %s",
             stage.name,
-            ", ".join(f"{n} x {self.asr.loss_weights.get(n, DEFAULT_WEIGHTS[n]):g}" for n in self._losses),
+            ", ".join(f"{n} x {self.loss_weight(n):g}" for n in self._losses),
         )
         return AsrDataset(
             [self.sources[i] for i in self.stage_sources[stage.index]],
-            self.vocab,
+            self.funasr.tokens if self.funasr is not None else self.vocab,
             self.cfg.train.seed,
             stage.index,
             self.asr.hotwords,
@@ -239,8 +307,13 @@ class AsrTrainer(Trainer):
 
     def integrity_ignore(self, stage: Stage) -> list[str]:
         losses = self.stage_losses(stage)
-        glances = "ce" in losses and self.model_args.sampling_ratio > 0
-        return [] if "hotword" in losses or glances else ["model.decoder.embed"]
+        ratio = self.funasr.model.sampling_ratio if self.funasr is not None else self.model_args.sampling_ratio
+        glances = "ce" in losses and ratio > 0
+        ignore = [] if "hotword" in losses or glances else ["model.decoder.embed"]
+        if self.funasr is not None and self.funasr.model.predictor.upsample_type is not None:
+            # CifPredictorV3's timestamp branch: no loss of SeACo training reaches it (nor FunASR's)
+            ignore += [f"model.predictor.{m}" for m in ("upsample_cnn", "blstm", "cif_output2")]
+        return ignore
 
     # ------------------------------------------------------------------------------------------------ steps
     def schedule(self, module: nn.Module, stage: Stage, stage_step: int, steps_per_epoch: int) -> dict[str, float]:
@@ -253,7 +326,10 @@ class AsrTrainer(Trainer):
         raise NotImplementedError("AsrTrainer computes features per utterance (utterance_features)")
 
     def utterance_features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded `[B, S]` waveforms -> padded `[B, T, F]` fbank, each normalised over its own frames."""
+        """Padded `[B, S]` waveforms -> padded `[B, T, F]` fbank, each normalised over its own frames (a FunASR
+        model: its WavFrontend, LFR and am.mvn)."""
+        if self.funasr is not None:
+            return self.funasr.frontend([wav[i, : int(n)] for i, n in enumerate(lengths)])
         fc = self.cfg.features
         feats = [
             fbank(
@@ -286,7 +362,7 @@ class AsrTrainer(Trainer):
             losses=self._losses,
             asr_states=states,
         )
-        loss = sum(self.asr.loss_weights.get(n, DEFAULT_WEIGHTS[n]) * out[n] for n in self._losses)
+        loss = sum(self.loss_weight(n) * out[n] for n in self._losses)
         acc = out.get("ce_acc", out.get("hotword_acc"))
         n = self._terms_n
         for k in self._losses:
@@ -354,7 +430,11 @@ class AsrTrainer(Trainer):
         from speakerforge.checkpoint_io import save_model_file
 
         out = self.exp / "model.safetensors"
-        if self.env.is_main:
+        if self.env.is_main and self.funasr is not None:
+            meta = {"kind": "asr", "model": "funasr", "funasr": self.funasr.to_meta(), "config": to_dict(self.cfg)}
+            save_model_file(out, module.state_dict(), meta)
+            log.info("ASR model (FunASR %s) written to %s", self.funasr.config.get("model"), out)
+        elif self.env.is_main:
             fc = self.cfg.features
             save_model_file(
                 out,

@@ -219,7 +219,8 @@ def oracle_ids(oracle: Any, d: Any, config: dict[str, Any], waves: list[torch.Te
     """FunASR's `inference` token ids (batch size 1) with its own hotword list from `hotword` (file or string)."""
     from funasr.tokenizer.char_tokenizer import CharTokenizer
 
-    tok = CharTokenizer(token_list=str(d / "tokens.json"), seg_dict=str(d / "seg_dict"))
+    seg = str(d / "seg_dict") if (d / "seg_dict").is_file() else None
+    tok = CharTokenizer(token_list=str(d / "tokens.json"), seg_dict=seg)
 
     class Front:  # generate_hotwords_list finds seg_dict beside the frontend's am.mvn
         cmvn_file = str(d / "am.mvn")

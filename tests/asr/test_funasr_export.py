@@ -12,7 +12,7 @@ import yaml
 
 from speakerforge.asr.funasr_dir import FunasrModel, FunasrTokens, read_hotword_list
 from speakerforge.cli import main
-from speakerforge.errors import ConfigError
+from speakerforge.errors import CheckpointError, ConfigError
 from tests.asr.funasr_oracle import (
     SEACO_SMALL,
     contextual_small,
@@ -57,7 +57,7 @@ def test_export_of_a_funasr_dir_decodes_in_funasr_as_in_speakerforge(tmp_path, k
         )
 
 
-def test_export_reads_tokens_txt_and_refuses_a_used_folder_or_a_small_model(tmp_path):
+def test_export_reads_tokens_txt_and_refuses_a_used_folder_or_a_foreign_file(tmp_path):
     oracle = oracle_seaco(SEACO_SMALL, len(TOKENS))
     src = write_release_dir(tmp_path / "release", SEACO_SMALL, oracle.state_dict(), TOKENS)
     (src / "tokens.json").unlink()
@@ -68,5 +68,5 @@ def test_export_reads_tokens_txt_and_refuses_a_used_folder_or_a_small_model(tmp_
     assert json.loads((out / "tokens.json").read_text(encoding="utf-8")) == TOKENS
     with pytest.raises(ConfigError, match="new or empty"):
         export_asr(src, out)
-    with pytest.raises(ConfigError, match="no FunASR form"):
+    with pytest.raises(CheckpointError, match="not an ASR model file|model file"):
         export_asr(tmp_path / "release" / "model.pt", tmp_path / "out2")

@@ -1,0 +1,81 @@
+"""FunASR's training losses in speakerforge against FunASR's own (PyPI `funasr`, test-only), random weights at
+small sizes: Paraformer's decoder loss (glancing sampler, label smoothing, length normalisation), the predictor's
+MAE loss and SeACo's hotword loss, on the same batch with the same random draws."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speakerforge.asr.data import hotword_batch
+from speakerforge.asr.paraformer import SeacoParaformer, load_funasr_state
+from tests.asr.funasr_oracle import SEACO_SMALL, oracle_seaco, small_tokens
+
+TOL = 1e-4
+V = len(small_tokens())
+INPUT = SEACO_SMALL["frontend_conf"]["n_mels"] * SEACO_SMALL["frontend_conf"]["lfr_m"]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    oracle = oracle_seaco(SEACO_SMALL, V, seed=0)
+    ours = SeacoParaformer(SEACO_SMALL, V, INPUT).eval()
+    load_funasr_state(ours, oracle.state_dict(), "oracle")
+    return oracle, ours
+
+
+def _batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x, lens = torch.randn(2, 50, INPUT, generator=g), torch.tensor([50, 37])
+    toks = [torch.randint(3, V - 1, (n,), generator=g).tolist() for n in (9, 6)]
+    targets = torch.full((2, 9), -1)
+    for i, t in enumerate(toks):
+        targets[i, : len(t)] = torch.tensor(t)
+    hw = hotword_batch(toks, [[(2, 5)], [(1, 3)]], no_bias_id=SEACO_SMALL["model_conf"]["NO_BIAS"], sos_id=1)
+    return x, lens, targets, torch.tensor([9, 6]), hw
+
+
+def test_losses_match_funasrs_paraformer_and_seaco_losses(pair, monkeypatch):
+    """The glancing positions are FunASR's `torch.randperm` draws; FunASR's layer stacks also draw from torch's
+    generator at every call (`MultiSequential`'s layer-drop), so the two streams differ: the test fixes
+    `torch.randperm` to a reversal for both, and everything else must then agree."""
+    oracle, ours = pair
+    x, lens, targets, tlens, hw = _batch()
+    monkeypatch.setattr(torch, "randperm", lambda n, **_: torch.arange(int(n) - 1, -1, -1))
+    with torch.no_grad():
+        enc, enc_len, _ = oracle.encoder(x, lens)
+        loss_att, acc_att, _, _, loss_pre = oracle._calc_att_loss(enc, enc_len, targets, tlens)
+        from funasr.models.transformer.utils.add_sos_eos import add_sos_eos
+
+        _, ys = add_sos_eos(targets, oracle.sos, oracle.eos, -1)
+        loss_seaco = oracle._calc_seaco_loss(
+            enc, enc_len, ys, tlens + 1, hw["hotwords"], hw["hotword_lengths"], hw["hotword_labels"]
+        )
+        out = ours(
+            x,
+            lens,
+            targets,
+            tlens,
+            hw["hotwords"],
+            hw["hotword_lengths"],
+            hw["hotword_labels"],
+            losses=("ce", "cif", "hotword"),
+        )
+    assert abs(float(out["ce"]) - float(loss_att)) <= TOL
+    assert abs(float(out["cif"]) - float(loss_pre)) <= TOL
+    assert abs(float(out["hotword"]) - float(loss_seaco)) <= TOL
+    correct, counted = out["ce_acc"].tolist()
+    assert counted == 9 + 6 + 2 and abs(correct / counted - acc_att) <= 1e-6
+
+
+def test_loss_gradients_reach_only_the_parts_each_loss_uses(pair):
+    _, ours = pair
+    x, lens, targets, tlens, hw = _batch(1)
+    ours.zero_grad()
+    out = ours(
+        x, lens, targets, tlens, hw["hotwords"], hw["hotword_lengths"], hw["hotword_labels"], losses=("hotword",)
+    )
+    out["hotword"].backward()
+    grads = {n.split(".")[0] for n, p in ours.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert {"bias_encoder", "seaco_decoder", "hotword_output_layer", "decoder"} <= grads
+    ours.zero_grad()
