@@ -256,9 +256,11 @@ def hotword_batch(
     sos_id: int,
     distractors: list[list[int]] = (),
     word_spans: WordSpans | None = None,
+    funasr: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One hotword list for the batch (unique spans in order, then distractors, then the no-bias entry) and
-    per-token labels.
+    per-token labels. `funasr`: FunASR's `AudioDatasetHotword.collator` exactly (every span in batch order, repeats
+    kept; a token labelled only inside its own utterance's spans).
 
     A token is labelled with itself wherever its utterance holds an entry of the list there (as a whole word when
     `word_spans` is given), `<no_bias>` elsewhere. FunASR labels only an utterance's own spans; with one list per
@@ -272,6 +274,9 @@ def hotword_batch(
     for d in distractors:
         words.setdefault(tuple(d), len(words))
     entries = [list(w) for w in words] + [[sos_id]]
+    if funasr:
+        entries = [t[s:e] for t, spans in zip(token_lists, span_lists) for s, e in spans]
+        entries += [list(d) for d in distractors] + [[sos_id]]
     lengths = torch.tensor([len(w) for w in entries])
     hot = torch.zeros(len(entries), int(lengths.max()), dtype=torch.long)
     for i, w in enumerate(entries):
@@ -280,7 +285,7 @@ def hotword_batch(
     labels = torch.full((len(token_lists), n), -1, dtype=torch.long)
     for i, (toks, spans) in enumerate(zip(token_lists, span_lists)):
         labels[i, : len(toks)] = no_bias_id
-        for s, e in [*spans, *_occurrences(toks, words, word_spans)]:
+        for s, e in spans if funasr else [*spans, *_occurrences(toks, words, word_spans)]:
             labels[i, s:e] = torch.tensor(toks[s:e])
     return {"hotwords": hot, "hotword_lengths": lengths, "hotword_labels": labels}
 
@@ -299,14 +304,15 @@ def _occurrences(
     ]
 
 
-def make_collate(no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None):
-    """The batch builder; `word_spans` (word hotwords) makes hotword labels match whole words only."""
-    return _Collate(no_bias_id, sos_id, word_spans)
+def make_collate(no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None, funasr: bool = False):
+    """The batch builder; `word_spans` (word hotwords) makes hotword labels match whole words only; `funasr`:
+    FunASR's list and labels (`hotword_batch`)."""
+    return _Collate(no_bias_id, sos_id, word_spans, funasr)
 
 
 class _Collate:
-    def __init__(self, no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None):
-        self.no_bias_id, self.sos_id, self.word_spans = no_bias_id, sos_id, word_spans
+    def __init__(self, no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None, funasr: bool = False):
+        self.no_bias_id, self.sos_id, self.word_spans, self.funasr = no_bias_id, sos_id, word_spans, funasr
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         wav_lengths = torch.tensor([len(it["wav"]) for it in items])
@@ -328,7 +334,9 @@ class _Collate:
         }
         extra = [d for it in items for d in it.get("distractors", ())]
         batch.update(
-            hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra, self.word_spans)
+            hotword_batch(
+                toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra, self.word_spans, self.funasr
+            )
         )
         return batch
 

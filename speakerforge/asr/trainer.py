@@ -237,7 +237,7 @@ class AsrTrainer(Trainer):
             model = self.funasr.model
             assert isinstance(model, FunasrSeaco)
             word_spans = tokens.word_spans if self.asr.hotwords.span_unit == "word" else None
-            self.collate = make_collate(model.no_bias, model.sos, word_spans)
+            self.collate = make_collate(model.no_bias, model.sos, word_spans, funasr=True)
             log.info("data: %d sources, %d utterances, FunASR tokens: %d", len(self.sources), len(texts), len(tokens))
             return
         if self._init_state is not None:  # the source's token ids, whatever the new transcripts hold

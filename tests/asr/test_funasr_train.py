@@ -87,6 +87,9 @@ def test_two_stage_funasr_training_resumes_and_exports_to_funasr(tmp_path, capsy
         printed = [line.split("\t", 1)[1] for line in capsys.readouterr().out.splitlines()]
         assert printed == [tokens.to_text(ids) for ids in expected]
         assert any(expected)  # the trained model does output tokens
+    eval_args = ["--quiet", "asr", "eval", "--model", str(straight.parent), "--data", str(data)]
+    assert main(eval_args + ["--hotwords", str(tmp_path / "hw.txt")]) == 0
+    assert "true hotwords" in capsys.readouterr().out
 
 
 def test_funasr_init_refuses_model_args_a_partial_init_and_a_missing_init(tmp_path):

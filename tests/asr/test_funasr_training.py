@@ -79,3 +79,33 @@ def test_loss_gradients_reach_only_the_parts_each_loss_uses(pair):
     grads = {n.split(".")[0] for n, p in ours.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert {"bias_encoder", "seaco_decoder", "hotword_output_layer", "decoder"} <= grads
     ours.zero_grad()
+
+
+def test_funasr_hotword_batch_is_funasrs_collator():
+    """The list (every span in batch order, repeats kept, then `[sos]`) and the labels (`NO_BIAS`, the token inside
+    its own utterance's spans only) of FunASR's `AudioDatasetHotword.collator`."""
+    from funasr.datasets.audio_datasets.datasets import AudioDatasetHotword
+
+    toks = [[3, 4, 5, 6, 7], [4, 5, 9], [8, 9, 10, 11, 12, 13]]
+    spans = [[(1, 3)], [], [(0, 2), (3, 6)]]  # [start, end)
+    no_bias = 30
+    collator = object.__new__(AudioDatasetHotword)
+    collator.int_pad_value, collator.float_pad_value = -1, 0.0
+    samples = [
+        {
+            "speech": torch.zeros(4, 2),
+            "speech_lengths": torch.tensor([4]),
+            "text": torch.tensor(t),
+            "text_lengths": torch.tensor([len(t)]),
+            "hotword_indx": [i for s, e in sp for i in (s, e - 1)] or [-1],
+            "seaco_id": no_bias,
+        }
+        for t, sp in zip(toks, spans)
+    ]
+    theirs = AudioDatasetHotword.collator(collator, samples)
+    ours = hotword_batch(toks, spans, no_bias_id=no_bias, sos_id=1, funasr=True)
+    assert torch.equal(ours["hotwords"], theirs["hotword_pad"])
+    assert ours["hotword_lengths"].tolist() == theirs["hotword_lengths"].tolist()
+    assert torch.equal(ours["hotword_labels"], theirs["seaco_label_pad"])
+    assert ours["hotwords"].tolist()[:2] == [[4, 5, 0], [8, 9, 0]]  # "4 5" is not labelled in utterance 2
+    assert ours["hotword_labels"][1].tolist() == [no_bias] * 3 + [-1] * 3
