@@ -470,8 +470,10 @@ class Trainer:
         # A stage draws its data, crops and RNG from (seed, stage-local epoch/step) only, so a stage run inside a
         # staged config is exactly a separate run initialised from the previous stage's weights.
         _seed_everything(cfg.train.seed)
-        if state is not None:
-            restore_rng(state["rng"])  # last, once every object that draws at construction exists
+        # last, once every object that draws at construction exists; a checkpoint written at the previous stage's
+        # end holds that stage's RNG, which an uninterrupted run does not carry into this one
+        if state is not None and state.get("optimizer_stage") == stage.index:
+            restore_rng(state["rng"])
         nonfinite_run = 0
         for epoch in range(progress.epoch, stage.epochs):
             epoch_id = epoch

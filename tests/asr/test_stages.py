@@ -260,3 +260,21 @@ def test_killed_inside_a_cached_hotword_stage_resumes_bit_identical(tmp_path):
         AsrTrainer(cfg, tmp_path / "resumed", RunOptions(stop_after_steps=5)).run()
     resumed = AsrTrainer(cfg, tmp_path / "resumed").run()
     assert_same_weights(model_weights(straight.parent), model_weights(resumed.parent))
+
+
+def test_killed_before_the_first_checkpoint_of_stage_2_resumes_bit_identical(tmp_path):
+    """Checkpoints at epoch ends only: killed in stage 2 before its first one, the run resumes from the checkpoint
+    written at stage 1's end. It used to restore stage 1's RNG there, where an uninterrupted run starts stage 2 from
+    the seed (dropout, hotword stage): 23 hotword tensors ended different."""
+    from speakerforge.train.trainer import RunOptions, StopForTest
+    from tests.trainutil import assert_same_weights, model_weights
+
+    data = write_tone_corpus(tmp_path / "data", TEXTS)
+    stages = [dict(TWO_STAGES[0]), {**TWO_STAGES[1], "epochs": 2}]
+    cfg = tiny_config(data, stages, STAGE_LOSSES)  # save_every_steps 0
+    cfg.model.args["dropout"] = 0.1
+    straight = AsrTrainer(cfg, tmp_path / "straight").run()
+    with pytest.raises(StopForTest):  # stage 1 is 3 steps
+        AsrTrainer(cfg, tmp_path / "resumed", RunOptions(stop_after_steps=4)).run()
+    resumed = AsrTrainer(cfg, tmp_path / "resumed").run()
+    assert_same_weights(model_weights(straight.parent), model_weights(resumed.parent))
