@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -160,3 +161,53 @@ class WavFrontend(nn.Module):
         feats = [self.features(w) for w in waves]
         lengths = torch.tensor([f.shape[0] for f in feats])
         return nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
+
+
+class SpecAugLFR(nn.Module):
+    """FunASR's `SpecAugLFR` on LFR features `[B, T, F]` in training: `num_freq_mask` frequency bands masked at
+    the same place in each of the `lfr_rate + 1` stacked frames, then `num_time_mask` runs of frames; widths from
+    `[low, high)`, positions and widths drawn from torch's generator in FunASR's order (so a seed gives FunASR's
+    masks). Time warping is not supported."""
+
+    def __init__(
+        self,
+        apply_time_warp: bool = True,
+        time_warp_window: int = 5,
+        time_warp_mode: str = "bicubic",
+        apply_freq_mask: bool = True,
+        freq_mask_width_range: Sequence[int] = (0, 20),
+        num_freq_mask: int = 2,
+        lfr_rate: int = 0,
+        apply_time_mask: bool = True,
+        time_mask_width_range: Sequence[int] | None = None,
+        time_mask_width_ratio_range: Sequence[float] | None = None,
+        num_time_mask: int = 2,
+    ):
+        super().__init__()
+        if apply_time_warp:
+            raise ConfigError("specaug_conf.apply_time_warp: true is not supported (FunASR's releases set false)")
+        if apply_time_mask and time_mask_width_range is None:
+            raise ConfigError("specaug_conf: only time_mask_width_range is supported for the time mask")
+        self.freq = (tuple(freq_mask_width_range), num_freq_mask, lfr_rate + 1) if apply_freq_mask else None
+        self.time = (tuple(time_mask_width_range or (0, 1)), num_time_mask) if apply_time_mask else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.freq is not None:
+            (lo, hi), n, lfr = self.freq
+            x = _mask_lfr(x, 2, lo, hi, n, lfr)
+        if self.time is not None:
+            (lo, hi), n = self.time
+            x = _mask_lfr(x, 1, lo, hi, n, 1)
+        return x
+
+
+def _mask_lfr(x: Tensor, dim: int, lo: int, hi: int, num: int, lfr: int) -> Tensor:
+    """FunASR's `mask_along_axis_lfr` (zeros): `num` runs along `dim`, repeated in each of `lfr` stacked blocks."""
+    b = x.shape[0]
+    d = x.shape[dim] // lfr
+    length = torch.randint(lo, hi, (b, num), device=x.device).unsqueeze(2).repeat(1, lfr, 1)
+    pos = torch.randint(0, max(1, d - int(length.max())), (b, num), device=x.device).unsqueeze(2)
+    pos = torch.cat([pos + d * i for i in range(lfr)], dim=1)
+    aran = torch.arange(x.shape[dim], device=x.device)[None, None, :]
+    mask = ((pos <= aran) & (aran < pos + length)).any(dim=1)
+    return x.masked_fill(mask.unsqueeze(2) if dim == 1 else mask.unsqueeze(1), 0.0)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speakerforge.asr.cif import fire_weights, funasr_cif
+from speakerforge.asr.funasr_frontend import SpecAugLFR
 from speakerforge.asr.sanm import ContextualParaformerDecoder, ParaformerSANMDecoder, SANMEncoder, sequence_mask
 from speakerforge.errors import CheckpointError, ConfigError
 
@@ -232,6 +233,15 @@ class _Paraformer(nn.Module):
             if k in enc_raw and enc_raw[k] != v:
                 raise ConfigError(f"config.yaml encoder_conf.{k}: {enc_raw[k]!r}; supported: {v!r}")
         self.encoder = SANMEncoder(input_size, **_section(config, "encoder_conf", _ENCODER_KEYS, _ENCODER_IGNORED))
+        self.specaug: SpecAugLFR | None = None
+        self.specaug_problem = ""  # why training cannot apply the config's specaug (decoding does not need it)
+        if config.get("specaug") == "SpecAugLFR":
+            try:
+                self.specaug = SpecAugLFR(**dict(config.get("specaug_conf") or {}))
+            except (ConfigError, TypeError) as exc:
+                self.specaug_problem = f"specaug SpecAugLFR: {exc}"
+        elif config.get("specaug"):
+            self.specaug_problem = f"specaug {config.get('specaug')!r}: only SpecAugLFR is supported"
         pred = config.get("predictor")
         if pred not in ("CifPredictorV3", "CifPredictorV2"):
             raise ConfigError(f"config.yaml predictor: {pred!r}; supported: CifPredictorV3, CifPredictorV2")
@@ -362,12 +372,17 @@ class SeacoParaformer(_Paraformer):
         """FunASR's loss terms named in `losses` (targets padded with -1): `ce` (Paraformer's decoder loss with the
         glancing sampler and label smoothing), `cif` (the predictor's MAE), `ctc`, `hotword` (SeACo's loss:
         the bias branch against `hotword_labels`, `NO_BIAS` outside the hotword spans), plus `ce_acc` and
-        `hotword_acc` as `[correct, counted]`. FunASR's SpecAugment is not applied."""
+        `hotword_acc` as `[correct, counted]`. In training mode the config's SpecAugLFR masks the features first."""
         from speakerforge.asr import funasr_losses as fl
 
         if asr_states is not None or feats is None or feat_lengths is None:
             raise ValueError("a FunASR model computes its ASR states at every step (no cache)")
         out: dict[str, Tensor] = {}
+        if self.training:  # as FunASR's Paraformer.encode
+            if self.specaug_problem:
+                raise ConfigError(f"config.yaml {self.specaug_problem}")
+            if self.specaug is not None:
+                feats = self.specaug(feats)
         enc, enc_len = self.encode(feats, feat_lengths)
         if "ctc" in losses:
             if self.ctc is None:

@@ -109,3 +109,19 @@ def test_funasr_hotword_batch_is_funasrs_collator():
     assert torch.equal(ours["hotword_labels"], theirs["seaco_label_pad"])
     assert ours["hotwords"].tolist()[:2] == [[4, 5, 0], [8, 9, 0]]  # "4 5" is not labelled in utterance 2
     assert ours["hotword_labels"][1].tolist() == [no_bias] * 3 + [-1] * 3
+
+
+@pytest.mark.parametrize("freq_width", [[0, 30], [0, 8]])
+def test_specaug_lfr_masks_as_funasrs_for_the_same_seed(freq_width):
+    from funasr.models.specaug.specaug import SpecAugLFR as Theirs
+
+    from speakerforge.asr.funasr_frontend import SpecAugLFR
+
+    conf = {**SEACO_SMALL["specaug_conf"], "freq_mask_width_range": freq_width, "num_freq_mask": 2}
+    x = torch.randn(3, 30, INPUT, generator=torch.Generator().manual_seed(0)) + 5.0
+    torch.manual_seed(4)
+    theirs, _ = Theirs(**conf)(x.clone(), torch.tensor([30, 30, 30]))
+    torch.manual_seed(4)
+    mine = SpecAugLFR(**conf)(x.clone())
+    assert torch.equal(theirs, mine)
+    assert (mine == 0).any()  # something was masked
