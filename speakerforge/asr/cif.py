@@ -109,3 +109,33 @@ def funasr_cif(hidden: Tensor, alphas: Tensor, threshold: float = 1.0) -> Tensor
         rows = stacked[j, fired[j]][:k_max]
         out[j, : rows.shape[0]] = rows
     return out
+
+
+def funasr_cif_v1(hidden: Tensor, alphas: Tensor) -> Tensor:
+    """FunASR's `cif_v1` (CifPredictorV2) as it runs: a token fires at each frame where the running sum (float64
+    cumsum cast to float32) passes an integer, at most once per frame; its embedding is the weighted sum since the
+    previous fire. `[B, round(sum).max(), D]`, zero rows where a token never fired."""
+    b, t, d = hidden.shape
+    prefix = torch.cumsum(alphas, dim=1, dtype=torch.float64).to(torch.float32)
+    floor = torch.floor(prefix)
+    prev_floor = torch.floor(torch.roll(prefix, 1, dims=1))
+    prev_floor[:, 0] = 0
+    fire_idx = (floor - prev_floor) > 0
+    k_max = int(torch.round(alphas.sum(-1)).int().max().item()) if b else 0
+    out = hidden.new_zeros(b, k_max, d)
+    if not bool(fire_idx.any()):
+        return out
+    fires = torch.where(fire_idx, 1.0, 0.0).to(prefix.dtype) + prefix - floor
+    frames = torch.cumsum(alphas.unsqueeze(-1) * hidden, dim=1)[fire_idx]
+    batch_len = fire_idx.sum(1)
+    starts = torch.roll(torch.cumsum(batch_len, 0), 1, 0)
+    starts[0] = 0
+    shift = torch.roll(frames, 1, 0)
+    shift[starts] = 0
+    remains = (fires - torch.floor(fires))[fire_idx].unsqueeze(-1) * hidden[fire_idx]
+    shift_remains = torch.roll(remains, 1, 0)
+    shift_remains[starts] = 0
+    frames = frames - shift + shift_remains - remains
+    keep = torch.arange(k_max, device=hidden.device).expand(b, -1) < batch_len.unsqueeze(1)
+    out[keep] = frames[: int(keep.sum())]
+    return out

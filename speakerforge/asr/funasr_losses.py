@@ -63,12 +63,17 @@ def glancing_inputs(
     ys_lengths: Tensor,
     acoustic: Tensor,
     sampling_ratio: float,
+    count_padding: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(decoder inputs `[B, K, D]`, first-pass logits) as Paraformer's `sampler`: `decode(embeds)` is the decoder
     on the encoder output, `embed(ids)` the decoder's token embedding; randomness from torch's global generator
-    (`torch.randperm` per utterance, as FunASR draws it)."""
+    (`torch.randperm` per utterance, as FunASR draws it). `count_padding`: ContextualParaformer's `sampler`, which
+    zeroes the padding before it counts, so every utterance counts (and draws positions over) the batch's longest
+    length, padding predicted as id 0 counting as right."""
     tgt_mask = (torch.arange(int(ys_lengths.max()), device=ys.device)[None, :] < ys_lengths[:, None])[:, :, None]
     ys_embed = embed(ys * tgt_mask[:, :, 0])
+    if count_padding:
+        ys = ys * tgt_mask[:, :, 0]
     with torch.no_grad():
         first = decode(acoustic)
         nonpad = ys.ne(IGNORE_ID)

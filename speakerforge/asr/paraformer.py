@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from speakerforge.asr.cif import fire_weights, funasr_cif
+from speakerforge.asr.cif import fire_weights, funasr_cif, funasr_cif_v1
 from speakerforge.asr.funasr_frontend import SpecAugLFR
 from speakerforge.asr.sanm import ContextualParaformerDecoder, ParaformerSANMDecoder, SANMEncoder, sequence_mask
 from speakerforge.errors import CheckpointError, ConfigError
@@ -116,8 +116,8 @@ class CifPredictor(nn.Module):
                 hidden = torch.cat([hidden, hidden.new_zeros(b, 1, hidden.shape[2])], 1)
                 token_num = torch.floor(alphas.sum(-1))
             num = torch.floor(alphas.sum(-1)).long()  # fires: the integer boundaries crossed
-        if target_lengths is not None:  # training: FunASR's frame loop, with its float behaviour
-            embeds = funasr_cif(hidden, alphas)
+        if target_lengths is not None:  # training: FunASR's own integrators, with their float behaviour
+            embeds = funasr_cif(hidden, alphas) if self.upsample_type is not None else funasr_cif_v1(hidden, alphas)
         else:
             embeds = torch.bmm(fire_weights(alphas, num), hidden)
         return PredictorOut(embeds, token_num, alphas, num)
@@ -266,6 +266,84 @@ class _Paraformer(nn.Module):
         drop = {self.blank_id, self.sos, self.eos}
         return [[t for t in logp[i, : int(num[i])].argmax(-1).tolist() if t not in drop] for i in range(len(num))]
 
+    # ------------------------------------------------------------------------------------------------ training
+    def forward(
+        self,
+        feats: Tensor | None,
+        feat_lengths: Tensor | None,
+        targets: Tensor,
+        target_lengths: Tensor,
+        hotwords: Tensor | None = None,
+        hotword_lengths: Tensor | None = None,
+        hotword_labels: Tensor | None = None,
+        losses: tuple[str, ...] = ("ce", "cif"),
+        asr_states: Any = None,
+    ) -> dict[str, Tensor]:
+        """FunASR's loss terms named in `losses` (targets padded with -1): `ce` (Paraformer's decoder loss with the
+        glancing sampler and label smoothing), `cif` (the predictor's MAE), `ctc`, and for SeACo `hotword` (the
+        bias branch against `hotword_labels`, `NO_BIAS` outside the hotword spans), plus `ce_acc` and
+        `hotword_acc` as `[correct, counted]`. A ContextualParaformer's decoder reads the batch's hotword list in
+        every term, as FunASR's `_calc_att_clas_loss`. In training mode the config's SpecAugLFR masks the
+        features first."""
+        from speakerforge.asr import funasr_losses as fl
+
+        if asr_states is not None or feats is None or feat_lengths is None:
+            raise ValueError("a FunASR model computes its ASR states at every step (no cache)")
+        out: dict[str, Tensor] = {}
+        if self.training:  # as FunASR's Paraformer.encode
+            if self.specaug_problem:
+                raise ConfigError(f"config.yaml {self.specaug_problem}")
+            if self.specaug is not None:
+                feats = self.specaug(feats)
+        enc, enc_len = self.encode(feats, feat_lengths)
+        ctc_head = getattr(self, "ctc", None)
+        if "ctc" in losses:
+            if ctc_head is None:
+                raise ValueError("loss 'ctc' selected but the model has no ctc head (model_conf.ctc_weight: 0)")
+            logp = ctc_head(enc).log_softmax(-1).transpose(0, 1)
+            ctc = F.ctc_loss(logp, targets.clamp_min(0), enc_len, target_lengths, self.blank_id, "sum", True)
+            out["ctc"] = ctc / targets.shape[0]
+        ys, ys_len = targets, target_lengths
+        if self.predictor_bias == 1:
+            ys, ys_len = fl.add_eos(targets, target_lengths, self.eos), target_lengths + 1
+        pred = self.predictor(enc, enc_len, ys_len)
+        emb = pred.embeds
+        if "cif" in losses:
+            out["cif"] = fl.mae_loss(ys_len, pred.token_num, self.length_normalized_loss)
+        context = self._training_context(hotwords, hotword_lengths, enc.shape[0])
+        if "ce" in losses:
+            first = None
+            sem = emb
+            if self.sampling_ratio > 0:
+                sem, first = fl.glancing_inputs(
+                    lambda e: self._decode(enc, enc_len, e, ys_len, context)[0],
+                    self._token_embedding(),
+                    ys,
+                    ys_len,
+                    emb,
+                    self.sampling_ratio,
+                    count_padding=context is not None,  # FunASR's ContextualParaformer.sampler
+                )
+            logits, _ = self._decode(enc, enc_len, sem, ys_len, context)
+            out["ce"] = fl.label_smoothing_loss(logits, ys, self.lsm_weight, self.length_normalized_loss)
+            out["ce_acc"] = fl.accuracy(first if first is not None else logits, ys)
+        self._extra_losses(out, losses, enc, enc_len, emb, ys_len, hotwords, hotword_lengths, hotword_labels)
+        return out
+
+    def _training_context(self, hotwords: Tensor | None, lengths: Tensor | None, batch: int) -> Tensor | None:
+        return None
+
+    def _decode(
+        self, enc: Tensor, enc_len: Tensor, embeds: Tensor, lengths: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _token_embedding(self) -> Any:
+        raise NotImplementedError
+
+    def _extra_losses(self, out: dict[str, Tensor], losses: tuple[str, ...], *args: Any) -> None:
+        """Losses of the subclass beyond the Paraformer terms (SeACo: `hotword`)."""
+
     def _predict(self, enc: Tensor, enc_len: Tensor) -> tuple[Tensor, Tensor]:
         """(CIF embeddings `[B, K, D]` cut or padded to the largest rounded token count, counts `[B]`)."""
         pred = self.predictor(enc, enc_len)
@@ -357,72 +435,31 @@ class SeacoParaformer(_Paraformer):
         return dec_logp * keep + bias_logp * (1 - keep)
 
     # ------------------------------------------------------------------------------------------------ training
-    def forward(
-        self,
-        feats: Tensor | None,
-        feat_lengths: Tensor | None,
-        targets: Tensor,
-        target_lengths: Tensor,
-        hotwords: Tensor | None = None,
-        hotword_lengths: Tensor | None = None,
-        hotword_labels: Tensor | None = None,
-        losses: tuple[str, ...] = ("ce", "cif"),
-        asr_states: Any = None,
-    ) -> dict[str, Tensor]:
-        """FunASR's loss terms named in `losses` (targets padded with -1): `ce` (Paraformer's decoder loss with the
-        glancing sampler and label smoothing), `cif` (the predictor's MAE), `ctc`, `hotword` (SeACo's loss:
-        the bias branch against `hotword_labels`, `NO_BIAS` outside the hotword spans), plus `ce_acc` and
-        `hotword_acc` as `[correct, counted]`. In training mode the config's SpecAugLFR masks the features first."""
+    def _decode(
+        self, enc: Tensor, enc_len: Tensor, embeds: Tensor, lengths: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        return self.decoder(enc, enc_len, embeds, lengths)
+
+    def _token_embedding(self) -> Any:
+        return self.decoder.embed_tokens
+
+    def _extra_losses(self, out: dict[str, Tensor], losses: tuple[str, ...], *args: Any) -> None:
+        """SeACo's `hotword` loss: the seaco decoder over the list from the CIF embeddings and the decoder states,
+        label-smoothed CE against the hotword labels (FunASR drops the last position)."""
         from speakerforge.asr import funasr_losses as fl
 
-        if asr_states is not None or feats is None or feat_lengths is None:
-            raise ValueError("a FunASR model computes its ASR states at every step (no cache)")
-        out: dict[str, Tensor] = {}
-        if self.training:  # as FunASR's Paraformer.encode
-            if self.specaug_problem:
-                raise ConfigError(f"config.yaml {self.specaug_problem}")
-            if self.specaug is not None:
-                feats = self.specaug(feats)
-        enc, enc_len = self.encode(feats, feat_lengths)
-        if "ctc" in losses:
-            if self.ctc is None:
-                raise ValueError("loss 'ctc' selected but the model has no ctc head (model_conf.ctc_weight: 0)")
-            logp = self.ctc(enc).log_softmax(-1).transpose(0, 1)
-            ctc = F.ctc_loss(logp, targets.clamp_min(0), enc_len, target_lengths, self.blank_id, "sum", True)
-            out["ctc"] = ctc / targets.shape[0]
-        ys, ys_len = targets, target_lengths
-        if self.predictor_bias == 1:
-            ys, ys_len = fl.add_eos(targets, target_lengths, self.eos), target_lengths + 1
-        pred = self.predictor(enc, enc_len, ys_len)
-        emb = pred.embeds
-        if "cif" in losses:
-            out["cif"] = fl.mae_loss(ys_len, pred.token_num, self.length_normalized_loss)
-        if "ce" in losses:
-            first = None
-            sem = emb
-            if self.sampling_ratio > 0:
-                sem, first = fl.glancing_inputs(
-                    lambda e: self.decoder(enc, enc_len, e, ys_len)[0],
-                    self.decoder.embed_tokens,
-                    ys,
-                    ys_len,
-                    emb,
-                    self.sampling_ratio,
-                )
-            logits, _ = self.decoder(enc, enc_len, sem, ys_len)
-            out["ce"] = fl.label_smoothing_loss(logits, ys, self.lsm_weight, self.length_normalized_loss)
-            out["ce_acc"] = fl.accuracy(first if first is not None else logits, ys)
-        if "hotword" in losses:
-            if hotwords is None or hotword_lengths is None or hotword_labels is None:
-                raise ValueError("the hotword loss needs hotwords, their lengths and the hotword labels")
-            _, hidden = self.decoder(enc, enc_len, emb, ys_len)
-            vectors = self.hotword_representation(hotwords, hotword_lengths)
-            logits = self.bias_logits(vectors, emb, hidden, ys_len)[:, :-1]  # FunASR drops the last position
-            out["hotword"] = fl.label_smoothing_loss(
-                logits, hotword_labels, self.seaco_lsm_weight, self.seaco_length_normalized_loss
-            )
-            out["hotword_acc"] = fl.accuracy(logits, hotword_labels)
-        return out
+        if "hotword" not in losses:
+            return
+        enc, enc_len, emb, ys_len, hotwords, hotword_lengths, hotword_labels = args
+        if hotwords is None or hotword_lengths is None or hotword_labels is None:
+            raise ValueError("the hotword loss needs hotwords, their lengths and the hotword labels")
+        _, hidden = self.decoder(enc, enc_len, emb, ys_len)
+        vectors = self.hotword_representation(hotwords, hotword_lengths)
+        logits = self.bias_logits(vectors, emb, hidden, ys_len)[:, :-1]
+        out["hotword"] = fl.label_smoothing_loss(
+            logits, hotword_labels, self.seaco_lsm_weight, self.seaco_length_normalized_loss
+        )
+        out["hotword_acc"] = fl.accuracy(logits, hotword_labels)
 
     # ------------------------------------------------------------------------------------------------ decoding
     @torch.no_grad()
@@ -492,6 +529,21 @@ class ContextualParaformer(_Paraformer):
         """(logits `[B, K, V]`, hidden `[B, K, D]`) of the contextual decoder with one list for the whole batch."""
         context = hotword_vectors.unsqueeze(0).expand(enc.shape[0], -1, -1)
         return self.decoder.forward_with_context(enc, enc_len, embeds, num, context, self.clas_scale)
+
+    def _training_context(self, hotwords: Tensor | None, lengths: Tensor | None, batch: int) -> Tensor | None:
+        """The batch's hotword vectors `[B, H, D]` (FunASR's `contextual_info`); the list holds at least `[sos]`."""
+        if hotwords is None or lengths is None:
+            raise ValueError("ContextualParaformer training needs the batch's hotword list")
+        return self.hotword_representation(hotwords, lengths).unsqueeze(0).expand(batch, -1, -1)
+
+    def _decode(
+        self, enc: Tensor, enc_len: Tensor, embeds: Tensor, lengths: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        assert context is not None
+        return self.decoder.forward_with_context(enc, enc_len, embeds, lengths, context, self.clas_scale)
+
+    def _token_embedding(self) -> Any:
+        return self.decoder.embed_tokens
 
     @torch.no_grad()
     def decode_logp(

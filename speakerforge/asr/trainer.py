@@ -14,9 +14,10 @@ is an error), per-stage optimizers, checkpoints and exact resume are the trainer
 - `--init SRC [--init-part asr]` starts from a trained ASR model (all of it, or the ASR part with new hotword
   modules), with the source's vocabulary;
 - the run writes `model.safetensors` with the vocabulary, model arguments and feature settings for `asr decode/eval`;
-- `--init FUNASR_DIR` (a FunASR SeACo-Paraformer directory) trains that model instead (`speakerforge.asr.paraformer`
-  with FunASR's losses): its tokens, frontend and `model_conf` loss weights, no state cache; the model file then
-  holds the FunASR config, tokens, `seg_dict` and CMVN, so `asr decode/eval/export` rebuild it.
+- `--init FUNASR_DIR` (a FunASR SeACo- or Contextual-Paraformer directory) trains that model instead
+  (`speakerforge.asr.paraformer` with FunASR's losses): its tokens, frontend and `model_conf` loss weights, no
+  state cache; the model file then holds the FunASR config, tokens, `seg_dict` and CMVN, so `asr decode/eval/export`
+  rebuild it. A ContextualParaformer has no `hotword` loss: its decoder reads the batch's list in `ce`.
 """
 
 from __future__ import annotations
@@ -197,10 +198,7 @@ class AsrTrainer(Trainer):
             )
         if cfg.asr and (cfg.asr.get("vocab") or "tokenizer" in cfg.asr or "bpe_size" in cfg.asr):
             raise ConfigError("asr.vocab/tokenizer/bpe_size: with --init FUNASR_DIR the tokens are its tokens.json")
-        fm = FunasrModel.load(init.src)
-        if not isinstance(fm.model, FunasrSeaco):
-            raise ConfigError(f"{init.src}: asr train takes a SeACo-Paraformer directory (config.yaml model)")
-        return fm
+        return FunasrModel.load(init.src)
 
     def has_ctc(self) -> bool:
         return self.funasr.model.ctc is not None if self.funasr is not None else self.model_args.ctc
@@ -218,6 +216,11 @@ class AsrTrainer(Trainer):
 
     def stage_losses(self, stage: Stage) -> tuple[str, ...]:
         names = self.asr.stage_losses.get(stage.name, self.asr.losses)
+        if self.funasr is not None and not isinstance(self.funasr.model, FunasrSeaco) and "hotword" in names:
+            raise ConfigError(
+                f"stage {stage.name!r}: a {self.funasr.config.get('model')} has no hotword loss (its decoder reads "
+                "the list and learns it through ce); choose from ce, cif, ctc"
+            )
         if not self.has_ctc():
             if stage.name in self.asr.stage_losses and "ctc" in names:
                 raise ConfigError(f"asr.stage_losses.{stage.name}: ctc selected but the model has no ctc head")
@@ -235,9 +238,9 @@ class AsrTrainer(Trainer):
             if unk:
                 log.warning("%d token(s) of the transcripts are not in tokens.json and become <unk>", unk)
             model = self.funasr.model
-            assert isinstance(model, FunasrSeaco)
+            no_bias = model.no_bias if isinstance(model, FunasrSeaco) else 0  # no labels without a seaco loss
             word_spans = tokens.word_spans if self.asr.hotwords.span_unit == "word" else None
-            self.collate = make_collate(model.no_bias, model.sos, word_spans, funasr=True)
+            self.collate = make_collate(no_bias, model.sos, word_spans, funasr=True)
             log.info("data: %d sources, %d utterances, FunASR tokens: %d", len(self.sources), len(texts), len(tokens))
             return
         if self._init_state is not None:  # the source's token ids, whatever the new transcripts hold

@@ -125,3 +125,27 @@ def test_specaug_lfr_masks_as_funasrs_for_the_same_seed(freq_width):
     mine = SpecAugLFR(**conf)(x.clone())
     assert torch.equal(theirs, mine)
     assert (mine == 0).any()  # something was masked
+
+
+def test_contextual_paraformer_losses_match_funasrs(monkeypatch):
+    """ContextualParaformer's `_calc_att_clas_loss`: the decoder reads the batch's hotword list in the glancing pass
+    and the loss pass; CE and the predictor's MAE equal FunASR's (randperm fixed as above)."""
+    from speakerforge.asr.paraformer import ContextualParaformer
+    from tests.asr.funasr_oracle import contextual_small, oracle_contextual
+
+    cfg = contextual_small()
+    oracle = oracle_contextual(cfg, V, seed=1)
+    ours = ContextualParaformer(cfg, V, INPUT).eval()
+    load_funasr_state(ours, oracle.state_dict(), "oracle")
+    x, lens, targets, tlens, hw = _batch(2)
+    monkeypatch.setattr(torch, "randperm", lambda n, **_: torch.arange(int(n) - 1, -1, -1))
+    with torch.no_grad():
+        enc, enc_len = oracle.encode(x, lens)
+        loss_att, acc_att, _, _, loss_pre, _ = oracle._calc_att_clas_loss(
+            enc, enc_len, targets, tlens, hw["hotwords"], hw["hotword_lengths"]
+        )
+        out = ours(x, lens, targets, tlens, hw["hotwords"], hw["hotword_lengths"], losses=("ce", "cif"))
+    assert abs(float(out["ce"]) - float(loss_att)) <= TOL
+    assert abs(float(out["cif"]) - float(loss_pre)) <= TOL
+    correct, counted = out["ce_acc"].tolist()
+    assert abs(correct / counted - acc_att) <= 1e-6
