@@ -26,7 +26,12 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         "--data takes FunASR JSONL (key, source, target); resumable",
     )
     add_training_options(train)
-    train.add_argument("--init", metavar="SRC", help="start from a trained ASR model file or experiment folder")
+    train.add_argument(
+        "--init",
+        metavar="SRC",
+        help="start from a trained ASR model file or experiment folder, or fine-tune a FunASR model directory "
+        "(SeACo- or Contextual-Paraformer; the config says model: {name: funasr})",
+    )
     train.add_argument(
         "--init-part",
         choices=["all", "asr"],
@@ -53,7 +58,11 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     exp = sub.add_parser(
         "export", help="write a model as a FunASR model directory (config.yaml, model.pt, tokens.json, am.mvn)"
     )
-    exp.add_argument("--model", required=True, help="a FunASR model directory (SeACo- or Contextual-Paraformer)")
+    exp.add_argument(
+        "--model",
+        required=True,
+        help="a FunASR model directory (SeACo- or Contextual-Paraformer), or an `asr train --init FUNASR_DIR` EXP",
+    )
     exp.add_argument("--format", choices=["funasr"], default="funasr", help="funasr: FunASR's model directory")
     exp.add_argument("out", metavar="OUT_DIR", help="the folder to write (new or empty)")
     ev = sub.add_parser(
@@ -61,7 +70,7 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         help="table of CER/WER, hotword recall/precision/F1, B-WER/U-WER with no list, "
         "the true hotwords, and true + each distractor list",
     )
-    ev.add_argument("--model", required=True, help="EXP or EXP/model.safetensors")
+    ev.add_argument("--model", required=True, help="EXP, EXP/model.safetensors, or a FunASR model directory")
     ev.add_argument("--data", required=True, help="test JSONL (key, source, target)")
     ev.add_argument("--hotwords", required=True, help="the test set's true hotwords, one per line")
     ev.add_argument("--distractors", nargs="*", default=[], help="distractor lists (e.g. 100 and 500 entries)")
