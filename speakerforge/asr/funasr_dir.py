@@ -1,8 +1,8 @@
 """A FunASR model directory (`config.yaml`, `model.pt`, `tokens.json`, `am.mvn`, optional `seg_dict`): read it into
 `speakerforge.asr.paraformer` modules, decode with it, and write one.
 
-- `model.pt` is read with `torch.load(weights_only=True)` (a state dict, or one under `state_dict` / `model`) and
-  loaded strictly: every missing, unexpected or mis-shaped key is listed;
+- `model.pt` is read weights-only by `checkpoint_io.safe_torch_load` (a state dict, or one under `state_dict` /
+  `model`) and loaded strictly: every missing, unexpected or mis-shaped key is listed;
 - hotwords are tokenised as FunASR's `generate_hotwords_list`: each entry split on spaces; with a `seg_dict` each word
   is looked up lower-cased (English words give their BPE pieces), else a word of Chinese characters or digits is
   looked up character by character, anything else is `<unk>`; without a `seg_dict` each word is one token. The list
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from speakerforge.asr.funasr_frontend import WavFrontend, read_am_mvn, write_am_mvn
 from speakerforge.asr.paraformer import ContextualParaformer, SeacoParaformer, load_funasr_state
+from speakerforge.checkpoint_io import safe_torch_load
 from speakerforge.errors import CheckpointError, ConfigError, DataError
 
 FILES = ("config.yaml", "model.pt", "tokens.json", "am.mvn")
@@ -141,10 +142,7 @@ def read_tokens(folder: str | Path) -> list[str]:
 
 def read_model_pt(path: str | Path) -> dict[str, Tensor]:
     """The state dict of a FunASR `model.pt` (weights only; a dict under `state_dict` or `model` is unwrapped)."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle with code, or not a torch file at all
-        raise CheckpointError(f"{path}: not a weights-only torch state dict ({exc.__class__.__name__})") from None
+    obj = safe_torch_load(path, name=str(path))  # refuses a pickle with code, names what it is otherwise
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
