@@ -74,18 +74,20 @@ class _TorchBackend:
     def __init__(self, model: nn.Module, features: dict[str, Any], device: torch.device):
         self.model = model
         self.features = features
+        self.spec = FeatureSpec.from_meta(features)  # once, not per batch
         self.device = device
 
     @torch.inference_mode()
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
-        return self.model(FeatureSpec.from_meta(self.features)(x)).float().cpu().numpy()
+        return self.model(self.spec(x)).float().cpu().numpy()
 
 
 class _OnnxBackend:
     def __init__(self, session: Any, features: dict[str, Any], with_fbank: bool):
         self.session = session
         self.features = features
+        self.spec = FeatureSpec.from_meta(features)  # once, not per batch
         self.with_fbank = with_fbank
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
@@ -93,7 +95,7 @@ class _OnnxBackend:
     def __call__(self, waves: np.ndarray, quiet: bool = False) -> np.ndarray:
         """`quiet`: an expected failure (probing input lengths) raises without ONNX Runtime's own error log."""
         waves = np.ascontiguousarray(waves, dtype=np.float32)
-        inp = waves if self.with_fbank else FeatureSpec.from_meta(self.features)(torch.from_numpy(waves)).numpy()
+        inp = waves if self.with_fbank else self.spec(torch.from_numpy(waves)).numpy()
         run_options = None
         if quiet:
             import onnxruntime as ort

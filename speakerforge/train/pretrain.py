@@ -33,7 +33,6 @@ import torch
 import torch.nn as nn
 
 from speakerforge.config import Config, from_dict, to_dict
-from speakerforge.data.features import FeatureSpec
 from speakerforge.data.sampling import load_sources
 from speakerforge.data.ssl_views import CropSpec, MultiCropDataset, collate_views
 from speakerforge.errors import ConfigError
@@ -406,7 +405,7 @@ class PretrainTrainer(Trainer):
                 module.teacher.backbone,
                 self.cfg.model.name,
                 dict(self.cfg.model.args),
-                features=FeatureSpec.from_config(self.cfg.features).to_meta(),
+                features=self.feature_spec.to_meta(),
                 extra_meta={"ssl": {"method": self.ssl.method, "part": "teacher"}, "config": to_dict(self.cfg)},
             )
             log.info("teacher backbone written to %s", out)

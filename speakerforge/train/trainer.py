@@ -110,6 +110,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         self._check_amp()
         self.stages: list[Stage] = resolve_stages(cfg)
+        self.feature_spec = FeatureSpec.from_config(cfg.features)  # what the model reads, and its model file says
         # What existed before this run, so that a run failing before its first checkpoint can be taken back.
         missing = [p for p in (Path(exp_dir), *Path(exp_dir).parents) if not p.exists()]
         self.exp = Path(exp_dir)
@@ -715,7 +716,7 @@ class Trainer:
         if fc.dither > 0:
             gen = torch.Generator(device=wav.device)
             gen.manual_seed(_step_seed(self.cfg.train.seed, step, micro, self.env.rank, dither_tag))
-        feats = FeatureSpec.from_config(fc)(wav, dither=fc.dither, generator=gen)
+        feats = self.feature_spec(wav, dither=fc.dither, generator=gen)
         sa = self.cfg.data.augment.spec_augment
         if spec and sa.prob > 0:
             from speakerforge.data.augment import spec_augment
@@ -768,13 +769,12 @@ class Trainer:
     def finish(self, module: nn.Module) -> Path:
         out = self.exp / "model.safetensors"
         if self.env.is_main:
-            fc = self.cfg.features
             save_embedding_model(
                 out,
                 module.backbone,
                 self.cfg.model.name,
                 dict(self.cfg.model.args),
-                features=FeatureSpec.from_config(fc).to_meta(),
+                features=self.feature_spec.to_meta(),
                 extra_tensors={"classifier.weight": module.classifier.weight.detach()},
                 extra_meta={
                     "speakers": self.speakers.names,
