@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from speakerforge.data.features import Fbank, FbankConfig, fbank, frame_sizes, mean_normalize, num_frames
+from speakerforge.data.features import Fbank, FbankConfig, FeatureSpec, fbank, frame_sizes, mean_normalize, num_frames
 
 TOL = 1e-3
 
@@ -343,3 +343,17 @@ def test_feature_spec_is_the_one_description_from_config_to_model_file_to_infere
     wave = torch.randn(2, 16000) * 0.1
     torch.testing.assert_close(FeatureSpec()(wave), mean_normalize(fbank(wave)), rtol=0, atol=0)
     torch.testing.assert_close(spec(wave), fbank(wave, num_mel_bins=40), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fbank_inside_autocast_is_computed_in_float32(dtype):
+    # A training step runs its features inside autocast: in float16 the int16-scaled power spectrum of ordinary
+    # speech overflows (65504) and the log gives inf, which made every fp16 GPU step's loss NaN.
+    wave = 0.5 * torch.sin(torch.arange(16000) * 0.05).unsqueeze(0)
+    ref = fbank(wave)
+    with torch.autocast("cpu", dtype=dtype):
+        got = fbank(wave)
+        spec = FeatureSpec()(wave)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(spec, mean_normalize(ref))

@@ -18,59 +18,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from speakerforge.data.features import INT16_SCALE, LOG_FLOOR, PREEMPHASIS, frame_sizes, mel_banks, povey_window
+from speakerforge.data.features import WINDOWS, fbank
 from speakerforge.errors import ConfigError, DataError
-
-WINDOWS = ("hamming", "hanning", "povey", "rectangular")
-
-
-def window_function(kind: str, size: int) -> Tensor:
-    """Kaldi's analysis windows, float64."""
-    n = torch.arange(size, dtype=torch.float64)
-    a = 2 * math.pi / (size - 1)
-    if kind == "hamming":
-        return 0.54 - 0.46 * torch.cos(a * n)
-    if kind == "hanning":
-        return 0.5 - 0.5 * torch.cos(a * n)
-    if kind == "povey":
-        return povey_window(size)
-    if kind == "rectangular":
-        return torch.ones(size, dtype=torch.float64)
-    raise ConfigError(f"frontend window {kind!r}: choose from {', '.join(WINDOWS)}")
-
-
-def kaldi_fbank(
-    wave: Tensor,
-    num_mel_bins: int = 80,
-    frame_length: float = 25.0,
-    frame_shift: float = 10.0,
-    window: str = "hamming",
-    sample_rate: int = 16000,
-    dither: float = 0.0,
-) -> Tensor:
-    """`[T]` float waveform in [-1, 1] -> `[frames, num_mel_bins]` Kaldi log-mel (no energy, snip edges).
-
-    Pre-emphasis, window and DFT are folded into one float64-built basis, as `speakerforge.data.features` does."""
-    size, shift, fft = frame_sizes(sample_rate, frame_length, frame_shift)
-    if wave.shape[-1] < size:
-        return wave.new_zeros(0, num_mel_bins)
-    n = torch.arange(size, dtype=torch.float64)
-    j = torch.arange(fft // 2, dtype=torch.float64)
-    angle = 2 * math.pi * n[:, None] * j[None, :] / fft
-    dft = window_function(window, size)[:, None] * torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1)
-    emph = torch.eye(size, dtype=torch.float64)  # y[i] = x[i] - 0.97 x[i-1], y[0] = x[0] - 0.97 x[0] (Kaldi)
-    emph[torch.arange(1, size), torch.arange(size - 1)] = -PREEMPHASIS
-    emph[0, 0] -= PREEMPHASIS
-    basis = (INT16_SCALE * emph.T @ dft).to(wave.dtype)
-    mel = mel_banks(num_mel_bins, fft, sample_rate).to(wave.dtype)
-    frames = wave.float().unfold(-1, size, shift)
-    if dither:
-        frames = frames + torch.randn_like(frames) * (dither / INT16_SCALE)
-    spectrum = (frames - frames.mean(-1, keepdim=True)) @ basis
-    bins = fft // 2
-    power = spectrum[..., :bins].square() + spectrum[..., bins:].square()
-    return (power @ mel).clamp_min(LOG_FLOOR).log()
-
 
 def apply_lfr(feats: Tensor, m: int, n: int) -> Tensor:
     """`[T, F]` -> `[ceil(T / n), m * F]` (see the module docstring)."""
@@ -129,7 +78,8 @@ class WavFrontend(nn.Module):
         upsacle_samples: bool = True,
     ):
         super().__init__()
-        window_function(window, 4)  # validates the name
+        if window not in WINDOWS:
+            raise ConfigError(f"frontend_conf.window {window!r}: choose from {', '.join(WINDOWS)}")
         if not snip_edges or not upsacle_samples:
             raise ConfigError("frontend_conf: only snip_edges: true and upsacle_samples: true are supported")
         if cmvn is not None and cmvn.shape[1] < n_mels * lfr_m:
@@ -145,7 +95,7 @@ class WavFrontend(nn.Module):
     def features(self, wave: Tensor) -> Tensor:
         """One `[T]` waveform -> `[frames, n_mels * lfr_m]`."""
         dither = self.dither if self.training else 0.0
-        x = kaldi_fbank(wave, self.n_mels, self.frame_length, self.frame_shift, self.window, self.fs, dither)
+        x = fbank(wave, self.fs, self.n_mels, self.frame_length, self.frame_shift, dither, window=self.window)
         if x.shape[0] == 0:
             raise DataError(
                 f"an utterance of {wave.shape[-1]} samples is shorter than one {self.frame_length} ms frame"

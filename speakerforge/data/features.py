@@ -86,8 +86,25 @@ def num_frames(
 
 def povey_window(size: int) -> Tensor:
     """Kaldi's povey window (a Hann window to the power 0.85), float64."""
+    return window_function("povey", size)
+
+
+WINDOWS = ("povey", "hamming", "hanning", "rectangular")
+
+
+def window_function(kind: str, size: int) -> Tensor:
+    """Kaldi's analysis windows, float64: speaker models use `povey`, FunASR's ASR releases `hamming`."""
     n = torch.arange(size, dtype=torch.float64)
-    return (0.5 - 0.5 * torch.cos(2 * math.pi * n / (size - 1))) ** POVEY_EXPONENT
+    a = 2 * math.pi / (size - 1)
+    if kind == "povey":
+        return (0.5 - 0.5 * torch.cos(a * n)) ** POVEY_EXPONENT
+    if kind == "hamming":
+        return 0.54 - 0.46 * torch.cos(a * n)
+    if kind == "hanning":
+        return 0.5 - 0.5 * torch.cos(a * n)
+    if kind == "rectangular":
+        return torch.ones(size, dtype=torch.float64)
+    raise ValueError(f"window {kind!r}: choose from {', '.join(WINDOWS)}")
 
 
 def _mel(freq: Tensor) -> Tensor:
@@ -117,16 +134,22 @@ def mel_banks(
     return torch.where((mel > left) & (mel < right), weights, torch.zeros_like(weights))
 
 
-def dft_basis(window: int, fft_size: int, preemphasis: float = PREEMPHASIS, scale: float = INT16_SCALE) -> Tensor:
+def dft_basis(
+    window: int,
+    fft_size: int,
+    preemphasis: float = PREEMPHASIS,
+    scale: float = INT16_SCALE,
+    window_kind: str = "povey",
+) -> Tensor:
     """Matrix `[window, 2 * (fft_size // 2)]` mapping a zero-mean frame to the real and imaginary parts of its spectrum.
 
-    It folds, in order: scaling to int16 range, pre-emphasis, the povey window and the zero-padded DFT, so
+    It folds, in order: scaling to int16 range, pre-emphasis, the analysis window and the zero-padded DFT, so
     `(frame - frame.mean()) @ basis` equals Kaldi's FFT of the processed frame (bins 0 .. fft_size/2 - 1). float64.
     """
     n = torch.arange(window, dtype=torch.float64)
     k = torch.arange(fft_size // 2, dtype=torch.float64)
     angle = 2 * math.pi * torch.outer(n, k) / fft_size
-    basis = povey_window(window)[:, None] * torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1)
+    basis = window_function(window_kind, window)[:, None] * torch.cat([torch.cos(angle), -torch.sin(angle)], dim=1)
     # Pre-emphasis y[i] = x[i] - a x[i-1], y[0] = x[0] - a x[0] is a matrix P (y = P x); the frame meets P^T basis,
     # whose row j is basis[j] - a basis[j+1] (and row 0 loses a further a basis[0]).
     folded = basis.clone()
@@ -143,10 +166,11 @@ def _matrices(
     frame_shift: float,
     device: torch.device,
     dtype: torch.dtype,
+    window_kind: str = "povey",
 ) -> tuple[int, int, Tensor, Tensor]:
     """(window, shift, DFT basis, mel matrix), built once per setting, device and dtype."""
     window, shift, fft_size = frame_sizes(sample_rate, frame_length, frame_shift)
-    basis = dft_basis(window, fft_size)
+    basis = dft_basis(window, fft_size, window_kind=window_kind)
     mel = mel_banks(num_mel_bins, fft_size, sample_rate)
     return window, shift, basis.to(device, dtype).contiguous(), mel.to(device, dtype).contiguous()
 
@@ -206,19 +230,23 @@ def fbank(
     dither: float = 0.0,
     *,
     generator: torch.Generator | None = None,
+    window: str = "povey",
 ) -> Tensor:
     """Kaldi log-mel fbank of a float waveform in [-1, 1]: `[T] -> [frames, bins]`, `[B, T] -> [B, frames, bins]`.
 
     `dither` is Gaussian noise in int16 units drawn from `generator` (for reproducible training); 0 at test time.
-    Computes in float64 when given float64, else float32.
+    `window` is Kaldi's `window_type` (`WINDOWS`). Computes in float64 when given float64, else float32.
     """
     wave = _check_waveform(waveform)
-    window, shift, basis, mel = _matrices(
-        sample_rate, num_mel_bins, float(frame_length), float(frame_shift), wave.device, wave.dtype
+    size, shift, basis, mel = _matrices(
+        sample_rate, num_mel_bins, float(frame_length), float(frame_shift), wave.device, wave.dtype, window
     )
-    if wave.shape[-1] < window:
+    if wave.shape[-1] < size:
         return wave.new_zeros(*wave.shape[:-1], 0, num_mel_bins)
-    return _log_mel(wave, window, shift, basis, mel, dither, generator)
+    # Always float32/64, also inside a training step's autocast: in float16 the int16-scaled power spectrum
+    # overflows (65504) and the log turns it into inf, so every fp16 step on a GPU had a NaN loss.
+    with torch.autocast(wave.device.type, enabled=False):
+        return _log_mel(wave, size, shift, basis, mel, dither, generator)
 
 
 def mean_normalize(feats: Tensor, lengths: Tensor | None = None) -> Tensor:
