@@ -21,6 +21,7 @@ from torch import Tensor
 from speakerforge.data.features import WINDOWS, fbank
 from speakerforge.errors import ConfigError, DataError
 
+
 def apply_lfr(feats: Tensor, m: int, n: int) -> Tensor:
     """`[T, F]` -> `[ceil(T / n), m * F]` (see the module docstring)."""
     t = feats.shape[0]
