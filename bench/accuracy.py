@@ -112,28 +112,72 @@ def resemblyzer_embedder() -> tuple[Embedder, dict[str, int]]:
     return embed, stats
 
 
-def evaluate(name: str, ours: Embeddings, theirs: Embeddings, trials: Trials, mean_sub: bool) -> dict:
-    """EER and minDCF(0.01) of both models on one trial list (`mean_sub`: subtract the set's mean, ours only)."""
-    mean = ours.matrix.mean(axis=0) if mean_sub else None
-    out = {"set": name, "trials": len(trials), "target": int(trials.labels.sum())}
-    for who, emb, m in (("ours", ours, mean), ("theirs", theirs, None)):
-        metrics = compute_metrics(score_trials(emb, trials, mean=m), trials.labels, p_targets=(0.01,))
+SCORINGS = ("cosine", "mean-sub", "as-norm")
+
+
+def evaluate(
+    name: str,
+    ours: Embeddings,
+    theirs: Embeddings,
+    trials: Trials,
+    scoring: str = "cosine",
+    cohort: Embeddings | None = None,
+    top_n: int = 100,
+) -> dict:
+    """EER and minDCF(0.01) of both models on one trial list. `scoring` applies to ours only (resemblyzer is scored
+    as published): `mean-sub` subtracts the set's own mean embedding (label-free), `as-norm` also normalises each
+    score against `cohort` (training speakers' embeddings), AS-norm over its `top_n` closest."""
+    mean = ours.matrix.mean(axis=0) if scoring in ("mean-sub", "as-norm") else None
+    cohort = cohort if scoring == "as-norm" else None
+    out = {"set": name, "trials": len(trials), "target": int(trials.labels.sum()), "scoring": scoring}
+    for who, emb, m, c in (("ours", ours, mean, cohort), ("theirs", theirs, None, None)):
+        scores = score_trials(emb, trials, mean=m, cohort=c, top_n=min(top_n, len(c) if c else top_n))
+        metrics = compute_metrics(scores, trials.labels, p_targets=(0.01,))
         out[who] = (metrics["eer"], metrics["min_dcf"]["0.01"]["value"])
     return out
+
+
+def cohort_keys(manifest: Path, shared: Path, per_speaker: int = 3) -> tuple[list[str], list[str]]:
+    """(keys relative to `shared`, their speakers): the first `per_speaker` clips of each training speaker of a
+    `recipes/shared-data` train list (`train.tsv`, `key speaker corpus`)."""
+    keys: list[str] = []
+    speakers: list[str] = []
+    seen: dict[str, int] = {}
+    for line in manifest.read_text().splitlines()[1:]:
+        key, spk = line.split("\t")[:2]
+        if seen.get(spk, 0) < per_speaker and (shared / key.partition("@")[0]).is_file():
+            seen[spk] = seen.get(spk, 0) + 1
+            keys.append(key)
+            speakers.append(spk)
+    if not keys:
+        raise SystemExit(f"{manifest}: no training clips found under {shared} for the AS-norm cohort")
+    return keys, speakers
+
+
+def speaker_means(emb: Embeddings, speakers: list[str]) -> Embeddings:
+    """One mean embedding per speaker (the AS-norm cohort), in the embeddings' own scale: scoring subtracts the
+    dev set's mean from the cohort too, so the cohort must not be length-normalised first."""
+    names = list(dict.fromkeys(speakers))
+    index = {n: i for i, n in enumerate(names)}
+    rows = [index[s] for s in speakers]
+    sums = np.zeros((len(names), emb.matrix.shape[1]), dtype=np.float64)
+    np.add.at(sums, rows, emb.matrix.astype(np.float64))
+    counts = np.bincount(rows, minlength=len(names))[:, None]
+    return Embeddings(names, (sums / counts).astype(np.float32), source=f"{emb.source} (speaker means)")
 
 
 def table(rows: list[dict]) -> str:
     """The printed Markdown table."""
     lines = [
-        "| set | trials (target) | EER ours | EER resemblyzer | ratio "
+        "| set | trials (target) | scoring (ours) | EER ours | EER resemblyzer | ratio "
         "| minDCF(0.01) ours | minDCF(0.01) resemblyzer | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         (e1, d1), (e2, d2) = r["ours"], r["theirs"]
         lines.append(
-            f"| {r['set']} | {r['trials']} ({r['target']}) | {e1:.2f}% | {e2:.2f}% | {e1 / max(e2, 1e-9):.2f} "
-            f"| {d1:.3f} | {d2:.3f} | {d1 / max(d2, 1e-9):.2f} |"
+            f"| {r['set']} | {r['trials']} ({r['target']}) | {r['scoring']} | {e1:.2f}% | {e2:.2f}% "
+            f"| {e1 / max(e2, 1e-9):.2f} | {d1:.3f} | {d2:.3f} | {d1 / max(d2, 1e-9):.2f} |"
         )
     return "\n".join(lines)
 
@@ -146,11 +190,28 @@ def main() -> int:
     p.add_argument("--sets", default=",".join(SETS))
     p.add_argument("--lists", type=Path, default=LISTS)
     p.add_argument("--cache", type=Path, default=ROOT / "exp" / "bench-cache" / "accuracy")
-    p.add_argument("--mean-sub", action="store_true", help="subtract each set's mean embedding (ours only)")
+    p.add_argument("--mean-sub", action="store_true", help="only the `mean-sub` scoring (as --scoring mean-sub)")
+    p.add_argument(
+        "--scoring",
+        default="cosine",
+        help=f"comma-separated, of {', '.join(SCORINGS)} (ours only; default cosine); `all` for the three",
+    )
+    p.add_argument(
+        "--cohort",
+        type=Path,
+        default=LISTS / "train.tsv",
+        help="training list whose speakers (3 clips each, averaged) are the AS-norm cohort",
+    )
+    p.add_argument("--top-n", type=int, default=100, help="AS-norm: closest cohort speakers used per side")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    scorings = ["mean-sub"] if args.mean_sub else [s.strip() for s in args.scoring.split(",") if s.strip()]
+    scorings = list(SCORINGS) if scorings == ["all"] else scorings
+    if not scorings or any(s not in SCORINGS for s in scorings):
+        print(f"--scoring {args.scoring}: choose from {', '.join(SCORINGS)} or all", file=sys.stderr)
+        return 2
     unknown = [s for s in sets if not (args.lists / f"{s}.trials").is_file()]
     if unknown:
         print(f"no trial list for {', '.join(unknown)} in {args.lists} (known: {', '.join(SETS)})", file=sys.stderr)
@@ -172,6 +233,11 @@ def main() -> int:
     def embed_ours(waves: list[np.ndarray], names: list[str]) -> np.ndarray:
         return model.embed_waveforms(waves, names=names)
 
+    cohort = None
+    if "as-norm" in scorings:
+        ckeys, cspk = cohort_keys(args.cohort, args.shared)
+        clips = cached_embeddings(args.cache / f"ours-{tag}-cohort.npz", ckeys, args.shared, embed_ours, "cohort")
+        cohort = speaker_means(clips, cspk)
     rows = []
     for name in sets:
         trials = read_trials(args.lists / f"{name}.trials")
@@ -180,11 +246,9 @@ def main() -> int:
         theirs = cached_embeddings(
             args.cache / f"resemblyzer-0.1.4-{name}.npz", keys, args.shared, embed_theirs, "resemblyzer"
         )
-        rows.append(evaluate(name, ours, theirs, trials, args.mean_sub))
-    print(
-        f"model {args.model} (sha256 {tag}), {model.embedding_dim}-d; "
-        f"mean subtraction: {'on' if args.mean_sub else 'off'}"
-    )
+        rows += [evaluate(name, ours, theirs, trials, sc, cohort, args.top_n) for sc in scorings]
+    cohort_note = f"; AS-norm cohort: {len(cohort)} training speakers, top {args.top_n}" if cohort else ""
+    print(f"model {args.model} (sha256 {tag}), {model.embedding_dim}-d{cohort_note}")
     print(table(rows))
     if stats["untrimmed"]:
         print(f"resemblyzer: {stats['untrimmed']} clips had under 0.1 s voiced after its VAD; embedded untrimmed")
