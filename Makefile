@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format typecheck check venv clean-venv bench
+.PHONY: demo test lint format typecheck check venv clean-venv bench real bench-env
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -45,6 +45,17 @@ check: lint typecheck test
 
 demo: $(STAMP)
 	$(BIN)/speakerforge demo --out $(DEMO_DIR)
+
+# resemblyzer 0.1.4 (a pretrained GE2E encoder) is bench/accuracy.py's reference, never a speakerforge dependency:
+# what it really imports, pinned, without its declared dependency tree (see recipes/shared-data/README.md).
+bench-env: $(STAMP)
+	$(BIN)/python -c "import resemblyzer" 2>/dev/null || $(BIN)/pip install -q --no-deps "resemblyzer==0.1.4" \
+		"webrtcvad-wheels==2.0.14.post1" "librosa==0.11.0" "scipy==1.17.1" "numba==0.68.1" "llvmlite==0.50.0" \
+		"lazy_loader==0.6" "decorator==5.3.1" "msgpack==1.2.4" "pooch==1.9.0" "platformdirs==4.14.9" "audioread==3.1.0"
+
+# The real-speech recipe (recipes/shared-data/run.sh): trains on ../shared/data, prints the table against resemblyzer.
+real: bench-env
+	bash recipes/shared-data/run.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/fbank.py
