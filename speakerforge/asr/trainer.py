@@ -41,8 +41,9 @@ from speakerforge.config import Config, from_dict, to_dict
 from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.train import freezing
+from speakerforge.train.engine import seed_everything
 from speakerforge.train.stages import Stage
-from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything
+from speakerforge.train.trainer import RunOptions, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class AsrTrainer(Trainer):
         )
 
     def build_module(self) -> nn.Module:
-        _seed_everything(self.cfg.train.seed)
+        seed_everything(self.cfg.train.seed)
         module: nn.Module
         if self.funasr is not None:
             module = self.funasr.model

@@ -40,6 +40,7 @@ from speakerforge.models.modelfile import save_embedding_model
 from speakerforge.models.registry import build_model
 from speakerforge.models.ssl import DINOHead, SDPNHead, SSLBranch, ema_momentum, ema_update
 from speakerforge.train import freezing
+from speakerforge.train.engine import seed_everything
 from speakerforge.train.integrity import IntegrityError, find_free_tensors
 from speakerforge.train.ssl_objectives import (
     DINOObjective,
@@ -49,7 +50,7 @@ from speakerforge.train.ssl_objectives import (
     vicreg_weight,
 )
 from speakerforge.train.stages import Stage
-from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything
+from speakerforge.train.trainer import RunOptions, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class PretrainTrainer(Trainer):
 
     def build_module(self) -> nn.Module:
         cfg, s = self.cfg, self.ssl
-        _seed_everything(cfg.train.seed)
+        seed_everything(cfg.train.seed)
 
         def branch() -> SSLBranch:
             backbone = build_model(cfg.model.name, **cfg.model.args)
