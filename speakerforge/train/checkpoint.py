@@ -135,3 +135,10 @@ class CheckpointManager:
         for i, (step, path) in enumerate(self.list()):
             if i >= self.keep_last and step != best_step:
                 path.unlink(missing_ok=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch global generators from one seed (a stage's start, a module's construction)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -12,32 +12,30 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from speakerforge.config import Config
-from speakerforge.data.features import FeatureSpec
 from speakerforge.data.sampling import MixedSampler
 from speakerforge.data.shards import ReaderLayout, shard_sizes
 from speakerforge.errors import ConfigError, TrainingError
 from speakerforge.progress import progress_bar
-from speakerforge.train.checkpoint import CheckpointManager, capture_rng, restore_rng
+from speakerforge.train.checkpoint import CheckpointManager, capture_rng, restore_rng, seed_everything
 from speakerforge.train.curves import MetricsLog
-from speakerforge.train.distributed import DistEnv, barrier, init_distributed, shutdown_distributed
+from speakerforge.train.distributed import barrier, init_process, shutdown_distributed
 from speakerforge.train.experiment import RunFolder, write_config
 from speakerforge.train.integrity import UpdateIntegrityCheck
 from speakerforge.train.optim import build_optimizer, set_lr, trainable_parameter_groups, warmup_cosine
-from speakerforge.train.resume import Progress, log_resume, reconcile_epochs
+from speakerforge.train.resume import Progress, check_trained, log_resume, reconcile_epochs
 from speakerforge.train.stages import Stage, resolve_stages
 from speakerforge.train.step import Stepper
+from speakerforge.train.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +86,10 @@ class EpochMeter:
     n_logged: int = 0
 
 
-def _device(cfg: Config) -> torch.device:
-    if cfg.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no GPU is visible; use train.device=cpu")
-    return torch.device(cfg.train.device)
-
-
 class Engine:
     """Runs a task's stages with AMP, DDP, checkpoints and exact resume (see the module docstring)."""
 
-    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions, task: Any):
+    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions, task: Task):
         if cfg.ssl and not task.reads_ssl_section:
             raise ConfigError(
                 f"the config has an ssl: section ({', '.join(sorted(cfg.ssl))}), which only "
@@ -109,23 +99,24 @@ class Engine:
         self.cfg = cfg
         self.opts = options
         self.task = task
-        self.device = _device(cfg)
-        self.env: DistEnv = init_distributed(self.device.type)
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.env.local_rank)
-            torch.cuda.set_device(self.device)
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
+        self.device, self.env = init_process(cfg)
         self.stepper = Stepper(cfg, self.env, self.device)
         self.scaler = self.stepper.scaler
         self.stages: list[Stage] = resolve_stages(cfg)
-        self.feature_spec = FeatureSpec.from_config(cfg.features)  # what the model reads, and its model file says
         o = self.opts
         self.folder = RunFolder(
             Path(exp_dir), cfg, self.env, o.command, o.resume, o.allow_config_change, o.init_description
         )
         self.exp = self.folder.path
         self.run_id = self.folder.run_id
+        task.cfg, task.opts, task.device, task.env, task.stages, task.exp = (
+            cfg,
+            options,
+            self.device,
+            self.env,
+            self.stages,
+            self.exp,
+        )
         try:
             self.ckpt = CheckpointManager(self.exp, self.run_id, cfg.train.keep_last)
         except BaseException:
@@ -165,7 +156,7 @@ class Engine:
             progress = self._run_stage(module, stage, progress, state, augment)
             state = None
         barrier(self.env)
-        _check_trained(module, progress)
+        check_trained(module, progress)
         return task.finish(module)
 
     # ------------------------------------------------------------------------------------------------ stages
@@ -311,7 +302,7 @@ class Engine:
             )
             set_lr(run.optimizer, lr)
             scheduled = self.task.schedule(module, stage, stage_step, steps_per_epoch)
-            loss, correct, count = self._step(
+            loss, correct, count, terms = self._step(
                 run.train_module, module, run.optimizer, it, stage_step, check=run.check_integrity
             )
             self.task.after_optimizer_step(module, stage, stage_step, run.total)
@@ -320,7 +311,7 @@ class Engine:
             progress.global_step += 1
             self.steps_done_here += 1
             self._count_loss(run, progress, meter, loss)
-            row = {"loss": loss, "acc": correct / max(1, count), "lr": lr, **scheduled}
+            row = {"loss": loss, "acc": correct / max(1, count), "lr": lr, **scheduled, **terms}
             self._report(bar, run, progress, epoch, row, meter, last=b + 1 == steps_per_epoch)
             self._checkpoint_if_due(module, run, progress, epoch, meter, end_of_epoch=b + 1 == steps_per_epoch)
             if self.opts.stop_after_steps and self.steps_done_here >= self.opts.stop_after_steps:
@@ -418,7 +409,7 @@ class Engine:
         it: Any,
         stage_step: int,
         check: bool,
-    ) -> tuple[float, int, int]:
+    ) -> tuple[float, int, int, dict[str, float]]:
         checker = self.integrity if check else None
         return self.stepper.step(self.task, train_module, module, optimizer, it, stage_step, checker)
 
@@ -445,27 +436,12 @@ class Engine:
         barrier(self.env)
 
 
-def _check_trained(module: nn.Module, progress: Progress) -> None:
-    """Never write (and exit 0 with) a model that did not train: every step skipped, or non-finite weights."""
-    if progress.global_step > 0 and progress.skipped_nonfinite >= progress.global_step:
-        raise TrainingError(
-            f"every one of the {progress.global_step} steps had a NaN/inf loss and was skipped: the model did not "
-            "train; check optim.lr, head.scale, the margins and the data"
-        )
-    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise TrainingError(
-            f"{len(bad)} of {len(module.state_dict())} tensors hold NaN/inf after training (first: {bad[0]}); the "
-            "model is not written; lower optim.lr or raise the regularisation"
-        )
+class TrainingRun(Task):
+    """A task bound to the engine that runs it: `SomeTask(cfg, exp, options).run()` (the public trainers)."""
 
+    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None):
+        self.engine = Engine(cfg, exp_dir, options or RunOptions(), self)
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def step_seed(seed: int, step: int, micro: int, rank: int, what: int) -> int:
-    """The seed of one draw (dither, SpecAugment) of (step, micro-batch, rank): never the global RNG's state."""
-    return (seed * 1_000_003 + step * 101 + micro * 7 + rank * 100_003 + what) % (2**63 - 1)
+    def run(self) -> Path:
+        """Train every stage to the end (resuming if a checkpoint exists); returns the model file path."""
+        return self.engine.run()

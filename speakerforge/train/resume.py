@@ -1,12 +1,15 @@
-"""Where a run continues: the progress counters every checkpoint holds, and what a resumed run does when its
-stages' epoch counts changed (`--allow-config-change`)."""
+"""Where a run stands: the progress counters every checkpoint holds, what a resumed run does when its stages' epoch
+counts changed (`--allow-config-change`), and whether a finished run trained at all."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from speakerforge.errors import ConfigError
+import torch
+import torch.nn as nn
+
+from speakerforge.errors import ConfigError, TrainingError
 from speakerforge.train.stages import Stage
 
 log = logging.getLogger(__name__)
@@ -83,3 +86,18 @@ def log_resume(progress: Progress, stages: list[Stage]) -> None:
         progress.batch,
         progress.global_step,
     )
+
+
+def check_trained(module: nn.Module, progress: Progress) -> None:
+    """Never write (and exit 0 with) a model that did not train: every step skipped, or non-finite weights."""
+    if progress.global_step > 0 and progress.skipped_nonfinite >= progress.global_step:
+        raise TrainingError(
+            f"every one of the {progress.global_step} steps had a NaN/inf loss and was skipped: the model did not "
+            "train; check optim.lr, head.scale, the margins and the data"
+        )
+    bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise TrainingError(
+            f"{len(bad)} of {len(module.state_dict())} tensors hold NaN/inf after training (first: {bad[0]}); the "
+            "model is not written; lower optim.lr or raise the regularisation"
+        )

@@ -14,6 +14,7 @@ from speakerforge.config import Config
 from speakerforge.errors import ConfigError, SpeakerforgeError
 from speakerforge.train.distributed import DistEnv, all_reduce_sum
 from speakerforge.train.integrity import UpdateIntegrityCheck
+from speakerforge.train.task import Task
 
 
 class Stepper:
@@ -36,34 +37,35 @@ class Stepper:
 
     def step(
         self,
-        task: Any,
+        task: Task,
         train_module: nn.Module,
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         it: Any,
         stage_step: int,
         checker: UpdateIntegrityCheck | None,
-    ) -> tuple[float, int, int]:
+    ) -> tuple[float, int, int, dict[str, float]]:
         """One optimizer step over `grad_accum` micro-batches; a non-finite loss skips the update on every rank.
-        Returns (mean loss, correct, examples) over the ranks."""
+        Returns (mean loss, correct, examples) over the ranks, and this rank's loss terms (mean over micro-batches)."""
         optimizer.zero_grad(set_to_none=True)
-        total_loss, correct, count = self._accumulate(task, train_module, it, stage_step)
+        total_loss, correct, count, terms = self._accumulate(task, train_module, it, stage_step)
         finite = all_reduce_sum(self.env, torch.tensor([1.0 if torch.isfinite(total_loss) else 0.0]))
         if finite.item() < self.env.world_size:
             optimizer.zero_grad(set_to_none=True)
-            return float("nan"), correct, count
+            return float("nan"), correct, count, terms
         self._update(task, module, optimizer, stage_step, checker)
         reduced = all_reduce_sum(self.env, torch.tensor([float(total_loss), float(correct), float(count)]))
-        return reduced[0].item() / self.env.world_size, int(reduced[1].item()), int(reduced[2].item())
+        return reduced[0].item() / self.env.world_size, int(reduced[1].item()), int(reduced[2].item()), terms
 
     def _accumulate(
-        self, task: Any, train_module: nn.Module, it: Any, stage_step: int
-    ) -> tuple[torch.Tensor, int, int]:
+        self, task: Task, train_module: nn.Module, it: Any, stage_step: int
+    ) -> tuple[torch.Tensor, int, int, dict[str, float]]:
         """Forward and backward of `grad_accum` micro-batches (DDP syncs gradients on the last one only)."""
         accum = self.cfg.train.grad_accum
         total_loss = torch.zeros((), dtype=torch.float64)
         correct = 0
         count = 0
+        terms: dict[str, float] = {}
         for k in range(accum):
             batch = _next_batch(it)
             sync = k == accum - 1 or not self.env.enabled
@@ -73,16 +75,18 @@ class Stepper:
                 with torch.autocast(
                     self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
                 ):
-                    loss, corr, n = task.compute_loss(train_module, batch, stage_step, k)
+                    loss, logged = task.compute_loss(train_module, batch, stage_step, k)
                 self.scaler.scale(loss / accum).backward()
             total_loss += loss.detach().double().cpu() / accum
-            correct += int(corr)
-            count += int(n)
-        return total_loss, correct, count
+            correct += int(logged.pop("correct", 0))
+            count += int(logged.pop("count", 0))
+            for key, v in logged.items():  # running mean over the micro-batches
+                terms[key] = (terms.get(key, 0.0) * k + v) / (k + 1) if k else v
+        return total_loss, correct, count, terms
 
     def _update(
         self,
-        task: Any,
+        task: Task,
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         stage_step: int,
