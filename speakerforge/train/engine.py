@@ -4,8 +4,8 @@ One loop for one process or K processes under torchrun (DDP, gloo on CPU, NCCL o
 a fresh optimizer per stage, AMP, the DDP wrap, the optimizer step, the checkpoint cadence, metrics and progress, and
 exact resume. What is trained (data, module, loss, schedules, freeze rules, the model file) is the task's, which the
 engine calls. Everything that decides what happens at a step (data order, crops, augmentation, LR, schedules) is a
-pure function of (seed, stage, epoch, step), and the rest (weights, optimizer, scaler, RNG) is in the checkpoint: a
-killed run resumes to the same weights.
+pure function of (seed, stage, epoch, step), and the rest (weights, optimizer, scaler, progress, RNG, and what the task
+adds) is in the checkpoint, each registered once as a recoverable: a killed run resumes to the same weights.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from speakerforge.data.sampling import MixedSampler
 from speakerforge.data.shards import ReaderLayout, shard_sizes
 from speakerforge.errors import ConfigError, TrainingError
 from speakerforge.progress import progress_bar
-from speakerforge.train.checkpoint import CheckpointManager, capture_rng, restore_rng, seed_everything
+from speakerforge.train.checkpoint import CheckpointManager, Recoverables, RngState, seed_everything
 from speakerforge.train.curves import MetricsLog
 from speakerforge.train.distributed import barrier, init_process, shutdown_distributed
 from speakerforge.train.experiment import RunFolder, write_config
@@ -140,10 +140,13 @@ class Engine:
         task.build_data()
         module = task.build_module()
         progress = Progress()
+        extra = task.recoverables()
+        self.recoverables = Recoverables()
+        self.recoverables.register(model=module, scaler=self.scaler, progress=progress, rng=RngState(), **extra)
         state = self.ckpt.load_latest()
         if state is not None:
-            module.load_state_dict(state["model"])
-            progress = reconcile_epochs(Progress(**state["progress"]), state.get("stage_epochs"), self.stages)
+            self.recoverables.load(state, "model", "progress", *extra)
+            progress = reconcile_epochs(progress, state.get("stage_epochs"), self.stages)
         if self.env.is_main and not self.folder.is_new:
             write_config(self.exp, self.cfg)  # a resumed run's accepted config (unchanged, or --allow-config-change)
             log_resume(progress, self.stages)
@@ -177,11 +180,11 @@ class Engine:
         build its sampler, dataset and integrity check. The order is that of every earlier run (exact resume)."""
         self._apply_freeze(module, stage)
         optimizer, lr_scale = self._stage_optimizer(module, stage)
+        self.recoverables.register(optimizer=optimizer)
         resumed = state is not None and state.get("optimizer_stage") == stage.index
         if resumed:
             assert state is not None
-            optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
+            self.recoverables.load(state, "optimizer", "scaler")
         train_module: nn.Module = module
         if self.env.enabled:
             train_module = nn.parallel.DistributedDataParallel(
@@ -208,7 +211,7 @@ class Engine:
         # end holds that stage's RNG, which an uninterrupted run does not carry into this one
         if resumed:
             assert state is not None
-            restore_rng(state["rng"])
+            self.recoverables.load(state, "rng")
         return StageRun(
             stage,
             optimizer,
@@ -313,7 +316,7 @@ class Engine:
             self._count_loss(run, progress, meter, loss)
             row = {"loss": loss, "acc": correct / max(1, count), "lr": lr, **scheduled, **terms}
             self._report(bar, run, progress, epoch, row, meter, last=b + 1 == steps_per_epoch)
-            self._checkpoint_if_due(module, run, progress, epoch, meter, end_of_epoch=b + 1 == steps_per_epoch)
+            self._checkpoint_if_due(run, progress, epoch, meter, end_of_epoch=b + 1 == steps_per_epoch)
             if self.opts.stop_after_steps and self.steps_done_here >= self.opts.stop_after_steps:
                 bar.close()
                 raise StopForTest(f"stopped after {self.steps_done_here} steps (stop_after_steps)")
@@ -387,7 +390,7 @@ class Engine:
             self.metrics.append({**head, **row, "samples_per_s": sps})
 
     def _checkpoint_if_due(
-        self, module: nn.Module, run: StageRun, progress: Progress, epoch: int, meter: EpochMeter, end_of_epoch: bool
+        self, run: StageRun, progress: Progress, epoch: int, meter: EpochMeter, end_of_epoch: bool
     ) -> None:
         """Advance `progress` past an epoch's end, and save at an epoch's end and every `save_every_steps`."""
         stage, every = run.stage, self.cfg.train.save_every_steps
@@ -398,7 +401,7 @@ class Engine:
         due = end_of_epoch or (every and progress.global_step % every == 0)
         if due and run.nonfinite_run == 0:  # never let a skipped step's checkpoint displace the last good one
             metric = meter.loss_sum / meter.n_logged if end_of_epoch and meter.n_logged else None
-            self._save(module, run.optimizer, progress, stage.index, metric)
+            self._save(progress, stage.index, metric)
 
     # ------------------------------------------------------------------------------------------------ steps
     def _step(
@@ -414,23 +417,13 @@ class Engine:
         return self.stepper.step(self.task, train_module, module, optimizer, it, stage_step, checker)
 
     # ------------------------------------------------------------------------------------------------ outputs
-    def _save(
-        self,
-        module: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        progress: Progress,
-        stage_index: int,
-        metric: float | None,
-    ) -> None:
+    def _save(self, progress: Progress, stage_index: int, metric: float | None) -> None:
+        """Every registered recoverable, and which stage's optimizer it holds (a later stage starts a fresh one)."""
         if self.env.is_main:
             state = {
-                "model": module.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                **self.recoverables.state_dict(),
                 "optimizer_stage": stage_index,
-                "scaler": self.scaler.state_dict(),
-                "progress": progress.as_dict(),
                 "stage_epochs": [st.epochs for st in self.stages],
-                "rng": capture_rng(),
             }
             self.ckpt.save(state, progress.global_step, metric)
         barrier(self.env)

@@ -25,8 +25,11 @@ class Progress:
     global_step: int = 0
     skipped_nonfinite: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.__dict__.update(Progress(**state).__dict__)
 
 
 def reconcile_epochs(progress: Progress, saved: list[int] | None, stages: list[Stage]) -> Progress:

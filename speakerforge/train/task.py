@@ -128,6 +128,11 @@ class Task:
         """`(loss, terms)` of one micro-batch (see `LossResult`)."""
         raise NotImplementedError
 
+    def recoverables(self) -> dict[str, Any]:
+        """State of the task outside the module (objects with `state_dict`/`load_state_dict`) that checkpoints must
+        hold, by checkpoint key; restored right after the module's weights."""
+        return {}
+
     # ------------------------------------------------------------------------------------------------ schedules
     def schedule(self, module: nn.Module, stage: Stage, stage_step: int, steps_per_epoch: int) -> dict[str, float]:
         """Apply per-step schedules other than the LR (a pure function of the stage step); returns them for the log."""
