@@ -10,10 +10,11 @@ adds) is in the checkpoint, each registered once as a recoverable: a killed run 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from speakerforge.data.sampling import MixedSampler
 from speakerforge.data.shards import ReaderLayout, shard_sizes
 from speakerforge.errors import ConfigError, TrainingError
 from speakerforge.progress import progress_bar
+from speakerforge.train.callbacks import Callback, StopAfterSteps
 from speakerforge.train.checkpoint import CheckpointManager, Recoverables, RngState, seed_everything
 from speakerforge.train.curves import MetricsLog
 from speakerforge.train.distributed import barrier, init_process, shutdown_distributed
@@ -51,10 +53,6 @@ class RunOptions:
     init_description: dict[str, Any] = field(default_factory=dict)
     keep_head_weights: torch.Tensor | None = None
     stop_after_steps: int = 0  # testing aid: exit (like a kill) after this many steps of this process
-
-
-class StopForTest(Exception):
-    """Raised by `stop_after_steps` to emulate a killed run in tests (the checkpoints on disk are what counts)."""
 
 
 @dataclass
@@ -89,7 +87,9 @@ class EpochMeter:
 class Engine:
     """Runs a task's stages with AMP, DDP, checkpoints and exact resume (see the module docstring)."""
 
-    def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions, task: Task):
+    def __init__(
+        self, cfg: Config, exp_dir: str | Path, options: RunOptions, task: Task, callbacks: Sequence[Callback] = ()
+    ):
         if cfg.ssl and not task.reads_ssl_section:
             raise ConfigError(
                 f"the config has an ssl: section ({', '.join(sorted(cfg.ssl))}), which only "
@@ -99,6 +99,7 @@ class Engine:
         self.cfg = cfg
         self.opts = options
         self.task = task
+        self.callbacks = [*callbacks, *([StopAfterSteps(options.stop_after_steps)] if options.stop_after_steps else [])]
         self.device, self.env = init_process(cfg)
         self.stepper = Stepper(cfg, self.env, self.device)
         self.scaler = self.stepper.scaler
@@ -154,7 +155,6 @@ class Engine:
         if self.env.is_main:
             self.metrics.truncate(progress.global_step)
         augment = self._augmenter()
-        self.steps_done_here = 0
         for stage in self.stages[progress.stage :]:
             progress = self._run_stage(module, stage, progress, state, augment)
             state = None
@@ -294,34 +294,46 @@ class Engine:
         )
         meter = EpochMeter(t0=time.time())
         module.train()  # BatchNorm pinned by apply_freeze stays in eval mode (a pre-hook)
-        for b in range(progress.batch, steps_per_epoch):
-            stage_step = progress.global_step - run.first_global
-            lr = warmup_cosine(
-                stage_step,
-                run.total,
-                stage.lr * run.lr_scale,
-                stage.min_lr,
-                int(stage.warmup_epochs * steps_per_epoch),
-            )
-            set_lr(run.optimizer, lr)
-            scheduled = self.task.schedule(module, stage, stage_step, steps_per_epoch)
-            loss, correct, count, terms = self._step(
-                run.train_module, module, run.optimizer, it, stage_step, check=run.check_integrity
-            )
-            self.task.after_optimizer_step(module, stage, stage_step, run.total)
-            run.check_integrity = run.check_integrity and not self.integrity.done
-            progress.batch = b + 1
-            progress.global_step += 1
-            self.steps_done_here += 1
-            self._count_loss(run, progress, meter, loss)
-            row = {"loss": loss, "acc": correct / max(1, count), "lr": lr, **scheduled, **terms}
-            self._report(bar, run, progress, epoch, row, meter, last=b + 1 == steps_per_epoch)
-            self._checkpoint_if_due(run, progress, epoch, meter, end_of_epoch=b + 1 == steps_per_epoch)
-            if self.opts.stop_after_steps and self.steps_done_here >= self.opts.stop_after_steps:
-                bar.close()
-                raise StopForTest(f"stopped after {self.steps_done_here} steps (stop_after_steps)")
-        bar.close()
+        with contextlib.closing(bar):  # also when a callback stops the run
+            for b in range(progress.batch, steps_per_epoch):
+                self._train_step(module, run, progress, epoch, it, bar, meter, last=b + 1 == steps_per_epoch)
+                for callback in self.callbacks:
+                    callback.on_step_end(self, progress)
         del it, loader
+
+    def _train_step(
+        self,
+        module: nn.Module,
+        run: StageRun,
+        progress: Progress,
+        epoch: int,
+        it: Any,
+        bar: Any,
+        meter: EpochMeter,
+        last: bool,
+    ) -> None:
+        """One step with its bookkeeping: LR and task schedules, the step, counters, report, checkpoint cadence."""
+        stage, stage_step = run.stage, progress.global_step - run.first_global
+        lr = warmup_cosine(
+            stage_step,
+            run.total,
+            stage.lr * run.lr_scale,
+            stage.min_lr,
+            int(stage.warmup_epochs * run.steps_per_epoch),
+        )
+        set_lr(run.optimizer, lr)
+        scheduled = self.task.schedule(module, stage, stage_step, run.steps_per_epoch)
+        loss, correct, count, terms = self._step(
+            run.train_module, module, run.optimizer, it, stage_step, check=run.check_integrity
+        )
+        self.task.after_optimizer_step(module, stage, stage_step, run.total)
+        run.check_integrity = run.check_integrity and not self.integrity.done
+        progress.batch += 1
+        progress.global_step += 1
+        self._count_loss(run, progress, meter, loss)
+        row = {"loss": loss, "acc": correct / max(1, count), "lr": lr, **scheduled, **terms}
+        self._report(bar, run, progress, epoch, row, meter, last=last)
+        self._checkpoint_if_due(run, progress, epoch, meter, end_of_epoch=last)
 
     def _epoch_loader(self, run: StageRun, epoch: int, first_batch: int) -> torch.utils.data.DataLoader:
         """This rank's micro-batches of the epoch from `first_batch` on (logging the epoch's draws per source)."""

@@ -21,8 +21,9 @@ from speakerforge.data.sampling import SpeakerIndex, load_sources
 from speakerforge.errors import TrainingError
 from speakerforge.models.heads import margin_at_step
 from speakerforge.models.modelfile import build_checked_model, save_embedding_model
+from speakerforge.train.callbacks import StopForTest
 from speakerforge.train.checkpoint import seed_everything
-from speakerforge.train.engine import RunOptions, StopForTest, TrainingRun
+from speakerforge.train.engine import RunOptions, TrainingRun
 from speakerforge.train.objectives import SupervisedModule
 from speakerforge.train.stages import Stage
 from speakerforge.train.task import CropTask, LossResult
