@@ -16,9 +16,9 @@ def main() -> int:
     kill_step = int(os.environ.get("KILL_AFTER_STEP", "0"))
     kill_save = int(os.environ.get("KILL_IN_SAVE", "0"))
     if kill_step:
-        from speakerforge.train import trainer
+        from speakerforge.train import engine
 
-        real_step = trainer.Trainer._step
+        real_step = engine.Engine._step
         count = {"n": 0}
 
         def step(self, *args, **kwargs):
@@ -28,7 +28,7 @@ def main() -> int:
                 _die()
             return out
 
-        trainer.Trainer._step = step
+        engine.Engine._step = step
     if kill_save:
         from speakerforge import atomic
 

@@ -1,7 +1,7 @@
 """`speakerforge asr train`: the SeACo-Paraformer-style model through the shared training loop.
 
-`AsrTrainer` overrides the `Trainer` hooks; stages, freezing (FunASR prefix semantics, a pattern that matches nothing
-is an error), per-stage optimizers, checkpoints and exact resume are the trainer's. Specific here:
+`AsrTrainer` is a task of the engine (`speakerforge.train.task`); stages, freezing (FunASR prefix semantics, a pattern
+that matches nothing is an error), per-stage optimizers, checkpoints and exact resume are the engine's. Specific here:
 - data: FunASR JSONL (`key`, `source`, `target`), whole utterances, hotwords re-drawn every epoch
   (`speakerforge.asr.data`);
 - the `asr:` config section: vocabulary, loss terms per stage (`asr.stage_losses: {stage name: [ce, ctc, cif,
@@ -41,8 +41,10 @@ from speakerforge.config import Config, from_dict, to_dict
 from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.train import freezing
+from speakerforge.train.checkpoint import seed_everything
+from speakerforge.train.engine import RunOptions, TrainingRun
 from speakerforge.train.stages import Stage
-from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything
+from speakerforge.train.task import LossResult
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ def load_init_part(module: nn.Module, state: dict[str, torch.Tensor], part: str,
     return len(own)
 
 
-class AsrTrainer(Trainer):
+class AsrTrainer(TrainingRun):
     """Two-stage (or any-stage) SeACo-Paraformer training; see the module docstring."""
 
     def __init__(
@@ -174,8 +176,6 @@ class AsrTrainer(Trainer):
         if unknown:
             raise ConfigError(f"asr.stage_losses.{unknown[0]}: no stage of that name (stages: {', '.join(names)})")
         self._losses: tuple[str, ...] = ()
-        self._terms: dict[str, float] = {}
-        self._terms_n = 0
 
     # ------------------------------------------------------------------------------------------------ setup
     @staticmethod
@@ -229,7 +229,6 @@ class AsrTrainer(Trainer):
 
     def build_data(self) -> None:
         self.load_stage_sources(load_asr_sources)
-        self.speakers = None
         self.check_batch_size()
         texts = [u.text for s in self.sources for u in s.utts]
         if self.funasr is not None:  # FunASR's tokens (tokens.json + seg_dict), NO_BIAS its hotword label
@@ -268,7 +267,7 @@ class AsrTrainer(Trainer):
         )
 
     def build_module(self) -> nn.Module:
-        _seed_everything(self.cfg.train.seed)
+        seed_everything(self.cfg.train.seed)
         module: nn.Module
         if self.funasr is not None:
             module = self.funasr.model
@@ -319,15 +318,6 @@ class AsrTrainer(Trainer):
         return ignore
 
     # ------------------------------------------------------------------------------------------------ steps
-    def schedule(self, module: nn.Module, stage: Stage, stage_step: int, steps_per_epoch: int) -> dict[str, float]:
-        """No per-step schedule besides the LR; the returned dict collects this step's loss terms for the log."""
-        self._terms = {}
-        self._terms_n = 0
-        return self._terms
-
-    def features(self, wav: torch.Tensor, step: int, micro: int) -> torch.Tensor:
-        raise NotImplementedError("AsrTrainer computes features per utterance (utterance_features)")
-
     def utterance_features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded `[B, S]` waveforms -> padded `[B, T, F]` fbank, each normalised over its own frames (a FunASR
         model: its WavFrontend, LFR and am.mvn)."""
@@ -344,9 +334,8 @@ class AsrTrainer(Trainer):
             feats = [mean_normalize(f) for f in feats]
         return pad_features(feats)
 
-    def compute_loss(
-        self, train_module: nn.Module, batch: dict[str, Any], stage_step: int, micro: int
-    ) -> tuple[torch.Tensor, torch.Tensor | int, int]:
+    def compute_loss(self, train_module: nn.Module, batch: dict[str, Any], stage_step: int, micro: int) -> LossResult:
+        """The weighted sum of this stage's losses; each loss, and the token accuracy of ce (else hotword)."""
         dev = self.device
         states = self.cached_asr_states(train_module, batch)
         if states is not None:
@@ -367,15 +356,12 @@ class AsrTrainer(Trainer):
         )
         loss = sum(self.loss_weight(n) * out[n] for n in self._losses)
         acc = out.get("ce_acc", out.get("hotword_acc"))
-        n = self._terms_n
-        for k in self._losses:
-            self._terms[k] = (self._terms.get(k, 0.0) * n + float(out[k].detach())) / (n + 1)
+        terms = {k: float(out[k].detach()) for k in self._losses}
         if "hotword_acc" in out:
-            self._terms["hw_acc"] = float(out["hotword_acc"][0]) / max(1.0, float(out["hotword_acc"][1]))
-        self._terms_n = n + 1
-        if acc is None:
-            return loss, 0, 0
-        return loss, int(acc[0]), int(acc[1])
+            terms["hw_acc"] = float(out["hotword_acc"][0]) / max(1.0, float(out["hotword_acc"][1]))
+        if acc is not None:
+            terms.update(correct=int(acc[0]), count=int(acc[1]))
+        return loss, terms
 
     def cached_asr_states(
         self, train_module: nn.Module, batch: dict[str, Any]

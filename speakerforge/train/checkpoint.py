@@ -12,7 +12,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -57,6 +57,43 @@ def restore_rng(state: dict[str, Any]) -> None:
 def _py_state_to_lists(st: tuple) -> list:
     version, internal, gauss = st
     return [version, list(internal), gauss]
+
+
+class Recoverable(Protocol):
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any, /) -> Any: ...
+
+
+class RngState:
+    """Every global generator (`capture_rng` / `restore_rng`) as a recoverable."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return capture_rng()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        restore_rng(state)
+
+
+class Recoverables:
+    """The state a checkpoint holds, registered once by name (as SpeechBrain's checkpointer recoverables): each
+    object is saved under its name and restored from it. The names are the checkpoint keys of every earlier version
+    (`model`, `optimizer`, `scaler`, `progress`, `rng`), so older checkpoints load as they are."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, Recoverable] = {}
+
+    def register(self, **objects: Recoverable) -> None:
+        """Add or replace (a stage's new optimizer replaces the last one's)."""
+        self.objects.update(objects)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: obj.state_dict() for name, obj in self.objects.items()}
+
+    def load(self, state: dict[str, Any], *names: str) -> None:
+        """Restore `names` from a checkpoint, in that order (the engine restores each when the run reaches it)."""
+        for name in names:
+            self.objects[name].load_state_dict(state[name])
 
 
 class CheckpointManager:
@@ -135,3 +172,10 @@ class CheckpointManager:
         for i, (step, path) in enumerate(self.list()):
             if i >= self.keep_last and step != best_step:
                 path.unlink(missing_ok=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch global generators from one seed (a stage's start, a module's construction)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

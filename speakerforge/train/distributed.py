@@ -9,6 +9,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from speakerforge.config import Config
+from speakerforge.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -61,3 +64,23 @@ def all_reduce_sum(env: DistEnv, value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value
+
+
+def init_process(cfg: Config) -> tuple[torch.device, DistEnv]:
+    """This process's device (`train.device`; under torchrun, its local GPU) and its place in the process group."""
+    device = _device(cfg)
+    env = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    return device, env
+
+
+def _device(cfg: Config) -> torch.device:
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no GPU is visible; use train.device=cpu")
+    return torch.device(cfg.train.device)

@@ -17,9 +17,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from speakerforge.atomic import atomic_write_text
+from speakerforge.atomic import atomic_write_text, sweep_stale_temps
 from speakerforge.config import Config, bounded_yaml, config_diff, dump_config, to_dict
 from speakerforge.errors import ConfigError, SpeakerforgeError
+from speakerforge.train.distributed import DistEnv, broadcast_object
 
 log = logging.getLogger(__name__)
 
@@ -191,3 +192,114 @@ class ExperimentLock:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
+
+
+class RunFolder:
+    """The run's folder as one process of a run sees it: chosen by the main process (resume, `restart-N`), locked
+    for the run, swept of a killed run's temporary files, with `train.log` attached; `discard_if_never_started`
+    takes a run that failed before its first checkpoint back, so the corrected command starts afresh."""
+
+    def __init__(
+        self,
+        exp_dir: Path,
+        cfg: Config,
+        env: DistEnv,
+        command: str,
+        resume: bool,
+        allow_config_change: bool,
+        init_description: dict[str, Any],
+    ):
+        self.env = env
+        # What existed before this run, so that a run failing before its first checkpoint can be taken back.
+        missing = [p for p in (exp_dir, *exp_dir.parents) if not p.exists()]
+        self.path = exp_dir
+        self._new_folders = missing
+        self._new_run = True
+        self._log_handler: logging.FileHandler | None = None
+        # One run per experiment folder (the main process holds the lock; torchrun's other ranks follow it).
+        self._lock = ExperimentLock(exp_dir).acquire() if env.is_main else None
+        try:
+            chosen = str(choose_run_dir(exp_dir, resume, cfg, command)) if env.is_main else None
+            self.path = Path(broadcast_object(env, chosen))
+            self._new_folders = [p for p in (self.path, *self.path.parents) if not p.exists() or p in missing]
+            self._new_run = not (self.path / "run.json").is_file()
+            if env.is_main:  # temporary files of a killed run (SIGKILL, power cut) never become outputs
+                for folder in (self.path, self.path / "checkpoints"):
+                    for stale in sweep_stale_temps(folder):
+                        log.info("removed %s, left by an interrupted run", stale)
+            run_id = (
+                prepare_run(self.path, cfg, command, allow_config_change, init_description) if env.is_main else None
+            )
+            self.run_id: str = broadcast_object(env, run_id)
+            self._setup_logging()
+        except BaseException:
+            self.discard_if_never_started()
+            raise
+
+    @property
+    def is_new(self) -> bool:
+        return self._new_run
+
+    def _setup_logging(self) -> None:
+        if not self.env.is_main:
+            return
+        handler = logging.FileHandler(self.path / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("speakerforge")
+        if not any(
+            isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename for h in root.handlers
+        ):
+            root.addHandler(handler)
+            self._log_handler = handler  # removed when the run ends: later commands in this process log elsewhere
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+
+    def close(self) -> None:
+        """Detach `train.log` and release the lock (the run ended, one way or another)."""
+        if self._log_handler is not None:
+            logging.getLogger("speakerforge").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def discard_if_never_started(self) -> None:
+        """A new run that stopped on a user error before its first checkpoint leaves nothing behind: its run.json
+        would otherwise make the corrected command "resume" it and refuse the corrected config."""
+        if not (self.env.is_main and self._new_run) or any((self.path / "checkpoints").glob("ckpt-*.pt")):
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            return
+        root = logging.getLogger("speakerforge")
+        for handler in [
+            h
+            for h in root.handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == (self.path / "train.log").absolute()
+        ]:
+            root.removeHandler(handler)
+            handler.close()
+        for name in _RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        if self._lock is not None:
+            self._lock.release(remove=True)
+            self._lock = None
+        for folder in [self.path / "checkpoints", *self._new_folders]:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                pass
+
+
+# What a run writes before its first checkpoint (taken back by `RunFolder.discard_if_never_started`).
+_RUN_FILES = (
+    "config.yaml",
+    "run.json",
+    "train.log",
+    "skipped.tsv",
+    "audio-checks.json",
+    "metrics.jsonl",
+    "training_curves.png",
+    "checkpoints/index.json",
+)

@@ -35,7 +35,7 @@ def build_optimizer(
     lr: float,
     momentum: float = 0.9,
     nesterov: bool = True,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, ...] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
     """SGD (3D-Speaker's recipe) or AdamW over pre-built parameter groups (only trainable parameters)."""
     groups = [g for g in groups if g["params"]]

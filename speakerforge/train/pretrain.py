@@ -1,6 +1,7 @@
 """Self-supervised pretraining (`speakerforge pretrain`): DINO/RDINO or SDPN through the shared training loop.
 
-`PretrainTrainer` overrides the `Trainer` hooks; stages, AMP, DDP, checkpoints and exact resume are the trainer's.
+`PretrainTrainer` is a task of the engine (`speakerforge.train.task`); stages, AMP, DDP, checkpoints and exact resume
+are the engine's.
 What is specific here:
 - data: unlabelled manifests (speaker labels ignored), multi-crop views (`speakerforge.data.ssl_views`);
 - the module: `SSLModule` with `student` and `teacher` (each `backbone` + `head`) and `objective` (the DINO centre
@@ -40,6 +41,8 @@ from speakerforge.models.modelfile import save_embedding_model
 from speakerforge.models.registry import build_model
 from speakerforge.models.ssl import DINOHead, SDPNHead, SSLBranch, ema_momentum, ema_update
 from speakerforge.train import freezing
+from speakerforge.train.checkpoint import seed_everything
+from speakerforge.train.engine import RunOptions, TrainingRun
 from speakerforge.train.integrity import IntegrityError, find_free_tensors
 from speakerforge.train.ssl_objectives import (
     DINOObjective,
@@ -49,7 +52,7 @@ from speakerforge.train.ssl_objectives import (
     vicreg_weight,
 )
 from speakerforge.train.stages import Stage
-from speakerforge.train.trainer import RunOptions, Trainer, _seed_everything
+from speakerforge.train.task import CropTask, LossResult
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +201,7 @@ class _TrainablePart(nn.Module):
                 self.add_module(name, child)
 
 
-class PretrainTrainer(Trainer):
+class PretrainTrainer(TrainingRun, CropTask):
     """DINO/RDINO or SDPN pretraining (see the module docstring)."""
 
     reads_ssl_section = True
@@ -209,14 +212,12 @@ class PretrainTrainer(Trainer):
         if options.init is not None:
             raise ConfigError("pretrain starts from random weights; --init belongs to finetune")
         super().__init__(cfg, exp_dir, options)
-        self._terms: dict[str, float] = {}
-        self._terms_n = 0
+        self._schedule: dict[str, float] = {}  # this step's, which the loss reads
         self._steps_per_epoch = 1
 
     # ------------------------------------------------------------------------------------------------ setup
     def build_data(self) -> None:
         self.load_stage_sources(lambda specs: load_sources(specs, need_speakers=False))
-        self.speakers = None
         per_rank = self.check_batch_size()
         if self.ssl.method == "sdpn" and per_rank < 2 and self.ssl.koleo_weight > 0:
             raise ConfigError(
@@ -237,7 +238,7 @@ class PretrainTrainer(Trainer):
 
     def build_module(self) -> nn.Module:
         cfg, s = self.cfg, self.ssl
-        _seed_everything(cfg.train.seed)
+        seed_everything(cfg.train.seed)
 
         def branch() -> SSLBranch:
             backbone = build_model(cfg.model.name, **cfg.model.args)
@@ -325,10 +326,8 @@ class PretrainTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------------ steps
     def schedule(self, module: nn.Module, stage: Stage, stage_step: int, steps_per_epoch: int) -> dict[str, float]:
-        """Teacher momentum of this step (and DINO's teacher temperature and regulariser weight).
-
-        The returned dict is also where `compute_loss` puts this step's loss terms, so they are logged with it.
-        """
+        """Teacher momentum of this step (and DINO's teacher temperature and regulariser weight, which the loss
+        reads)."""
         s = self.ssl
         self._steps_per_epoch = steps_per_epoch
         epoch = stage_step // steps_per_epoch
@@ -345,13 +344,11 @@ class PretrainTrainer(Trainer):
                 values["vicreg_weight"] = vicreg_weight(
                     epoch, s.vicreg_weight_start, s.vicreg_weight, s.vicreg_warmup_epochs
                 )
-        self._terms = values
-        self._terms_n = 0
+        self._schedule = values
         return values
 
-    def compute_loss(
-        self, train_module: nn.Module, batch: dict[str, Any], stage_step: int, micro: int
-    ) -> tuple[torch.Tensor, torch.Tensor | int, int]:
+    def compute_loss(self, train_module: nn.Module, batch: dict[str, Any], stage_step: int, micro: int) -> LossResult:
+        """The SSL loss, the (student view, teacher view) rows whose argmax agree, and the loss terms."""
         s = self.ssl
         glob = self._view_features(batch["global"], stage_step, micro, view=0, spec=s.spec_augment_global)
         loc = self._view_features(batch["local"], stage_step, micro, view=1, spec=True) if s.local_crops else None
@@ -360,18 +357,10 @@ class PretrainTrainer(Trainer):
             loc,
             s.global_crops,
             s.local_crops,
-            teacher_temp=self._terms.get("teacher_temp", s.teacher_temp),
-            reg_weight=self._terms.get("vicreg_weight", 0.0),
+            teacher_temp=self._schedule.get("teacher_temp", s.teacher_temp),
+            reg_weight=self._schedule.get("vicreg_weight", 0.0),
         )
-        self._record_terms(terms)
-        return loss, agree, count
-
-    def _record_terms(self, terms: dict[str, torch.Tensor]) -> None:
-        """Running mean of the loss terms over this step's micro-batches, into the dict `schedule` returned."""
-        n = self._terms_n
-        for k, v in terms.items():
-            self._terms[k] = (self._terms.get(k, 0.0) * n + float(v)) / (n + 1) if n else float(v)
-        self._terms_n = n + 1
+        return loss, {"correct": float(agree), "count": float(count), **{k: float(v) for k, v in terms.items()}}
 
     def _view_features(self, wav: torch.Tensor, step: int, micro: int, view: int, spec: bool) -> torch.Tensor:
         """`[B, n_crops, samples]` -> crop-major `[n_crops * B, frames, mel]` fbank (+ SpecAugment)."""

@@ -1565,7 +1565,7 @@ def test_a_run_whose_every_step_was_skipped_does_not_exit_0(world, tmp_path, mon
     from speakerforge.train.trainer import Trainer
 
     monkeypatch.setattr(
-        Trainer, "compute_loss", lambda self, m, b, s, k: (torch.tensor(float("nan"), requires_grad=True), 0, 1)
+        Trainer, "compute_loss", lambda self, m, b, s, k: (torch.tensor(float("nan"), requires_grad=True), {"count": 1})
     )
     exp = tmp_path / "e"
     assert main(_train_argv(exp, world["corpus"], "train.max_nonfinite_steps=100")) == 2
