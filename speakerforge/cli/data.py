@@ -93,7 +93,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     if args.corpus == "demo":
         return _prepare_demo(args)
     if args.corpus == "shards":
-        from speakerforge.data.shards import write_shards
+        from speakerforge.data.shards.writer import write_shards
 
         summary = write_shards(args.manifests, args.out, args.utts_per_shard, args.flac, args.seed, not args.no_shuffle)
         print(summary.line(), file=sys.stdout)
