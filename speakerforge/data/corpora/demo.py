@@ -171,7 +171,7 @@ def _corpus_utts(
 # --------------------------------------------------------------------------------------------------------------
 # Manifests and trials
 def _write_manifests(out: Path, split: str, utts: list[_Utt], durations: dict[str, float]) -> None:
-    """`SPLIT.jsonl` through data/manifest.py (relative paths, `dur`), and the sentences in Kaldi `text` form."""
+    """`SPLIT.jsonl` through data/manifest/ (relative paths, `dur`), and the sentences in Kaldi `text` form."""
     rows = [Utterance(u.key, str(u.path), u.spk, duration=round(durations[str(u.path)], 3)) for u in utts]
     write_manifest(rows, out / f"{split}.jsonl")
     atomic_write_text(out / f"{split}.text", "".join(f"{u.key} {u.text}\n" for u in utts))
