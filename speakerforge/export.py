@@ -30,7 +30,9 @@ import torch.nn as nn
 from speakerforge.atomic import atomic_path
 from speakerforge.data.audio import SAMPLE_RATE
 from speakerforge.errors import SpeakerforgeError
-from speakerforge.inference import ONNX_FORMAT, ONNX_META_KEY, SpeakerModel, feature_settings, load_model
+from speakerforge.inference import SpeakerModel, load_model
+from speakerforge.inference.backends import feature_settings
+from speakerforge.inference.loading import ONNX_FORMAT, ONNX_META_KEY
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from speakerforge.cli import command
 from speakerforge.errors import DataError
@@ -23,7 +24,17 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _args_prepare(p: argparse.ArgumentParser) -> None:
+    """One sub-command per source, in the order `prepare --help` lists them."""
     sub = p.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
+    _args_corpus_readers(sub)
+    _args_synthetic(sub)
+    _args_augmentation_material(sub)
+    _args_shards(sub)
+    _args_demo(sub)
+
+
+def _args_corpus_readers(sub: Any) -> None:
+    """The released corpora (`_READERS`): SRC folder -> manifests."""
     for name, help_text in _READERS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.add_argument("src", type=Path, metavar="SRC", help="the corpus folder as released")
@@ -46,6 +57,8 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
                 help="also use other.tsv (clips not yet voted on; often most of a small locale)",
             )
 
+
+def _args_synthetic(sub: Any) -> None:
     sp = sub.add_parser("synthetic", help="numpy-synthesised voices for tests and smoke runs (seconds)")
     _common(sp)
     sp.add_argument("--speakers", type=int, default=8)
@@ -56,6 +69,9 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
     sp.add_argument("--prefix", default="spk", help="speaker name prefix")
     sp.add_argument("--trials", type=int, default=0, metavar="N", help="also write N balanced trials to trials.txt")
 
+
+def _args_augmentation_material(sub: Any) -> None:
+    """Noise and RIR lists of released corpora (musan, rirs) and synthetic material (noise)."""
     for name, what in (("musan", "MUSAN (musan/{noise,music,speech}/...)"), ("rirs", "RIRS_NOISES (OpenSLR 28)")):
         text = f"augmentation material: list a {what} tree as DIR/{name}.csv for data.augment"
         sp = sub.add_parser(name, help=text, description=text)
@@ -71,6 +87,8 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
     sp.add_argument("--seconds", type=float, default=4.0, help="length of each noise clip (default 4)")
     sp.add_argument("--seed", type=int, default=0)
 
+
+def _args_shards(sub: Any) -> None:
     text = "pack manifests into tar shards (+ shards.list, shards.index.jsonl) that training reads as a stream"
     sp = sub.add_parser("shards", help=text, description=text)
     sp.add_argument("manifests", nargs="+", type=Path, metavar="MANIFEST", help="CSV, Kaldi data dir or JSONL")
@@ -80,6 +98,8 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=0, help="seed of the shuffle before packing")
     sp.add_argument("--no-shuffle", action="store_true", help="keep manifest order (shards then hold few speakers)")
 
+
+def _args_demo(sub: Any) -> None:
     sp = sub.add_parser("demo", help="the demo corpus (TTS voices; needs `pip install speakerforge[demo]`)")
     sp.add_argument("--out", type=Path, required=True, metavar="DIR")
     sp.add_argument("--train-speakers", type=int, default=None)
@@ -93,7 +113,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     if args.corpus == "demo":
         return _prepare_demo(args)
     if args.corpus == "shards":
-        from speakerforge.data.shards import write_shards
+        from speakerforge.data.shards.writer import write_shards
 
         summary = write_shards(args.manifests, args.out, args.utts_per_shard, args.flac, args.seed, not args.no_shuffle)
         print(summary.line(), file=sys.stdout)

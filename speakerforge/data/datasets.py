@@ -14,7 +14,7 @@ import torch
 
 from speakerforge.data.audio import SAMPLE_RATE
 from speakerforge.data.sampling import Draw, Source, SpeakerIndex
-from speakerforge.data.shards import load_utterance, shard_tables
+from speakerforge.data.shards.reader import load_utterance, shard_tables
 from speakerforge.errors import DataError
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from speakerforge.data.manifest import Utterance, read_manifest
-from speakerforge.data.shards import ReaderLayout, assign_stream, is_shard_list, read_shard_list, shard_stream
+from speakerforge.data.shards.index import is_shard_list, read_shard_list
+from speakerforge.data.shards.order import ReaderLayout, assign_stream, shard_stream
 from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)

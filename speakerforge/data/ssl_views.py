@@ -23,7 +23,7 @@ import torch
 from speakerforge.data.audio import SAMPLE_RATE
 from speakerforge.data.datasets import example_rng, random_crop
 from speakerforge.data.sampling import Draw, Source
-from speakerforge.data.shards import load_utterance, shard_tables
+from speakerforge.data.shards.reader import load_utterance, shard_tables
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 

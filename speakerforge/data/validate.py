@@ -19,13 +19,8 @@ import soundfile as sf
 from speakerforge.atomic import atomic_write_text
 from speakerforge.data.audio import audio_info
 from speakerforge.data.manifest import Utterance, duplicate_problems, read_manifest
-from speakerforge.data.shards import (
-    ShardUtterance,
-    decode_audio_bytes,
-    is_shard_list,
-    read_member_bytes,
-    read_shard_list,
-)
+from speakerforge.data.shards.index import ShardUtterance, is_shard_list, read_shard_list
+from speakerforge.data.shards.reader import decode_audio_bytes, read_member_bytes
 from speakerforge.errors import DataError
 from speakerforge.progress import progress_bar
 

@@ -171,7 +171,7 @@ def _corpus_utts(
 # --------------------------------------------------------------------------------------------------------------
 # Manifests and trials
 def _write_manifests(out: Path, split: str, utts: list[_Utt], durations: dict[str, float]) -> None:
-    """`SPLIT.jsonl` through data/manifest.py (relative paths, `dur`), and the sentences in Kaldi `text` form."""
+    """`SPLIT.jsonl` through data/manifest/ (relative paths, `dur`), and the sentences in Kaldi `text` form."""
     rows = [Utterance(u.key, str(u.path), u.spk, duration=round(durations[str(u.path)], 3)) for u in utts]
     write_manifest(rows, out / f"{split}.jsonl")
     atomic_write_text(out / f"{split}.text", "".join(f"{u.key} {u.text}\n" for u in utts))
@@ -231,23 +231,9 @@ def build_demo_corpus(
     Reruns skip finished files and resume an interrupted build; the same parameters return at once.
     """
     out = Path(out_dir)
-    if min(train_speakers, utts_per_speaker) < 1 or min(test_speakers, test_utts_per_speaker) < 2:
-        raise DataError(
-            "the demo corpus needs >= 1 training speaker and utterance, and >= 2 test speakers with "
-            ">= 2 utterances each (for target and nontarget trials)"
-        )
-    params = {
-        "version": CORPUS_VERSION,
-        "seed": int(seed),
-        "alpha": float(alpha),
-        "noise": float(noise),
-        "speed_range": [float(speed_range[0]), float(speed_range[1])],
-        "sample_rate": SAMPLE_RATE,
-        "train_speakers": int(train_speakers),
-        "test_speakers": int(test_speakers),
-        "utts_per_speaker": int(utts_per_speaker),
-        "test_utts_per_speaker": int(test_utts_per_speaker),
-    }
+    params = _corpus_params(
+        train_speakers, test_speakers, utts_per_speaker, test_utts_per_speaker, seed, noise, alpha, speed_range
+    )
     sentences = demo_sentences()
     train = _corpus_utts(out, 0, train_speakers, utts_per_speaker, seed, sentences)
     test = _corpus_utts(out, train_speakers, test_speakers, test_utts_per_speaker, seed, sentences)
@@ -261,10 +247,7 @@ def build_demo_corpus(
     out.mkdir(parents=True, exist_ok=True)  # an unusable output path is the first thing to report
     require_tts()  # here, not in a worker, so that a missing extra is one clear error
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    atomic_write_text(out / _BUILDING, json.dumps(params, indent=1) + "\n")
-    (out / STAMP).unlink(missing_ok=True)  # the stamp must never describe a corpus that is being changed
-    for stale in (out / "wav").glob("*/.*.tmp"):  # left by a killed worker mid-write
-        stale.unlink(missing_ok=True)
+    _mark_building(out, params)
 
     todo = [(str(u.path), u.text, u.index) for u in train + test if not u.path.exists()]
     log.info("demo corpus: %d of %d utterances to synthesize into %s", len(todo), len(train) + len(test), out)
@@ -274,34 +257,76 @@ def build_demo_corpus(
     for u in train + test:
         if str(u.path) not in durations:
             durations[str(u.path)] = _duration(u.path)
+    trials = _write_lists(out, train, test, durations, seed)
+    build = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "synthesis_seconds": round(synth_s, 1),
+        "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
+        "synthesized_utts": len(todo),
+        "workers": workers,
+    }
+    return _finish_build(out, _stamp(params, train, test, trials, durations, build))
 
+
+def _corpus_params(
+    train_speakers: int,
+    test_speakers: int,
+    utts_per_speaker: int,
+    test_utts_per_speaker: int,
+    seed: int,
+    noise: float,
+    alpha: float,
+    speed_range: tuple[float, float],
+) -> dict[str, Any]:
+    """The parameters that define a corpus (stored in its stamp: the same ones mean the same corpus)."""
+    if min(train_speakers, utts_per_speaker) < 1 or min(test_speakers, test_utts_per_speaker) < 2:
+        raise DataError(
+            "the demo corpus needs >= 1 training speaker and utterance, and >= 2 test speakers with "
+            ">= 2 utterances each (for target and nontarget trials)"
+        )
+    return {
+        "version": CORPUS_VERSION,
+        "seed": int(seed),
+        "alpha": float(alpha),
+        "noise": float(noise),
+        "speed_range": [float(speed_range[0]), float(speed_range[1])],
+        "sample_rate": SAMPLE_RATE,
+        "train_speakers": int(train_speakers),
+        "test_speakers": int(test_speakers),
+        "utts_per_speaker": int(utts_per_speaker),
+        "test_utts_per_speaker": int(test_utts_per_speaker),
+    }
+
+
+def _write_lists(
+    out: Path, train: list[_Utt], test: list[_Utt], durations: dict[str, float], seed: int
+) -> list[tuple[int, str, str]]:
+    """The manifests and sentences of both splits, and the balanced trials of the test speakers (returned)."""
     _write_manifests(out, "train", train, durations)
     _write_manifests(out, "test", test, durations)
     trials = balanced_trials([(u.key, u.spk) for u in test], seed)
     write_trials(out / "trials.txt", trials)
+    return trials
 
-    stamp = _stamp(
-        params,
-        train,
-        test,
-        trials,
-        durations,
-        {
-            "seconds": round(time.perf_counter() - t0, 1),
-            "synthesis_seconds": round(synth_s, 1),
-            "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
-            "synthesized_utts": len(todo),
-            "workers": workers,
-        },
-    )
+
+def _mark_building(out: Path, params: dict[str, Any]) -> None:
+    """Record that the corpus is being changed: the building marker in, the stamp and half-written files out."""
+    atomic_write_text(out / _BUILDING, json.dumps(params, indent=1) + "\n")
+    (out / STAMP).unlink(missing_ok=True)  # the stamp must never describe a corpus that is being changed
+    for stale in (out / "wav").glob("*/.*.tmp"):  # left by a killed worker mid-write
+        stale.unlink(missing_ok=True)
+
+
+def _finish_build(out: Path, stamp: dict[str, Any]) -> dict[str, Any]:
+    """Write the stamp (last: it says the corpus is complete), drop the building marker, log the summary."""
     atomic_write_text(out / STAMP, json.dumps(stamp, indent=1) + "\n")
     (out / _BUILDING).unlink(missing_ok=True)
     log.info(
         "demo corpus: %d train + %d test utterances, %.2f h, %d trials, built in %.0f s",
-        len(train),
-        len(test),
+        stamp["counts"]["train_utts"],
+        stamp["counts"]["test_utts"],
         stamp["hours"]["total"],
-        len(trials),
+        stamp["counts"]["target_trials"] + stamp["counts"]["nontarget_trials"],
         stamp["build"]["seconds"],
     )
     return stamp

@@ -23,11 +23,13 @@ embedding by more than 100 times the batching rounding (tests/test_inference.py)
 embeddings by up to ~0.3x the median cosine distance between different utterances, so the default is exact grouping.
 On CPU, batching 16 equal-length 4 s segments saved at most ~30% CPU time over batch 1 (within the noise of a shared
 machine in one of two runs); for whole-corpus speed, parallel single-threaded workers matter more (`eval.embed`).
+
+This module holds `SpeakerModel` (inputs, batching, chunking, scoring); `backends` runs the network (torch or ONNX
+Runtime) and `loading` opens each saved form.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -39,19 +41,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from speakerforge.artifacts import expect, list_checkpoints
-from speakerforge.checkpoint_io import load_state
 from speakerforge.data.audio import SAMPLE_RATE, load_audio, resample
-from speakerforge.data.features import FeatureSpec, frame_sizes, num_frames
+from speakerforge.data.features import frame_sizes, num_frames
 from speakerforge.errors import CheckpointError, DataError
+from speakerforge.inference.backends import FEATURE_DEFAULTS, OnnxBackend, feature_settings
+from speakerforge.inference.loading import ONNX_META_KEY, open_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SpeakerModel", "load_model", "FEATURE_DEFAULTS", "ONNX_META_KEY", "cosine", "group_by_frames"]
+__all__ = [
+    "SpeakerModel",
+    "load_model",
+    "FEATURE_DEFAULTS",
+    "ONNX_META_KEY",
+    "cosine",
+    "group_by_frames",
+]
 
-FEATURE_DEFAULTS: dict[str, Any] = FeatureSpec().to_meta()
-ONNX_META_KEY = "speakerforge"
-ONNX_FORMAT = "speakerforge-onnx-1"
 DEFAULT_BATCH_SIZE = 16
 # Memory bound: no forward pass sees more than this much audio in all. A longer utterance is embedded as the mean
 # of the embeddings of consecutive chunks of this length (the last chunk ends at the end of the audio, overlapping
@@ -61,50 +67,6 @@ MAX_FORWARD_SECONDS = 120.0
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this, audio counts as silent (16-bit digital silence is +-1 LSB = 3e-5)
 
 AudioInput = str | Path | np.ndarray | torch.Tensor
-
-
-def feature_settings(features: dict[str, Any] | None) -> dict[str, Any]:
-    """The four feature settings inference needs, defaults filled in (training-only keys such as dither dropped)."""
-    return FeatureSpec.from_meta(features).to_meta()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# backends: a batch of equal-length 16 kHz waveforms [B, T] -> embeddings [B, D]
-class _TorchBackend:
-    def __init__(self, model: nn.Module, features: dict[str, Any], device: torch.device):
-        self.model = model
-        self.features = features
-        self.spec = FeatureSpec.from_meta(features)  # once, not per batch
-        self.device = device
-
-    @torch.inference_mode()
-    def __call__(self, waves: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
-        return self.model(self.spec(x)).float().cpu().numpy()
-
-
-class _OnnxBackend:
-    def __init__(self, session: Any, features: dict[str, Any], with_fbank: bool):
-        self.session = session
-        self.features = features
-        self.spec = FeatureSpec.from_meta(features)  # once, not per batch
-        self.with_fbank = with_fbank
-        self.input_name = session.get_inputs()[0].name
-        self.output_name = session.get_outputs()[0].name
-
-    def __call__(self, waves: np.ndarray, quiet: bool = False) -> np.ndarray:
-        """`quiet`: an expected failure (probing input lengths) raises without ONNX Runtime's own error log."""
-        waves = np.ascontiguousarray(waves, dtype=np.float32)
-        inp = waves if self.with_fbank else self.spec(torch.from_numpy(waves)).numpy()
-        run_options = None
-        if quiet:
-            import onnxruntime as ort
-
-            run_options = ort.RunOptions()
-            run_options.log_severity_level = 4  # fatal only
-        return self.session.run([self.output_name], {self.input_name: inp}, run_options)[0].astype(
-            np.float32, copy=False
-        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -196,7 +158,7 @@ class SpeakerModel:
                 with warnings.catch_warnings():  # "degrees of freedom <= 0" is the expected failure, not news
                     warnings.simplefilter("ignore")
                     x = noise[None, : self.frame_span(frames)]
-                    out = self._backend(x, quiet=True) if isinstance(self._backend, _OnnxBackend) else self._backend(x)
+                    out = self._backend(x, quiet=True) if isinstance(self._backend, OnnxBackend) else self._backend(x)
             except Exception:  # e.g. padding larger than the input; ONNX Runtime raises its own types
                 return False
             return out.shape == (1, self.embedding_dim) and bool(np.isfinite(out).all())
@@ -409,197 +371,4 @@ def load_model(
     `optimize` folds BatchNorms into convolutions (`optimize_for_inference`: same outputs, faster). `threads` sets
     the ONNX Runtime intra-op threads (torch uses `torch.set_num_threads`).
     """
-    if not Path(path).exists():
-        raise CheckpointError(f"{path}: model not found (expected {_LOADABLE})")
-    art = expect(path, ("experiment", "onnx", "checkpoint", "model_file"), _LOADABLE, _FOREIGN_HINT)
-    if art.kind == "experiment":
-        return _load_experiment(art.path, device, optimize)
-    if art.kind == "onnx":
-        return _load_onnx(art.path, threads)
-    if art.kind == "checkpoint":
-        return _load_checkpoint(art.path, device, optimize)
-    return _load_model_file(art.path, device, optimize)
-
-
-_LOADABLE = "an experiment folder, a speakerforge checkpoint, a speakerforge model file or an ONNX model"
-_FOREIGN_HINT = (
-    "for 3D-Speaker or WeSpeaker weights run `speakerforge convert --from 3dspeaker|wespeaker` first, "
-    "or fine-tune from them with `finetune --init FILE --init-format ...`"
-)
-
-
-def _finish_torch(
-    model: nn.Module,
-    meta: dict[str, Any],
-    features: dict[str, Any] | None,
-    source: str,
-    kind: str,
-    device: str,
-    optimize: bool,
-) -> SpeakerModel:
-    from speakerforge.models.fuse import optimize_for_inference
-
-    model.eval()
-    if optimize:
-        model = optimize_for_inference(model, inplace=True)
-    dev = torch.device(device)
-    model.to(dev)
-    model.requires_grad_(False)
-    dim = int(getattr(model, "embedding_dim", 0) or meta.get("embedding_dim") or 0)
-    if dim <= 0:
-        raise CheckpointError(f"{source}: the model does not state its embedding dimension")
-    log.info("loaded %s (%s, %d-d) from %s", meta.get("model", {}).get("name", "?"), kind, dim, source)
-    return SpeakerModel(
-        _TorchBackend(model, feature_settings(features), dev), dim, feature_settings(features), meta, source, kind
-    )
-
-
-def _load_model_file(path: Path, device: str, optimize: bool) -> SpeakerModel:
-    from speakerforge.models.modelfile import load_embedding_model
-
-    model, meta, _extras = load_embedding_model(path)
-    if not meta.get("features"):
-        log.warning("%s states no feature settings; using %s", path, FEATURE_DEFAULTS)
-    return _finish_torch(model, meta, meta.get("features"), str(path), "model_file", device, optimize)
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: not found; a checkpoint is rebuilt from its run's config.yaml "
-            "(two folders up), or pass the model.safetensors file"
-        )
-    from speakerforge.config import bounded_yaml
-    from speakerforge.errors import ConfigError
-
-    try:
-        cfg = bounded_yaml(path.read_text(), str(path)) or {}
-    except ConfigError as exc:
-        raise CheckpointError(f"unreadable config: {exc}") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
-        raise CheckpointError(f"{path}: no `model: {{name, args}}` section")
-    return cfg
-
-
-def _checkpoint_backbone(state: dict[str, Any], origin: str) -> dict[str, torch.Tensor]:
-    """The embedding network's weights in a training state: `backbone.*`, or a self-supervised run's teacher."""
-    weights = state.get("model")
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{origin}: checkpoint holds no model weights")
-    for prefix in ("backbone.", "teacher.backbone.", "student.backbone."):
-        found = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        if found:
-            if prefix != "backbone.":
-                log.info("%s: self-supervised run; using the %s backbone", origin, prefix.split(".")[0])
-            return found
-    raise CheckpointError(f"{origin}: no `backbone.*` weights in this checkpoint")
-
-
-def _load_checkpoint(path: Path, device: str, optimize: bool, cfg_path: Path | None = None) -> SpeakerModel:
-    from speakerforge.models.modelfile import build_checked_model, check_declared_size, load_strict
-
-    cfg_path = cfg_path or path.parent.parent / "config.yaml"
-    cfg = _read_config(cfg_path)
-    weights = _checkpoint_backbone(load_state(path), str(path))
-    spec = cfg["model"]
-    if not isinstance(spec.get("args") or {}, dict):
-        raise CheckpointError(f"{cfg_path}: model.args must be a mapping, got {spec.get('args')!r:.80}")
-    check_declared_size(spec["name"], spec.get("args") or {}, weights, str(path))
-    model = build_checked_model(spec["name"], spec.get("args") or {}, where=f"{cfg_path}: model.args")
-    load_strict(model, weights, str(path))
-    meta: dict[str, Any] = {
-        "model": {"name": spec["name"], "args": spec.get("args") or {}},
-        "features": cfg.get("features") or {},
-        "embedding_dim": getattr(model, "embedding_dim", 0),
-        "config": str(cfg_path),
-    }
-    return _finish_torch(model, meta, meta["features"], str(path), "checkpoint", device, optimize)
-
-
-def _load_experiment(folder: Path, device: str, optimize: bool) -> SpeakerModel:
-    model_file = folder / "model.safetensors"
-    if model_file.is_file():
-        return _load_model_file(model_file, device, optimize)
-    found = list_checkpoints(folder)
-    if not found:
-        raise CheckpointError(
-            f"{folder}: no model here: expected an experiment folder with model.safetensors or "
-            "checkpoints/ckpt-*.pt, a model file or an .onnx file"
-        )
-    reasons = []
-    for _step, ckpt in found:
-        try:
-            return _load_checkpoint(ckpt, device, optimize, folder / "config.yaml")
-        except CheckpointError as exc:
-            log.warning("skipping checkpoint %s: %s", ckpt, exc)
-            reasons.append(str(exc))
-    raise CheckpointError(f"{folder}: none of its {len(found)} checkpoints could be loaded (newest: {reasons[0]})")
-
-
-def _load_onnx(path: Path, threads: int | None) -> SpeakerModel:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable ONNX model ({first})") from None
-    props = session.get_modelmeta().custom_metadata_map or {}
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) < 1:
-        raise CheckpointError(
-            f"{path}: expected an ONNX model with one input (waveform or fbank) and an embedding "
-            f"output; it has {len(inputs)} inputs and {len(outputs)} outputs"
-        )
-    if ONNX_META_KEY in props:
-        meta = _onnx_meta(props[ONNX_META_KEY], str(path))
-        with_fbank = bool(meta.get("with_fbank"))
-        dim = int(meta.get("embedding_dim") or 0)
-    else:
-        meta, with_fbank, dim = _guess_onnx(path, inputs, outputs)
-    if dim <= 0:
-        raise CheckpointError(f"{path}: cannot tell the embedding dimension of this ONNX model")
-    features = feature_settings(meta.get("features"))
-    log.info("loaded ONNX model %s (%d-d, fbank %s the graph)", path, dim, "inside" if with_fbank else "outside")
-    return SpeakerModel(_OnnxBackend(session, features, with_fbank), dim, features, meta, str(path), "onnx")
-
-
-def _onnx_meta(text: str, origin: str) -> dict[str, Any]:
-    """The speakerforge metadata of an ONNX model, checked with the model file's schema (types and ranges)."""
-    from speakerforge.models.modelfile import check_feature_meta, check_model_meta_types
-
-    try:
-        meta = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise CheckpointError(f"{origin}: corrupt speakerforge metadata in the ONNX model") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{origin}: corrupt speakerforge metadata (a {type(meta).__name__}, not a mapping)")
-    meta = dict(meta)
-    meta["features"] = check_feature_meta(meta.get("features"), origin)
-    check_model_meta_types(meta, origin)
-    return meta
-
-
-def _guess_onnx(path: Path, inputs: list, outputs: list) -> tuple[dict[str, Any], bool, int]:
-    """An ONNX model exported elsewhere: waveform `[B, T]` or fbank `[B, T, 80]` in, `[B, D]` out."""
-    rank = len(inputs[0].shape)
-    out_shape = outputs[0].shape
-    dim = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else 0
-    if rank not in (2, 3) or len(out_shape) != 2:
-        raise CheckpointError(
-            f"{path}: not a speaker-embedding ONNX model (input shape {inputs[0].shape}, output "
-            f"shape {out_shape}); expected [B, samples] or [B, frames, bins] -> [B, D]"
-        )
-    log.warning(
-        "%s: no speakerforge metadata; assuming %s input and default features %s",
-        path,
-        "waveform" if rank == 2 else "fbank",
-        FEATURE_DEFAULTS,
-    )
-    return {"features": dict(FEATURE_DEFAULTS)}, rank == 2, int(dim)
+    return SpeakerModel(*open_model(path, device, optimize, threads))
