@@ -27,6 +27,7 @@ case $name in
   wide) extra=(--set "model.args={channels: 128, embedding_dim: 128}") ;;
   campplus) extra=(--set model.name=campplus
     --set "model.args={embedding_dim: 128, m_channels: 16, init_channels: 64, growth_rate: 16, bn_size: 2}") ;;
+  seed2) extra=(--set train.seed=2) ;;  # the baseline with another seed: how much of a difference is noise
   long) extra=("${long[@]}") ;;
   long-speed-aug) extra=("${long[@]}" --set "data.speed_perturb=[1.0,0.9,1.1]" "${aug[@]}") ;;
   *) echo "unknown lever $name" >&2; exit 2 ;;

@@ -25,9 +25,6 @@ $py recipes/shared-data/build_lists.py --shared "$shared" --out "$data/lists" --
 cmp -s "$data/lists/train.tsv" recipes/shared-data/lists/train.tsv ||
   { echo "run.sh: $shared does not give the committed lists (see recipes/shared-data/README.md)" >&2; exit 1; }
 
-stamp "augmentation material: synthetic noise and RIRs, babble cut from the training speech"
-[[ -d exp/real/noise/rirs ]] || $sf --quiet prepare noise --out exp/real/noise --speech "$data/train.jsonl"
-
 stamp "training $exp ($config)"
 $sf train --config "$config" --exp "$exp" --data "$data/train.jsonl"
 
