@@ -3,8 +3,11 @@
 Each sentence is a common-word template around one invented name (a hotword). Train, dev and test use disjoint
 name sets, so the test hotwords never occur in a training sentence; the distractor lists (100 and 500 invented
 names) share no name with the test hotwords. Everything depends only on `seed`; files already written are reused.
-Layout of `--out DIR`: `train.jsonl`, `dev.jsonl`, `test.jsonl` (FunASR `key`/`source`/`target`), `wav/`,
-`{dev,test}_hotwords.txt` (one per line), `distractors_100.txt`, `distractors_500.txt`, `corpus.json`.
+A `finetune` split (`--finetune N`, off by default) has its own names too: the user's held-out data of the
+fine-tuning comparison (`recipes/asr-funasr/run.sh`). Its names are drawn after the distractors, so adding it
+changes no other split. Layout of `--out DIR`: `train.jsonl`, `dev.jsonl`, `test.jsonl`, `finetune.jsonl` (FunASR
+`key`/`source`/`target`), `wav/`, `{dev,test,finetune}_hotwords.txt` (one per line), `distractors_100.txt`,
+`distractors_500.txt`, `corpus.json`.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class CorpusSizes:
     dev_words: int = 30
     test_words: int = 50
     speakers: int = 24
+    finetune: int = 0
+    finetune_words: int = 150
 
 
 def invented_words(n: int, rng: np.random.Generator, avoid: set[str] = frozenset()) -> list[str]:
@@ -114,14 +119,16 @@ def plan_corpus(seed: int = 0, sizes: CorpusSizes | None = None) -> dict[str, ob
     s = sizes or CorpusSizes()
     rng = np.random.default_rng([seed, 31])
     common = {w for t in TEMPLATES for w in t.split()}
-    words = invented_words(s.train_words + s.dev_words + s.test_words + 500, rng, common)
+    n_before = s.train_words + s.dev_words + s.test_words + 500
+    words = invented_words(n_before + s.finetune_words * bool(s.finetune), rng, common)
     train_w = words[: s.train_words]
     dev_w = words[s.train_words : s.train_words + s.dev_words]
     test_w = words[s.train_words + s.dev_words : s.train_words + s.dev_words + s.test_words]
-    distract = words[s.train_words + s.dev_words + s.test_words :]
+    distract = words[s.train_words + s.dev_words + s.test_words : n_before]
+    finetune_w = words[n_before:]
 
     def sentences(split: str, vocab: list[str], n: int) -> list[dict[str, object]]:
-        r = np.random.default_rng([seed, 32, ("train", "dev", "test").index(split)])
+        r = np.random.default_rng([seed, 32, ("train", "dev", "test", "finetune").index(split)])
         rows = []
         for i in range(n):
             w = vocab[i % len(vocab)]
@@ -135,8 +142,10 @@ def plan_corpus(seed: int = 0, sizes: CorpusSizes | None = None) -> dict[str, ob
         "train": sentences("train", train_w, s.train),
         "dev": sentences("dev", dev_w, s.dev),
         "test": sentences("test", test_w, s.test),
+        "finetune": sentences("finetune", finetune_w, s.finetune) if s.finetune else [],
         "dev_hotwords": dev_w[: s.dev],  # the words the dev sentences say (the test words never depend on --dev)
         "test_hotwords": test_w,
+        "finetune_hotwords": finetune_w[: s.finetune],
         "distractors_100": distract[:100],
         "distractors_500": distract[:500],
     }
@@ -160,7 +169,8 @@ def build_hotword_corpus(
 
     out = Path(out)
     s = sizes or CorpusSizes()
-    params = {"seed": int(seed), "sizes": dict(s.__dict__)}
+    sizes_used = {k: v for k, v in s.__dict__.items() if s.finetune or not k.startswith("finetune")}
+    params = {"seed": int(seed), "sizes": sizes_used}  # a corpus without the finetune split keeps its old stamp
     stamp = out / "corpus.json"
     if stamp.is_file():
         if json.loads(stamp.read_text(encoding="utf-8")).get("params") != params:
@@ -173,7 +183,7 @@ def build_hotword_corpus(
     for stale in (out / "wav").glob(".*.tmp"):
         stale.unlink(missing_ok=True)
     jobs = []
-    for split in ("dev", "test", "train"):
+    for split in ("dev", "test", "train", "finetune"):
         for row in plan[split]:
             row["source"] = str(out / "wav" / f"{row['key']}.wav")
             if not Path(row["source"]).is_file():
@@ -190,11 +200,13 @@ def build_hotword_corpus(
         }
         run_tts_jobs(jobs, voice, workers, progress, desc="hotword corpus")
     seconds = {}
-    splits = ("train", "dev", "test") if s.dev else ("train", "test")  # --dev 0: no dev set at all
+    # --dev 0: no dev set at all; the finetune split only when asked for
+    splits = ("train",) + ("dev",) * bool(s.dev) + ("test",) + ("finetune",) * bool(s.finetune)
     for split in splits:
         write_asr_jsonl(plan[split], out / f"{split}.jsonl")
         seconds[split] = round(sum(audio_info(r["source"]).duration for r in plan[split]), 1)
     lists = ("dev_hotwords",) * bool(s.dev) + ("test_hotwords", "distractors_100", "distractors_500")
+    lists += ("finetune_hotwords",) * bool(s.finetune)
     for name in lists:
         atomic_write_text(out / f"{name}.txt", "".join(w + "\n" for w in plan[name]))
     atomic_write_text(

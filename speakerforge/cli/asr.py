@@ -19,6 +19,9 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     prep.add_argument(
         "--dev", type=int, default=None, help="dev sentences for tuning decoding (default 60; 0: no dev set)"
     )
+    prep.add_argument(
+        "--finetune", type=int, default=0, help="sentences of a held-out fine-tuning split with its own names (default 0)"
+    )
     prep.add_argument("--workers", type=int, default=2, help="TTS processes (about 400 MB each)")
     train = sub.add_parser(
         "train",
@@ -127,9 +130,15 @@ def _prepare(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--dev {args.dev}: the number of dev sentences must be >= 0")
         sizes.dev = args.dev
+    if args.finetune < 0:
+        from speakerforge.errors import ConfigError
+
+        raise ConfigError(f"--finetune {args.finetune}: the number of fine-tuning sentences must be >= 0")
+    sizes.finetune = args.finetune
     out = build_hotword_corpus(args.out, seed=args.seed, sizes=sizes, workers=args.workers)
     dev = "dev.jsonl, dev_hotwords.txt, " if sizes.dev else ""
-    print(f"corpus: {out} (train.jsonl, {dev}test.jsonl, test_hotwords.txt, distractors_100/500.txt)")
+    ft = ", finetune.jsonl, finetune_hotwords.txt" if sizes.finetune else ""
+    print(f"corpus: {out} (train.jsonl, {dev}test.jsonl, test_hotwords.txt, distractors_100/500.txt{ft})")
     return 0
 
 

@@ -35,3 +35,14 @@ def test_prepare_with_dev_0_builds_no_dev_set(tmp_path, capsys):
 def test_a_negative_dev_size_is_refused(tmp_path, capsys):
     assert main(["--quiet", "asr", "prepare", "--out", str(tmp_path / "c"), "--dev", "-1"]) == 2
     assert "--dev -1" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_the_finetune_split_has_its_own_names_and_changes_no_other_split():
+    base = plan_corpus(3, CorpusSizes(train=20, dev=6, test=10))
+    ft = plan_corpus(3, CorpusSizes(train=20, dev=6, test=10, finetune=12, finetune_words=6))
+    assert base["finetune"] == [] and base["finetune_hotwords"] == []
+    assert all(ft[k] == base[k] for k in ("train", "dev", "test", "test_hotwords", "distractors_500"))
+    names = {r["hotword"] for r in ft["finetune"]}
+    assert names == set(ft["finetune_hotwords"]) and len(names) == 6
+    others = {r["hotword"] for k in ("train", "dev", "test") for r in ft[k]} | set(ft["distractors_500"])
+    assert not names & others
