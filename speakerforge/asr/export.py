@@ -4,7 +4,7 @@
 
 The source is a FunASR model directory (SeACo- or Contextual-Paraformer, read strictly and written back, e.g. to
 drop a release's extra files or to turn `tokens.txt` into `tokens.json`) or an `asr train --init FUNASR_DIR`
-experiment (or its `model.safetensors`). The small model of `asr train` without `--init FUNASR_DIR` has no FunASR
+experiment or a new FunASR model trained by `asr train` (or its `model.safetensors`). The small model of `asr train` without `--init FUNASR_DIR` has no FunASR
 counterpart and is refused with that reason. A `config.yaml` without
 `frontend_conf.dither` is written with `dither: 0.0`: FunASR dithers by 1.0 when the key is absent, at decoding
 too, which would make its output vary from run to run.
@@ -20,8 +20,12 @@ from speakerforge.errors import ConfigError
 FORMATS = ("funasr",)
 
 
-def export_asr(src: str | Path, out: str | Path, fmt: str = "funasr") -> Path:
-    """Write the model at `src` to the folder `out` (new or empty) in `fmt`; returns `out`."""
+def export_asr(src: str | Path, out: str | Path, fmt: str = "funasr", hotwords: str | None = None) -> Path:
+    """Write the model at `src` to the folder `out` (new or empty) in `fmt`; returns `out`. `hotwords` (a file or
+    a space-separated string, as `asr decode` takes them): words a model with learnt BPE pieces adds to the exported
+    `seg_dict`, so FunASR tokenises them as speakerforge does (FunASR maps a word outside it to `<unk>`)."""
+    from speakerforge.asr.funasr_dir import read_hotword_list
+
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose {', '.join(FORMATS)}")
     o = Path(out)
@@ -32,4 +36,4 @@ def export_asr(src: str | Path, out: str | Path, fmt: str = "funasr") -> Path:
         raise ConfigError(
             f"{src}: a model of the small ASR architecture (`asr train` without --init FUNASR_DIR) has no FunASR form"
         )
-    return fm.save(o)
+    return fm.save(o, read_hotword_list(hotwords) if hotwords else ())

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Sequence
@@ -24,8 +25,10 @@ import torch
 import yaml
 from torch import Tensor
 
+from speakerforge.asr.decoding import Decoding
 from speakerforge.asr.funasr_frontend import WavFrontend, read_am_mvn, write_am_mvn
 from speakerforge.asr.paraformer import ContextualParaformer, SeacoParaformer, load_funasr_state
+from speakerforge.asr.vocab import PieceSplitter
 from speakerforge.checkpoint_io import safe_torch_load
 from speakerforge.errors import CheckpointError, ConfigError, DataError
 
@@ -56,7 +59,13 @@ def read_seg_dict(path: str | Path) -> dict[str, str]:
 class FunasrTokens:
     """`tokens.json` (+ `seg_dict`): ids <-> tokens, hotword tokenisation and text as FunASR's CharTokenizer."""
 
-    def __init__(self, tokens: list[str], seg_dict: dict[str, str] | None = None, unk: str = "<unk>"):
+    def __init__(
+        self,
+        tokens: list[str],
+        seg_dict: dict[str, str] | None = None,
+        unk: str = "<unk>",
+        splitter: PieceSplitter | None = None,
+    ):
         self.tokens = list(tokens)
         self.index = {t: i for i, t in enumerate(self.tokens)}
         if len(self.index) != len(self.tokens):
@@ -65,6 +74,7 @@ class FunasrTokens:
             raise DataError(f"tokens.json has no {unk!r} token")
         self.unk_id = self.index[unk]
         self.seg_dict = seg_dict
+        self.splitter = splitter  # words outside seg_dict (`funasr_new.PieceSplitter`; FunASR: <unk>)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -78,7 +88,7 @@ class FunasrTokens:
             return self.seg_dict[w].split()
         if _CJK_OR_DIGITS.match(w):
             return [p for c in w for p in (self.seg_dict[c].split() if c in self.seg_dict else ["<unk>"])]
-        return ["<unk>"]
+        return self.splitter(w) if self.splitter is not None else ["<unk>"]
 
     def encode(self, text: str) -> list[int]:
         """A transcript's ids as FunASR's CharTokenizer makes them: with a `seg_dict` each space-separated word
@@ -172,8 +182,9 @@ class FunasrModel:
         config = yaml.safe_load((p / "config.yaml").read_text(encoding="utf-8")) or {}
         tokens = read_tokens(p)
         seg = read_seg_dict(p / "seg_dict") if (p / "seg_dict").is_file() else None
+        bpe = (p / "bpe.model").read_bytes() if (p / "bpe.model").is_file() and seg is not None else None
         cmvn = read_am_mvn(p / "am.mvn") if (p / "am.mvn").is_file() else None
-        return cls.build(config, tokens, cmvn, seg, read_model_pt(p / "model.pt"), str(p / "model.pt"))
+        return cls.build(config, tokens, cmvn, seg, read_model_pt(p / "model.pt"), str(p / "model.pt"), bpe)
 
     @classmethod
     def build(
@@ -184,7 +195,10 @@ class FunasrModel:
         seg_dict: dict[str, str] | None = None,
         state: dict[str, Tensor] | None = None,
         origin: str = "state",
+        bpe_model: bytes | None = None,
     ) -> FunasrModel:
+        """The network of `config` (FunASR's `config.yaml` dict) over `tokens`; `state` loaded strictly when given.
+        `bpe_model`: a sentencepiece model that splits words outside `seg_dict` (`speakerforge.asr.funasr_new`)."""
         if config.get("frontend", "WavFrontend") != "WavFrontend":
             raise ConfigError(f"config.yaml frontend: {config.get('frontend')!r}; supported: WavFrontend")
         fconf = {k: v for k, v in (config.get("frontend_conf") or {}).items() if k != "cmvn_file"}
@@ -196,7 +210,8 @@ class FunasrModel:
         if state is not None:
             load_funasr_state(model, state, origin)
         unk = (config.get("tokenizer_conf") or {}).get("unk_symbol", "<unk>")
-        return cls(config, model, frontend, FunasrTokens(tokens, seg_dict, unk), cmvn)
+        splitter = PieceSplitter(bpe_model) if bpe_model is not None else None
+        return cls(config, model, frontend, FunasrTokens(tokens, seg_dict, unk, splitter), cmvn)
 
     def to_meta(self) -> dict[str, Any]:
         """What a model file needs besides the weights to rebuild this model (`from_meta`)."""
@@ -205,12 +220,18 @@ class FunasrModel:
             "tokens": self.tokens.tokens,
             "seg_dict": self.tokens.seg_dict,
             "cmvn": None if self.cmvn is None else self.cmvn.tolist(),
+            **({"bpe_model": base64.b64encode(self.bpe_model).decode("ascii")} if self.bpe_model else {}),
         }
+
+    @property
+    def bpe_model(self) -> bytes | None:
+        return self.tokens.splitter.model_proto if self.tokens.splitter is not None else None
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], state: dict[str, Tensor], origin: str) -> FunasrModel:
         cmvn = None if meta.get("cmvn") is None else torch.tensor(meta["cmvn"], dtype=torch.float32)
-        return cls.build(meta["config"], meta["tokens"], cmvn, meta.get("seg_dict"), state, origin)
+        bpe = base64.b64decode(meta["bpe_model"]) if meta.get("bpe_model") else None
+        return cls.build(meta["config"], meta["tokens"], cmvn, meta.get("seg_dict"), state, origin, bpe)
 
     def hotword_ids(self, hotwords: Sequence[str]) -> list[list[int]] | None:
         """FunASR's list: each hotword's ids, then `[sos]`; None for no hotwords."""
@@ -219,8 +240,15 @@ class FunasrModel:
         return [*(self.tokens.encode_hotword(h) for h in hotwords), [self.model.sos]]
 
     @torch.no_grad()
-    def decode_ids(self, wavs: Sequence[Tensor], hotwords: Sequence[str] = ()) -> list[list[int]]:
-        """Token ids of 16 kHz waveforms (one at a time, as FunASR decodes), biased towards `hotwords`."""
+    def decode_ids(
+        self, wavs: Sequence[Tensor], hotwords: Sequence[str] = (), decoding: Decoding | None = None
+    ) -> list[list[int]]:
+        """Token ids of 16 kHz waveforms (one at a time, as FunASR decodes), biased towards `hotwords`: FunASR's
+        decoding (`seaco`, also for a ContextualParaformer), or CTC prefix beam search with the list as a context
+        graph (`ctc`, a model with a `ctc` head)."""
+        dec = decoding or Decoding()
+        if dec.mode == "ctc":
+            return self._ctc_decode_ids(wavs, hotwords, dec)
         hw = self.hotword_ids(hotwords)
         out = []
         for w in wavs:
@@ -228,13 +256,41 @@ class FunasrModel:
             out.extend(self.model.recognize(feats, lengths, hw))
         return out
 
-    def transcribe(self, wavs: Sequence[Tensor], hotwords: Sequence[str] = ()) -> list[str]:
-        return [self.tokens.to_text(ids) for ids in self.decode_ids(wavs, hotwords)]
+    def _ctc_decode_ids(self, wavs: Sequence[Tensor], hotwords: Sequence[str], dec: Decoding) -> list[list[int]]:
+        from speakerforge.asr.context import ContextGraph, ctc_beam_search
 
-    def save(self, out: str | Path) -> Path:
-        """Write this model as a FunASR directory (`config.yaml`, `model.pt`, `tokens.json`, `am.mvn`, `seg_dict`)."""
+        if self.model.ctc is None:
+            raise ConfigError(
+                f"--decoding ctc: this {self.config.get('model')} has no ctc head (model_conf.ctc_weight: 0)"
+            )
+        graph = None
+        if hotwords:
+            # a hotword's last piece is word-final (no `@@`), so whatever follows a completed hotword starts a word
+            ids = [self.tokens.encode_hotword(h) for h in hotwords]
+            graph = ContextGraph([i for i in ids if i], dec.context_score, lambda _token: True)
+        out = []
+        for w in wavs:
+            feats, lengths = self.frontend([w])
+            enc, enc_len = self.model.encode(feats, lengths)
+            logp = self.model.ctc(enc).log_softmax(-1)
+            out.append(ctc_beam_search(logp[0, : int(enc_len[0])], self.model.blank_id, dec.beam, dec.top_k, graph))
+        return out
+
+    def transcribe(
+        self, wavs: Sequence[Tensor], hotwords: Sequence[str] = (), decoding: Decoding | None = None
+    ) -> list[str]:
+        return [self.tokens.to_text(ids) for ids in self.decode_ids(wavs, hotwords, decoding)]
+
+    def save(self, out: str | Path, extra_words: Sequence[str] = ()) -> Path:
+        """Write this model as a FunASR directory (`config.yaml`, `model.pt`, `tokens.json`, `am.mvn`, `seg_dict`,
+        and `bpe.model` for a model with learnt pieces). `extra_words` (e.g. the hotwords you will give FunASR) are
+        added to `seg_dict` with their pieces, since FunASR maps a word outside it to `<unk>`."""
+        seg = self.tokens.seg_dict
+        if extra_words and seg is not None and self.tokens.splitter is not None:
+            words = [w.lower() for h in extra_words for w in h.split()]
+            seg = {**seg, **{w: " ".join(self.tokens.split_word(w)) for w in words if w not in seg}}
         return write_funasr_dir(
-            out, self.config, self.model.state_dict(), self.tokens.tokens, self.cmvn, self.tokens.seg_dict
+            out, self.config, self.model.state_dict(), self.tokens.tokens, self.cmvn, seg, self.bpe_model
         )
 
 
@@ -258,6 +314,7 @@ def write_funasr_dir(
     tokens: list[str],
     cmvn: Tensor | None,
     seg_dict: dict[str, str] | None = None,
+    bpe_model: bytes | None = None,
 ) -> Path:
     """A FunASR model directory that FunASR's `AutoModel` and `FunasrModel.load` read."""
     from speakerforge.atomic import atomic_write_bytes, atomic_write_text
@@ -275,6 +332,8 @@ def write_funasr_dir(
     atomic_write_text(o / "tokens.json", json.dumps(tokens, ensure_ascii=False, indent=0) + "\n")
     if seg_dict is not None:
         atomic_write_text(o / "seg_dict", "".join(f"{k} {v}\n" for k, v in seg_dict.items()))
+    if bpe_model is not None:  # read by speakerforge only (words outside seg_dict); FunASR ignores the file
+        atomic_write_bytes(o / "bpe.model", bpe_model)
     import io
 
     buf = io.BytesIO()

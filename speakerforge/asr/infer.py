@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from speakerforge.asr.data import pad_features, read_asr_jsonl
+from speakerforge.asr.decoding import Decoding
 from speakerforge.asr.metrics import AsrScores, format_table
 from speakerforge.asr.model import ModelArgs, SeacoParaformer, read_asr_model_file
 from speakerforge.asr.vocab import Vocab, vocab_from_meta
@@ -26,27 +26,6 @@ from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Decoding:
-    """How `AsrModel.transcribe` decodes (see the module docstring)."""
-
-    mode: str = "seaco"  # seaco | ctc
-    context_score: float = 7.0  # ctc: bonus per matched hotword token (log domain); tuned on the generated dev set
-    beam: int = 16  # ctc
-    top_k: int = 8  # ctc: tokens tried per frame, besides those that continue a hotword
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("seaco", "ctc"):
-            raise ValueError(f"decoding {self.mode!r}: choose seaco or ctc")
-        if self.beam < 1 or self.top_k < 1 or self.context_score < 0:
-            raise ValueError("decoding: beam and top_k are >= 1, context_score >= 0")
-
-    def describe(self) -> str:
-        if self.mode == "ctc":
-            return f"decoding: ctc beam search, context score {self.context_score:g}, beam {self.beam}"
-        return "decoding: seaco (the decoder merged with the bias branch, as FunASR)"
 
 
 class AsrModel:
@@ -133,17 +112,11 @@ def decode(
     wavs = [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts]
     fm = load_funasr(model_path)
     if fm is not None:
-        _funasr_decoding(model_path, decoding)
-        texts = fm.transcribe(wavs, read_hotword_list(hotwords) if hotwords else [])
+        texts = fm.transcribe(wavs, read_hotword_list(hotwords) if hotwords else [], decoding)
     else:
         asr = AsrModel.load(model_path)
         texts = asr.transcribe(wavs, read_hotwords(hotwords) if hotwords else [], decoding=decoding)
     return [(u.key, t) for u, t in zip(utts, texts)]
-
-
-def _funasr_decoding(model_path: str | Path, decoding: Decoding | None) -> None:
-    if decoding is not None and decoding.mode != "seaco":
-        raise ConfigError(f"{model_path}: a FunASR model decodes with --decoding seaco (FunASR's own)")
 
 
 def read_hotwords(path: str | Path) -> list[str]:
@@ -166,8 +139,6 @@ def evaluate(
     from speakerforge.asr.funasr_dir import load_funasr
 
     fm = load_funasr(model_path)
-    if fm is not None:
-        _funasr_decoding(model_path, decoding)
     asr = AsrModel.load(model_path) if fm is None else None
     utts = read_asr_jsonl(data)
     true = read_hotwords(hotwords)
@@ -179,7 +150,7 @@ def evaluate(
     rows = {}
     for name, biasing in conditions.items():
         if fm is not None:
-            hyps = fm.transcribe(wavs, biasing)
+            hyps = fm.transcribe(wavs, biasing, decoding)
         else:
             assert asr is not None
             hyps = asr.transcribe(wavs, biasing, decoding=decoding)

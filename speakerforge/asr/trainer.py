@@ -161,9 +161,13 @@ class AsrTrainer(TrainingRun):
         self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None, init: AsrInit | None = None
     ):
         self.asr = parse_asr_config(cfg.asr, "config")  # before the run folder is created
-        self.model_args = from_dict(ModelArgs, dict(cfg.model.args), "config", "model.args.")
         self.init = init
+        # `model: {name: funasr, args: CONFIG}` without --init: a new FunASR model of that config.yaml, its tokens
+        # and CMVN made from the training data when the data is read (`speakerforge.asr.funasr_new`)
+        self.new_funasr: dict[str, Any] | None = None
         self.funasr = self._read_funasr(cfg, init)
+        small_args = {} if cfg.model.name == "funasr" else dict(cfg.model.args)
+        self.model_args = from_dict(ModelArgs, small_args, "config", "model.args.")
         self._init_state = self.init.read() if self.init is not None and self.funasr is None else None
         options = dataclasses.replace(options or RunOptions(), command="asr-train")
         if init is not None and self.funasr is not None:
@@ -178,12 +182,23 @@ class AsrTrainer(TrainingRun):
         self._losses: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------------------------------------ setup
-    @staticmethod
-    def _read_funasr(cfg: Config, init: AsrInit | None) -> FunasrModel | None:
-        """The FunASR model of `--init FUNASR_DIR` (weights loaded strictly), or None (the small model)."""
+    def _read_funasr(self, cfg: Config, init: AsrInit | None) -> FunasrModel | None:
+        """The FunASR model of `--init FUNASR_DIR` (weights loaded strictly), or None (a new FunASR model, made in
+        `build_data`, or the small model)."""
+        if init is None and cfg.model.name == "funasr" and cfg.model.args:
+            if self.asr.tokenizer != "bpe":
+                raise ConfigError(
+                    "asr.tokenizer: a new FunASR model (model.args: its config.yaml) learns BPE pieces; "
+                    "set asr.tokenizer: bpe"
+                )
+            self.new_funasr = dict(cfg.model.args)
+            return None
         if init is None or not init.is_funasr():
             if cfg.model.name == "funasr":
-                raise ConfigError("model.name funasr: give the FunASR model directory to train with --init FUNASR_DIR")
+                raise ConfigError(
+                    "model.name funasr: give the FunASR model directory to train with --init FUNASR_DIR, "
+                    "or a FunASR config.yaml for a new model as model.args (configs/asr-funasr-small-seaco.yaml)"
+                )
             return None
         if cfg.model.name != "funasr":
             raise ConfigError(
@@ -231,6 +246,8 @@ class AsrTrainer(TrainingRun):
         self.load_stage_sources(load_asr_sources)
         self.check_batch_size()
         texts = [u.text for s in self.sources for u in s.utts]
+        if self.new_funasr is not None:
+            self.funasr = self._new_funasr_model(texts)
         if self.funasr is not None:  # FunASR's tokens (tokens.json + seg_dict), NO_BIAS its hotword label
             tokens = self.funasr.tokens
             unk = sum(t.count(tokens.unk_id) for t in map(tokens.encode, texts))
@@ -265,6 +282,26 @@ class AsrTrainer(TrainingRun):
         log.info(
             "data: %d sources, %d utterances, vocabulary of %d tokens", len(self.sources), len(texts), len(self.vocab)
         )
+
+    def _new_funasr_model(self, texts: list[str]) -> FunasrModel:
+        """The new FunASR model of `model.args`: BPE pieces of the transcripts, CMVN of the training audio (a
+        function of the data alone, so a resumed run makes the same)."""
+        from speakerforge.asr.funasr_new import new_funasr_model
+        from speakerforge.data.audio import load_audio
+
+        utts = [u for s in self.sources for u in s.utts]
+        waves = (torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts)
+        assert self.new_funasr is not None
+        seed_everything(self.cfg.train.seed)  # the initial weights depend on the seed only
+        fm = new_funasr_model(self.new_funasr, texts, waves, self.asr.bpe_size)
+        log.info(
+            "new FunASR %s: %d tokens (BPE of at most %d pieces, both seg_dict forms), am.mvn of %d utterances",
+            fm.config["model"],
+            len(fm.tokens),
+            self.asr.bpe_size,
+            len(utts),
+        )
+        return fm
 
     def build_module(self) -> nn.Module:
         seed_everything(self.cfg.train.seed)

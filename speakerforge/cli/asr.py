@@ -64,9 +64,15 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     exp.add_argument(
         "--model",
         required=True,
-        help="a FunASR model directory (SeACo- or Contextual-Paraformer), or an `asr train --init FUNASR_DIR` EXP",
+        help="a FunASR model directory (SeACo- or Contextual-Paraformer), or an `asr train` EXP of a FunASR model",
     )
     exp.add_argument("--format", choices=["funasr"], default="funasr", help="funasr: FunASR's model directory")
+    exp.add_argument(
+        "--hotwords",
+        default=None,
+        help="hotwords (file or space-separated) whose words a model with learnt BPE pieces adds to seg_dict, "
+        "so FunASR does not read them as <unk>",
+    )
     exp.add_argument("out", metavar="OUT_DIR", help="the folder to write (new or empty)")
     ev = sub.add_parser(
         "eval",
@@ -167,7 +173,7 @@ def _decode(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from speakerforge.asr.export import export_asr
 
-    print(f"FunASR model directory: {export_asr(args.model, args.out, args.format)}")
+    print(f"FunASR model directory: {export_asr(args.model, args.out, args.format, args.hotwords)}")
     return 0
 
 
