@@ -128,20 +128,57 @@ class SeacoParaformer(ParaformerBase):
     def _extra_losses(self, out: dict[str, Tensor], losses: tuple[str, ...], *args: Any) -> None:
         """SeACo's `hotword` loss: the seaco decoder over the list from the CIF embeddings and the decoder states,
         label-smoothed CE against the hotword labels (FunASR drops the last position)."""
-        from speakerforge.asr import funasr_losses as fl
-
         if "hotword" not in losses:
             return
         enc, enc_len, emb, ys_len, hotwords, hotword_lengths, hotword_labels = args
+        _, hidden = self.decoder(enc, enc_len, emb, ys_len)
+        self._hotword_loss(out, emb, hidden, ys_len, hotwords, hotword_lengths, hotword_labels)
+
+    def _hotword_loss(
+        self,
+        out: dict[str, Tensor],
+        emb: Tensor,
+        hidden: Tensor,
+        ys_len: Tensor,
+        hotwords: Tensor | None,
+        hotword_lengths: Tensor | None,
+        hotword_labels: Tensor | None,
+    ) -> None:
+        from speakerforge.asr import funasr_losses as fl
+
         if hotwords is None or hotword_lengths is None or hotword_labels is None:
             raise ValueError("the hotword loss needs hotwords, their lengths and the hotword labels")
-        _, hidden = self.decoder(enc, enc_len, emb, ys_len)
         vectors = self.hotword_representation(hotwords, hotword_lengths)
         logits = self.bias_logits(vectors, emb, hidden, ys_len)[:, :-1]
         out["hotword"] = fl.label_smoothing_loss(
             logits, hotword_labels, self.seaco_lsm_weight, self.seaco_length_normalized_loss
         )
         out["hotword_acc"] = fl.accuracy(logits, hotword_labels)
+
+    @torch.no_grad()
+    def asr_states(self, feats: Tensor, lengths: Tensor, target_lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(CIF embeddings, their mask, decoder states) of the ASR part with the target token counts, as the hotword
+        loss reads them: a hotword-only stage over a frozen ASR part computes them once per utterance (the
+        trainer's `asr.cache_asr_states`; call in eval mode: no dropout, no SpecAug)."""
+        enc, enc_len = self.encode(feats, lengths)
+        ys_len = target_lengths + 1 if self.predictor_bias == 1 else target_lengths
+        emb = self.predictor(enc, enc_len, ys_len).embeds
+        _, hidden = self.decoder(enc, enc_len, emb, ys_len)
+        mask = torch.arange(emb.shape[1], device=emb.device)[None, :] < ys_len[:, None]
+        return emb, mask, hidden
+
+    def forward(self, *args: Any, losses: tuple[str, ...] = ("ce", "cif"), asr_states: Any = None) -> Any:
+        """`ParaformerBase.forward`; with `asr_states` (`asr_states()` of the batch) only the hotword loss, from
+        those states."""
+        if asr_states is None:
+            return super().forward(*args, losses=losses)
+        if tuple(losses) != ("hotword",):
+            raise ValueError(f"cached ASR states serve the hotword loss alone, not {losses}")
+        emb, mask, hidden = asr_states
+        hotwords, hotword_lengths, hotword_labels = args[4:7]
+        out: dict[str, Tensor] = {}
+        self._hotword_loss(out, emb, hidden, mask.sum(1), hotwords, hotword_lengths, hotword_labels)
+        return out
 
     # ------------------------------------------------------------------------------------------------ decoding
     @torch.no_grad()

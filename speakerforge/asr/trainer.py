@@ -16,7 +16,7 @@ that matches nothing is an error), per-stage optimizers, checkpoints and exact r
 - the run writes `model.safetensors` with the vocabulary, model arguments and feature settings for `asr decode/eval`;
 - `--init FUNASR_DIR` (a FunASR SeACo- or Contextual-Paraformer directory) trains that model instead
   (`speakerforge.asr.paraformer` with FunASR's losses): its tokens, frontend and `model_conf` loss weights, no
-  state cache; the model file then holds the FunASR config, tokens, `seg_dict` and CMVN, so `asr decode/eval/export`
+  state cache for a ContextualParaformer; the model file then holds the FunASR config, tokens, `seg_dict` and CMVN, so `asr decode/eval/export`
   rebuild it. A ContextualParaformer has no `hotword` loss: its decoder reads the batch's list in `ce`.
 """
 
@@ -328,7 +328,7 @@ class AsrTrainer(TrainingRun):
     def make_dataset(self, stage: Stage, augment: Callable | None) -> torch.utils.data.Dataset:
         self._losses = self.stage_losses(stage)
         self._states: dict[Any, tuple[torch.Tensor, torch.Tensor]] | None = (
-            {} if self.asr.cache_asr_states and self._losses == ("hotword",) and self.funasr is None else None
+            {} if self.asr.cache_asr_states and self._losses == ("hotword",) else None
         )
         self._states_checked = False
         log.info(
@@ -433,6 +433,9 @@ class AsrTrainer(TrainingRun):
         if missing:
             was_training = module.training
             module.eval()
+            frontend = self.funasr.frontend if self.funasr is not None else None
+            if frontend is not None:
+                frontend.eval()  # no dither: the states are a function of the weights and the utterance
             # One utterance at a time: its states are then a function of the weights and the utterance alone, not
             # of the batch it first met (padding and batch shape change float sums), so a resumed run refills the
             # cache with exactly the values an uninterrupted run holds.
@@ -445,6 +448,8 @@ class AsrTrainer(TrainingRun):
                 k = int(mask[0].sum())
                 self._states[batch["uids"][i]] = (emb[0, :k].clone(), hidden[0, :k].clone())
             module.train(was_training)
+            if frontend is not None:
+                frontend.train(was_training)
         rows = [self._states[u] for u in batch["uids"]]
         emb, lengths = pad_features([r[0] for r in rows])
         hidden, _ = pad_features([r[1] for r in rows])

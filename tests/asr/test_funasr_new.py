@@ -142,3 +142,28 @@ def test_the_recipe_fine_tuning_configs_fit_the_small_models(tmp_path, name):
         changed = {k for k in before if not torch.equal(before[k], after[k])}
         assert any(k.startswith("encoder.") for k in changed)
         assert any(k.startswith("bias_encoder.") for k in changed)
+
+
+def test_cached_asr_states_give_the_hotword_loss_of_the_full_forward(tmp_path):
+    """A hotword-only stage over a frozen ASR part reads each utterance's states from a cache: in eval mode the
+    loss from those states is the loss of the whole network."""
+    data = write_tone_corpus(tmp_path / "corpus", TEXTS)
+    fm = load_funasr(AsrTrainer(_new_model_config("seaco", data), tmp_path / "exp").run().parent)
+    model = fm.model.eval()
+    feats, lengths = fm.frontend([torch.from_numpy(tone_utterance(t)) for t in TEXTS[:2]])
+    targets = [fm.tokens.encode(t) for t in TEXTS[:2]]
+    tl = torch.tensor([len(t) for t in targets])
+    ys = torch.full((2, int(tl.max())), -1)
+    for i, t in enumerate(targets):
+        ys[i, : len(t)] = torch.tensor(t)
+    hot = torch.tensor([targets[0][:2], [model.sos, 0]])
+    hot_len = torch.tensor([2, 1])
+    labels = torch.full((2, int(tl.max())), model.no_bias)
+    labels[0, :2] = hot[0]
+    labels[1, int(tl[1]) :] = -1
+    args = (feats, lengths, ys, tl, hot, hot_len, labels)
+    full = model(*args, losses=("hotword",))
+    cached = model(*args, losses=("hotword",), asr_states=model.asr_states(feats, lengths, tl))
+    assert torch.allclose(full["hotword"], cached["hotword"], atol=1e-6)
+    with pytest.raises(ValueError, match="hotword loss alone"):
+        model(*args, losses=("ce", "hotword"), asr_states=model.asr_states(feats, lengths, tl))
