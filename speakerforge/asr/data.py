@@ -37,6 +37,7 @@ class AsrUtterance(Utterance):
     """A manifest row with its transcript."""
 
     text: str = ""
+    hotwords: tuple[str, ...] = ()  # the row's own training hotwords (JSONL `hotwords`), FunASR #2486
 
 
 @dataclass
@@ -50,10 +51,14 @@ class HotwordSampling:
     span_unit: str = "token"  # token | word
     distractors: int = 0  # per utterance: extra list entries drawn from other transcripts (not in FunASR)
     rare_power: float = 0.0  # word spans drawn with weight count^-rare_power (0: uniform, as FunASR)
+    # a row's own hotwords (JSONL `hotwords`, FunASR #2486): add (to the drawn spans), only (instead of them, in
+    # rows that list some) or off. A listed hotword its transcript does not say joins the batch list as a distractor.
+    listed: str = "add"
 
 
 def read_asr_jsonl(path: str | Path, need_target: bool = True) -> list[AsrUtterance]:
-    """FunASR JSONL: `{"key", "source", "target"}` per line (`source_len`, `target_len` optional, unused)."""
+    """FunASR JSONL: `{"key", "source", "target"}` per line (`source_len`, `target_len` optional, unused), and
+    optionally the row's own training hotwords, `"hotwords"`: a list of strings or one space-separated string."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: ASR data file not found")
@@ -76,7 +81,18 @@ def read_asr_jsonl(path: str | Path, need_target: bool = True) -> list[AsrUttera
         if not audio.is_absolute():
             audio = p.parent / audio
         text = obj.get("target") if isinstance(obj.get("target"), str) else ""
-        out.append(AsrUtterance(obj["key"], str(audio), None, source=str(path), line=line, text=text))
+        hotwords = obj.get("hotwords", [])
+        if isinstance(hotwords, str):
+            hotwords = hotwords.split()
+        if not isinstance(hotwords, list) or not all(isinstance(h, str) and h.strip() for h in hotwords):
+            raise DataError(
+                f"{path}:{line}: \"hotwords\" is a list of hotword strings (or one space-separated string)"
+            )
+        out.append(
+            AsrUtterance(
+                obj["key"], str(audio), None, source=str(path), line=line, text=text, hotwords=tuple(hotwords)
+            )
+        )
     if not out:
         raise DataError(f"{path}: holds no utterances")
     return out
@@ -191,6 +207,34 @@ def sample_spans(
     return sorted(spans)
 
 
+def listed_spans(
+    tokens: list[int], hotwords: list[list[int]], words: list[tuple[int, int]] | None = None
+) -> tuple[list[tuple[int, int]], list[list[int]]]:
+    """(`[start, end)` of the first place each listed hotword stands in `tokens` (as whole words when `words`, the
+    transcript's word spans, is given), not overlapping an earlier one; the listed hotwords it does not say)."""
+    starts = {a for a, _ in words} if words is not None else None
+    ends = {b for _, b in words} if words is not None else None
+    spans: list[tuple[int, int]] = []
+    unsaid: list[list[int]] = []
+    for h in hotwords:
+        n = len(h)
+        at = next(
+            (
+                i
+                for i in range(len(tokens) - n + 1)
+                if tokens[i : i + n] == h
+                and (starts is None or (i in starts and i + n in ends))  # type: ignore[operator]
+                and all(i + n <= a or i >= b for a, b in spans)
+            ),
+            None,
+        )
+        if n and at is not None:
+            spans.append((at, at + n))
+        elif n:
+            unsaid.append(h)
+    return sorted(spans), unsaid
+
+
 class Tokenizer(Protocol):
     """What the dataset needs of a vocabulary: ours (`Vocab`) or a FunASR directory's (`FunasrTokens`)."""
 
@@ -231,6 +275,15 @@ class AsrDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, 17, self.stage, epoch, d.position])
         spans = sample_spans(tokens, rng, self.sampling, self.word_spans, self.word_counts)
         distractors = [self._random_span(rng) for _ in range(self.sampling.distractors)]
+        if u.hotwords and self.sampling.listed != "off":
+            listed, unsaid = listed_spans(
+                tokens, [self.vocab.encode(h) for h in u.hotwords], self.vocab.word_spans(tokens)
+            )
+            if self.sampling.listed == "only":
+                spans = listed
+            else:  # drawn spans that overlap a listed one give way to it
+                spans = sorted([*listed, *(sp for sp in spans if all(sp[1] <= a or sp[0] >= b for a, b in listed))])
+            distractors += unsaid
         wav = load_audio(u.path, u.start, u.end)
         return {
             "key": u.key,

@@ -102,6 +102,8 @@ def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrCo
             f"{where}: asr.hotwords: need 1 <= min_len <= max_len, span_unit token|word, and "
             "distractors, rare_power >= 0"
         )
+    if h.listed not in ("add", "only", "off"):
+        raise ConfigError(f"{where}: asr.hotwords.listed {h.listed!r}: choose add, only or off")
     if h.rare_power > 0 and h.span_unit != "word":
         raise ConfigError(f"{where}: asr.hotwords.rare_power counts words: it needs span_unit: word")
     return a
