@@ -1,7 +1,8 @@
-"""Hotword-biased non-autoregressive ASR in the SeACo-Paraformer design, with FunASR's module names.
+"""Hotword-biased non-autoregressive ASR: FunASR's SeACo-Paraformer and ContextualParaformer, natively.
 
-`model` (encoder, predictor, decoder, bias_encoder, seaco_decoder, hotword_output_layer, ctc), `cif` (continuous
-integrate-and-fire), `vocab` (characters), `data` (FunASR JSONL, hotword sampling), `trainer` (stages through the
-shared `Trainer`), `infer` (decoding with a hotword list), `metrics` (CER/WER, hotword recall/precision, B/U-WER),
-`corpus` (a generated English hotword corpus).
+Networks with FunASR's parameter names and shapes (`sanm`, `cif`, `cif_predictor`, `paraformer_base`, `paraformer`),
+its frontend (`funasr_frontend`), model directories (`funasr_dir`: read, decode, write), new models from a
+`config.yaml` (`funasr_new`), losses (`funasr_losses`); `data` (FunASR JSONL, hotword sampling), `trainer` (stages
+through the shared engine), `decoding` / `context` / `infer` (FunASR's decoding or CTC with a context graph, and
+`asr eval`), `metrics` (CER/WER, hotword recall/precision, B/U-WER), `corpus` (a generated English hotword corpus).
 """

@@ -1,73 +1,14 @@
-"""Continuous integrate-and-fire (CIF), vectorised.
+"""Continuous integrate-and-fire (CIF) as FunASR's predictors run it.
 
 Frame t carries weight alpha_t; with c_t the cumulative sum, token k integrates the part of [c_{t-1}, c_t] that
-falls in [k, k+1): exactly what the sequential integrate-and-fire loop with threshold 1 does, computed for every
-(token, frame) pair at once. The last token takes whatever is left after the last integer boundary (the "tail").
-Training uses the forced mode of Paraformer: the alphas are scaled so that they sum to the target length, which then
-fires exactly that many tokens.
+falls in [k, k+1) (`fire_weights`, every (token, frame) pair at once); `funasr_cif` and `funasr_cif_v1` are FunASR's
+frame loops, float32 accumulation included, which its training and decoding use.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-TAIL_THRESHOLD = 0.45  # FunASR's tail_threshold: a remainder of >= 0.55 after the last boundary fires one more token
-
-
-def num_fired(alphas: Tensor, tail_threshold: float = TAIL_THRESHOLD) -> Tensor:
-    """Tokens fired by `[B, T]` alphas (padding already zero): floor(sum + tail_threshold)."""
-    return torch.floor(alphas.sum(-1) + tail_threshold).long()
-
-
-def scale_to_targets(alphas: Tensor, target_lengths: Tensor, eps: float = 1e-6) -> Tensor:
-    """Forced mode: alphas scaled per utterance to sum to its target length."""
-    total = alphas.sum(-1, keepdim=True).clamp_min(eps)
-    return alphas * (target_lengths.to(alphas.dtype)[:, None] / total)
-
-
-def cif_weights(alphas: Tensor, num_tokens: Tensor) -> Tensor:
-    """`[B, K, T]` weight of frame t in token k, K = max(num_tokens); rows past an utterance's count are zero."""
-    c = alphas.cumsum(-1)
-    prev = c - alphas
-    k_max = int(num_tokens.max().item()) if num_tokens.numel() else 0
-    k = torch.arange(k_max, device=alphas.device, dtype=alphas.dtype)[None, :, None]
-    lower = torch.maximum(prev[:, None, :], k)
-    upper = torch.minimum(c[:, None, :], k + 1)
-    last = k == (num_tokens.to(alphas.dtype) - 1)[:, None, None]
-    upper = torch.where(last, c[:, None, :], upper)  # the last token absorbs the tail
-    w = (upper - lower).clamp_min(0)
-    return w * (k < num_tokens.to(alphas.dtype)[:, None, None])
-
-
-def cif(hidden: Tensor, alphas: Tensor, num_tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Integrate `[B, T, D]` frames into `[B, K, D]` token embeddings; returns (embeddings, token mask `[B, K]`)."""
-    w = cif_weights(alphas, num_tokens)
-    k = torch.arange(w.shape[1], device=hidden.device)
-    return torch.bmm(w, hidden), k[None, :] < num_tokens[:, None]
-
-
-def cif_reference(hidden: Tensor, alphas: Tensor, threshold: float = 1.0) -> list[tuple[Tensor, Tensor, float]]:
-    """The sequential integrate-and-fire loop (for tests): per utterance (fired `[N, D]`, tail sum, tail weight)."""
-    out = []
-    for h, a in zip(hidden, alphas):
-        fired, acc, integ = [], torch.zeros_like(h[0]), 0.0
-        for t in range(a.shape[0]):
-            at = float(a[t])
-            if integ + at < threshold:
-                integ += at
-                acc = acc + at * h[t]
-            else:
-                use = threshold - integ
-                fired.append(acc + use * h[t])
-                rest = at - use
-                integ, acc = rest, rest * h[t]
-                while integ >= threshold:  # an alpha above 1 fires more than once
-                    fired.append(threshold * h[t])
-                    integ -= threshold
-                    acc = integ * h[t]
-        out.append((torch.stack(fired) if fired else h.new_zeros(0, h.shape[-1]), acc, integ))
-    return out
 
 
 def fire_weights(alphas: Tensor, num_tokens: Tensor) -> Tensor:

@@ -6,7 +6,8 @@ others' distractors) with the no-bias entry appended; the hotword label of a tok
 its utterance's spans and `<no_bias>` elsewhere. The draw of an utterance is a pure function of (seed, stage, epoch,
 position in the epoch), so a resumed run draws the same hotwords.
 `span_unit: word` draws whole words (of at least `min_len` tokens) instead of token spans: the natural unit for names
-(the vocabulary says where words stand: spaces between characters, or the `▁` that starts a word's first piece).
+(the tokens say where words stand: a piece ending in `@@` joins the next one). A row's own `hotwords` (FunASR #2486)
+join the drawn spans (`listed`).
 `distractors: N` adds N spans of other random transcripts per utterance to the batch list (unlabelled), so that
 training lists are nearer the length of real ones (tens of entries, not a batch's few).
 `rare_power: p` draws a word with weight (its count in the training transcripts)^-p: hotwords are rare words, and
@@ -85,13 +86,9 @@ def read_asr_jsonl(path: str | Path, need_target: bool = True) -> list[AsrUttera
         if isinstance(hotwords, str):
             hotwords = hotwords.split()
         if not isinstance(hotwords, list) or not all(isinstance(h, str) and h.strip() for h in hotwords):
-            raise DataError(
-                f"{path}:{line}: \"hotwords\" is a list of hotword strings (or one space-separated string)"
-            )
+            raise DataError(f'{path}:{line}: "hotwords" is a list of hotword strings (or one space-separated string)')
         out.append(
-            AsrUtterance(
-                obj["key"], str(audio), None, source=str(path), line=line, text=text, hotwords=tuple(hotwords)
-            )
+            AsrUtterance(obj["key"], str(audio), None, source=str(path), line=line, text=text, hotwords=tuple(hotwords))
         )
     if not out:
         raise DataError(f"{path}: holds no utterances")
@@ -236,7 +233,7 @@ def listed_spans(
 
 
 class Tokenizer(Protocol):
-    """What the dataset needs of a vocabulary: ours (`Vocab`) or a FunASR directory's (`FunasrTokens`)."""
+    """What the dataset needs of the tokens (`FunasrTokens`)."""
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -308,28 +305,12 @@ def hotword_batch(
     no_bias_id: int,
     sos_id: int,
     distractors: list[list[int]] = (),
-    word_spans: WordSpans | None = None,
-    funasr: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """One hotword list for the batch (unique spans in order, then distractors, then the no-bias entry) and
-    per-token labels. `funasr`: FunASR's `AudioDatasetHotword.collator` exactly (every span in batch order, repeats
-    kept; a token labelled only inside its own utterance's spans).
-
-    A token is labelled with itself wherever its utterance holds an entry of the list there (as a whole word when
-    `word_spans` is given), `<no_bias>` elsewhere. FunASR labels only an utterance's own spans; with one list per
-    batch that contradicts itself as soon as two utterances share a word (one is told to copy "station" from the
-    list, the other not to although it is in the list), which a corpus of common carrier words does all the time.
-    Without such collisions the two rules agree."""
-    words: dict[tuple[int, ...], int] = {}
-    for toks, spans in zip(token_lists, span_lists):
-        for s, e in spans:
-            words.setdefault(tuple(toks[s:e]), len(words))
-    for d in distractors:
-        words.setdefault(tuple(d), len(words))
-    entries = [list(w) for w in words] + [[sos_id]]
-    if funasr:
-        entries = [t[s:e] for t, spans in zip(token_lists, span_lists) for s, e in spans]
-        entries += [list(d) for d in distractors] + [[sos_id]]
+    """The batch's hotword list and per-token labels as FunASR's `AudioDatasetHotword.collator` makes them: every
+    span in batch order (repeats kept), then the distractors, then the no-bias entry `[sos]`; a token is labelled
+    with itself inside its own utterance's spans, `NO_BIAS` elsewhere, -1 past the end."""
+    entries = [t[s:e] for t, spans in zip(token_lists, span_lists) for s, e in spans]
+    entries += [list(d) for d in distractors] + [[sos_id]]
     lengths = torch.tensor([len(w) for w in entries])
     hot = torch.zeros(len(entries), int(lengths.max()), dtype=torch.long)
     for i, w in enumerate(entries):
@@ -338,34 +319,19 @@ def hotword_batch(
     labels = torch.full((len(token_lists), n), -1, dtype=torch.long)
     for i, (toks, spans) in enumerate(zip(token_lists, span_lists)):
         labels[i, : len(toks)] = no_bias_id
-        for s, e in spans if funasr else [*spans, *_occurrences(toks, words, word_spans)]:
+        for s, e in spans:
             labels[i, s:e] = torch.tensor(toks[s:e])
     return {"hotwords": hot, "hotword_lengths": lengths, "hotword_labels": labels}
 
 
-def _occurrences(
-    tokens: list[int], words: dict[tuple[int, ...], int], word_spans: WordSpans | None
-) -> list[tuple[int, int]]:
-    """`[start, end)` of every place where an entry of `words` stands in `tokens` (whole words with `word_spans`)."""
-    if word_spans is not None:
-        return [(s, e) for s, e in word_spans(tokens) if tuple(tokens[s:e]) in words]
-    return [
-        (s, s + n)
-        for n in {len(w) for w in words}
-        for s in range(len(tokens) - n + 1)
-        if tuple(tokens[s : s + n]) in words
-    ]
-
-
-def make_collate(no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None, funasr: bool = False):
-    """The batch builder; `word_spans` (word hotwords) makes hotword labels match whole words only; `funasr`:
-    FunASR's list and labels (`hotword_batch`)."""
-    return _Collate(no_bias_id, sos_id, word_spans, funasr)
+def make_collate(no_bias_id: int, sos_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The batch builder: padded waveforms and targets (-1), and FunASR's hotword list and labels."""
+    return _Collate(no_bias_id, sos_id)
 
 
 class _Collate:
-    def __init__(self, no_bias_id: int, sos_id: int, word_spans: WordSpans | None = None, funasr: bool = False):
-        self.no_bias_id, self.sos_id, self.word_spans, self.funasr = no_bias_id, sos_id, word_spans, funasr
+    def __init__(self, no_bias_id: int, sos_id: int):
+        self.no_bias_id, self.sos_id = no_bias_id, sos_id
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         wav_lengths = torch.tensor([len(it["wav"]) for it in items])
@@ -386,11 +352,7 @@ class _Collate:
             "target_lengths": target_lengths,
         }
         extra = [d for it in items for d in it.get("distractors", ())]
-        batch.update(
-            hotword_batch(
-                toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra, self.word_spans, self.funasr
-            )
-        )
+        batch.update(hotword_batch(toks, [it["spans"] for it in items], self.no_bias_id, self.sos_id, extra))
         return batch
 
 

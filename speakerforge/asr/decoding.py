@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass
 class Decoding:
-    """How `AsrModel.transcribe` decodes (see the module docstring)."""
+    """How `FunasrModel.transcribe` decodes (see the module docstring)."""
 
     mode: str = "seaco"  # seaco | ctc
     context_score: float = 7.0  # ctc: bonus per matched hotword token (log domain); tuned on the generated dev set

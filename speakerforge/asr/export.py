@@ -1,13 +1,11 @@
 """`speakerforge asr export --format funasr`: a model as a FunASR model directory (`config.yaml`, `model.pt`,
-`tokens.json`, `am.mvn`, `seg_dict` when there is one) that FunASR's own classes load strictly and decode as
-`speakerforge asr decode` does.
+`tokens.json`, `am.mvn`, `seg_dict` when there is one, `bpe.model` for learnt pieces) that FunASR's own classes load
+strictly and decode as `speakerforge asr decode` does.
 
 The source is a FunASR model directory (SeACo- or Contextual-Paraformer, read strictly and written back, e.g. to
-drop a release's extra files or to turn `tokens.txt` into `tokens.json`) or an `asr train --init FUNASR_DIR`
-experiment or a new FunASR model trained by `asr train` (or its `model.safetensors`). The small model of `asr train` without `--init FUNASR_DIR` has no FunASR
-counterpart and is refused with that reason. A `config.yaml` without
-`frontend_conf.dither` is written with `dither: 0.0`: FunASR dithers by 1.0 when the key is absent, at decoding
-too, which would make its output vary from run to run.
+drop a release's extra files or to turn `tokens.txt` into `tokens.json`) or an `asr train` experiment (or its
+`model.safetensors`). A `config.yaml` without `frontend_conf.dither` is written with `dither: 0.0`: FunASR dithers
+by 1.0 when the key is absent, at decoding too, which would make its output vary from run to run.
 """
 
 from __future__ import annotations
@@ -32,8 +30,4 @@ def export_asr(src: str | Path, out: str | Path, fmt: str = "funasr", hotwords: 
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise ConfigError(f"{o}: the export folder must be new or empty")
     fm = load_funasr(src)
-    if fm is None:
-        raise ConfigError(
-            f"{src}: a model of the small ASR architecture (`asr train` without --init FUNASR_DIR) has no FunASR form"
-        )
     return fm.save(o, read_hotword_list(hotwords) if hotwords else ())

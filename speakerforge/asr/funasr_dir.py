@@ -294,16 +294,31 @@ class FunasrModel:
         )
 
 
-def load_funasr(path: str | Path) -> FunasrModel | None:
-    """The FunASR model at `path`: a FunASR directory, or an `asr train --init FUNASR_DIR` experiment or model
-    file; None for a model of the small ASR architecture (`speakerforge.asr.model`)."""
+def read_asr_model_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
+    """(weights, meta, file) of an `asr train` model file or of the experiment folder holding one."""
+    from speakerforge.artifacts import expect
+    from speakerforge.checkpoint_io import load_model_file
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    expect(p, ("model_file",), "an ASR model file", "pass the model.safetensors of `speakerforge asr train`")
+    state, meta = load_model_file(p)
+    if meta.get("kind") != "asr":
+        raise CheckpointError(f"{p}: not an ASR model file (written by `speakerforge asr train`)")
+    if meta.get("model") != "funasr":
+        raise CheckpointError(
+            f"{p}: a model of the small ASR architecture of earlier speakerforge releases, now retired; retrain it "
+            "as FunASR's network (configs/asr-funasr-small-seaco.yaml)"
+        )
+    return state, meta, p
+
+
+def load_funasr(path: str | Path) -> FunasrModel:
+    """The FunASR model at `path`: a FunASR directory, or an `asr train` experiment or model file."""
     if is_funasr_dir(path):
         return FunasrModel.load(path)
-    from speakerforge.asr.model import read_asr_model_file
-
     state, meta, file = read_asr_model_file(path)
-    if meta.get("model") != "funasr":
-        return None
     return FunasrModel.from_meta(meta["funasr"], state, str(file))
 
 

@@ -1,9 +1,10 @@
 """Decoding with an optional hotword list, and the evaluation table of `speakerforge asr eval`.
 
-The hotword list is a text file, one hotword per line. Two decodings (`Decoding.mode`):
-- `seaco` (FunASR's): the no-bias entry is appended to the list, the bias branch is merged as FunASR does (its
-  distribution replaces the ASR's at tokens where its argmax is not `<no_bias>`), and a list longer than 50 entries
-  is first cut by attention score (`SeacoParaformer.recognize`);
+The model is a FunASR directory or an `asr train` experiment (`speakerforge.asr.funasr_dir.load_funasr`). Two
+decodings (`Decoding.mode`):
+- `seaco` (FunASR's): for SeACo the no-bias entry is appended to the list, the bias branch is merged as FunASR does
+  (its distribution replaces the ASR's at tokens where its argmax is not `NO_BIAS`), and a list longer than 50
+  entries is first cut by attention score; a ContextualParaformer's decoder reads the list;
 - `ctc`: prefix beam search over the CTC head with the list as a context graph (`speakerforge.asr.context`), as
   WeNet and sherpa bias; it needs no trained bias branch, so it also reaches words no training sentence held.
 """
@@ -16,83 +17,14 @@ from pathlib import Path
 
 import torch
 
-from speakerforge.asr.data import pad_features, read_asr_jsonl
+from speakerforge.asr.data import read_asr_jsonl, read_decode_inputs
 from speakerforge.asr.decoding import Decoding
+from speakerforge.asr.funasr_dir import load_funasr, read_hotword_list
 from speakerforge.asr.metrics import AsrScores, format_table
-from speakerforge.asr.model import ModelArgs, SeacoParaformer, read_asr_model_file
-from speakerforge.asr.vocab import Vocab, vocab_from_meta
 from speakerforge.data.audio import load_audio
-from speakerforge.data.features import fbank, mean_normalize
-from speakerforge.errors import ConfigError, DataError
+from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-class AsrModel:
-    """A trained model file (`EXP/model.safetensors`) ready to decode."""
-
-    def __init__(self, model: SeacoParaformer, vocab: Vocab, features: dict):
-        self.model = model.eval()
-        self.vocab = vocab
-        self.features = features
-
-    @classmethod
-    def load(cls, path: str | Path) -> AsrModel:
-        state, meta, _ = read_asr_model_file(path)
-        vocab = vocab_from_meta(meta)
-        model = SeacoParaformer(len(vocab), ModelArgs(**meta["args"]), sos_id=vocab.sos_id, blank_id=vocab.blank_id)
-        model.load_state_dict(state)
-        return cls(model, vocab, meta["features"])
-
-    def feats(self, wav: torch.Tensor) -> torch.Tensor:
-        f = self.features
-        x = fbank(wav, num_mel_bins=f["num_mel_bins"], frame_length=f["frame_length"], frame_shift=f["frame_shift"])
-        return mean_normalize(x) if f["mean_norm"] else x
-
-    def hotword_ids(self, hotwords: Sequence[str]) -> list[list[int]]:
-        """Token ids of each hotword (entries that encode to nothing dropped)."""
-        return [ids for ids in (self.vocab.encode(w) for w in hotwords) if ids]
-
-    def hotword_tensors(self, hotwords: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Token ids `[H + 1, L]` and lengths of the list plus the no-bias entry; None for an empty list."""
-        entries = self.hotword_ids(hotwords)
-        if not entries:
-            return None
-        entries.append([self.vocab.sos_id])
-        lengths = torch.tensor([len(e) for e in entries])
-        hot = torch.zeros(len(entries), int(lengths.max()), dtype=torch.long)
-        for i, e in enumerate(entries):
-            hot[i, : len(e)] = torch.tensor(e)
-        return hot, lengths
-
-    def transcribe(
-        self,
-        wavs: Sequence[torch.Tensor],
-        hotwords: Sequence[str] = (),
-        batch_size: int = 8,
-        decoding: Decoding | None = None,
-    ) -> list[str]:
-        """Texts of 16 kHz waveforms, biased towards `hotwords`."""
-        from speakerforge.asr.context import ContextGraph, ctc_beam_search
-
-        dec = decoding or Decoding()
-        hw = self.hotword_tensors(hotwords) if dec.mode == "seaco" else None
-        graph = None
-        if dec.mode == "ctc" and hotwords:
-            graph = ContextGraph(self.hotword_ids(hotwords), dec.context_score, self.vocab.ends_word)
-        out: list[str] = []
-        for i in range(0, len(wavs), batch_size):
-            feats, lengths = pad_features([self.feats(w) for w in wavs[i : i + batch_size]])
-            if dec.mode == "ctc":
-                logp, frames = self.model.ctc_log_probs(feats, lengths)
-                ids = [
-                    ctc_beam_search(logp[j, : int(frames[j])], self.vocab.blank_id, dec.beam, dec.top_k, graph)
-                    for j in range(len(frames))
-                ]
-            else:
-                ids = self.model.recognize(feats, lengths, *(hw if hw is not None else (None, None)))
-            out.extend(self.vocab.decode(x) for x in ids)
-        return out
 
 
 def decode(
@@ -103,19 +35,12 @@ def decode(
 ) -> list[tuple[str, str]]:
     """(key, text) of every utterance of `data` (`read_decode_inputs`), decoded by `model_path`: an `asr train`
     experiment or model file, or a FunASR model directory (`config.yaml` + `model.pt`; SeACo- or
-    Contextual-Paraformer, decoded as FunASR, one utterance at a time). `hotwords`: a file (one per line) or, for a
-    FunASR directory, also a string of space-separated hotwords, as FunASR takes them."""
-    from speakerforge.asr.data import read_decode_inputs
-    from speakerforge.asr.funasr_dir import load_funasr, read_hotword_list
-
+    Contextual-Paraformer, decoded as FunASR, one utterance at a time). `hotwords`: a file (one per line) or a
+    string of space-separated hotwords, as FunASR takes them."""
     utts = read_decode_inputs(list(data))
     wavs = [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts]
     fm = load_funasr(model_path)
-    if fm is not None:
-        texts = fm.transcribe(wavs, read_hotword_list(hotwords) if hotwords else [], decoding)
-    else:
-        asr = AsrModel.load(model_path)
-        texts = asr.transcribe(wavs, read_hotwords(hotwords) if hotwords else [], decoding=decoding)
+    texts = fm.transcribe(wavs, read_hotword_list(hotwords) if hotwords else [], decoding)
     return [(u.key, t) for u, t in zip(utts, texts)]
 
 
@@ -136,10 +61,7 @@ def evaluate(
 ) -> tuple[dict[str, dict[str, float]], str]:
     """Scores with no list, the true hotwords, and the true hotwords plus each distractor list; (rows, table).
     Every row uses the same decoding, so the list is the only difference."""
-    from speakerforge.asr.funasr_dir import load_funasr
-
     fm = load_funasr(model_path)
-    asr = AsrModel.load(model_path) if fm is None else None
     utts = read_asr_jsonl(data)
     true = read_hotwords(hotwords)
     wavs = [torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts]
@@ -149,11 +71,7 @@ def evaluate(
         conditions[f"true + {len(extra)} distractors"] = true + extra
     rows = {}
     for name, biasing in conditions.items():
-        if fm is not None:
-            hyps = fm.transcribe(wavs, biasing, decoding)
-        else:
-            assert asr is not None
-            hyps = asr.transcribe(wavs, biasing, decoding=decoding)
+        hyps = fm.transcribe(wavs, biasing, decoding)
         s = AsrScores()
         for u, h in zip(utts, hyps):
             s.add(u.text, h, true)  # recall/precision and B-WER always against the true hotwords

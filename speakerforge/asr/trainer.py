@@ -1,23 +1,26 @@
-"""`speakerforge asr train`: the SeACo-Paraformer-style model through the shared training loop.
+"""`speakerforge asr train`: FunASR's SeACo- and Contextual-Paraformer through the shared training loop.
 
 `AsrTrainer` is a task of the engine (`speakerforge.train.task`); stages, freezing (FunASR prefix semantics, a pattern
-that matches nothing is an error), per-stage optimizers, checkpoints and exact resume are the engine's. Specific here:
-- data: FunASR JSONL (`key`, `source`, `target`), whole utterances, hotwords re-drawn every epoch
-  (`speakerforge.asr.data`);
-- the `asr:` config section: vocabulary, loss terms per stage (`asr.stage_losses: {stage name: [ce, ctc, cif,
-  hotword]}`, default `asr.losses`), their weights, and the hotword sampling;
+that matches nothing is an error), per-stage optimizers, checkpoints and exact resume are the engine's. The network
+is FunASR's (`speakerforge.asr.paraformer`), from one of:
+- `--init FUNASR_DIR`: a FunASR model directory as released (its `config.yaml`, `model.pt` loaded strictly,
+  `tokens.json` + `seg_dict`, `am.mvn`), or an experiment (model file) of `asr train`; the config says
+  `model: {name: funasr}` with no `model.args`;
+- no `--init`: a new model of `model.args`, a FunASR `config.yaml` (`configs/asr-funasr-small-seaco.yaml`), with
+  BPE tokens and CMVN made from the training data (`speakerforge.asr.funasr_new`).
+Specific here:
+- data: FunASR JSONL (`key`, `source`, `target`, optional per-row `hotwords`), whole utterances, hotwords re-drawn
+  every epoch as FunASR's `AudioDatasetHotword` draws them (`speakerforge.asr.data`);
+- the `asr:` config section: loss terms per stage (`asr.stage_losses: {stage name: [ce, ctc, cif, hotword]}`,
+  default `asr.losses`), their weights (default: `model_conf`, as FunASR), the hotword sampling, the BPE size;
 - every stage's freeze list is checked against the module names before the first step of the first stage, so a
   typo in stage 2 is not found after stage 1 has run;
 - `decoder.embed` is read by the hotword branch and by the glancing sampler of the CE loss; a stage with neither
   may leave it untouched;
 - a hotword-only stage over a frozen ASR part reuses each utterance's ASR states (`asr.cache_asr_states`);
-- `--init SRC [--init-part asr]` starts from a trained ASR model (all of it, or the ASR part with new hotword
-  modules), with the source's vocabulary;
-- the run writes `model.safetensors` with the vocabulary, model arguments and feature settings for `asr decode/eval`;
-- `--init FUNASR_DIR` (a FunASR SeACo- or Contextual-Paraformer directory) trains that model instead
-  (`speakerforge.asr.paraformer` with FunASR's losses): its tokens, frontend and `model_conf` loss weights, no
-  state cache for a ContextualParaformer; the model file then holds the FunASR config, tokens, `seg_dict` and CMVN, so `asr decode/eval/export`
-  rebuild it. A ContextualParaformer has no `hotword` loss: its decoder reads the batch's list in `ce`.
+- the run writes `model.safetensors` with the FunASR config, tokens, `seg_dict`, CMVN (and BPE model), so
+  `asr decode/eval/export` rebuild it. A ContextualParaformer has no `hotword` loss: its decoder reads the batch's
+  list in `ce`.
 """
 
 from __future__ import annotations
@@ -34,11 +37,9 @@ import torch.nn as nn
 
 from speakerforge.asr.data import AsrDataset, HotwordSampling, load_asr_sources, make_collate, pad_features
 from speakerforge.asr.funasr_dir import FunasrModel
-from speakerforge.asr.model import ASR_PART, HOTWORD_PART, ModelArgs, SeacoParaformer
+from speakerforge.asr.paraformer import ASR_PART
 from speakerforge.asr.paraformer import SeacoParaformer as FunasrSeaco
-from speakerforge.asr.vocab import CharVocab, PieceVocab, vocab_from_meta
 from speakerforge.config import Config, from_dict, to_dict
-from speakerforge.data.features import fbank, mean_normalize
 from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.train import freezing
 from speakerforge.train.checkpoint import seed_everything
@@ -49,16 +50,13 @@ from speakerforge.train.task import LossResult
 log = logging.getLogger(__name__)
 
 LOSSES = ("ce", "ctc", "cif", "hotword")
-DEFAULT_WEIGHTS = {"ce": 1.0, "ctc": 0.3, "cif": 1.0, "hotword": 1.0}
 
 
 @dataclass
 class AsrConfig:
     """The `asr:` section."""
 
-    vocab: list[str] = field(default_factory=list)  # characters; empty: those of the training transcripts
-    tokenizer: str = "char"  # char | bpe (sentencepiece BPE trained on the training transcripts)
-    bpe_size: int = 400  # at most this many pieces (bpe)
+    bpe_size: int = 400  # a new model: at most this many BPE pieces learnt from the training transcripts
     losses: list[str] = field(default_factory=lambda: list(LOSSES))  # for stages not in stage_losses
     stage_losses: dict[str, list[str]] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -82,12 +80,6 @@ def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrCo
     for k, w in a.loss_weights.items():
         if k not in LOSSES or w < 0:
             raise ConfigError(f"{where}: asr.loss_weights.{k}={w!r}: weights are >= 0, for {', '.join(LOSSES)}")
-    if a.tokenizer not in ("char", "bpe"):
-        raise ConfigError(f"{where}: asr.tokenizer {a.tokenizer!r}: choose char or bpe")
-    if a.tokenizer == "bpe" and a.vocab:
-        raise ConfigError(
-            f"{where}: asr.vocab lists characters; with asr.tokenizer: bpe the pieces are learnt, remove asr.vocab"
-        )
     if a.bpe_size < 8:
         raise ConfigError(f"{where}: asr.bpe_size={a.bpe_size}: need at least 8 pieces")
     h = a.hotwords
@@ -109,51 +101,20 @@ def parse_asr_config(raw: dict[str, Any] | None, where: str = "config") -> AsrCo
     return a
 
 
-INIT_PARTS = {"all": ASR_PART + HOTWORD_PART, "asr": ASR_PART}
-
-
 @dataclass
 class AsrInit:
-    """`asr train --init SRC [--init-part asr]`: start from a trained ASR model file (or experiment folder).
-
-    `asr` loads only the ASR part (`encoder`, `predictor`, `decoder`, `ctc`) and leaves the hotword modules new:
-    FunASR's usual start of SeACo training from a trained Paraformer, here also with other hotword-module sizes."""
+    """`asr train --init SRC`: a FunASR model directory, or an experiment / model file of `asr train`."""
 
     src: str | Path
-    part: str = "all"
 
-    def is_funasr(self) -> bool:
-        from speakerforge.asr.funasr_dir import is_funasr_dir
+    def read(self) -> FunasrModel:
+        from speakerforge.asr.funasr_dir import load_funasr
 
-        return is_funasr_dir(self.src)
-
-    def read(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
-        from speakerforge.asr.model import read_asr_model_file
-
-        if self.part not in INIT_PARTS:
-            raise ConfigError(f"--init-part {self.part!r}: choose from {', '.join(INIT_PARTS)}")
         if not Path(self.src).exists():
-            raise CheckpointError(f"{self.src}: --init source not found (an ASR model file or experiment folder)")
-        return read_asr_model_file(self.src)
-
-
-def load_init_part(module: nn.Module, state: dict[str, torch.Tensor], part: str, origin: str) -> int:
-    """Copy the tensors of `part` from `state` into `module`; every missing or mismatched tensor is listed."""
-    from speakerforge.models.modelfile import fit_problems
-
-    prefixes = INIT_PARTS[part]
-    own = {k: v for k, v in module.state_dict().items() if k.split(".")[0] in prefixes}
-    problems = fit_problems(own, {k: state[k] for k in own if k in state})  # the source's other parts are ignored
-    if problems:
-        raise CheckpointError(
-            f"{origin}: cannot initialise the {part!r} part: "
-            + "; ".join(problems)
-            + " (same model.args as the source?)"
-        )
-    with torch.no_grad():
-        for k, v in own.items():
-            v.copy_(state[k])
-    return len(own)
+            raise CheckpointError(
+                f"{self.src}: --init source not found (a FunASR model directory, or an `asr train` experiment)"
+            )
+        return load_funasr(self.src)
 
 
 class AsrTrainer(TrainingRun):
@@ -164,18 +125,13 @@ class AsrTrainer(TrainingRun):
     ):
         self.asr = parse_asr_config(cfg.asr, "config")  # before the run folder is created
         self.init = init
-        # `model: {name: funasr, args: CONFIG}` without --init: a new FunASR model of that config.yaml, its tokens
-        # and CMVN made from the training data when the data is read (`speakerforge.asr.funasr_new`)
+        # `model.args` without --init: a new FunASR model of that config.yaml, its tokens and CMVN made from the
+        # training data when the data is read (`speakerforge.asr.funasr_new`)
         self.new_funasr: dict[str, Any] | None = None
-        self.funasr = self._read_funasr(cfg, init)
-        small_args = {} if cfg.model.name == "funasr" else dict(cfg.model.args)
-        self.model_args = from_dict(ModelArgs, small_args, "config", "model.args.")
-        self._init_state = self.init.read() if self.init is not None and self.funasr is None else None
+        self.funasr: FunasrModel | None = self._read_funasr(cfg, init)
         options = dataclasses.replace(options or RunOptions(), command="asr-train")
-        if init is not None and self.funasr is not None:
+        if init is not None:
             options.init_description = {"init": str(Path(init.src).resolve()), "part": "all", "format": "funasr"}
-        elif init is not None and self._init_state is not None:
-            options.init_description = {"init": str(self._init_state[2].resolve()), "part": init.part}
         super().__init__(cfg, exp_dir, options)
         names = [s.name for s in self.stages]
         unknown = [k for k in self.asr.stage_losses if k not in names]
@@ -185,58 +141,54 @@ class AsrTrainer(TrainingRun):
 
     # ------------------------------------------------------------------------------------------------ setup
     def _read_funasr(self, cfg: Config, init: AsrInit | None) -> FunasrModel | None:
-        """The FunASR model of `--init FUNASR_DIR` (weights loaded strictly), or None (a new FunASR model, made in
-        `build_data`, or the small model)."""
-        if init is None and cfg.model.name == "funasr" and cfg.model.args:
-            if self.asr.tokenizer != "bpe":
-                raise ConfigError(
-                    "asr.tokenizer: a new FunASR model (model.args: its config.yaml) learns BPE pieces; "
-                    "set asr.tokenizer: bpe"
-                )
-            self.new_funasr = dict(cfg.model.args)
-            return None
-        if init is None or not init.is_funasr():
-            if cfg.model.name == "funasr":
+        """The model of `--init SRC` (weights loaded strictly), or None for a new model of `model.args` (made in
+        `build_data`)."""
+        if cfg.model.name != "funasr":
+            raise ConfigError(
+                f"model.name {cfg.model.name}: `asr train` trains FunASR's models, model: {{name: funasr}} with "
+                "--init FUNASR_DIR, or with model.args a FunASR config.yaml for a new one "
+                "(configs/asr-funasr-small-seaco.yaml; the small model of earlier releases is retired)"
+            )
+        if init is None:
+            if not cfg.model.args:
                 raise ConfigError(
                     "model.name funasr: give the FunASR model directory to train with --init FUNASR_DIR, "
                     "or a FunASR config.yaml for a new model as model.args (configs/asr-funasr-small-seaco.yaml)"
                 )
+            self.new_funasr = dict(cfg.model.args)
             return None
-        if cfg.model.name != "funasr":
-            raise ConfigError(
-                f"model.name {cfg.model.name}: with --init FUNASR_DIR the config says model: {{name: funasr}} "
-                "(see configs/asr-funasr-seaco-two-stage.yaml)"
-            )
-        if init.part != "all":
-            raise ConfigError(f"--init-part {init.part}: a FunASR directory initialises the whole model (all)")
         if cfg.model.args:
             raise ConfigError(
                 "model.args: with --init FUNASR_DIR the network is the one its config.yaml describes; remove model.args"
             )
-        if cfg.asr and (cfg.asr.get("vocab") or "tokenizer" in cfg.asr or "bpe_size" in cfg.asr):
-            raise ConfigError("asr.vocab/tokenizer/bpe_size: with --init FUNASR_DIR the tokens are its tokens.json")
-        return FunasrModel.load(init.src)
+        if cfg.asr and "bpe_size" in cfg.asr:
+            raise ConfigError("asr.bpe_size: with --init the tokens are the source's (tokens.json + seg_dict)")
+        return init.read()
+
+    @property
+    def funasr_model(self) -> FunasrModel:
+        if self.funasr is None:
+            raise RuntimeError("the FunASR model is made when the data is read (build_data)")
+        return self.funasr
 
     def has_ctc(self) -> bool:
-        return self.funasr.model.ctc is not None if self.funasr is not None else self.model_args.ctc
+        return self.funasr_model.model.ctc is not None
 
     def loss_weight(self, name: str) -> float:
         """`asr.loss_weights`, else for a FunASR model its `model_conf` (FunASR's Paraformer loss:
-        (1 - ctc_weight) x ce + ctc_weight x ctc + predictor_weight x cif; the seaco loss x 1), else ours."""
+        (1 - ctc_weight) x ce + ctc_weight x ctc + predictor_weight x cif; the seaco loss x 1)."""
         if name in self.asr.loss_weights:
             return self.asr.loss_weights[name]
-        if self.funasr is None:
-            return DEFAULT_WEIGHTS[name]
-        m = self.funasr.model
+        m = self.funasr_model.model
         ctc = m.ctc_weight if m.ctc is not None else 0.0
         return {"ce": 1.0 - ctc, "ctc": ctc, "cif": m.predictor_weight, "hotword": 1.0}[name]
 
     def stage_losses(self, stage: Stage) -> tuple[str, ...]:
         names = self.asr.stage_losses.get(stage.name, self.asr.losses)
-        if self.funasr is not None and not isinstance(self.funasr.model, FunasrSeaco) and "hotword" in names:
+        if not isinstance(self.funasr_model.model, FunasrSeaco) and "hotword" in names:
             raise ConfigError(
-                f"stage {stage.name!r}: a {self.funasr.config.get('model')} has no hotword loss (its decoder reads "
-                "the list and learns it through ce); choose from ce, cif, ctc"
+                f"stage {stage.name!r}: a {self.funasr_model.config.get('model')} has no hotword loss (its decoder "
+                "reads the list and learns it through ce); choose from ce, cif, ctc"
             )
         if not self.has_ctc():
             if stage.name in self.asr.stage_losses and "ctc" in names:
@@ -250,40 +202,14 @@ class AsrTrainer(TrainingRun):
         texts = [u.text for s in self.sources for u in s.utts]
         if self.new_funasr is not None:
             self.funasr = self._new_funasr_model(texts)
-        if self.funasr is not None:  # FunASR's tokens (tokens.json + seg_dict), NO_BIAS its hotword label
-            tokens = self.funasr.tokens
-            unk = sum(t.count(tokens.unk_id) for t in map(tokens.encode, texts))
-            if unk:
-                log.warning("%d token(s) of the transcripts are not in tokens.json and become <unk>", unk)
-            model = self.funasr.model
-            no_bias = model.no_bias if isinstance(model, FunasrSeaco) else 0  # no labels without a seaco loss
-            word_spans = tokens.word_spans if self.asr.hotwords.span_unit == "word" else None
-            self.collate = make_collate(no_bias, model.sos, word_spans, funasr=True)
-            log.info("data: %d sources, %d utterances, FunASR tokens: %d", len(self.sources), len(texts), len(tokens))
-            return
-        if self._init_state is not None:  # the source's token ids, whatever the new transcripts hold
-            self.vocab = vocab_from_meta(self._init_state[1])
-            if self.asr.vocab and self.asr.vocab != self.vocab.tokens:
-                raise ConfigError(
-                    f"asr.vocab differs from the vocabulary of --init {self._init_state[2]}; "
-                    "remove asr.vocab to use the source's"
-                )
-            unknown = sorted({c for t in texts for c in self.vocab.unknown_chars(t)})
-            if unknown:
-                log.warning(
-                    "%d character(s) of the transcripts are not in the --init vocabulary and become <unk>: %s",
-                    len(unknown),
-                    "".join(unknown[:40]),
-                )
-        elif self.asr.tokenizer == "bpe":
-            self.vocab = PieceVocab.train(texts, self.asr.bpe_size)
-        else:
-            self.vocab = CharVocab(self.asr.vocab) if self.asr.vocab else CharVocab.from_texts(texts)
-        word_spans = self.asr.hotwords.span_unit == "word"
-        self.collate = make_collate(len(self.vocab), self.vocab.sos_id, self.vocab.word_spans if word_spans else None)
-        log.info(
-            "data: %d sources, %d utterances, vocabulary of %d tokens", len(self.sources), len(texts), len(self.vocab)
-        )
+        tokens = self.funasr_model.tokens  # FunASR's tokens (tokens.json + seg_dict), NO_BIAS its hotword label
+        unk = sum(t.count(tokens.unk_id) for t in map(tokens.encode, texts))
+        if unk:
+            log.warning("%d token(s) of the transcripts are not in tokens.json and become <unk>", unk)
+        model = self.funasr_model.model
+        no_bias = model.no_bias if isinstance(model, FunasrSeaco) else 0  # no labels without a seaco loss
+        self.collate = make_collate(no_bias, model.sos)
+        log.info("data: %d sources, %d utterances, FunASR tokens: %d", len(self.sources), len(texts), len(tokens))
 
     def _new_funasr_model(self, texts: list[str]) -> FunasrModel:
         """The new FunASR model of `model.args`: BPE pieces of the transcripts, CMVN of the training audio (a
@@ -306,19 +232,8 @@ class AsrTrainer(TrainingRun):
         return fm
 
     def build_module(self) -> nn.Module:
-        seed_everything(self.cfg.train.seed)
-        module: nn.Module
-        if self.funasr is not None:
-            module = self.funasr.model
-            self.funasr.frontend.train()  # dither (frontend_conf.dither; FunASR's 1.0 when absent) in training
-        else:
-            module = SeacoParaformer(
-                len(self.vocab), self.model_args, sos_id=self.vocab.sos_id, blank_id=self.vocab.blank_id
-            )
-        if self._init_state is not None:
-            state, _meta, origin = self._init_state
-            n = load_init_part(module, state, self.init.part, str(origin))
-            log.info("initialised %d tensors (%s part) from %s", n, self.init.part, origin)
+        module = self.funasr_model.model
+        self.funasr_model.frontend.train()  # dither (frontend_conf.dither; FunASR's 1.0 when absent) in training
         for stage in self.stages:  # every stage's freeze list against the module names, before any training
             try:
                 freezing.match_parameters(module, freezing.parse_freeze_patterns(stage.freeze))
@@ -340,7 +255,7 @@ class AsrTrainer(TrainingRun):
         )
         return AsrDataset(
             [self.sources[i] for i in self.stage_sources[stage.index]],
-            self.funasr.tokens if self.funasr is not None else self.vocab,
+            self.funasr_model.tokens,
             self.cfg.train.seed,
             stage.index,
             self.asr.hotwords,
@@ -348,30 +263,18 @@ class AsrTrainer(TrainingRun):
 
     def integrity_ignore(self, stage: Stage) -> list[str]:
         losses = self.stage_losses(stage)
-        ratio = self.funasr.model.sampling_ratio if self.funasr is not None else self.model_args.sampling_ratio
+        ratio = self.funasr_model.model.sampling_ratio
         glances = "ce" in losses and ratio > 0
         ignore = [] if "hotword" in losses or glances else ["model.decoder.embed"]
-        if self.funasr is not None and self.funasr.model.predictor.upsample_type is not None:
+        if self.funasr_model.model.predictor.upsample_type is not None:
             # CifPredictorV3's timestamp branch: no loss of SeACo training reaches it (nor FunASR's)
             ignore += [f"model.predictor.{m}" for m in ("upsample_cnn", "blstm", "cif_output2")]
         return ignore
 
     # ------------------------------------------------------------------------------------------------ steps
     def utterance_features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded `[B, S]` waveforms -> padded `[B, T, F]` fbank, each normalised over its own frames (a FunASR
-        model: its WavFrontend, LFR and am.mvn)."""
-        if self.funasr is not None:
-            return self.funasr.frontend([wav[i, : int(n)] for i, n in enumerate(lengths)])
-        fc = self.cfg.features
-        feats = [
-            fbank(
-                wav[i, : int(n)], num_mel_bins=fc.num_mel_bins, frame_length=fc.frame_length, frame_shift=fc.frame_shift
-            )
-            for i, n in enumerate(lengths)
-        ]
-        if fc.mean_norm:
-            feats = [mean_normalize(f) for f in feats]
-        return pad_features(feats)
+        """Padded `[B, S]` waveforms -> padded `[B, T, F]` features of the model's WavFrontend (LFR, am.mvn)."""
+        return self.funasr_model.frontend([wav[i, : int(n)] for i, n in enumerate(lengths)])
 
     def compute_loss(self, train_module: nn.Module, batch: dict[str, Any], stage_step: int, micro: int) -> LossResult:
         """The weighted sum of this stage's losses; each loss, and the token accuracy of ce (else hotword)."""
@@ -435,9 +338,8 @@ class AsrTrainer(TrainingRun):
         if missing:
             was_training = module.training
             module.eval()
-            frontend = self.funasr.frontend if self.funasr is not None else None
-            if frontend is not None:
-                frontend.eval()  # no dither: the states are a function of the weights and the utterance
+            frontend = self.funasr_model.frontend
+            frontend.eval()  # no dither: the states are a function of the weights and the utterance
             # One utterance at a time: its states are then a function of the weights and the utterance alone, not
             # of the batch it first met (padding and batch shape change float sums), so a resumed run refills the
             # cache with exactly the values an uninterrupted run holds.
@@ -450,8 +352,7 @@ class AsrTrainer(TrainingRun):
                 k = int(mask[0].sum())
                 self._states[batch["uids"][i]] = (emb[0, :k].clone(), hidden[0, :k].clone())
             module.train(was_training)
-            if frontend is not None:
-                frontend.train(was_training)
+            frontend.train(was_training)
         rows = [self._states[u] for u in batch["uids"]]
         emb, lengths = pad_features([r[0] for r in rows])
         hidden, _ = pad_features([r[1] for r in rows])
@@ -463,28 +364,13 @@ class AsrTrainer(TrainingRun):
         from speakerforge.checkpoint_io import save_model_file
 
         out = self.exp / "model.safetensors"
-        if self.env.is_main and self.funasr is not None:
-            meta = {"kind": "asr", "model": "funasr", "funasr": self.funasr.to_meta(), "config": to_dict(self.cfg)}
+        if self.env.is_main:
+            meta = {
+                "kind": "asr",
+                "model": "funasr",
+                "funasr": self.funasr_model.to_meta(),
+                "config": to_dict(self.cfg),
+            }
             save_model_file(out, module.state_dict(), meta)
-            log.info("ASR model (FunASR %s) written to %s", self.funasr.config.get("model"), out)
-        elif self.env.is_main:
-            fc = self.cfg.features
-            save_model_file(
-                out,
-                module.state_dict(),
-                {
-                    "kind": "asr",
-                    "model": "seaco_paraformer",
-                    "args": dataclasses.asdict(self.model_args),
-                    **self.vocab.to_meta(),
-                    "features": {
-                        "num_mel_bins": fc.num_mel_bins,
-                        "frame_length": fc.frame_length,
-                        "frame_shift": fc.frame_shift,
-                        "mean_norm": fc.mean_norm,
-                    },
-                    "config": to_dict(self.cfg),
-                },
-            )
-            log.info("ASR model written to %s", out)
+            log.info("ASR model (FunASR %s) written to %s", self.funasr_model.config.get("model"), out)
         return out

@@ -20,26 +20,20 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         "--dev", type=int, default=None, help="dev sentences for tuning decoding (default 60; 0: no dev set)"
     )
     prep.add_argument(
-        "--finetune", type=int, default=0, help="sentences of a held-out fine-tuning split with its own names (default 0)"
+        "--finetune", type=int, default=0, help="sentences of a held-out fine-tuning split, its own names (default 0)"
     )
     prep.add_argument("--workers", type=int, default=2, help="TTS processes (about 400 MB each)")
     train = sub.add_parser(
         "train",
-        help="train (e.g. the two-stage recipe configs/asr-seaco-two-stage.yaml); "
+        help="train FunASR's SeACo- or Contextual-Paraformer (a new one: configs/asr-funasr-small-seaco.yaml); "
         "--data takes FunASR JSONL (key, source, target); resumable",
     )
     add_training_options(train)
     train.add_argument(
         "--init",
         metavar="SRC",
-        help="start from a trained ASR model file or experiment folder, or fine-tune a FunASR model directory "
-        "(SeACo- or Contextual-Paraformer; the config says model: {name: funasr})",
-    )
-    train.add_argument(
-        "--init-part",
-        choices=["all", "asr"],
-        default="all",
-        help="asr: load only encoder/predictor/decoder/ctc and train new hotword modules",
+        help="fine-tune a FunASR model directory (SeACo- or Contextual-Paraformer) or an `asr train` experiment "
+        "(the config says model: {name: funasr}, no model.args)",
     )
     dec = sub.add_parser("decode", help="transcribe a JSONL or wav files, optionally with a hotword list")
     dec.add_argument(
@@ -153,7 +147,7 @@ def _train(args: argparse.Namespace) -> int:
     from speakerforge.train.trainer import RunOptions
 
     cfg = training_config(args)
-    init = AsrInit(args.init, args.init_part) if args.init else None
+    init = AsrInit(args.init) if args.init else None
     trainer = AsrTrainer(
         cfg, args.exp, RunOptions(resume=not args.no_resume, allow_config_change=args.allow_config_change), init=init
     )

@@ -94,15 +94,3 @@ def test_with_a_word_boundary_rule_only_whole_words_keep_their_bonus():
     node, d1 = no_rule.step(0, 10)
     node, d2 = no_rule.step(node, 4)
     assert d1 + d2 + no_rule.step(node, 5)[1] == 4.0  # without the rule a completed match is kept as it was
-
-
-def test_the_model_vocabularies_say_which_tokens_end_a_word():
-    from speakerforge.asr.vocab import CharVocab, PieceVocab
-
-    texts = ["please call beezo at noon", "the station is open"] * 10
-    pieces = PieceVocab.train(texts, 40)
-    ids = pieces.encode("call beezo")
-    assert [pieces.ends_word(t) for t in ids] == [pieces.tokens[t].startswith("\u2581") for t in ids]
-    assert pieces.ends_word(ids[0]) and not all(pieces.ends_word(t) for t in ids)
-    chars = CharVocab.from_texts(texts)
-    assert [chars.ends_word(t) for t in chars.encode("a b")] == [False, True, False]

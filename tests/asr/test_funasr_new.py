@@ -19,18 +19,10 @@ from speakerforge.config import Config, check_values, from_dict
 from speakerforge.data.audio import load_audio
 from speakerforge.errors import ConfigError
 from tests.asr.funasr_oracle import oracle_from_dir, oracle_ids
-from tests.asr.helpers import tone_utterance, write_tone_corpus
+from tests.asr.helpers import tiny_funasr_args, tone_utterance, write_tone_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["abc def", "ghi abc", "def ghij", "abcd efg", "hij abc", "efg hij"]
-SMALL = {  # CI sizes of the shipped configs' structure
-    "encoder_conf": {"output_size": 16, "attention_heads": 2, "linear_units": 24, "num_blocks": 2},
-    "decoder_conf": {"attention_heads": 2, "linear_units": 24},
-    "seaco_decoder_conf": {"attention_heads": 2, "linear_units": 24},
-    "predictor_conf": {"idim": 16},
-    "frontend_conf": {"n_mels": 20},
-    "model_conf": {"inner_dim": 16},
-}
 
 
 def _config(raw: dict, data: Path, **stage_epochs: int) -> Config:
@@ -45,10 +37,7 @@ def _config(raw: dict, data: Path, **stage_epochs: int) -> Config:
 
 def _new_model_config(name: str, data: Path) -> Config:
     raw = yaml.safe_load((REPO / "configs" / f"asr-funasr-small-{name}.yaml").read_text(encoding="utf-8"))
-    args = raw["model"]["args"]
-    for section, values in SMALL.items():
-        if section in args:
-            args[section].update(values)
+    raw["model"]["args"] = tiny_funasr_args(name)
     raw["asr"]["bpe_size"] = 12
     return _config(raw, data)
 

@@ -101,7 +101,7 @@ def test_two_stage_funasr_training_resumes_and_exports_to_funasr(tmp_path, capsy
     assert "true hotwords" in capsys.readouterr().out
 
 
-def test_funasr_init_refuses_model_args_a_partial_init_and_a_missing_init(tmp_path):
+def test_funasr_init_refuses_model_args_a_bpe_size_and_a_missing_init(tmp_path):
     release = _release(tmp_path)
     data = write_tone_corpus(tmp_path / "corpus", TEXTS[:2])
     cfg = _config(data, tmp_path)
@@ -109,8 +109,10 @@ def test_funasr_init_refuses_model_args_a_partial_init_and_a_missing_init(tmp_pa
     with pytest.raises(ConfigError, match="model.args"):
         AsrTrainer(cfg, tmp_path / "a", init=AsrInit(release))
     cfg.model.args = {}
-    with pytest.raises(ConfigError, match="whole model"):
-        AsrTrainer(cfg, tmp_path / "b", init=AsrInit(release, "asr"))
+    cfg.asr["bpe_size"] = 50
+    with pytest.raises(ConfigError, match="bpe_size"):
+        AsrTrainer(cfg, tmp_path / "b", init=AsrInit(release))
+    cfg.asr.pop("bpe_size")
     with pytest.raises(ConfigError, match="--init FUNASR_DIR"):
         AsrTrainer(cfg, tmp_path / "c")
 

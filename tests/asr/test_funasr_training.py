@@ -103,7 +103,7 @@ def test_funasr_hotword_batch_is_funasrs_collator():
         for t, sp in zip(toks, spans)
     ]
     theirs = AudioDatasetHotword.collator(collator, samples)
-    ours = hotword_batch(toks, spans, no_bias_id=no_bias, sos_id=1, funasr=True)
+    ours = hotword_batch(toks, spans, no_bias_id=no_bias, sos_id=1)
     assert torch.equal(ours["hotwords"], theirs["hotword_pad"])
     assert ours["hotword_lengths"].tolist() == theirs["hotword_lengths"].tolist()
     assert torch.equal(ours["hotword_labels"], theirs["seaco_label_pad"])

@@ -1,16 +1,19 @@
-"""Two-stage SeACo training: each stage changes exactly the part it trains; bad freeze lists fail before training."""
+"""Two-stage SeACo training (FunASR's network, a new tiny model): each stage changes exactly the part it trains; bad
+freeze lists fail before training; kills in either stage resume bit-identical; `asr eval/decode` on the result."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from speakerforge.asr.model import ASR_PART, HOTWORD_PART
+from speakerforge.asr.paraformer import ASR_PART
 from speakerforge.asr.trainer import AsrTrainer
 from speakerforge.errors import ConfigError
 from tests.asr.helpers import tiny_config, write_tone_corpus
 
 TEXTS = ["ab cd", "bad cab", "dab", "ace bed", "cade", "bee dab"]
+HOTWORD_PART = ("bias_encoder", "seaco_decoder", "hotword_output_layer")
+TIMESTAMP = ("predictor.upsample_cnn", "predictor.blstm", "predictor.cif_output2")  # CifPredictorV3's, no loss
 
 TWO_STAGES = [
     {"name": "asr", "epochs": 1, "freeze": ["bias_encoder", "seaco_decoder", "hotword_output_layer"]},
@@ -46,7 +49,7 @@ def test_stage1_trains_only_the_asr_part_and_stage2_only_the_hotword_part(tmp_pa
     start, after1, after2 = trainer.snaps
     hot1 = _changed(start, after1, HOTWORD_PART)
     assert hot1 and not any(hot1.values()), "stage 1 changed hotword modules"
-    asr1 = _changed(start, after1, ASR_PART)
+    asr1 = {k: v for k, v in _changed(start, after1, ASR_PART).items() if not k.startswith(TIMESTAMP)}
     changed1 = {k for k, v in asr1.items() if v}
     # everything of the ASR part trained, the token embedding too (through the glancing sampler)
     assert changed1 == set(asr1), set(asr1) - changed1
@@ -103,8 +106,7 @@ def test_killed_in_each_stage_then_resumed_ends_with_the_same_weights(tmp_path):
     from tests.trainutil import assert_same_weights, model_weights
 
     data = write_tone_corpus(tmp_path / "data", TEXTS)
-    cfg = tiny_config(data, TWO_STAGES, STAGE_LOSSES, save_every_steps=1)
-    cfg.model.args["dropout"] = 0.1  # so that the dropout RNG has to be restored too
+    cfg = tiny_config(data, TWO_STAGES, STAGE_LOSSES, save_every_steps=1)  # dropout 0.1: its RNG is restored too
     straight = AsrTrainer(cfg, tmp_path / "straight").run()
     for k in (2, 3):
         with pytest.raises(StopForTest):
@@ -115,8 +117,9 @@ def test_killed_in_each_stage_then_resumed_ends_with_the_same_weights(tmp_path):
     assert "resum" in log.lower()
 
 
-def test_init_asr_part_loads_the_asr_modules_and_leaves_new_hotword_modules(tmp_path):
-    """FunASR's usual SeACo start: a trained Paraformer's ASR part, new (here differently sized) hotword modules."""
+def test_init_from_an_experiment_starts_from_its_weights(tmp_path):
+    """`--init EXP`: a second run (here the hotword stage alone) starts from the first run's model, tokens and
+    CMVN; a missing source is a clear error."""
     from speakerforge.asr.trainer import AsrInit
     from speakerforge.errors import CheckpointError
     from tests.trainutil import model_weights
@@ -133,31 +136,34 @@ def test_init_asr_part_loads_the_asr_modules_and_leaves_new_hotword_modules(tmp_
             return super().apply_freeze(module, stage)
 
     cfg = tiny_config(data, [dict(TWO_STAGES[1])], {"stage_losses": {"hotword": ["hotword"]}})
-    cfg.model.args["seaco_layers"] = 2  # the hotword part may differ from the source's
-    trainer = _Start(cfg, tmp_path / "hot", init=AsrInit(first.parent, "asr"))
-    out = trainer.run()
-    asr_keys = [k for k in trainer.start if k.split(".")[0] in ASR_PART]
-    assert asr_keys and all(torch.equal(trainer.start[k], src[k]) for k in asr_keys)
-    assert any(k.startswith("seaco_decoder.layers.1.") for k in model_weights(out.parent))
-    assert "initialised" in (tmp_path / "hot" / "train.log").read_text()
-
-    cfg = tiny_config(data, [dict(TWO_STAGES[1])], {"stage_losses": {"hotword": ["hotword"]}})
-    cfg.model.args["d_model"] = 24
-    with pytest.raises(CheckpointError, match=r"41 shape mismatch: ctc\.weight: file \(9, 16\) vs model \(9, 24\)"):
-        AsrTrainer(cfg, tmp_path / "bad", init=AsrInit(first.parent, "asr")).run()
+    cfg.model.args = {}
+    cfg.asr.pop("bpe_size")
+    trainer = _Start(cfg, tmp_path / "hot", init=AsrInit(first.parent))
+    trainer.run()
+    assert all(torch.equal(trainer.start[k], src[k]) for k in src)
     with pytest.raises(CheckpointError, match="not found"):
-        AsrInit(tmp_path / "nothing", "asr").read()
+        AsrInit(tmp_path / "nothing").read()
+
+
+def _without_noise(args: dict) -> dict:
+    """Dropout 0 and no SpecAug: the frozen part then gives the same states at every step."""
+    for conf in args.values():
+        if isinstance(conf, dict):
+            conf.update({k: 0.0 for k in conf if "dropout" in k})
+    args.pop("specaug", None)
+    args.pop("specaug_conf", None)
+    return args
 
 
 def test_hotword_stage_reuses_frozen_asr_states_and_trains_as_without_the_cache(tmp_path):
-    """With dropout 0 the cached ASR states are the ones the frozen part would give at every step, so the run
-    ends where the uncached run ends; the encoder runs once per utterance (first epoch) instead of every step."""
+    """With dropout 0 and no SpecAug the cached ASR states are the ones the frozen part would give at every step,
+    so the run ends where the uncached run ends; the encoder runs once per utterance (first epoch) instead of every step."""
     from tests.trainutil import model_weights
 
     data = write_tone_corpus(tmp_path / "data", TEXTS)
-    first = AsrTrainer(
-        tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}}), tmp_path / "asr"
-    ).run()
+    cfg = tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "ctc", "cif"]}})
+    _without_noise(cfg.model.args)
+    first = AsrTrainer(cfg, tmp_path / "asr").run()
     from speakerforge.asr.trainer import AsrInit
 
     calls = []
@@ -175,12 +181,17 @@ def test_hotword_stage_reuses_frozen_asr_states_and_trains_as_without_the_cache(
             data, [dict(TWO_STAGES[1], epochs=3)], {"stage_losses": {"hotword": ["hotword"]}, "cache_asr_states": cache}
         )
         cfg.optim.optimizer = "sgd"  # Adam would blow float noise in gradients that are ~0 (key biases) up to lr
-        out = _Count(cfg, tmp_path / f"hot{cache}", init=AsrInit(first.parent, "all")).run()
+        # one utterance per batch, as the cache computes them: FunASR's CIF scales the alphas to the target count in
+        # float32, and a batch's other shape moves a sum to 9.99999, which leaves a last token unfired (FunASR does so)
+        cfg.data.batch_size = 1
+        cfg.model.args = {}
+        cfg.asr.pop("bpe_size")
+        out = _Count(cfg, tmp_path / f"hot{cache}", init=AsrInit(first.parent)).run()
         ends[cache] = (model_weights(out.parent), sum(calls))
     (cached, n_cached), (plain, n_plain) = ends[True], ends[False]
     assert n_cached == len(TEXTS) and n_plain == 3 * len(TEXTS)
     for k in plain:
-        assert torch.allclose(cached[k], plain[k], atol=1e-5), k
+        assert torch.allclose(cached[k], plain[k], atol=1e-5), (k, float((cached[k] - plain[k]).abs().max()))
     assert "reused every epoch" in (tmp_path / "hotTrue" / "train.log").read_text()
 
 
@@ -237,7 +248,7 @@ def test_ctc_decoding_with_a_context_graph_through_the_cli(tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == len(TEXTS)
 
     cfg = tiny_config(data, [dict(TWO_STAGES[0])], {"stage_losses": {"asr": ["ce", "cif"]}})
-    cfg.model.args["ctc"] = False
+    cfg.model.args["model_conf"]["ctc_weight"] = 0.0
     no_ctc = AsrTrainer(cfg, tmp_path / "no_ctc").run()
     assert main(["asr", "decode", "--model", str(no_ctc), "--data", str(data), "--decoding", "ctc"]) != 0
     assert "no ctc head" in capsys.readouterr().err
@@ -271,8 +282,7 @@ def test_killed_before_the_first_checkpoint_of_stage_2_resumes_bit_identical(tmp
 
     data = write_tone_corpus(tmp_path / "data", TEXTS)
     stages = [dict(TWO_STAGES[0]), {**TWO_STAGES[1], "epochs": 2}]
-    cfg = tiny_config(data, stages, STAGE_LOSSES)  # save_every_steps 0
-    cfg.model.args["dropout"] = 0.1
+    cfg = tiny_config(data, stages, STAGE_LOSSES)  # save_every_steps 0; dropout 0.1
     straight = AsrTrainer(cfg, tmp_path / "straight").run()
     with pytest.raises(StopForTest):  # stage 1 is 3 steps
         AsrTrainer(cfg, tmp_path / "resumed", RunOptions(stop_after_steps=4)).run()
