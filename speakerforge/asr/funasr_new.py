@@ -45,14 +45,15 @@ def compute_cmvn(frontend_conf: dict[str, Any], waves: Iterable[Tensor]) -> Tens
 
     conf = {k: v for k, v in frontend_conf.items() if k != "cmvn_file"}
     frontend = WavFrontend(None, **conf).eval()
-    total = total_sq = None
+    dim = frontend.output_size()
+    total, total_sq = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
     count = 0
     for w in waves:
         x = frontend.features(w).to(torch.float64)
-        s, sq = x.sum(0), (x * x).sum(0)
-        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
         count += x.shape[0]
-    if total is None or count < 2:
+    if count < 2:
         raise ConfigError("CMVN: no training features to compute am.mvn from")
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(1e-10).sqrt()
@@ -68,6 +69,7 @@ def new_funasr_model(
         raise ConfigError(f"{where}: a FunASR config.yaml (model, model_conf, encoder_conf, ...) for a new model")
     cfg = copy.deepcopy(config)
     tokens = learn_tokens(texts, bpe_size)
+    assert tokens.splitter is not None
     mc = cfg.setdefault("model_conf", {})
     mc.update(sos=1, eos=2, blank_id=0)
     if cfg["model"] == "SeacoParaformer":

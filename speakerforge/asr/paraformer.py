@@ -171,7 +171,7 @@ class SeacoParaformer(ParaformerBase):
         """`ParaformerBase.forward`; with `asr_states` (`asr_states()` of the batch) only the hotword loss, from
         those states."""
         if asr_states is None:
-            return super().forward(*args, losses=losses)
+            return super().forward(*args, losses=losses)  # type: ignore[misc]
         if tuple(losses) != ("hotword",):
             raise ValueError(f"cached ASR states serve the hotword loss alone, not {losses}")
         emb, mask, hidden = asr_states

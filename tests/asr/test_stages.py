@@ -157,7 +157,8 @@ def _without_noise(args: dict) -> dict:
 
 def test_hotword_stage_reuses_frozen_asr_states_and_trains_as_without_the_cache(tmp_path):
     """With dropout 0 and no SpecAug the cached ASR states are the ones the frozen part would give at every step,
-    so the run ends where the uncached run ends; the encoder runs once per utterance (first epoch) instead of every step."""
+    so the run ends where the uncached run ends; the encoder runs once per utterance (first epoch) instead of every
+    step."""
     from tests.trainutil import model_weights
 
     data = write_tone_corpus(tmp_path / "data", TEXTS)
