@@ -239,22 +239,39 @@ class UpdateIntegrityCheck:
         return float((step / spacing).max())
 
     def _collect(self) -> list[Violation]:
-        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        out: list[Violation] = []
-        for name in find_free_tensors(self.modules):
-            if not self._ignored(name):
+        out = [
+            Violation(
+                name,
+                "free tensor not registered as a parameter of any module (not in "
+                "module.parameters(), so not optimized; not in state_dict, so not saved)",
+                True,
+            )
+            for name in find_free_tensors(self.modules)
+            if not self._ignored(name)
+        ]
+        out += self._parameter_violations()
+        current = dict(self._frozen_bn_buffers())
+        for name, before in self._bn_snap.items():
+            if self._ignored(name):
+                continue
+            now = current.get(name)
+            if now is None or not torch.equal(before, now):
                 out.append(
                     Violation(
-                        name,
-                        "free tensor not registered as a parameter of any module (not in "
-                        "module.parameters(), so not optimized; not in state_dict, so not saved)",
-                        True,
+                        name, "running statistic of a frozen BatchNorm changed (or it is no longer pinned)", False
                     )
                 )
+        return out
+
+    def _parameter_violations(self) -> list[Violation]:
+        """Frozen tensors that changed; trainable ones that had a gradient problem, are not in the optimizer or did
+        not move. Tensors that did not move for a known benign reason become warnings."""
+        held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         largest = max(self._grad_max.values(), default=0.0)
+        by_design = _cancelled_by_design(self.modules)
+        out: list[Violation] = []
         negligible: list[str] = []
         below_resolution: list[str] = []
-        by_design = _cancelled_by_design(self.modules)
         frozen_in_optimizer: list[str] = []
         for name, p in self._named:
             if self._ignored(name):
@@ -281,6 +298,10 @@ class UpdateIntegrityCheck:
                     below_resolution.append(f"{name} ({ratio:.2g} ulp)")
                 else:
                     out.append(Violation(name, "held by the optimizer with a gradient, but did not change", True))
+        self._warn_unmoved(negligible, below_resolution, frozen_in_optimizer)
+        return out
+
+    def _warn_unmoved(self, negligible: list[str], below_resolution: list[str], frozen_in_optimizer: list[str]) -> None:
         if negligible:
             self.warnings.append(
                 "gradient negligible and tensor unchanged (its effect on the loss is cancelled, e.g. by a following "
@@ -297,18 +318,6 @@ class UpdateIntegrityCheck:
                 "frozen tensors held by the optimizer (they carry optimizer state; build groups "
                 f"with trainable_parameter_groups): {_abbrev(frozen_in_optimizer)}"
             )
-        current = dict(self._frozen_bn_buffers())
-        for name, before in self._bn_snap.items():
-            if self._ignored(name):
-                continue
-            now = current.get(name)
-            if now is None or not torch.equal(before, now):
-                out.append(
-                    Violation(
-                        name, "running statistic of a frozen BatchNorm changed (or it is no longer pinned)", False
-                    )
-                )
-        return out
 
 
 def _cancelled_by_design(modules: Mapping[str, nn.Module]) -> set[str]:

@@ -111,30 +111,8 @@ def trainable_parameter_groups(
 
     groups: dict[tuple, dict[str, Any]] = {}
     for name, p in named:
-        if not p.requires_grad:
-            continue
-        lr_keys = _most_specific(name, lr_mult)
-        mult = float(lr_mult[lr_keys[-1]]) if lr_keys else 1.0
-        decay = not _is_no_decay(name, p, no_decay)
-        options: dict[str, Any] = {"weight_decay": weight_decay if decay else 0.0}
-        override_keys = _most_specific(name, overrides)
-        for key in override_keys:
-            options.update(overrides[key])
-        mult = float(options.pop("lr_mult", mult))
-        label = [lr_keys[-1] if lr_keys else "default", "decay" if decay else "no_decay", *override_keys]
-        gkey = (mult, tuple(sorted((k, repr(v)) for k, v in options.items())), tuple(override_keys))
-        group = groups.get(gkey)
-        if group is None:
-            group = groups[gkey] = {
-                "name": "/".join(label),
-                "params": [],
-                "param_names": [],
-                "lr": base_lr * mult,
-                "lr_mult": mult,
-                **options,
-            }
-        group["params"].append(p)
-        group["param_names"].append(name)
+        if p.requires_grad:
+            _add_to_group(groups, name, p, base_lr, weight_decay, lr_mult, no_decay, overrides)
     if not groups:
         raise ConfigError("nothing to train: every parameter is frozen (check the freeze list of this stage)")
     result = list(groups.values())
@@ -149,6 +127,41 @@ def trainable_parameter_groups(
             g["weight_decay"],
         )
     return result
+
+
+def _add_to_group(
+    groups: dict[tuple, dict[str, Any]],
+    name: str,
+    p: nn.Parameter,
+    base_lr: float,
+    weight_decay: float,
+    lr_mult: Mapping[str, float],
+    no_decay: Sequence[str],
+    overrides: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Put one trainable tensor into the group of its options (LR multiplier, decay, overrides), made when new."""
+    lr_keys = _most_specific(name, lr_mult)
+    mult = float(lr_mult[lr_keys[-1]]) if lr_keys else 1.0
+    decay = not _is_no_decay(name, p, no_decay)
+    options: dict[str, Any] = {"weight_decay": weight_decay if decay else 0.0}
+    override_keys = _most_specific(name, overrides)
+    for key in override_keys:
+        options.update(overrides[key])
+    mult = float(options.pop("lr_mult", mult))
+    label = [lr_keys[-1] if lr_keys else "default", "decay" if decay else "no_decay", *override_keys]
+    gkey = (mult, tuple(sorted((k, repr(v)) for k, v in options.items())), tuple(override_keys))
+    group = groups.get(gkey)
+    if group is None:
+        group = groups[gkey] = {
+            "name": "/".join(label),
+            "params": [],
+            "param_names": [],
+            "lr": base_lr * mult,
+            "lr_mult": mult,
+            **options,
+        }
+    group["params"].append(p)
+    group["param_names"].append(name)
 
 
 def _dedupe_group_names(groups: list[dict[str, Any]]) -> None:
