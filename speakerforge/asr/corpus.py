@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ def invented_words(n: int, rng: np.random.Generator, avoid: set[str] = frozenset
     return out
 
 
-def plan_corpus(seed: int = 0, sizes: CorpusSizes | None = None) -> dict[str, object]:
+def plan_corpus(seed: int = 0, sizes: CorpusSizes | None = None) -> dict[str, Any]:
     """Sentences per split and the hotword/distractor lists (no audio)."""
     s = sizes or CorpusSizes()
     rng = np.random.default_rng([seed, 31])
@@ -158,7 +159,36 @@ def build_hotword_corpus(
 
     Audio comes from the TTS voices of `speakerforge.data.corpora.tts`, in `workers` processes; the voices are a
     function of `seed`, so a rerun only synthesizes what is missing."""
-    from speakerforge.data.audio import audio_info
+    out = Path(out)
+    s = sizes or CorpusSizes()
+    sizes_used = {k: v for k, v in s.__dict__.items() if s.finetune or not k.startswith("finetune")}
+    params = {"seed": int(seed), "sizes": sizes_used}  # a corpus without the finetune split keeps its old stamp
+    stamp = out / "corpus.json"
+    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")).get("params") != params:
+        raise DataError(
+            f"{out} holds a hotword corpus built with other settings ({stamp}); "
+            "choose another --out or delete that folder"
+        )
+    (out / "wav").mkdir(parents=True, exist_ok=True)
+    plan = plan_corpus(seed, s)
+    for stale in (out / "wav").glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    synthesized = _synthesize_missing(out, plan, seed, workers, progress)
+    seconds = _write_lists(out, plan, s)
+    stats = {
+        "params": params,
+        "audio_seconds": seconds,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "synthesized": synthesized,
+    }
+    atomic_write_text(stamp, json.dumps(stats, indent=1) + "\n")
+    log.info("hotword corpus in %s: %s s of audio", out, seconds)
+    return out
+
+
+def _synthesize_missing(out: Path, plan: dict[str, Any], seed: int, workers: int, progress: bool) -> int:
+    """Give every planned row its `source` under `out/wav` and synthesize the files not there yet; their count."""
     from speakerforge.data.corpora.tts import (
         DEFAULT_ALPHA,
         DEFAULT_NOISE,
@@ -167,28 +197,12 @@ def build_hotword_corpus(
         run_tts_jobs,
     )
 
-    out = Path(out)
-    s = sizes or CorpusSizes()
-    sizes_used = {k: v for k, v in s.__dict__.items() if s.finetune or not k.startswith("finetune")}
-    params = {"seed": int(seed), "sizes": sizes_used}  # a corpus without the finetune split keeps its old stamp
-    stamp = out / "corpus.json"
-    if stamp.is_file():
-        if json.loads(stamp.read_text(encoding="utf-8")).get("params") != params:
-            raise DataError(
-                f"{out} holds a hotword corpus built with other settings ({stamp}); "
-                "choose another --out or delete that folder"
-            )
-    (out / "wav").mkdir(parents=True, exist_ok=True)
-    plan = plan_corpus(seed, s)
-    for stale in (out / "wav").glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
     jobs = []
     for split in ("dev", "test", "train", "finetune"):
         for row in plan[split]:
             row["source"] = str(out / "wav" / f"{row['key']}.wav")
             if not Path(row["source"]).is_file():
                 jobs.append((row["source"], str(row["target"]), int(row["speaker"])))
-    t0 = time.perf_counter()
     if jobs:
         require_tts()
         log.info("hotword corpus: %d utterances to synthesize into %s", len(jobs), out)
@@ -199,6 +213,13 @@ def build_hotword_corpus(
             "speed_range": list(DEFAULT_SPEED_RANGE),
         }
         run_tts_jobs(jobs, voice, workers, progress, desc="hotword corpus")
+    return len(jobs)
+
+
+def _write_lists(out: Path, plan: dict[str, Any], s: CorpusSizes) -> dict[str, float]:
+    """The JSONL of each split and the hotword / distractor lists; seconds of audio per split."""
+    from speakerforge.data.audio import audio_info
+
     seconds = {}
     # --dev 0: no dev set at all; the finetune split only when asked for
     splits = ("train",) + ("dev",) * bool(s.dev) + ("test",) + ("finetune",) * bool(s.finetune)
@@ -209,18 +230,4 @@ def build_hotword_corpus(
     lists += ("finetune_hotwords",) * bool(s.finetune)
     for name in lists:
         atomic_write_text(out / f"{name}.txt", "".join(w + "\n" for w in plan[name]))
-    atomic_write_text(
-        stamp,
-        json.dumps(
-            {
-                "params": params,
-                "audio_seconds": seconds,
-                "build_seconds": round(time.perf_counter() - t0, 1),
-                "synthesized": len(jobs),
-            },
-            indent=1,
-        )
-        + "\n",
-    )
-    log.info("hotword corpus in %s: %s s of audio", out, seconds)
-    return out
+    return seconds

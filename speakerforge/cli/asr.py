@@ -11,6 +11,14 @@ from speakerforge.cli.train import add_training_options, training_config
 
 def _args_asr(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="asr_command", metavar="ASR_COMMAND", required=True)
+    _args_prepare(sub)
+    _args_train(sub)
+    _args_decode(sub)
+    _args_export(sub)
+    _args_eval(sub)
+
+
+def _args_prepare(sub: argparse._SubParsersAction) -> None:
     prep = sub.add_parser("prepare", help="generate the English hotword corpus with the demo TTS voices")
     prep.add_argument("--out", required=True, help="corpus folder (files already there are reused)")
     prep.add_argument("--seed", type=int, default=0)
@@ -23,6 +31,9 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         "--finetune", type=int, default=0, help="sentences of a held-out fine-tuning split, its own names (default 0)"
     )
     prep.add_argument("--workers", type=int, default=2, help="TTS processes (about 400 MB each)")
+
+
+def _args_train(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train",
         help="train FunASR's SeACo- or Contextual-Paraformer (a new one: configs/asr-funasr-small-seaco.yaml); "
@@ -35,6 +46,9 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         help="fine-tune a FunASR model directory (SeACo- or Contextual-Paraformer) or an `asr train` experiment "
         "(the config says model: {name: funasr}, no model.args)",
     )
+
+
+def _args_decode(sub: argparse._SubParsersAction) -> None:
     dec = sub.add_parser("decode", help="transcribe a JSONL or wav files, optionally with a hotword list")
     dec.add_argument(
         "--model", required=True, help="EXP, EXP/model.safetensors, or a FunASR model directory (config.yaml, model.pt)"
@@ -48,10 +62,12 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
     )
     dec.add_argument(
         "--hotwords",
-        help="text file, one hotword per line (FunASR's hotword file); for a FunASR model also a string of "
-        "space-separated hotwords",
+        help="text file, one hotword per line (FunASR's hotword file), or a string of space-separated hotwords",
     )
     _args_decoding(dec)
+
+
+def _args_export(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser(
         "export", help="write a model as a FunASR model directory (config.yaml, model.pt, tokens.json, am.mvn)"
     )
@@ -68,6 +84,9 @@ def _args_asr(p: argparse.ArgumentParser) -> None:
         "so FunASR does not read them as <unk>",
     )
     exp.add_argument("out", metavar="OUT_DIR", help="the folder to write (new or empty)")
+
+
+def _args_eval(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "eval",
         help="table of CER/WER, hotword recall/precision/F1, B-WER/U-WER with no list, "
@@ -86,8 +105,8 @@ def _args_decoding(p: argparse.ArgumentParser) -> None:
         "--decoding",
         choices=["seaco", "ctc"],
         default="seaco",
-        help="seaco: the decoder merged with the trained bias branch (FunASR); ctc: CTC prefix beam "
-        "search with the list as a context graph (needs no trained bias branch)",
+        help="seaco: FunASR's (SeACo's bias branch merged, or the contextual decoder); ctc: CTC prefix beam "
+        "search with the list as a context graph (a model with a ctc head; needs no trained bias branch)",
     )
     p.add_argument(
         "--context-score",
@@ -99,7 +118,7 @@ def _args_decoding(p: argparse.ArgumentParser) -> None:
 
 
 def _decoding(args: argparse.Namespace):
-    from speakerforge.asr.infer import Decoding
+    from speakerforge.asr.decoding import Decoding
 
     try:
         return Decoding(args.decoding, args.context_score, args.beam)
