@@ -17,13 +17,16 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from speakerforge.data.features import FeatureSpec
 from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.models.registry import build_model
+
+if TYPE_CHECKING:
+    from speakerforge.config import ModelConfig
 
 __all__ = ["ZooEntry", "ZOO", "find", "fitting", "resolve", "first_mismatch", "convert_checkpoint"]
 
@@ -280,6 +283,26 @@ class Converted:
         )
 
 
+def _check_convert_flags(
+    source: str | None, arch: str | None, model_id: str | None, args: dict[str, Any]
+) -> ModelConfig | None:
+    """Refuse a bad flag combination, model name or argument before the file is read; the model of `--arch`."""
+    from speakerforge.config import ModelConfig, from_dict
+
+    if arch is not None and model_id is not None:
+        raise ConfigError("pass --model-id or --arch, not both (--set model.args.KEY=VALUE adjusts an id's model)")
+    if arch is not None and source is None:
+        raise ConfigError("--arch needs --from 3dspeaker|wespeaker")
+    if arch is None and model_id is None and source is None:
+        raise ConfigError("convert needs --from SOURCE or --model-id ID (or --arch)")
+    if arch is None:
+        return None
+    spec = from_dict(ModelConfig, {"name": arch, "args": args}, "--set", "model.")
+    with torch.device("meta"):
+        build_model(spec.name, **spec.args)
+    return spec
+
+
 def convert_checkpoint(
     src: str | Path,
     out: str | Path,
@@ -298,19 +321,10 @@ def convert_checkpoint(
     from speakerforge.models.modelfile import save_embedding_model
 
     args = dict(model_args or {})
-    if arch is not None and model_id is not None:
-        raise ConfigError("pass --model-id or --arch, not both (--set model.args.KEY=VALUE adjusts an id's model)")
-    if arch is not None and source is None:
-        raise ConfigError("--arch needs --from 3dspeaker|wespeaker")
-    if arch is None and model_id is None and source is None:
-        raise ConfigError("convert needs --from SOURCE or --model-id ID (or --arch)")
+    spec = _check_convert_flags(source, arch, model_id, args)
     entry = find(model_id) if model_id is not None else None
-    if arch is not None:  # the model is known before the file is read: refuse a bad name or argument first
-        spec = from_dict(ModelConfig, {"name": arch, "args": args}, "--set", "model.")
-        with torch.device("meta"):
-            build_model(spec.name, **spec.args)
     state = safe_torch_load(str(src), name=str(src))
-    if arch is None:
+    if spec is None:
         entry = resolve(state, model_id, source, args)
         spec = from_dict(ModelConfig, {"name": entry.arch, "args": {**entry.args, **args}}, "--set", "model.")
     from_source = entry.source if entry is not None else str(source)
