@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +110,9 @@ def _thin_ticks(lo: float, hi: float) -> list[float]:
     return kept
 
 
+_MARKERS = ["s", "D", "^", "v"]
+
+
 def plot_det(
     path: str | Path,
     systems: Mapping[str, tuple[np.ndarray, np.ndarray] | ErrorRates],
@@ -119,7 +123,6 @@ def plot_det(
     # A Figure with an Agg canvas, not pyplot: no global backend switch, no figure registry to leak into.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     if not systems:
         raise ValueError("plot_det needs at least one system")
@@ -127,45 +130,56 @@ def plot_det(
     metrics = {name: metrics_from_rates(r, p_targets) for name, r in rates.items()}
     lo, hi = _axis_range(list(rates.values()), list(metrics.values()))
     lim = (float(probit(lo)), float(probit(hi)))
-    ticks = _thin_ticks(lo, hi)
-
-    def axis(p: np.ndarray | float) -> np.ndarray:  # probit, markers kept on the frame when off range
-        return np.clip(probit(p), *lim)
 
     fig = Figure(figsize=(6.4, 6.0), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(lim, lim, color="0.6", lw=0.8, ls=(0, (4, 3)), zorder=1)
-    markers = ["s", "D", "^", "v"]
     for k, (name, r) in enumerate(rates.items()):
-        color = _COLORS[k % len(_COLORS)]
-        m = metrics[name]
-        p_fa, p_miss = _curve_points(r, lo)
-        ax.plot(
-            probit(p_fa),
-            probit(p_miss),
-            color=color,
-            lw=1.8,
-            zorder=3,
-            solid_joinstyle="round",
-            label=f"{name}: EER {m['eer']:.2f}%, "
-            + ", ".join(f"minDCF$_{{{p}}}$ {d['value']:.3f}" for p, d in m["min_dcf"].items()),
-        )
-        e = axis(m["eer"] / 100)
-        ax.plot(e, e, "o", ms=7, mfc="white", mec=color, mew=1.8, zorder=4, clip_on=False)
-        for j, d in enumerate(m["min_dcf"].values()):
-            ax.plot(
-                axis(d["p_fa"]),
-                axis(d["p_miss"]),
-                markers[j % len(markers)],
-                ms=6.5,
-                color=color,
-                mec="white",
-                mew=0.8,
-                zorder=5,
-                clip_on=False,
-            )
+        _plot_system(ax, name, r, metrics[name], _COLORS[k % len(_COLORS)], lo, lim)
+    _style_det_axes(ax, lim, _thin_ticks(lo, hi), title)
+    _det_legends(fig, ax, p_targets)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    log.info("wrote %s", path)
+    return metrics
 
+
+def _plot_system(ax: Any, name: str, r: ErrorRates, m: dict, color: str, lo: float, lim: tuple[float, float]) -> None:
+    """One system's curve, its EER point and its minDCF operating points (markers kept on the frame when off
+    range)."""
+
+    def axis(p: np.ndarray | float) -> np.ndarray:
+        return np.clip(probit(p), *lim)
+
+    p_fa, p_miss = _curve_points(r, lo)
+    ax.plot(
+        probit(p_fa),
+        probit(p_miss),
+        color=color,
+        lw=1.8,
+        zorder=3,
+        solid_joinstyle="round",
+        label=f"{name}: EER {m['eer']:.2f}%, "
+        + ", ".join(f"minDCF$_{{{p}}}$ {d['value']:.3f}" for p, d in m["min_dcf"].items()),
+    )
+    e = axis(m["eer"] / 100)
+    ax.plot(e, e, "o", ms=7, mfc="white", mec=color, mew=1.8, zorder=4, clip_on=False)
+    for j, d in enumerate(m["min_dcf"].values()):
+        ax.plot(
+            axis(d["p_fa"]),
+            axis(d["p_miss"]),
+            _MARKERS[j % len(_MARKERS)],
+            ms=6.5,
+            color=color,
+            mec="white",
+            mew=0.8,
+            zorder=5,
+            clip_on=False,
+        )
+
+
+def _style_det_axes(ax: Any, lim: tuple[float, float], ticks: list[float], title: str | None) -> None:
     ax.set_xlim(lim)
     ax.set_ylim(lim)
     ax.set_aspect("equal")
@@ -178,13 +192,20 @@ def plot_det(
     ax.set_xlabel("False alarm probability (%)", fontsize=11)
     ax.set_ylabel("Miss probability (%)", fontsize=11)
     ax.set_title(title or "DET curve", fontsize=12)
+
+
+def _det_legends(fig: Any, ax: Any, p_targets: Sequence[float]) -> None:
+    """The systems below the axes (a legend inside would hide part of some curve, whatever corner it took); the
+    point markers' key inside."""
+    from matplotlib.lines import Line2D
+
     point_keys = [Line2D([], [], ls="", marker="o", ms=7, mfc="white", mec="0.3", mew=1.8, label="EER")]
     point_keys += [
         Line2D(
             [],
             [],
             ls="",
-            marker=markers[j % len(markers)],
+            marker=_MARKERS[j % len(_MARKERS)],
             ms=6,
             color="0.3",
             mec="white",
@@ -192,7 +213,6 @@ def plot_det(
         )
         for j, p in enumerate(p_targets)
     ]
-    # Below the axes: a legend inside would hide part of some curve, whatever corner it took.
     handles, _ = ax.get_legend_handles_labels()
     fig.legend(handles=handles, loc="outside lower center", fontsize=8.5, frameon=False)
     ax.legend(
@@ -205,8 +225,3 @@ def plot_det(
         handletextpad=0.3,
         borderpad=0.5,
     )
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    log.info("wrote %s", path)
-    return metrics
