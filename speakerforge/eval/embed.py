@@ -229,6 +229,38 @@ def _embed_window(
 
 
 # --------------------------------------------------------------------------------------------------------------
+def _check_extract_outputs(out: Path, ark: str | Path | None, chunk: float | None, batch_size: int) -> None:
+    """Bad settings and unusable output paths fail now, not after the whole extraction."""
+    if out.suffix.lower() != ".npz":
+        raise DataError(f"{out}: the embeddings file should end in .npz (use --ark for Kaldi ark/scp)")
+    if ark is not None and Path(ark).suffix.lower() != ".ark":
+        raise DataError(f"{ark}: the Kaldi output should end in .ark (its .scp is written beside it)")
+    if chunk is not None and chunk <= 0:
+        raise DataError(f"--chunk must be positive, got {chunk}")
+    targets = [out, out.with_name(out.name + ".json")]
+    if ark is not None:
+        targets += [Path(ark), Path(ark).with_suffix(".scp")]
+    for target in targets:
+        check_output_path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def _write_embeddings(embeddings: Any, out: Path, ark: str | Path | None) -> list[str]:
+    """`out` (.npz), and `ark` + its .scp when asked for; the paths written."""
+    from speakerforge.eval import embio
+
+    outputs = []
+    if ark is not None:
+        scp = Path(ark).with_suffix(".scp")
+        embio.write_kaldi(ark, scp, embeddings)
+        outputs += [str(ark), str(scp)]
+    embio.write_npz(out, embeddings)
+    outputs.append(str(out))
+    return outputs
+
+
 def extract_embeddings(
     model: str | Path | SpeakerModel,
     data: str | Path,
@@ -254,21 +286,7 @@ def extract_embeddings(
     from speakerforge.eval import embio
 
     out = Path(out)
-    if out.suffix.lower() != ".npz":
-        raise DataError(f"{out}: the embeddings file should end in .npz (use --ark for Kaldi ark/scp)")
-    if ark is not None and Path(ark).suffix.lower() != ".ark":
-        raise DataError(f"{ark}: the Kaldi output should end in .ark (its .scp is written beside it)")
-    if chunk is not None and chunk <= 0:
-        raise DataError(f"--chunk must be positive, got {chunk}")
-    # Unusable output paths fail now, not after the whole extraction.
-    targets = [out, out.with_name(out.name + ".json")]
-    if ark is not None:
-        targets += [Path(ark), Path(ark).with_suffix(".scp")]
-    for target in targets:
-        check_output_path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-    if batch_size < 1:
-        raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+    _check_extract_outputs(out, ark, chunk, batch_size)
     threads = int(threads or os.cpu_count() or 1)
     workers = int(workers or (threads if device == "cpu" else 1))
     intra = max(1, threads // workers)
@@ -284,14 +302,7 @@ def extract_embeddings(
         matrix, counters = embed_utterances(sm, utts, chunk, batch_size, progress, length_tolerance, workers)
     finally:
         torch.set_num_threads(torch_threads)
-    embeddings = embio.Embeddings([u.key for u in utts], matrix, source=str(out))
-    outputs = []
-    if ark is not None:
-        scp = Path(ark).with_suffix(".scp")
-        embio.write_kaldi(ark, scp, embeddings)
-        outputs += [str(ark), str(scp)]
-    embio.write_npz(out, embeddings)
-    outputs.append(str(out))
+    outputs = _write_embeddings(embio.Embeddings([u.key for u in utts], matrix, source=str(out)), out, ark)
     elapsed = time.perf_counter() - started
 
     audio = counters["audio_seconds"]
