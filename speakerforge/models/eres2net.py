@@ -210,18 +210,7 @@ class ERes2Net(nn.Module):
         self.layer4 = self._make_layer(m * 8, num_blocks[3], stride=2, aff=aff)
 
         e = self.expansion
-        if self.fusion == "all":
-            # global feature fusion: each stage's output, downsampled, is fused bottom-up into the next one's
-            self.layer1_downsample = nn.Conv2d(m * e, m * 2 * e, 3, stride=2, padding=1, bias=False)
-            self.layer2_downsample = nn.Conv2d(m * 2 * e, m * 4 * e, 3, stride=2, padding=1, bias=False)
-            self.layer3_downsample = nn.Conv2d(m * 4 * e, m * 8 * e, 3, stride=2, padding=1, bias=False)
-            self.fuse_mode12 = AFF(channels=m * 2 * e)
-            self.fuse_mode123 = AFF(channels=m * 4 * e)
-            self.fuse_mode1234 = AFF(channels=m * 8 * e)
-        elif self.fusion == "last":  # ERes2NetV2: stage 3, downsampled, fused into stage 4
-            self.layer3_ds = nn.Conv2d(m * 4 * e, m * 8 * e, 3, stride=2, padding=1, bias=False)
-            self.fuse34 = AFF(channels=m * 8 * e)
-
+        self._build_fusion(m * e)
         freq = feat_dim
         for _ in range(3):  # three stride-2 stages
             freq = (freq - 1) // 2 + 1
@@ -234,6 +223,20 @@ class ERes2Net(nn.Module):
         else:
             self.seg_bn_1 = nn.Identity()
             self.seg_2 = nn.Identity()
+
+    def _build_fusion(self, c: int) -> None:
+        """The fusion modules of the variant over stage widths c, 2c, 4c, 8c (c = m_channels x expansion)."""
+        if self.fusion == "all":
+            # global feature fusion: each stage's output, downsampled, is fused bottom-up into the next one's
+            self.layer1_downsample = nn.Conv2d(c, c * 2, 3, stride=2, padding=1, bias=False)
+            self.layer2_downsample = nn.Conv2d(c * 2, c * 4, 3, stride=2, padding=1, bias=False)
+            self.layer3_downsample = nn.Conv2d(c * 4, c * 8, 3, stride=2, padding=1, bias=False)
+            self.fuse_mode12 = AFF(channels=c * 2)
+            self.fuse_mode123 = AFF(channels=c * 4)
+            self.fuse_mode1234 = AFF(channels=c * 8)
+        elif self.fusion == "last":  # ERes2NetV2: stage 3, downsampled, fused into stage 4
+            self.layer3_ds = nn.Conv2d(c * 4, c * 8, 3, stride=2, padding=1, bias=False)
+            self.fuse34 = AFF(channels=c * 8)
 
     def _make_layer(self, planes: int, num_blocks: int, stride: int, aff: bool) -> nn.Sequential:
         blocks = []
