@@ -95,23 +95,7 @@ class Demo:
             lambda: feature_summary([corpus / "train.jsonl", corpus / "test.jsonl"], self.out / "features.json"),
         )
         work = self.out / "work"
-        self.step(
-            "split the training speakers for the fine-tuning demo",
-            lambda: split_speakers(corpus / "train.jsonl", work, fraction=0.75),
-        )
-        sources = [str(work / "train_a.jsonl")]
-        real = shared_data()
-        if real is not None and (real / "librispeech-251").is_dir() and not self.quick:
-            self.run_cli(
-                "prepare real speech (LibriSpeech subset) as a second training source",
-                ["prepare", "librispeech", str(real / "librispeech-251"), "--out", str(self.out / "libri")],
-                done=self.out / "libri" / "train.jsonl",
-            )
-            libri = next(iter(sorted((self.out / "libri").glob("*.jsonl"))), None)
-            if libri is not None:
-                sources.append(str(libri))
-        else:
-            print("\n(../shared/data/librispeech-251 not found: training on the TTS corpus alone)")
+        sources = self.training_sources(corpus, work)
         quick = ["--set", "train.epochs=2", "--set", "data.batch_size=8"] if self.quick else []
         exp = self.out / "exp"
         self.run_cli(
@@ -130,80 +114,57 @@ class Demo:
         self.evaluate("supervised", exp / "supervised", corpus)
         self.run_cli(
             "fine-tune on the held-out training speakers, in two stages (head only, then all)",
-            [
-                "finetune",
-                "--config",
-                str(self.cfg / "demo-finetune.yaml"),
-                "--init",
-                str(exp / "supervised"),
-                "--exp",
-                str(exp / "finetuned"),
-                "--data",
-                str(work / "train_b.jsonl"),
-                *(
-                    [
-                        "--set",
-                        "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]",
-                        "--set",
-                        "data.batch_size=8",
-                    ]
-                    if self.quick
-                    else []
-                ),
-            ],
+            self.finetune_argv(exp / "supervised", exp / "finetuned", work / "train_b.jsonl"),
         )
         self.evaluate("fine-tuned (staged)", exp / "finetuned", corpus)
         if (self.cfg / "demo-sdpn.yaml").is_file():
             self.ssl(corpus, work, exp)
         return self.report(corpus, time.time() - t_start)
 
+    def training_sources(self, corpus: Path, work: Path) -> list[str]:
+        """Three quarters of the TTS training speakers (the rest fine-tune), plus LibriSpeech from ../shared/data
+        when it is there."""
+        self.step(
+            "split the training speakers for the fine-tuning demo",
+            lambda: split_speakers(corpus / "train.jsonl", work, fraction=0.75),
+        )
+        sources = [str(work / "train_a.jsonl")]
+        real = shared_data()
+        if real is not None and (real / "librispeech-251").is_dir() and not self.quick:
+            self.run_cli(
+                "prepare real speech (LibriSpeech subset) as a second training source",
+                ["prepare", "librispeech", str(real / "librispeech-251"), "--out", str(self.out / "libri")],
+                done=self.out / "libri" / "train.jsonl",
+            )
+            libri = next(iter(sorted((self.out / "libri").glob("*.jsonl"))), None)
+            if libri is not None:
+                sources.append(str(libri))
+        else:
+            print("\n(../shared/data/librispeech-251 not found: training on the TTS corpus alone)")
+        return sources
+
+    def finetune_argv(self, init: Path, out: Path, data: Path, *extra: str) -> list[str]:
+        """`speakerforge finetune` with the demo's staged config (`--quick`: one epoch per stage)."""
+        quick = ["--set", "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]"]
+        quick += ["--set", "data.batch_size=8"]
+        argv = ["finetune", "--config", str(self.cfg / "demo-finetune.yaml"), "--init", str(init), "--exp", str(out)]
+        return [*argv, "--data", str(data), *extra, *(quick if self.quick else [])]
+
     def ssl(self, corpus: Path, work: Path, exp: Path) -> None:
         quick = ["--set", "train.epochs=1", "--set", "data.batch_size=8"] if self.quick else []
-        quick_ft = (
-            [
-                "--set",
-                "stages=[{name: head, epochs: 1, freeze: [backbone]}, {name: all, epochs: 1}]",
-                "--set",
-                "data.batch_size=8",
-            ]
-            if self.quick
-            else []
-        )
         self.run_cli(
             "self-supervised SDPN pretraining on all training audio, labels ignored",
-            [
-                "pretrain",
-                "--config",
-                str(self.cfg / "demo-sdpn.yaml"),
-                "--exp",
-                str(exp / "sdpn"),
-                "--data",
-                str(corpus / "train.jsonl"),
-                *quick,
-            ],
+            ["pretrain", "--config", str(self.cfg / "demo-sdpn.yaml"), "--exp", str(exp / "sdpn"), "--data"]
+            + [str(corpus / "train.jsonl"), *quick],
         )
         self.evaluate("SDPN (no labels)", exp / "sdpn", corpus)
         # Linear probe: the backbone is frozen, so its embeddings (and EER) are the SSL model's; what it adds is a
         # speaker classifier, reported by its training accuracy.
         probe = exp / "sdpn-probe"
+        teacher = ["--init-part", "teacher"]
         self.run_cli(
             "fine-tune from the SDPN teacher: linear probe (backbone frozen)",
-            [
-                "finetune",
-                "--config",
-                str(self.cfg / "demo-finetune.yaml"),
-                "--init",
-                str(exp / "sdpn"),
-                "--init-part",
-                "teacher",
-                "--exp",
-                str(probe),
-                "--data",
-                str(corpus / "train.jsonl"),
-                "--freeze",
-                "backbone",
-                *quick_ft,
-            ],
+            self.finetune_argv(exp / "sdpn", probe, corpus / "train.jsonl", *teacher, "--freeze", "backbone"),
         )
         self.notes.append(
             f"SDPN + linear probe: backbone frozen, so its embeddings and EER are those of "
@@ -212,20 +173,7 @@ class Demo:
         full = exp / "sdpn-finetune"
         self.run_cli(
             "fine-tune from the SDPN teacher: all layers, staged (head first, then low LR)",
-            [
-                "finetune",
-                "--config",
-                str(self.cfg / "demo-finetune.yaml"),
-                "--init",
-                str(exp / "sdpn"),
-                "--init-part",
-                "teacher",
-                "--exp",
-                str(full),
-                "--data",
-                str(corpus / "train.jsonl"),
-                *quick_ft,
-            ],
+            self.finetune_argv(exp / "sdpn", full, corpus / "train.jsonl", *teacher),
         )
         self.evaluate("SDPN + fine-tune (staged)", full, corpus)
 
@@ -248,28 +196,32 @@ class Demo:
         self.systems.append(System(name, model, json.loads((d / "metrics.json").read_text())))
 
     def report(self, corpus: Path, seconds: float) -> Path:
-        from speakerforge.cli import main
+        from speakerforge.atomic import atomic_write_text
 
         out = self.out / "report"
         out.mkdir(parents=True, exist_ok=True)
+        self.plot_systems(corpus, out)
+        lines = self.report_lines(corpus, seconds)
+        report = out / "report.md"
+        atomic_write_text(report, "\n".join(lines) + "\n")
+        print("\n" + "\n".join(lines[4 : 4 + 2 + len(self.systems)] + [f"- {n}" for n in self.notes]))
+        print(f"\nreport: {_rel(report)}\nDET curve: {_rel(out / 'det.png')}")
+        return report
+
+    def plot_systems(self, corpus: Path, out: Path) -> None:
+        """`speakerforge eval` of every system on one DET plot (`out/det.png`)."""
+        from speakerforge.cli import main
+
         first, *rest = self.systems
-        args = [
-            "eval",
-            "--scores",
-            str(self.out / "eval" / first.model.name / "scores.txt"),
-            "--trials",
-            str(corpus / "trials.txt"),
-            "--out-dir",
-            str(out),
-            "--names",
-            *[s.name for s in self.systems],
-            "--title",
-            "speakerforge demo: synthetic TTS test speakers",
-        ]
+        args = ["eval", "--scores", str(self.out / "eval" / first.model.name / "scores.txt")]
+        args += ["--trials", str(corpus / "trials.txt"), "--out-dir", str(out), "--names"]
+        args += [*[s.name for s in self.systems], "--title", "speakerforge demo: synthetic TTS test speakers"]
         if rest:
             args[5:5] = ["--compare", *[str(self.out / "eval" / s.model.name / "scores.txt") for s in rest]]
         print("\n== DET curves of every system", flush=True)
         main(["--quiet", *args])
+
+    def report_lines(self, corpus: Path, seconds: float) -> list[str]:
         lines = [
             "# speakerforge demo report",
             "",
@@ -286,31 +238,15 @@ class Demo:
                 f"| {s.name} | {m['eer']:.2f} | {dcf.get('0.01', {}).get('value', float('nan')):.3f} | "
                 f"{dcf.get('0.05', {}).get('value', float('nan')):.3f} | `{_rel(s.model)}` |"
             )
-        lines += (
-            [""]
-            + [f"- {n}" for n in self.notes]
-            + [
-                "",
-                "![DET](det.png)",
-                "",
-                "Training curves: "
-                + ", ".join(
-                    f"`{_rel(s.model / 'training_curves.png')}`"
-                    for s in self.systems
-                    if (s.model / "training_curves.png").exists()
-                ),
-                "",
-                "## Step times (this run)",
-                "",
-            ]
-        )
+        curves = [
+            f"`{_rel(s.model / 'training_curves.png')}`"
+            for s in self.systems
+            if (s.model / "training_curves.png").exists()
+        ]
+        lines += ["", *[f"- {n}" for n in self.notes], "", "![DET](det.png)", ""]
+        lines += ["Training curves: " + ", ".join(curves), "", "## Step times (this run)", ""]
         lines += [f"- {t}: {sec:.1f} s" for t, sec in self.timings]
-        lines += ["", f"Total: {seconds / 60:.1f} min"]
-        report = out / "report.md"
-        report.write_text("\n".join(lines) + "\n")
-        print("\n" + "\n".join(lines[4 : 4 + 2 + len(self.systems)] + [f"- {n}" for n in self.notes]))
-        print(f"\nreport: {_rel(report)}\nDET curve: {_rel(out / 'det.png')}")
-        return report
+        return [*lines, "", f"Total: {seconds / 60:.1f} min"]
 
 
 def _rel(p: Path) -> str:
