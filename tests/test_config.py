@@ -127,3 +127,35 @@ def test_a_setting_added_by_a_newer_version_at_its_default_is_no_config_change()
     changed = to_dict(load_config(None, ["data.augment.noise_snr=[5, 10]"]))
     diff = config_diff(old, changed, defaults=to_dict(Config()))
     assert diff == ["data.augment.noise_snr: '<absent>' -> [5.0, 10.0]"]
+
+
+def test_a_key_the_running_task_does_not_read_is_an_error_naming_the_task(tmp_path):
+    """[architecture]: `data.crop_seconds`, `head` and `margin` were validated and then silently ignored by
+    `pretrain` and `asr train`; each task now names the keys it never reads."""
+    from speakerforge.asr.trainer import AsrTrainer
+    from speakerforge.config.parse import check_unread_keys
+    from speakerforge.train.pretrain import PretrainTrainer
+    from speakerforge.train.task import Task
+
+    cfg = load_config(None, ["head.scale=20"])
+    check_unread_keys(cfg, Task.unread_keys, "train")  # the speaker task reads head
+    with pytest.raises(ConfigError, match=r"config: head is not read by `speakerforge pretrain`"):
+        check_unread_keys(cfg, PretrainTrainer.unread_keys, "pretrain")
+    cfg = load_config(None, ["stages=[{name: a, crop_seconds: 2.0}]"])
+    with pytest.raises(ConfigError, match=r"stages\.0\.crop_seconds is not read by `speakerforge asr train`"):
+        check_unread_keys(cfg, AsrTrainer.unread_keys, "asr-train")
+    cfg = load_config(None, ["features.num_mel_bins=40"])
+    with pytest.raises(ConfigError, match="features is not read"):
+        check_unread_keys(cfg, AsrTrainer.unread_keys, "asr-train")
+    check_unread_keys(load_config(None, []), AsrTrainer.unread_keys, "asr-train")  # defaults are fine
+
+
+def test_asr_train_refuses_speaker_settings_before_making_the_run_folder(tmp_path):
+    from speakerforge.asr.trainer import AsrTrainer
+    from tests.asr.helpers import tiny_config, write_tone_corpus
+
+    cfg = tiny_config(write_tone_corpus(tmp_path / "data", ["ab cd", "cab"]))
+    cfg.data.crop_seconds = 2.0
+    with pytest.raises(ConfigError, match="data.crop_seconds is not read by `speakerforge asr train`"):
+        AsrTrainer(cfg, tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()

@@ -120,6 +120,21 @@ class AsrInit:
 class AsrTrainer(TrainingRun):
     """Two-stage (or any-stage) SeACo-Paraformer training; see the module docstring."""
 
+    # features are the model's WavFrontend, utterances whole, the loss FunASR's: these speaker settings do nothing
+    unread_keys = (
+        "features",
+        "head",
+        "margin",
+        "data.crop_seconds",
+        "data.min_seconds",
+        "data.speed_perturb",
+        "data.augment",
+        "data.shared_speakers",
+        "stages.margin",
+        "stages.crop_seconds",
+        "stages.speed_perturb",
+    )
+
     def __init__(
         self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None, init: AsrInit | None = None
     ):

@@ -8,6 +8,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from typing import Any, Union
 
 from speakerforge.config.schema import Config, Range
@@ -240,3 +241,24 @@ def _suggest(key: str, names: Any, parents: list[str]) -> str:
     if full:
         return f"; did you mean {' or '.join(repr(n) for n in full)}?"
     return f"; valid keys here: {', '.join(sorted(names))}"
+
+
+def check_unread_keys(cfg: Any, keys: Sequence[str], command: str) -> None:
+    """ConfigError naming the first of `keys` (dotted; `stages.KEY`: that key of any stage) that `cfg` sets away
+    from its default: `speakerforge COMMAND` does not read it and would silently ignore it."""
+    default = type(cfg)()
+    for key in keys:
+        parts = key.split(".")
+        hit = None
+        if parts[0] == "stages":
+            hit = next(
+                (f"stages.{i}.{parts[1]}" for i, st in enumerate(cfg.stages) if getattr(st, parts[1]) is not None), None
+            )
+        else:
+            mine, theirs = cfg, default
+            for part in parts:
+                mine, theirs = getattr(mine, part), getattr(theirs, part)
+            hit = key if mine != theirs else None
+        if hit is not None:
+            shown = command.replace("-", " ")
+            raise ConfigError(f"config: {hit} is not read by `speakerforge {shown}`, which would ignore it; remove it")

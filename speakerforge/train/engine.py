@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from speakerforge.config import Config
+from speakerforge.config.parse import check_unread_keys
 from speakerforge.data.sampling import MixedSampler
 from speakerforge.data.shards import ReaderLayout, shard_sizes
 from speakerforge.errors import ConfigError, TrainingError
@@ -96,6 +97,7 @@ class Engine:
                 f"`speakerforge pretrain` reads; `{options.command}` would ignore it. Run pretrain, or remove "
                 "the ssl: section"
             )
+        check_unread_keys(cfg, task.unread_keys, options.command)  # before the run folder is made
         self.cfg = cfg
         self.opts = options
         self.task = task

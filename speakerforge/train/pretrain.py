@@ -205,6 +205,8 @@ class PretrainTrainer(TrainingRun, CropTask):
     """DINO/RDINO or SDPN pretraining (see the module docstring)."""
 
     reads_ssl_section = True
+    # the heads, losses and crops are the SSL objective's (ssl.global_seconds, ssl.local_seconds)
+    unread_keys = ("asr", "head", "margin", "data.crop_seconds", "stages.margin", "stages.crop_seconds")
 
     def __init__(self, cfg: Config, exp_dir: str | Path, options: RunOptions | None = None):
         self.ssl = parse_ssl_config(cfg.ssl, "config")  # before the run folder is created

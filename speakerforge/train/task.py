@@ -39,6 +39,9 @@ class Task:
     (`Engine.__init__`) before any hook is called."""
 
     reads_ssl_section = False  # the `ssl:` section belongs to `pretrain`; elsewhere it would be ignored silently
+    # config keys (dotted; `stages.KEY`: any stage's) this task never reads: set to anything but their default, they
+    # are an error naming the task, not a setting silently ignored
+    unread_keys: tuple[str, ...] = ("asr",)
     cfg: Config
     opts: Any  # the engine's RunOptions
     device: torch.device
