@@ -12,6 +12,7 @@ Kinds: `experiment` (a folder), `checkpoint` (our training state), `model_file` 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import struct
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 from speakerforge.checkpoint_io import MAGIC, META_KEY, load_model_file, load_state
 from speakerforge.errors import CheckpointError
 
+log = logging.getLogger(__name__)
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 _DESCRIPTIONS = {
@@ -145,6 +147,26 @@ def expect(path: str | Path, kinds: tuple[str, ...], wanted: str, hint: str = ""
     if art.kind not in kinds:
         raise CheckpointError(f"{path}: {art.describe()}, not {wanted}" + (f"; {hint}" if hint else ""))
     return art
+
+
+SSL_PARTS = ("teacher", "student")
+
+
+def backbone_prefix(keys: Any, part: str | None, origin: str) -> str:
+    """Where the embedding network's weights are in a training state with these `keys`; the one policy for a
+    self-supervised run (DINO/SDPN: `teacher.backbone.*` and `student.backbone.*`): its embedding network is the
+    teacher (what 3D-Speaker and WeSpeaker evaluate and release) unless `part` says `student`, and the log says
+    which it took. `extract`, `verify`, `embed`, `export`, `load_model` and `finetune --init` all follow it."""
+    parts = sorted({k.split(".backbone.")[0] for k in keys if ".backbone." in k and not k.startswith("backbone.")})
+    if not parts:
+        if part is not None:
+            raise CheckpointError(f"{origin}: --init-part {part}: not a self-supervised run (one backbone)")
+        return "backbone."
+    chosen = part or "teacher"
+    if chosen not in parts:
+        raise CheckpointError(f"{origin}: no {chosen} backbone (this run has: {', '.join(parts)})")
+    log.info("%s: a self-supervised run; using its %s backbone%s", origin, chosen, "" if part else " (the default)")
+    return f"{chosen}.backbone."
 
 
 def list_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:

@@ -17,7 +17,7 @@ from speakerforge.cli import main
 from speakerforge.config import SourceConfig, load_config
 from speakerforge.data.sampling import Draw, load_sources
 from speakerforge.data.ssl_views import CropSpec, MultiCropDataset, collate_views
-from speakerforge.errors import ConfigError
+from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.models.ssl import DINOHead, SDPNHead, SSLBranch, ema_momentum, ema_update
 from speakerforge.train import freezing
 from speakerforge.train.init import read_init
@@ -401,11 +401,27 @@ def test_full_finetune_from_the_ssl_student_trains_the_backbone(sdpn_run, corpus
     assert len(changed) > len(student) // 2
 
 
-def test_finetune_from_an_ssl_run_without_init_part_is_a_clear_error(sdpn_run, corpus, tmp_path, capsys):
+def test_an_ssl_run_gives_its_teacher_unless_the_student_is_asked_for(sdpn_run, corpus, tmp_path, caplog):
+    """[architecture] one SSL policy (`artifacts.backbone_prefix`): `load_model` took the teacher silently and
+    `finetune --init` refused without --init-part; both now take the teacher by default and log it."""
+    import logging
+
+    from speakerforge.artifacts import backbone_prefix, list_checkpoints
+    from speakerforge.checkpoint_io import load_state
+    from speakerforge.train.init import read_init
+
+    state = load_state(list_checkpoints(sdpn_run)[0][1])["model"]
+    with caplog.at_level(logging.INFO):
+        default = read_init(sdpn_run).backbone
+    assert "using its teacher backbone" in caplog.text
+    for part in ("teacher", "student"):
+        chosen = read_init(sdpn_run, part=part).backbone
+        assert all(torch.equal(chosen[k], state[f"{part}.backbone.{k}"]) for k in chosen)
+    assert all(torch.equal(default[k], state[f"teacher.backbone.{k}"]) for k in default)
     code = main(["finetune", "--init", str(sdpn_run), "--exp", str(tmp_path / "x"), "--data", str(corpus), *_ft()])
-    err = capsys.readouterr().err
-    assert code == 2 and "--init-part teacher|student" in err and "\n" not in err.strip()
-    assert not (tmp_path / "x").exists()
+    assert code == 0
+    with pytest.raises(CheckpointError, match="not a self-supervised run"):
+        backbone_prefix(["backbone.x"], "student", "x")
 
 
 # ------------------------------------------------------------------------------------------------ config and data

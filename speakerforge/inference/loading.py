@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from speakerforge.artifacts import expect, list_checkpoints
+from speakerforge.artifacts import backbone_prefix, expect, list_checkpoints
 from speakerforge.checkpoint_io import load_state
 from speakerforge.errors import CheckpointError
 from speakerforge.inference.backends import FEATURE_DEFAULTS, OnnxBackend, TorchBackend, feature_settings
@@ -110,17 +110,16 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _checkpoint_backbone(state: dict[str, Any], origin: str) -> dict[str, torch.Tensor]:
-    """The embedding network's weights in a training state: `backbone.*`, or a self-supervised run's teacher."""
+    """The embedding network's weights in a training state: `backbone.*`, or a self-supervised run's teacher
+    (`artifacts.backbone_prefix`)."""
     weights = state.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{origin}: checkpoint holds no model weights")
-    for prefix in ("backbone.", "teacher.backbone.", "student.backbone."):
-        found = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        if found:
-            if prefix != "backbone.":
-                log.info("%s: self-supervised run; using the %s backbone", origin, prefix.split(".")[0])
-            return found
-    raise CheckpointError(f"{origin}: no `backbone.*` weights in this checkpoint")
+    prefix = backbone_prefix(weights, None, origin)
+    found = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    if not found:
+        raise CheckpointError(f"{origin}: no `backbone.*` weights in this checkpoint")
+    return found
 
 
 def _load_checkpoint(path: Path, device: str, optimize: bool, cfg_path: Path | None = None) -> LoadedModel:

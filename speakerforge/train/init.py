@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from speakerforge.artifacts import list_checkpoints, sniff
+from speakerforge.artifacts import backbone_prefix, list_checkpoints, sniff
 from speakerforge.checkpoint_io import load_model_file, load_state, safe_torch_load
 from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.models.modelfile import BACKBONE, check_model_meta, load_strict
@@ -84,13 +84,13 @@ _FORMAT_HINT = {
 
 def _read_experiment(folder: Path, part: str | None) -> InitWeights:
     model_file = folder / "model.safetensors"
-    if part is None and _is_pretrain_run(folder):
-        raise CheckpointError(
-            f"{folder}: a self-supervised run holds two backbones (teacher, student); choose one "
-            "with --init-part teacher|student"
-        )
-    if model_file.is_file() and part is None:
-        return _from_model_file(model_file)
+    # a self-supervised run's model file holds its teacher: the default part (`artifacts.backbone_prefix`)
+    if model_file.is_file() and (part is None or (part == "teacher" and _is_pretrain_run(folder))):
+        weights = _from_model_file(model_file)
+        if _is_pretrain_run(folder):
+            log.info("%s: a self-supervised run; using its teacher backbone (%s)", folder, model_file.name)
+            weights.origin += " (teacher backbone)"  # every log line about the load says which backbone it took
+        return weights
     reasons = []
     for _step, path in list_checkpoints(folder):
         try:
@@ -122,17 +122,11 @@ def _from_training_state(
     state: dict[str, Any], origin: str, part: str | None, folder: Path | None = None
 ) -> InitWeights:
     weights = state.get("model", {})
-    prefixes = sorted({k.split(".backbone.")[0] for k in weights if ".backbone." in k})
-    if part is None and prefixes:
-        raise CheckpointError(
-            f"{origin}: a self-supervised run holds several backbones ({', '.join(prefixes)}); "
-            "choose one with --init-part teacher|student"
-        )
-    prefix = f"{part}.backbone." if part else BACKBONE
+    prefix = backbone_prefix(weights, part, origin)
+    part = None if prefix == BACKBONE else prefix.split(".")[0]
     backbone = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     if not backbone:
-        have = ", ".join(prefixes) or "backbone"
-        raise CheckpointError(f"{origin}: no weights under {prefix!r} (this checkpoint has: {have})")
+        raise CheckpointError(f"{origin}: no weights under {prefix!r}")
     spec = None
     cfg_path = (folder or Path(origin).parent.parent) / "config.yaml"
     if cfg_path.is_file():
