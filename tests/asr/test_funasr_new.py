@@ -22,6 +22,10 @@ from tests.asr.funasr_oracle import oracle_from_dir, oracle_ids
 from tests.asr.helpers import tiny_funasr_args, tone_utterance, write_tone_corpus
 
 REPO = Path(__file__).resolve().parents[2]
+HOTWORD_PATH = {
+    "seaco": ("bias_encoder.", "seaco_decoder.", "hotword_output_layer."),
+    "contextual": ("bias_embed.", "bias_encoder.", "decoder.bias_decoder.", "decoder.bias_output."),
+}
 TEXTS = ["abc def", "ghi abc", "def ghij", "abcd efg", "hij abc", "efg hij"]
 
 
@@ -131,6 +135,15 @@ def test_the_recipe_fine_tuning_configs_fit_the_small_models(tmp_path, name):
         changed = {k for k in before if not torch.equal(before[k], after[k])}
         assert any(k.startswith("encoder.") for k in changed)
         assert any(k.startswith("bias_encoder.") for k in changed)
+    # the second stage alone moves the hotword path and nothing else
+    raw["stages"] = raw["stages"][1:]
+    raw["asr"]["stage_losses"] = {"hotword": raw["asr"]["stage_losses"]["hotword"]}
+    ft = AsrTrainer(_config(raw, data), tmp_path / "hotword-only", init=AsrInit(funasr_dir)).run().parent
+    after = load_funasr(ft).model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    hotword_path = HOTWORD_PATH[name]
+    assert changed and all(k.startswith(hotword_path) for k in changed), sorted(changed)[:5]
+    assert {k.split(".")[0] for k in changed} >= {p.split(".")[0] for p in hotword_path}
 
 
 def test_cached_asr_states_give_the_hotword_loss_of_the_full_forward(tmp_path):
