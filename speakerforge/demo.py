@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speakerforge.atomic import atomic_write_text
 from speakerforge.errors import SpeakerforgeError
 
 log = logging.getLogger(__name__)
@@ -196,8 +197,6 @@ class Demo:
         self.systems.append(System(name, model, json.loads((d / "metrics.json").read_text())))
 
     def report(self, corpus: Path, seconds: float) -> Path:
-        from speakerforge.atomic import atomic_write_text
-
         out = self.out / "report"
         out.mkdir(parents=True, exist_ok=True)
         self.plot_systems(corpus, out)
@@ -308,7 +307,7 @@ def feature_summary(manifests: list[Path], out_json: Path) -> dict:
         "mean_seconds": seconds / max(1, len(utts)),
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out_json, json.dumps(summary, indent=1))
     print(
         f"   {summary['utterances']} utterances, {summary['speakers']} speakers, {summary['hours']:.2f} h, "
         f"{frames:,} frames, fbank {summary['fbank_frames_per_s']:,.0f} frames/s (one utterance at a time)"
