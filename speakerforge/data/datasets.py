@@ -1,5 +1,7 @@
 """Training examples: fixed-length random crops with speed perturbation and waveform augmentation.
 
+An example is a chain of small steps, as WeSpeaker's processors: `example_rng` -> `pick_speed` -> `read_example`
+-> `apply_speed` -> `random_crop` -> augment; the speaker crops here and the SSL views (`ssl_views`) share them.
 Every random choice of an example comes from an RNG seeded by (seed, epoch, position in the epoch plan), so an
 example is the same whichever worker builds it and whether or not the run was resumed in between.
 """
@@ -21,6 +23,30 @@ from speakerforge.errors import DataError
 def example_rng(seed: int, epoch: int, position: int) -> np.random.Generator:
     """The RNG of one training example."""
     return np.random.default_rng([int(seed), 3, int(epoch), int(position)])
+
+
+def pick_speed(speeds: list[float], rng: np.random.Generator) -> float:
+    """One speed for the whole utterance (uniform over `speeds`; no draw when there is one)."""
+    return speeds[int(rng.integers(len(speeds)))] if len(speeds) > 1 else speeds[0]
+
+
+def read_example(src: Source, draw: Draw, sample_rate: int, tables: Any) -> np.ndarray:
+    """The drawn utterance's samples; audio that fails to decode only now (NaN samples, a file changed since the
+    header check) is named by its manifest row."""
+    utt = src.utts[draw.item]
+    try:
+        return load_utterance(utt, sample_rate, tables)
+    except DataError as exc:
+        raise DataError(f"{utt.where}: {exc}") from None
+
+
+def apply_speed(wav: np.ndarray, speed: float) -> np.ndarray:
+    """Speed perturbation (resampling: pitch and tempo), or the waveform itself at speed 1."""
+    if speed == 1.0:
+        return wav
+    from speakerforge.data.augment import speed_perturb
+
+    return speed_perturb(wav, speed)
 
 
 def random_crop(wav: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,21 +87,12 @@ class CropDataset(torch.utils.data.Dataset):
         epoch, draw = index
         rng = example_rng(self.seed, epoch, draw.position)
         src = self.sources[draw.source]
-        utt = src.utts[draw.item]
-        speed = self.speeds[int(rng.integers(len(self.speeds)))] if len(self.speeds) > 1 else self.speeds[0]
-        speed_index = self.speakers.speeds.index(speed)
-        try:
-            wav = load_utterance(utt, self.sample_rate, self.tables)
-        except DataError as exc:  # decoded only now (NaN samples, a file changed since the header check)
-            raise DataError(f"{utt.where}: {exc}") from None
-        if speed != 1.0:
-            from speakerforge.data.augment import speed_perturb
-
-            wav = speed_perturb(wav, speed)
+        speed = pick_speed(self.speeds, rng)
+        wav = apply_speed(read_example(src, draw, self.sample_rate, self.tables), speed)
         wav = random_crop(wav, self.crop, rng)
         if self.augment is not None:
             wav = self.augment(wav, rng)
-        label = self.speakers.class_of(src.name, utt.spk, speed_index)
+        label = self.speakers.class_of(src.name, src.utts[draw.item].spk, self.speakers.speeds.index(speed))
         return np.ascontiguousarray(wav, dtype=np.float32), label, draw.source
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from speakerforge.data.audio import SAMPLE_RATE
-from speakerforge.data.datasets import example_rng, random_crop
+from speakerforge.data.datasets import apply_speed, example_rng, pick_speed, random_crop, read_example
 from speakerforge.data.sampling import Draw, Source
-from speakerforge.data.shards.reader import load_utterance, shard_tables
+from speakerforge.data.shards.reader import shard_tables
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -37,11 +37,6 @@ class CropSpec:
 
     def samples(self, sample_rate: int = SAMPLE_RATE) -> int:
         return int(round(self.seconds * sample_rate))
-
-
-def pick_speed(speeds: list[float], rng: np.random.Generator) -> float:
-    """One speed for the whole utterance (uniform over `speeds`)."""
-    return speeds[int(rng.integers(len(speeds)))] if len(speeds) > 1 else speeds[0]
 
 
 def draw_crops(wav: np.ndarray, spec: CropSpec, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -90,13 +85,8 @@ class MultiCropDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: tuple[int, Draw]) -> tuple[np.ndarray, np.ndarray, int]:
         epoch, draw = index
         rng = example_rng(self.seed, epoch, draw.position)
-        utt = self.sources[draw.source].utts[draw.item]
-        wav = load_utterance(utt, self.sample_rate, self.tables)
-        speed = pick_speed(self.speeds, rng)
-        if speed != 1.0:
-            from speakerforge.data.augment import speed_perturb
-
-            wav = speed_perturb(wav, speed)
+        wav = read_example(self.sources[draw.source], draw, self.sample_rate, self.tables)
+        wav = apply_speed(wav, pick_speed(self.speeds, rng))
         glob = draw_crops(wav, self.global_crops, rng, self.sample_rate)
         loc = draw_crops(wav, self.local_crops, rng, self.sample_rate)
         glob = augment_crops(glob, self.augment, rng)
