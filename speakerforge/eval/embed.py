@@ -261,6 +261,16 @@ def _write_embeddings(embeddings: Any, out: Path, ark: str | Path | None) -> lis
     return outputs
 
 
+def _write_stats(stats: ExtractStats, out: Path, **extra: Any) -> Path:
+    """`OUT.npz.json`: the stats, the run's settings and the machine's core count."""
+    from speakerforge.atomic import atomic_write_text
+
+    path = out.with_name(out.name + ".json")
+    info: dict[str, Any] = {**asdict(stats), **extra, "cpu_count": os.cpu_count()}
+    atomic_write_text(path, json.dumps(info, indent=1) + "\n")
+    return path
+
+
 def extract_embeddings(
     model: str | Path | SpeakerModel,
     data: str | Path,
@@ -282,7 +292,6 @@ def extract_embeddings(
     without synchronising inside each small convolution, which is faster here and degrades gracefully on a
     shared machine. (An ONNX `SpeakerModel` passed in keeps the threads its session was created with.)
     """
-    from speakerforge.atomic import atomic_write_text
     from speakerforge.eval import embio
 
     out = Path(out)
@@ -323,9 +332,6 @@ def extract_embeddings(
         workers=workers,
         outputs=outputs,
     )
-    stats_path = out.with_name(out.name + ".json")
-    info: dict[str, Any] = asdict(stats)
-    info.update(data=str(data), length_tolerance=length_tolerance, intra_op_threads=intra, cpu_count=os.cpu_count())
-    atomic_write_text(stats_path, json.dumps(info, indent=1) + "\n")
+    stats_path = _write_stats(stats, out, data=str(data), length_tolerance=length_tolerance, intra_op_threads=intra)
     log.info("%s; written %s (stats in %s)", stats.summary(), ", ".join(outputs), stats_path)
     return stats

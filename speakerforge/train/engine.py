@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 
 from speakerforge.config import Config
-from speakerforge.config.parse import check_unread_keys
 from speakerforge.data.sampling import MixedSampler
 from speakerforge.data.shards import ReaderLayout, shard_sizes
 from speakerforge.errors import ConfigError, TrainingError
@@ -91,13 +90,7 @@ class Engine:
     def __init__(
         self, cfg: Config, exp_dir: str | Path, options: RunOptions, task: Task, callbacks: Sequence[Callback] = ()
     ):
-        if cfg.ssl and not task.reads_ssl_section:
-            raise ConfigError(
-                f"the config has an ssl: section ({', '.join(sorted(cfg.ssl))}), which only "
-                f"`speakerforge pretrain` reads; `{options.command}` would ignore it. Run pretrain, or remove "
-                "the ssl: section"
-            )
-        check_unread_keys(cfg, task.unread_keys, options.command)  # before the run folder is made
+        task.check_reads(cfg, options.command)  # before the run folder is made
         self.cfg = cfg
         self.opts = options
         self.task = task

@@ -55,6 +55,19 @@ class Task:
     collate: Callable[[list], Any]
 
     # ------------------------------------------------------------------------------------------------ data
+    def check_reads(self, cfg: Config, command: str) -> None:
+        """ConfigError for a section or key this task would silently ignore (`ssl:` outside pretrain,
+        `unread_keys`)."""
+        from speakerforge.config.parse import check_unread_keys
+
+        if cfg.ssl and not self.reads_ssl_section:
+            raise ConfigError(
+                f"the config has an ssl: section ({', '.join(sorted(cfg.ssl))}), which only "
+                f"`speakerforge pretrain` reads; `{command}` would ignore it. Run pretrain, or remove "
+                "the ssl: section"
+            )
+        check_unread_keys(cfg, self.unread_keys, command)
+
     def build_data(self) -> None:
         """Read the sources of every stage (`load_stage_sources`), check the batch size, build labels/vocabulary."""
         raise NotImplementedError
