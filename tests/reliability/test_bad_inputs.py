@@ -55,6 +55,11 @@ def _sets(*extra: str) -> str:
     return " ".join(f"--set {s}" for s in [*TINY_SETS, *extra])
 
 
+def _ssl_sets(*extra: str) -> str:
+    """`_sets` for `pretrain`, which reads no `data.crop_seconds` (its crops are `ssl.*_seconds`) and refuses it."""
+    return " ".join(f"--set {s}" for s in [*TINY_SETS, *extra] if not s.startswith("data.crop_seconds"))
+
+
 def _noise(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
     n = int(round(seconds * sr))
     rng = np.random.default_rng(seed)
@@ -1097,20 +1102,25 @@ else:
 CASES += [
     C(
         "pretrain-data-missing",
-        "pretrain --exp {out}/e --data {root}/nope.jsonl " + _sets("ssl.method=dino"),
+        "pretrain --exp {out}/e --data {root}/nope.jsonl " + _ssl_sets("ssl.method=dino"),
         "{root}/nope.jsonl",
         "not found",
     ),
     C(
         "pretrain-unknown-method",
-        "pretrain --exp {out}/e --data {corpus} " + _sets("ssl.method=byol"),
+        "pretrain --exp {out}/e --data {corpus} " + _ssl_sets("ssl.method=byol"),
         "ssl.method",
         "byol",
     ),
     C("pretrain-set-missing-key", "pretrain --exp {out}/e --data {corpus} --set optim.lrr=1", "'optim.lrr'"),
+    C(  # [architecture]: validated, then silently ignored before
+        "pretrain-set-unread-key",
+        "pretrain --exp {out}/e --data {corpus} " + _ssl_sets("ssl.method=dino", "head.scale=20"),
+        "head is not read by `speakerforge pretrain`",
+    ),
     C(
         "pretrain-data-kaldi-pipe",
-        "pretrain --exp {out}/e --data {kaldi_pipe} " + _sets("ssl.method=dino"),
+        "pretrain --exp {out}/e --data {kaldi_pipe} " + _ssl_sets("ssl.method=dino"),
         "{kaldi_pipe}/wav.scp:2",
         "pipe",
     ),
