@@ -199,9 +199,14 @@ def sample_spans(
             length = int(rng.integers(cfg.min_len, min(cfg.max_len, n) + 1))
             s = int(rng.integers(0, n - length + 1))
             e = s + length
-        if all(e <= a or s >= b for a, b in spans):
+        if _clear_of(s, e, spans):
             spans.append((s, e))
     return sorted(spans)
+
+
+def _clear_of(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    """Whether `[start, end)` overlaps none of `spans`."""
+    return all(end <= a or start >= b for a, b in spans)
 
 
 def listed_spans(
@@ -221,7 +226,7 @@ def listed_spans(
                 for i in range(len(tokens) - n + 1)
                 if tokens[i : i + n] == h
                 and (starts is None or (i in starts and i + n in ends))  # type: ignore[operator]
-                and all(i + n <= a or i >= b for a, b in spans)
+                and _clear_of(i, i + n, spans)
             ),
             None,
         )
@@ -279,7 +284,7 @@ class AsrDataset(torch.utils.data.Dataset):
             if self.sampling.listed == "only":
                 spans = listed
             else:  # drawn spans that overlap a listed one give way to it
-                spans = sorted([*listed, *(sp for sp in spans if all(sp[1] <= a or sp[0] >= b for a, b in listed))])
+                spans = sorted([*listed, *(sp for sp in spans if _clear_of(*sp, listed))])
             distractors += unsaid
         wav = load_audio(u.path, u.start, u.end)
         return {
