@@ -7,6 +7,10 @@ really is ("a PyTorch checkpoint (zip)", "an ONNX model", "a WAV audio file") in
 Kinds: `experiment` (a folder), `checkpoint` (our training state), `model_file` (safetensors with our metadata),
 `safetensors` (without it), `onnx`, `torch_zip` (torch.save since 1.6), `torch_pickle` (legacy torch.save / pickle),
 `audio`, `text`, `empty`, `unknown`.
+
+`resolve` then answers "which weights does this path mean?" once for every reader (`load_model`, `finetune --init`,
+the ASR loader): an experiment folder means its model file, else its newest readable checkpoint; a self-supervised
+run means its teacher unless the student is asked for; a checkpoint's network is described by its run's config.yaml.
 """
 
 from __future__ import annotations
@@ -15,18 +19,18 @@ import json
 import logging
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speakerforge.checkpoint_io import MAGIC, META_KEY, load_model_file, load_state
-from speakerforge.errors import CheckpointError
+from speakerforge.checkpoint_io import MAGIC, META_KEY, load_model_file, load_state, safe_torch_load
+from speakerforge.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
 _DESCRIPTIONS = {
-    "experiment": "an experiment folder",
+    "experiment": "a directory",
     "checkpoint": "a speakerforge training checkpoint",
     "model_file": "a speakerforge model file (safetensors)",
     "safetensors": "a safetensors file without speakerforge metadata",
@@ -150,6 +154,7 @@ def expect(path: str | Path, kinds: tuple[str, ...], wanted: str, hint: str = ""
 
 
 SSL_PARTS = ("teacher", "student")
+BACKBONE = "backbone."
 
 
 def backbone_prefix(keys: Any, part: str | None, origin: str) -> str:
@@ -157,16 +162,20 @@ def backbone_prefix(keys: Any, part: str | None, origin: str) -> str:
     self-supervised run (DINO/SDPN: `teacher.backbone.*` and `student.backbone.*`): its embedding network is the
     teacher (what 3D-Speaker and WeSpeaker evaluate and release) unless `part` says `student`, and the log says
     which it took. `extract`, `verify`, `embed`, `export`, `load_model` and `finetune --init` all follow it."""
-    parts = sorted({k.split(".backbone.")[0] for k in keys if ".backbone." in k and not k.startswith("backbone.")})
+    parts = sorted({k.split(".backbone.")[0] for k in keys if ".backbone." in k and not k.startswith(BACKBONE)})
     if not parts:
         if part is not None:
             raise CheckpointError(f"{origin}: --init-part {part}: not a self-supervised run (one backbone)")
-        return "backbone."
+        return BACKBONE
     chosen = part or "teacher"
     if chosen not in parts:
         raise CheckpointError(f"{origin}: no {chosen} backbone (this run has: {', '.join(parts)})")
-    log.info("%s: a self-supervised run; using its %s backbone%s", origin, chosen, "" if part else " (the default)")
+    _say_part(origin, chosen, part is None)
     return f"{chosen}.backbone."
+
+
+def _say_part(origin: str, chosen: str, default: bool) -> None:
+    log.info("%s: a self-supervised run; using its %s backbone%s", origin, chosen, " (the default)" if default else "")
 
 
 def list_checkpoints(exp_dir: str | Path) -> list[tuple[int, Path]]:
@@ -243,3 +252,143 @@ def _describe_onnx(p: Path) -> dict[str, Any]:
         "inputs": [i.name for i in m.graph.input],
         "metadata": {x.key: x.value for x in m.metadata_props},
     }
+
+
+# ---------------------------------------------------------------------------------------------------- resolve
+MODEL_KINDS = ("experiment", "checkpoint", "model_file", "onnx")
+FOREIGN_KINDS = ("torch_zip", "torch_pickle")
+
+
+@dataclass
+class Resolved:
+    """The weights a model path means, wherever they sit (see `resolve`)."""
+
+    path: Path  # as asked
+    file: Path  # the file read: a folder's model file or checkpoint, else `path`
+    kind: str  # the kind of `file`: model_file, checkpoint, onnx, torch_zip or torch_pickle
+    origin: str  # `file`, plus the backbone taken from a self-supervised run: what every message about it names
+    weights: dict[str, Any] = field(default_factory=dict)  # the backbone's tensors (unprefixed); an ASR model's all
+    meta: dict[str, Any] = field(default_factory=dict)  # a model file's metadata; for a checkpoint its run's config
+    classifier: Any = None  # `classifier.weight`, when the source has one for this backbone
+    part: str | None = None  # `teacher` or `student` for a self-supervised run
+    raw: Any = None  # a foreign checkpoint: what it holds, as loaded
+
+    @property
+    def task(self) -> str:
+        """`asr` for an `asr train` model, `speaker` otherwise."""
+        return "asr" if self.meta.get("kind") == "asr" else "speaker"
+
+
+def resolve(
+    path: str | Path,
+    part: str | None = None,
+    kinds: tuple[str, ...] = MODEL_KINDS + FOREIGN_KINDS,
+    wanted: str = "a model",
+    hint: str = "",
+) -> Resolved:
+    """What a model path holds, read once for every command. `part` picks a self-supervised run's backbone
+    (`teacher`, the default, or `student`); a path whose kind is not in `kinds` is refused naming what it is."""
+    art = expect(path, kinds, wanted, hint)
+    if art.kind == "experiment":
+        return _resolve_experiment(art.path, part)
+    if art.kind == "checkpoint":
+        return _resolve_checkpoint(art.path, part, art.path.parent.parent / "config.yaml")
+    if art.kind == "model_file":
+        return _resolve_model_file(art.path, part)
+    if part is not None:
+        raise CheckpointError(f"{path}: --init-part {part}: {art.describe()} holds no self-supervised run")
+    if art.kind == "onnx":
+        return Resolved(art.path, art.path, "onnx", str(art.path))
+    raw = safe_torch_load(str(art.path))
+    return Resolved(art.path, art.path, art.kind, str(art.path), _state_dict_in(raw), raw=raw)
+
+
+def _state_dict_in(obj: Any) -> dict[str, Any]:
+    """The tensors of a foreign checkpoint, found where 3D-Speaker and WeSpeaker put them; empty when not a state
+    dict (the reader that needs one says so)."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "embedding_model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if isinstance(obj, dict) and obj and all(hasattr(v, "shape") for v in obj.values()):
+        return dict(obj)
+    return {}
+
+
+def _resolve_experiment(folder: Path, part: str | None) -> Resolved:
+    model_file = folder / "model.safetensors"
+    command = _run_command(folder)
+    if model_file.is_file() and not (command == "pretrain" and part not in (None, "teacher")):
+        return _resolve_model_file(model_file, part)  # a pretrain run's model file holds its teacher
+    if command == "asr-train":
+        raise CheckpointError(f"{folder}: an `asr train` run without model.safetensors (not finished?)")
+    found = list_checkpoints(folder)
+    if not found:
+        raise CheckpointError(
+            f"{folder}: no model here: expected an experiment folder with model.safetensors or "
+            "checkpoints/ckpt-*.pt, a model file or an .onnx file"
+        )
+    reasons = []
+    for _step, ckpt in found:
+        try:
+            return _resolve_checkpoint(ckpt, part, folder / "config.yaml")
+        except CheckpointError as exc:
+            log.warning("skipping checkpoint %s: %s", ckpt, exc)
+            reasons.append(str(exc))
+    raise CheckpointError(f"{folder}: none of its {len(found)} checkpoints could be loaded (newest: {reasons[0]})")
+
+
+def _run_command(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "run.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _resolve_checkpoint(file: Path, part: str | None, cfg_path: Path) -> Resolved:
+    weights = load_state(file).get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{file}: checkpoint holds no model weights")
+    prefix = backbone_prefix(weights, part, str(file))
+    chosen = None if prefix == BACKBONE else prefix.split(".")[0]
+    backbone = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+    if not backbone:
+        raise CheckpointError(f"{file}: no `{prefix}*` weights in this checkpoint")
+    origin = f"{file} ({chosen} backbone)" if chosen else str(file)
+    classifier = weights.get("classifier.weight") if chosen is None else None
+    return Resolved(file, file, "checkpoint", origin, backbone, _run_config(cfg_path), classifier, chosen)
+
+
+def _run_config(cfg_path: Path) -> dict[str, Any]:
+    """A checkpoint's model and features, from its run's config.yaml; empty when there is none (a reader that must
+    build the network says so)."""
+    if not cfg_path.is_file():
+        return {}
+    from speakerforge.config import bounded_yaml
+
+    try:
+        cfg = bounded_yaml(cfg_path.read_text(), str(cfg_path)) or {}
+    except ConfigError as exc:
+        raise CheckpointError(f"unreadable config: {exc}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
+        raise CheckpointError(f"{cfg_path}: no `model: {{name, args}}` section")
+    return {"model": cfg["model"], "features": cfg.get("features") or {}, "config": str(cfg_path)}
+
+
+def _resolve_model_file(file: Path, part: str | None) -> Resolved:
+    """A model file's backbone. It holds one network: for a self-supervised run the teacher (its meta says so)."""
+    state, meta = load_model_file(file)
+    ssl = meta.get("ssl") if isinstance(meta.get("ssl"), dict) else None
+    if part is not None and not (ssl and part == ssl.get("part", "teacher")):
+        if not ssl:
+            raise CheckpointError(f"{file}: --init-part {part}: not a self-supervised run (one backbone)")
+        raise CheckpointError(f"{file}: --init-part {part}: a model file holds only the teacher; pass the run's folder")
+    if meta.get("kind") == "asr":
+        return Resolved(file, file, "model_file", str(file), dict(state), meta)
+    chosen = ssl.get("part", "teacher") if ssl else None
+    if chosen:
+        _say_part(str(file), chosen, part is None)
+    origin = f"{file} ({chosen} backbone)" if chosen else str(file)
+    backbone = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
+    return Resolved(file, file, "model_file", origin, backbone, meta, state.get("classifier.weight"), chosen)

@@ -156,3 +156,96 @@ def test_inspect_lists_the_tensors_of_a_checkpoint_and_a_model_file(tmp_path, mo
     assert main(["inspect", str(model_file)]) == 0
     shapes = json.loads(capsys.readouterr().out)["shapes"]
     assert len(shapes) > 10 and all(k.startswith("backbone.") for k in shapes)
+
+
+# ---------------------------------------------------------------------------------------------------- resolve
+def _run_folder(tmp_path, command: str = "train"):
+    """An experiment folder with a config and two checkpoints, the newest corrupt."""
+    import json
+
+    import yaml
+
+    folder = tmp_path / "exp"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"name": "ecapa_tdnn", "args": ARGS}}))
+    (folder / "run.json").write_text(json.dumps({"command": command}))
+    net = build_model("ecapa_tdnn", **ARGS)
+    weights = {"backbone." + k: v for k, v in net.state_dict().items()}
+    save_state(
+        folder / "checkpoints" / "ckpt-000000010.pt", {"model": {**weights, "classifier.weight": torch.ones(3, 8)}}
+    )
+    (folder / "checkpoints" / "ckpt-000000020.pt").write_bytes(b"SFCK broken")
+    return folder, net
+
+
+def test_resolve_gives_a_folders_newest_readable_checkpoint_with_its_run_config(tmp_path, caplog):
+    from speakerforge.artifacts import resolve
+
+    folder, net = _run_folder(tmp_path)
+    res = resolve(folder)
+    assert (res.kind, res.file.name, res.part) == ("checkpoint", "ckpt-000000010.pt", None)
+    assert res.meta["model"] == {"name": "ecapa_tdnn", "args": ARGS}
+    assert all(torch.equal(res.weights[k], v) for k, v in net.state_dict().items())
+    assert res.classifier.shape == (3, 8)
+    assert "skipping checkpoint" in caplog.text and "ckpt-000000020.pt" in caplog.text
+    # every reader builds from the same resolution: finetune --init and load_model take these weights
+    init = read_init(folder)
+    assert init.backbone.keys() == res.weights.keys() and init.origin == res.origin
+    assert init.model_spec == res.meta["model"] and torch.equal(init.classifier, res.classifier)
+    assert load_model(folder).embedding_dim == 8
+
+
+def test_resolve_takes_the_model_file_of_a_folder_first_and_names_a_wrong_part(tmp_path, model_file):
+    from speakerforge.artifacts import resolve
+
+    folder, _net = _run_folder(tmp_path)
+    (folder / "model.safetensors").write_bytes(model_file.read_bytes())
+    assert resolve(folder).kind == "model_file"
+    with pytest.raises(CheckpointError, match="not a self-supervised run"):
+        resolve(folder, part="student")
+
+
+def test_resolve_takes_an_ssl_runs_teacher_by_default_and_the_student_from_its_checkpoints(tmp_path, caplog):
+    import logging
+
+    from speakerforge.artifacts import resolve
+
+    folder, net = _run_folder(tmp_path, command="pretrain")
+    teacher = {f"teacher.backbone.{k}": v for k, v in net.state_dict().items()}
+    student = {f"student.backbone.{k}": v + 1 for k, v in net.state_dict().items() if v.is_floating_point()}
+    save_state(folder / "checkpoints" / "ckpt-000000010.pt", {"model": {**teacher, **student}})
+    with caplog.at_level(logging.INFO):
+        res = resolve(folder)
+    assert res.part == "teacher" and "(teacher backbone)" in res.origin and res.classifier is None
+    assert "using its teacher backbone (the default)" in caplog.text
+    chosen = resolve(folder, part="student")
+    key = next(k for k in chosen.weights if k.endswith("weight"))
+    assert torch.equal(chosen.weights[key], net.state_dict()[key] + 1)
+    # the run's model file holds the teacher only: the student comes from the checkpoints, or is refused
+    save_embedding_model(folder / "model.safetensors", net, "ecapa_tdnn", ARGS, extra_meta={"ssl": {"part": "teacher"}})
+    assert resolve(folder).kind == "model_file" and resolve(folder, part="student").kind == "checkpoint"
+    with pytest.raises(CheckpointError, match="holds only the teacher; pass the run's folder"):
+        resolve(folder / "model.safetensors", part="student")
+
+
+def test_resolve_reads_a_foreign_state_dict_where_the_toolkits_put_it_and_refuses_parts_of_it(tmp_path):
+    from speakerforge.artifacts import resolve
+
+    path = tmp_path / "pretrained.ckpt"
+    torch.save({"epoch": 3, "state_dict": {"w": torch.zeros(2)}}, path)
+    res = resolve(path)
+    assert (res.kind, list(res.weights), res.raw["epoch"]) == ("torch_zip", ["w"], 3)
+    with pytest.raises(CheckpointError, match="holds no self-supervised run"):
+        resolve(path, part="teacher")
+    with pytest.raises(CheckpointError, match="a PyTorch checkpoint .* not an experiment folder"):
+        resolve(path, kinds=("experiment",), wanted="an experiment folder")
+
+
+def test_an_unfinished_asr_run_is_named_not_searched_for_a_speaker_backbone(tmp_path):
+    from speakerforge.asr.funasr_dir import read_asr_model_file
+
+    folder, _net = _run_folder(tmp_path, command="asr-train")
+    with pytest.raises(CheckpointError, match="an `asr train` run without model.safetensors"):
+        read_asr_model_file(folder)
+    with pytest.raises(CheckpointError, match="not an ASR model file"):
+        read_asr_model_file(_run_folder(tmp_path / "spk")[0])

@@ -28,7 +28,7 @@ from speakerforge.export import export_onnx
 from speakerforge.models.convert import to_3dspeaker, to_wespeaker
 from speakerforge.models.fuse import optimize_for_inference
 from speakerforge.models.modelfile import load_embedding_model
-from speakerforge.models.zoo import ZOO, ZooEntry, find, fitting, resolve
+from speakerforge.models.zoo import ZOO, ZooEntry, find, fitting, identify
 from tests.speakerlab_oracle import import_speakerlab
 from tests.test_models_ecapa_resnet import _wespeaker_ecapa_forward, _wespeaker_ecapa_state
 
@@ -455,7 +455,7 @@ def test_a_checkpoint_of_another_id_is_refused_with_the_first_key_and_the_id_tha
 def test_identical_architectures_infer_one_and_unknown_ids_suggest_the_nearest():
     sd = _ours_model(find("wespeaker/voxceleb_resnet34"), 4).state_dict()
     with pytest.raises(CheckpointError, match="fits no model id"):
-        resolve(sd, None, "wespeaker")  # width 4 is no released model
+        identify(sd, None, "wespeaker")  # width 4 is no released model
     fits = fitting(_ours_model(find("wespeaker/voxceleb_resnet34"), None).state_dict(), "wespeaker")
     assert {e.id for e in fits} == {
         "wespeaker/voxceleb_resnet34",

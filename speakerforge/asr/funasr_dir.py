@@ -296,22 +296,19 @@ class FunasrModel:
 
 def read_asr_model_file(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
     """(weights, meta, file) of an `asr train` model file or of the experiment folder holding one."""
-    from speakerforge.artifacts import expect
-    from speakerforge.checkpoint_io import load_model_file
+    from speakerforge.artifacts import resolve
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "model.safetensors"
-    expect(p, ("model_file",), "an ASR model file", "pass the model.safetensors of `speakerforge asr train`")
-    state, meta = load_model_file(p)
-    if meta.get("kind") != "asr":
+    hint = "pass the model.safetensors of `speakerforge asr train`"
+    res = resolve(path, kinds=("experiment", "model_file"), wanted="an ASR model file", hint=hint)
+    p, meta = res.file, res.meta
+    if res.task != "asr":
         raise CheckpointError(f"{p}: not an ASR model file (written by `speakerforge asr train`)")
     if meta.get("model") != "funasr":
         raise CheckpointError(
             f"{p}: a model of the small ASR architecture of earlier speakerforge releases, now retired; retrain it "
             "as FunASR's network (configs/asr-funasr-small-seaco.yaml)"
         )
-    return state, meta, p
+    return res.weights, meta, p
 
 
 def load_funasr(path: str | Path) -> FunasrModel:

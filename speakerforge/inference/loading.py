@@ -12,8 +12,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from speakerforge.artifacts import backbone_prefix, expect, list_checkpoints
-from speakerforge.checkpoint_io import load_state
+from speakerforge.artifacts import MODEL_KINDS, Resolved, resolve
 from speakerforge.errors import CheckpointError
 from speakerforge.inference.backends import FEATURE_DEFAULTS, OnnxBackend, TorchBackend, feature_settings
 
@@ -38,14 +37,25 @@ def open_model(path: str | Path, device: str, optimize: bool, threads: int | Non
     """The backend and facts of the model at `path` (the arguments of `speakerforge.inference.load_model`)."""
     if not Path(path).exists():
         raise CheckpointError(f"{path}: model not found (expected {_LOADABLE})")
-    art = expect(path, ("experiment", "onnx", "checkpoint", "model_file"), _LOADABLE, _FOREIGN_HINT)
-    if art.kind == "experiment":
-        return _load_experiment(art.path, device, optimize)
-    if art.kind == "onnx":
-        return _load_onnx(art.path, threads)
-    if art.kind == "checkpoint":
-        return _load_checkpoint(art.path, device, optimize)
-    return _load_model_file(art.path, device, optimize)
+    res = resolve(path, kinds=MODEL_KINDS, wanted=_LOADABLE, hint=_FOREIGN_HINT)
+    if res.kind == "onnx":
+        return _load_onnx(res.file, threads)
+    if res.task == "asr":
+        raise CheckpointError(f"{res.file}: an ASR model; use `speakerforge asr decode`")
+    model, meta = _build(res)
+    dim = int(getattr(model, "embedding_dim", 0) or meta.get("embedding_dim") or 0)
+    if dim <= 0:
+        raise CheckpointError(f"{res.origin}: the model does not state its embedding dimension")
+    model.eval()
+    if optimize:
+        from speakerforge.models.fuse import optimize_for_inference
+
+        model = optimize_for_inference(model, inplace=True)
+    dev = torch.device(device)
+    model.to(dev).requires_grad_(False)
+    features = feature_settings(meta.get("features"))
+    log.info("loaded %s (%s, %d-d) from %s", meta["model"]["name"], res.kind, dim, res.origin)
+    return LoadedModel(TorchBackend(model, features, dev), dim, features, meta, str(res.file), res.kind)
 
 
 _LOADABLE = "an experiment folder, a speakerforge checkpoint, a speakerforge model file or an ONNX model"
@@ -55,112 +65,34 @@ _FOREIGN_HINT = (
 )
 
 
-def _finish_torch(
-    model: nn.Module,
-    meta: dict[str, Any],
-    features: dict[str, Any] | None,
-    source: str,
-    kind: str,
-    device: str,
-    optimize: bool,
-) -> LoadedModel:
-    from speakerforge.models.fuse import optimize_for_inference
-
-    model.eval()
-    if optimize:
-        model = optimize_for_inference(model, inplace=True)
-    dev = torch.device(device)
-    model.to(dev)
-    model.requires_grad_(False)
-    dim = int(getattr(model, "embedding_dim", 0) or meta.get("embedding_dim") or 0)
-    if dim <= 0:
-        raise CheckpointError(f"{source}: the model does not state its embedding dimension")
-    log.info("loaded %s (%s, %d-d) from %s", meta.get("model", {}).get("name", "?"), kind, dim, source)
-    return LoadedModel(
-        TorchBackend(model, feature_settings(features), dev), dim, feature_settings(features), meta, source, kind
+def _build(res: Resolved) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone a resolved model file or checkpoint describes, loaded strictly; (model, meta)."""
+    from speakerforge.models.modelfile import (
+        build_checked_model,
+        build_embedding_model,
+        check_declared_size,
+        load_strict,
     )
 
-
-def _load_model_file(path: Path, device: str, optimize: bool) -> LoadedModel:
-    from speakerforge.models.modelfile import load_embedding_model
-
-    model, meta, _extras = load_embedding_model(path)
-    if not meta.get("features"):
-        log.warning("%s states no feature settings; using %s", path, FEATURE_DEFAULTS)
-    return _finish_torch(model, meta, meta.get("features"), str(path), "model_file", device, optimize)
-
-
-def _read_config(path: Path) -> dict[str, Any]:
-
-    if not path.is_file():
+    if res.kind == "model_file":
+        if not res.meta.get("features"):
+            log.warning("%s states no feature settings; using %s", res.file, FEATURE_DEFAULTS)
+        return build_embedding_model(res.weights, res.meta, res.origin)
+    cfg_path = res.file.parent.parent / "config.yaml"
+    if "model" not in res.meta:
         raise CheckpointError(
-            f"{path}: not found; a checkpoint is rebuilt from its run's config.yaml "
+            f"{cfg_path}: not found; a checkpoint is rebuilt from its run's config.yaml "
             "(two folders up), or pass the model.safetensors file"
         )
-    from speakerforge.config import bounded_yaml
-    from speakerforge.errors import ConfigError
-
-    try:
-        cfg = bounded_yaml(path.read_text(), str(path)) or {}
-    except ConfigError as exc:
-        raise CheckpointError(f"unreadable config: {exc}") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "name" not in cfg["model"]:
-        raise CheckpointError(f"{path}: no `model: {{name, args}}` section")
-    return cfg
-
-
-def _checkpoint_backbone(state: dict[str, Any], origin: str) -> dict[str, torch.Tensor]:
-    """The embedding network's weights in a training state: `backbone.*`, or a self-supervised run's teacher
-    (`artifacts.backbone_prefix`)."""
-    weights = state.get("model")
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"{origin}: checkpoint holds no model weights")
-    prefix = backbone_prefix(weights, None, origin)
-    found = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-    if not found:
-        raise CheckpointError(f"{origin}: no `backbone.*` weights in this checkpoint")
-    return found
-
-
-def _load_checkpoint(path: Path, device: str, optimize: bool, cfg_path: Path | None = None) -> LoadedModel:
-    from speakerforge.models.modelfile import build_checked_model, check_declared_size, load_strict
-
-    cfg_path = cfg_path or path.parent.parent / "config.yaml"
-    cfg = _read_config(cfg_path)
-    weights = _checkpoint_backbone(load_state(path), str(path))
-    spec = cfg["model"]
-    if not isinstance(spec.get("args") or {}, dict):
+    spec = res.meta["model"]
+    args = spec.get("args") or {}
+    if not isinstance(args, dict):
         raise CheckpointError(f"{cfg_path}: model.args must be a mapping, got {spec.get('args')!r:.80}")
-    check_declared_size(spec["name"], spec.get("args") or {}, weights, str(path))
-    model = build_checked_model(spec["name"], spec.get("args") or {}, where=f"{cfg_path}: model.args")
-    load_strict(model, weights, str(path))
-    meta: dict[str, Any] = {
-        "model": {"name": spec["name"], "args": spec.get("args") or {}},
-        "features": cfg.get("features") or {},
-        "embedding_dim": getattr(model, "embedding_dim", 0),
-        "config": str(cfg_path),
-    }
-    return _finish_torch(model, meta, meta["features"], str(path), "checkpoint", device, optimize)
-
-
-def _load_experiment(folder: Path, device: str, optimize: bool) -> LoadedModel:
-    model_file = folder / "model.safetensors"
-    if model_file.is_file():
-        return _load_model_file(model_file, device, optimize)
-    found = list_checkpoints(folder)
-    if not found:
-        raise CheckpointError(
-            f"{folder}: no model here: expected an experiment folder with model.safetensors or "
-            "checkpoints/ckpt-*.pt, a model file or an .onnx file"
-        )
-    reasons = []
-    for _step, ckpt in found:
-        try:
-            return _load_checkpoint(ckpt, device, optimize, folder / "config.yaml")
-        except CheckpointError as exc:
-            log.warning("skipping checkpoint %s: %s", ckpt, exc)
-            reasons.append(str(exc))
-    raise CheckpointError(f"{folder}: none of its {len(found)} checkpoints could be loaded (newest: {reasons[0]})")
+    check_declared_size(spec["name"], args, res.weights, res.origin)
+    model = build_checked_model(spec["name"], args, where=f"{cfg_path}: model.args")
+    load_strict(model, res.weights, res.origin)
+    meta = {**res.meta, "model": {"name": spec["name"], "args": args}, "embedding_dim": model.embedding_dim}
+    return model, meta
 
 
 def _load_onnx(path: Path, threads: int | None) -> LoadedModel:

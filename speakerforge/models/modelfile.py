@@ -12,13 +12,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from speakerforge.artifacts import BACKBONE
 from speakerforge.checkpoint_io import load_model_file, save_model_file
 from speakerforge.config import FeatureConfig, ModelConfig, check_values, from_dict
 from speakerforge.errors import CheckpointError, ConfigError, SpeakerforgeError
 from speakerforge.models.registry import build_model
 
 FORMAT = "speakerforge-model-1"
-BACKBONE = "backbone."
 
 
 def save_embedding_model(
@@ -44,24 +44,30 @@ def save_embedding_model(
 
 
 def load_embedding_model(path: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
-    """Rebuild the backbone from a model file and load its weights strictly: (model in eval mode, meta, extras).
-
-    The metadata is checked with the config's typed schema and ranges, and the network it describes is first built
-    on the meta device (no memory) and compared with the tensors in the file: a header claiming 200,000 channels
-    is refused before anything is allocated."""
+    """Rebuild the backbone from a model file and load its weights strictly: (model in eval mode, meta, extras)."""
     state, meta = load_model_file(path)
-    meta = check_model_meta(meta, str(path))
-    spec = meta["model"]
     weights = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
     extras = {k: v for k, v in state.items() if not k.startswith(BACKBONE)}
-    try:
-        check_declared_size(spec["name"], spec["args"], weights, str(path))
-        model = build_checked_model(spec["name"], spec["args"], where=f"{path}: metadata model.args")
-    except ConfigError as exc:  # e.g. an unknown model name: say which file states it
-        raise CheckpointError(str(exc) if str(path) in str(exc) else f"{path}: metadata: {exc}") from None
-    load_strict(model, weights, str(path))
-    model.eval()
+    model, meta = build_embedding_model(weights, meta, str(path))
     return model, meta, extras
+
+
+def build_embedding_model(weights: dict[str, torch.Tensor], meta: Any, origin: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone that `meta` (a model file's metadata) describes, with `weights` loaded strictly, in eval mode.
+
+    The metadata is checked with the config's typed schema and ranges, and the network it describes is first built
+    on the meta device (no memory) and compared with the tensors: a header claiming 200,000 channels is refused
+    before anything is allocated."""
+    meta = check_model_meta(meta, origin)
+    spec = meta["model"]
+    try:
+        check_declared_size(spec["name"], spec["args"], weights, origin)
+        model = build_checked_model(spec["name"], spec["args"], where=f"{origin}: metadata model.args")
+    except ConfigError as exc:  # e.g. an unknown model name: say which file states it
+        raise CheckpointError(str(exc) if origin in str(exc) else f"{origin}: metadata: {exc}") from None
+    load_strict(model, weights, origin)
+    model.eval()
+    return model, meta
 
 
 def check_model_meta(meta: Any, origin: str) -> dict[str, Any]:

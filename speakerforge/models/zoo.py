@@ -6,7 +6,7 @@ WeSpeaker rows are its hub (`wespeaker/cli/hub.py`) and `docs/pretrained.md`; ea
 `avg_model.pt` and `config.yaml`, and the id is the archive's name under `wespeaker/` (hub names are aliases).
 
 `find(model_id)` gives a row (a `ZooError` naming the nearest ids otherwise); `fitting(state_dict, source)` the rows
-whose architecture the checkpoint's tensors fit, and `resolve(...)` the one to convert with: the given id (refusing a
+whose architecture the checkpoint's tensors fit, and `identify(...)` the one to convert with: the given id (refusing a
 checkpoint that does not fit it, with the first mismatching key and the id that would fit), or, without an id, the
 only architecture that fits. Fitting is decided on meta-device models: no weights are allocated.
 """
@@ -28,7 +28,7 @@ from speakerforge.models.registry import build_model
 if TYPE_CHECKING:
     from speakerforge.config import ModelConfig
 
-__all__ = ["ZooEntry", "ZOO", "find", "fitting", "resolve", "first_mismatch", "convert_checkpoint"]
+__all__ = ["ZooEntry", "ZOO", "find", "fitting", "identify", "first_mismatch", "convert_checkpoint"]
 
 # Both toolkits' fbank: Kaldi-compatible, 80 bins, 25/10 ms, mean-normalised per utterance.
 FBANK80 = FeatureSpec(num_mel_bins=80, mean_norm=True).to_meta()
@@ -227,7 +227,7 @@ def fitting(state_dict: Mapping[str, object], source: str | None = None) -> list
     return out
 
 
-def resolve(
+def identify(
     state_dict: Mapping[str, object],
     model_id: str | None,
     source: str | None = None,
@@ -315,7 +315,7 @@ def convert_checkpoint(
 
     The model is `arch` (+ `model_args`) with `source`, or `model_id`'s row of the table, or without either the one
     row whose architecture the tensors fit. Flags and model arguments are checked before the file is read."""
-    from speakerforge.checkpoint_io import safe_torch_load
+    from speakerforge.artifacts import FOREIGN_KINDS, resolve
     from speakerforge.config import ModelConfig, from_dict
     from speakerforge.models.convert import split_checkpoint
     from speakerforge.models.modelfile import save_embedding_model
@@ -323,9 +323,9 @@ def convert_checkpoint(
     args = dict(model_args or {})
     spec = _check_convert_flags(source, arch, model_id, args)
     entry = find(model_id) if model_id is not None else None
-    state = safe_torch_load(str(src), name=str(src))
+    state = resolve(src, kinds=FOREIGN_KINDS, wanted="a 3D-Speaker or WeSpeaker checkpoint").raw
     if spec is None:
-        entry = resolve(state, model_id, source, args)
+        entry = identify(state, model_id, source, args)
         spec = from_dict(ModelConfig, {"name": entry.arch, "args": {**entry.args, **args}}, "--set", "model.")
     from_source = entry.source if entry is not None else str(source)
     model = build_model(spec.name, **spec.args)

@@ -16,10 +16,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from speakerforge.artifacts import backbone_prefix, list_checkpoints, sniff
-from speakerforge.checkpoint_io import load_model_file, load_state, safe_torch_load
+from speakerforge.artifacts import FOREIGN_KINDS, Resolved, resolve, sniff
 from speakerforge.errors import CheckpointError, ConfigError
-from speakerforge.models.modelfile import BACKBONE, check_model_meta, load_strict
+from speakerforge.models.modelfile import check_model_meta, load_strict
 
 log = logging.getLogger(__name__)
 
@@ -54,114 +53,47 @@ def read_init(
     if not p.exists():
         raise CheckpointError(f"{src}: --init source not found")
     art = sniff(p)
+    if model_id is not None and art.kind not in FOREIGN_KINDS:
+        raise CheckpointError(f"{src}: {art.describe()}; --model-id is for 3D-Speaker / WeSpeaker checkpoints")
+    if fmt in ("3dspeaker", "wespeaker") and art.kind not in FOREIGN_KINDS:
+        raise CheckpointError(f"{src}: {art.describe()}, not a {fmt} checkpoint; {_FORMAT_HINT[art.kind in _OURS]}")
+    if art.kind not in _OURS + FOREIGN_KINDS:
+        raise CheckpointError(
+            f"{src}: {art.describe()}, not a speakerforge checkpoint or model file; pass a speakerforge file"
+        )
+    res = resolve(p, part)
     if model_id is not None:
-        if art.kind not in _FOREIGN_KINDS:
-            raise CheckpointError(f"{src}: {art.describe()}; --model-id is for 3D-Speaker / WeSpeaker checkpoints")
-        return _read_released(p, model_id, None if fmt == "auto" else fmt, model_args or {})
-    if fmt in ("3dspeaker", "wespeaker"):
-        if art.kind not in _FOREIGN_KINDS:
-            raise CheckpointError(f"{src}: {art.describe()}, not a {fmt} checkpoint; {_FORMAT_HINT[art.kind in _OURS]}")
-        return _read_foreign(p, fmt)
-    if art.kind == "experiment":
-        return _read_experiment(p, part)
-    if art.kind == "checkpoint":
-        return _from_training_state(load_state(p), str(p), part)
-    if art.kind == "model_file":
-        return _from_model_file(p)
-    if art.kind in _FOREIGN_KINDS and fmt == "auto":
-        return _read_foreign(p, "auto")  # 3D-Speaker or WeSpeaker: told by its keys against the model (apply_init)
-    hint = _FORMAT_HINT[False] if art.kind in _FOREIGN_KINDS else "pass a speakerforge file"
-    raise CheckpointError(f"{src}: {art.describe()}, not a speakerforge checkpoint or model file; {hint}")
+        return _read_released(res, model_id, None if fmt == "auto" else fmt, model_args or {})
+    if res.task == "asr":
+        raise CheckpointError(f"{res.file}: an ASR model; `finetune --init` takes a speaker model")
+    if res.kind in FOREIGN_KINDS:  # 3D-Speaker or WeSpeaker: told by its keys against the model (apply_init)
+        if not res.weights:
+            raise CheckpointError(f"{src}: expected a state dict of tensors")
+        return InitWeights(res.weights, str(p), notes=[f"format {fmt}"], layout=fmt)
+    if res.kind == "model_file":
+        res.meta = check_model_meta(res.meta, str(res.file))  # typed and in range, as for extract and verify
+    spec = res.meta.get("model")
+    return InitWeights(res.weights, res.origin, spec, res.classifier, res.meta.get("speakers"))
 
 
 _OURS = ("experiment", "checkpoint", "model_file")
-_FOREIGN_KINDS = ("torch_zip", "torch_pickle")
 _FORMAT_HINT = {
     True: "drop --init-format (speakerforge files are recognised by their content)",
     False: "for 3D-Speaker or WeSpeaker weights pass --init-format 3dspeaker|wespeaker (and the model in the config)",
 }
 
 
-def _read_experiment(folder: Path, part: str | None) -> InitWeights:
-    model_file = folder / "model.safetensors"
-    # a self-supervised run's model file holds its teacher: the default part (`artifacts.backbone_prefix`)
-    if model_file.is_file() and (part is None or (part == "teacher" and _is_pretrain_run(folder))):
-        weights = _from_model_file(model_file)
-        if _is_pretrain_run(folder):
-            log.info("%s: a self-supervised run; using its teacher backbone (%s)", folder, model_file.name)
-            weights.origin += " (teacher backbone)"  # every log line about the load says which backbone it took
-        return weights
-    reasons = []
-    for _step, path in list_checkpoints(folder):
-        try:
-            return _from_training_state(load_state(path), str(path), part, folder)
-        except CheckpointError as exc:
-            log.warning("skipping %s: %s", path, exc)
-            reasons.append(str(exc))
-    why = f" (newest: {reasons[0]})" if reasons else ""
-    raise CheckpointError(f"{folder}: no model.safetensors and no readable checkpoint in {folder / 'checkpoints'}{why}")
-
-
-def _is_pretrain_run(folder: Path) -> bool:
-    import json
-
-    try:
-        return json.loads((folder / "run.json").read_text()).get("command") == "pretrain"
-    except (OSError, ValueError):
-        return False
-
-
-def _from_model_file(path: Path) -> InitWeights:
-    state, meta = load_model_file(path)
-    meta = check_model_meta(meta, str(path))  # typed and in range, as for extract and verify
-    backbone = {k[len(BACKBONE) :]: v for k, v in state.items() if k.startswith(BACKBONE)}
-    return InitWeights(backbone, str(path), meta.get("model"), state.get("classifier.weight"), meta.get("speakers"))
-
-
-def _from_training_state(
-    state: dict[str, Any], origin: str, part: str | None, folder: Path | None = None
-) -> InitWeights:
-    weights = state.get("model", {})
-    prefix = backbone_prefix(weights, part, origin)
-    part = None if prefix == BACKBONE else prefix.split(".")[0]
-    backbone = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-    if not backbone:
-        raise CheckpointError(f"{origin}: no weights under {prefix!r}")
-    spec = None
-    cfg_path = (folder or Path(origin).parent.parent) / "config.yaml"
-    if cfg_path.is_file():
-        import yaml
-
-        spec = (yaml.safe_load(cfg_path.read_text()) or {}).get("model")
-    classifier = weights.get("classifier.weight") if part is None else None
-    # the part is in the origin, so every log line about the load says which backbone it took
-    return InitWeights(backbone, f"{origin} ({part} backbone)" if part else origin, spec, classifier)
-
-
-def _read_foreign(path: Path, fmt: str) -> InitWeights:
-    obj = safe_torch_load(str(path))
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "embedding_model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors")
-    return InitWeights(dict(obj), str(path), None, None, None, notes=[f"format {fmt}"], layout=fmt)
-
-
-def _read_released(path: Path, model_id: str, source: str | None, model_args: dict[str, Any]) -> InitWeights:
+def _read_released(res: Resolved, model_id: str, source: str | None, model_args: dict[str, Any]) -> InitWeights:
     """A released checkpoint, checked against and converted into `model_id`'s architecture (our key names)."""
     from speakerforge.models.convert import split_checkpoint
     from speakerforge.models.registry import build_model
-    from speakerforge.models.zoo import resolve
+    from speakerforge.models.zoo import identify
 
-    obj = safe_torch_load(str(path))
-    entry = resolve(obj, model_id, source, model_args)
+    entry = identify(res.raw, model_id, source, model_args)
     args = {**entry.args, **model_args}
-    converted = split_checkpoint(obj, entry.source, entry.arch, build_model(entry.arch, **args), entry.part)
+    converted = split_checkpoint(res.raw, entry.source, entry.arch, build_model(entry.arch, **args), entry.part)
     spec = {"name": entry.arch, "args": args}
-    return InitWeights(converted.backbone, str(path), spec, notes=[f"model id {entry.id}"])
+    return InitWeights(converted.backbone, res.origin, spec, notes=[f"model id {entry.id}"])
 
 
 _LAYOUT_NAMES = {"3dspeaker": "3D-Speaker", "wespeaker": "WeSpeaker"}
@@ -190,9 +122,9 @@ def detect_layout(weights: dict[str, torch.Tensor], arch: str, backbone: nn.Modu
         problems[layout] = found[0][:160]
     hint = ""
     try:
-        from speakerforge.models.zoo import resolve
+        from speakerforge.models.zoo import identify
 
-        released = resolve(weights, None).id
+        released = identify(weights, None).id
         hint = f"; it is the architecture of released model {released}: pass --model-id {released}"
     except (CheckpointError, ConfigError):
         pass
