@@ -290,7 +290,7 @@ def _checked_step(modules, optimizer, loss_fn, **kw) -> list:
     loss_fn().backward()
     assert chk.before_step()
     optimizer.step()
-    return chk.after_step()
+    return chk.after_step() + chk.finish()  # a one-step stage: tensors waiting for a gradient are judged at its end
 
 
 def _ce(model):
@@ -350,8 +350,58 @@ def test_integrity_check_catches_a_parameter_whose_gradient_is_exactly_zero():
     torch.manual_seed(0)
     model = UnusedBranch()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(IntegrityError, match=r"gradient is exactly zero.*model\.aux\.weight"):
+    with pytest.raises(IntegrityError, match=r"gradient exactly zero on each of its first 1 steps.*model\.aux\.weight"):
         _checked_step({"model": model}, optimizer, _ce(model))
+
+
+class LateBranch(Tiny):
+    """A branch that only some batches use: the first batch gives it an exactly-zero gradient (as one-token
+    hotwords give a SeACo LSTM's recurrent weights, which meet h0 = 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Linear(8, 5)
+        self.use_aux = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.backbone(x).mean(-1)
+        return self.head(h) + self.use_aux * self.aux(h)
+
+
+def _steps(chk, model, optimizer, uses: list[float]) -> None:
+    for use in uses:
+        model.use_aux = use
+        optimizer.zero_grad(set_to_none=True)
+        _ce(model)().backward()
+        chk.before_step()
+        optimizer.step()
+        chk.after_step()
+
+
+def test_an_exactly_zero_first_gradient_is_rejudged_on_the_next_steps(caplog):
+    torch.manual_seed(0)
+    model = LateBranch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    chk = UpdateIntegrityCheck({"model": model}, optimizer, recheck_steps=5)
+    with caplog.at_level(logging.INFO, logger="speakerforge.train.integrity"):
+        _steps(chk, model, optimizer, [0.0, 0.0, 1.0])
+    assert chk.done and chk.finish() == []
+    assert "re-judged over the next 5 steps: model.aux.weight, model.aux.bias" in caplog.text
+    assert "every tensor received a gradient by step 3" in caplog.text
+
+
+def test_a_branch_that_stays_at_zero_gradient_is_reported_after_the_recheck_steps():
+    torch.manual_seed(0)
+    model = LateBranch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    chk = UpdateIntegrityCheck({"model": model}, optimizer, recheck_steps=3)
+    _steps(chk, model, optimizer, [0.0, 0.0, 0.0])  # the first step and two re-judged: still waiting
+    assert not chk.done
+    with pytest.raises(IntegrityError, match=r"gradient exactly zero on each of its first 4 steps.*model\.aux\.bias"):
+        _steps(chk, model, optimizer, [0.0])
+    relaxed = UpdateIntegrityCheck({"model": model}, optimizer, recheck_steps=2, allow_dead=True)
+    _steps(relaxed, model, optimizer, [0.0, 0.0])
+    assert [v.name for v in relaxed.finish()] == ["model.aux.weight", "model.aux.bias"]
 
 
 def test_integrity_check_catches_a_parameter_the_loss_never_reaches(model):

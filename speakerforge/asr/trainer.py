@@ -284,9 +284,7 @@ class AsrTrainer(TrainingRun):
         if self.funasr_model.model.predictor.upsample_type is not None:
             # CifPredictorV3's timestamp branch: no loss of SeACo training reaches it (nor FunASR's)
             ignore += [f"model.predictor.{m}" for m in ("upsample_cnn", "blstm", "cif_output2")]
-        # the hotword LSTM's recurrent weights meet h0 = 0 at a hotword's first token: a first batch whose hotwords
-        # are all one token long gives them exactly zero gradient, and the check judges that first step only
-        return [*ignore, "model.bias_encoder.weight_hh_l*"]
+        return ignore
 
     # ------------------------------------------------------------------------------------------------ steps
     def utterance_features(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -166,6 +166,8 @@ class Engine:
             self._run_epoch(module, run, progress, epoch)
             if self.env.is_main:  # and at each stage's end
                 self.metrics.plot(force=epoch + 1 == stage.epochs)
+        if run.check_integrity:
+            self.integrity.finish()  # tensors still waiting for a non-zero gradient at the stage's end
         return progress
 
     def _start_stage(

@@ -100,8 +100,11 @@ def _grad_problem(p: torch.Tensor) -> tuple[str, bool] | None:
     if not bool(torch.isfinite(g).all()):
         return "non-finite gradient", False
     if not bool(g.any()):
-        return "gradient is exactly zero (an unused branch, or one multiplied by zero)", True
+        return _ZERO_GRADIENT, True
     return None
+
+
+_ZERO_GRADIENT = "gradient is exactly zero (an unused branch, or one multiplied by zero)"
 
 
 class UpdateIntegrityCheck:
@@ -118,7 +121,10 @@ class UpdateIntegrityCheck:
     Reported, naming each tensor:
     - a trainable tensor (requires_grad) with no gradient, a gradient that is exactly zero, or a non-finite one. An
       exactly-zero gradient is precisely what we want to catch: a branch the forward never uses (or multiplies by
-      zero) trains nothing while looking trainable;
+      zero) trains nothing while looking trainable. But it can also be the first batch's doing (an LSTM's recurrent
+      weights meet h0 = 0 when every sequence of the batch is one step long), so such a tensor is re-judged over the
+      next `recheck_steps` steps (and at most to the stage's end, `finish()`): it passes once it gets a non-zero
+      gradient, and is reported only if it never does;
     - a trainable tensor the optimizer does not hold, or that it holds with a usable gradient but did not change;
     - a frozen tensor that changed (weight decay or momentum reaching it through a stale optimizer);
     - a running statistic of a BatchNorm pinned by `apply_freeze` that changed;
@@ -138,8 +144,12 @@ class UpdateIntegrityCheck:
         *,
         allow_dead: bool = False,
         ignore: PatternSpec = None,
+        recheck_steps: int = 50,
     ) -> None:
         self.modules = dict(modules)
+        self.recheck_steps = recheck_steps
+        self._pending: dict[int, str] = {}  # exactly-zero first-step gradients, re-judged on the next steps
+        self._watched = 0
         self.optimizer = optimizer
         self.allow_dead = allow_dead
         self.done = False
@@ -172,6 +182,9 @@ class UpdateIntegrityCheck:
     def before_step(self) -> bool:
         """Snapshot parameters and the health of their gradients; returns whether the check is armed."""
         if self.done:
+            return False
+        if self._pending:
+            self._watch()
             return False
         trainable_ids = {id(p) for _, p in self._named if p.requires_grad}
         if any(g["lr"] == 0 and any(id(p) in trainable_ids for p in g["params"]) for g in self.optimizer.param_groups):
@@ -206,12 +219,18 @@ class UpdateIntegrityCheck:
         if step_skipped:
             self._param_snap = {}
             return []
-        self.done = True
         violations = self._collect()
+        self.done = not self._pending
         self._param_snap, self._grad_problems, self._grad_max, self._state_snap = {}, {}, {}, {}
-        self.violations = violations
         if self.warnings:
             log.warning("update-integrity check: %s", "; ".join(self.warnings))
+        if self._pending and not violations:
+            log.info(
+                "update-integrity check: exactly zero first-step gradient, re-judged over the next %d steps: %s",
+                self.recheck_steps,
+                _abbrev(list(self._pending.values())),
+            )
+            return []
         if not violations:
             log.info(
                 "update-integrity check passed: %d trainable tensors received gradients and changed; frozen "
@@ -220,10 +239,39 @@ class UpdateIntegrityCheck:
                 len(self._bn_snap),
             )
             return []
+        return self._report(violations)
+
+    def _watch(self) -> None:
+        """One more step for the tensors whose first-step gradient was exactly zero: those with a non-zero one now
+        pass; after `recheck_steps` steps the rest are reported."""
+        by_id = {id(p): p for _, p in self._named}
+        for key in list(self._pending):
+            g = by_id[key].grad
+            if g is not None and bool(g.any()) and bool(torch.isfinite(g).all()):
+                del self._pending[key]
+        self._watched += 1
+        if not self._pending:
+            self.done = True
+            log.info("update-integrity check passed: every tensor received a gradient by step %d", self._watched + 1)
+        elif self._watched >= self.recheck_steps:
+            self.finish()
+
+    def finish(self) -> list[Violation]:
+        """The verdict on tensors still waiting for a non-zero gradient (call at the stage's end): dead tensors."""
+        if self.done or not self._pending:
+            return []
+        self.done = True
+        steps = self._watched + 1
+        problem = f"gradient exactly zero on each of its first {steps} steps (an unused branch, or one multiplied by 0)"
+        names, self._pending = list(self._pending.values()), {}
+        return self._report([Violation(name, problem, True) for name in names], f"after {steps} steps")
+
+    def _report(self, violations: list[Violation], when: str = "after the first optimizer step") -> list[Violation]:
+        self.violations = violations
         hard = [v for v in violations if not v.dead]
         if hard or not self.allow_dead:
-            raise IntegrityError(_format_violations(violations))
-        log.warning("%s", _format_violations(violations))
+            raise IntegrityError(_format_violations(violations, when))
+        log.warning("%s", _format_violations(violations, when))
         return violations
 
     def _step_in_ulps(self, p: torch.Tensor) -> float | None:
@@ -284,7 +332,9 @@ class UpdateIntegrityCheck:
                     frozen_in_optimizer.append(name)
                 continue
             problem = self._grad_problems.get(id(p))
-            if problem is not None:
+            if problem is not None and problem[0] == _ZERO_GRADIENT:
+                self._pending[id(p)] = name  # perhaps the first batch's doing: re-judged on the next steps
+            elif problem is not None:
                 out.append(Violation(name, problem[0], problem[1]))
             if id(p) not in held:
                 out.append(Violation(name, "trainable but not held by the optimizer", True))
@@ -362,7 +412,7 @@ def _abbrev(names: Sequence[str], limit: int = 20) -> str:
     return head + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _format_violations(violations: Sequence[Violation]) -> str:
+def _format_violations(violations: Sequence[Violation], when: str) -> str:
     by_problem: dict[str, list[str]] = {}
     for v in violations:
         by_problem.setdefault(v.problem, []).append(v.name)
@@ -373,5 +423,5 @@ def _format_violations(violations: Sequence[Violation]) -> str:
             "; freeze the tensors that should not train, or pass --allow-dead-params (train.allow_dead_params) to "
             "continue with a warning"
         )
-    head = f"update-integrity check failed after the first optimizer step ({len(violations)} problems): "
+    head = f"update-integrity check failed {when} ({len(violations)} problems): "
     return head + "; ".join(parts) + advice
