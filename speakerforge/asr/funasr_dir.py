@@ -128,13 +128,14 @@ class FunasrTokens:
         return out.strip()
 
 
-def read_hotword_list(spec: str | Path) -> list[str]:
-    """FunASR's hotword input: a file path (one hotword per line) or a string of space-separated hotwords."""
+def read_hotword_list(spec: str | Path, file_only: bool = False) -> list[str]:
+    """FunASR's hotword input: a file path (one hotword per line, blank lines dropped) or, unless `file_only`, a
+    string of space-separated hotwords. Duplicates are kept, as FunASR keeps them (each is a row of the bias list)."""
     p = Path(spec)
     if p.is_file():
         return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if str(spec).endswith(".txt"):
-        raise DataError(f"{spec}: hotword file not found")
+    if file_only or str(spec).endswith(".txt"):
+        raise DataError(f"{spec}: hotword list not found")
     return str(spec).split()
 
 

@@ -61,10 +61,11 @@ def compute_cmvn(frontend_conf: dict[str, Any], waves: Iterable[Tensor]) -> Tens
 
 
 def new_funasr_model(
-    config: dict[str, Any], texts: list[str], waves: Iterable[Tensor], bpe_size: int, where: str = "model.args"
+    config: dict[str, Any], texts: list[str], cmvn: Tensor | Iterable[Tensor], bpe_size: int, where: str = "model.args"
 ) -> FunasrModel:
     """A randomly initialised FunASR model of `config` (FunASR's `config.yaml` structure), with tokens learnt from
-    `texts` and CMVN from `waves`; SeACo's `model_conf.NO_BIAS` (and `sos`/`eos`) point at the new tokens."""
+    `texts` and `cmvn` (or the CMVN of these waveforms); SeACo's `model_conf.NO_BIAS` (and `sos`/`eos`) point at the
+    new tokens."""
     if not isinstance(config, dict) or not config.get("model"):
         raise ConfigError(f"{where}: a FunASR config.yaml (model, model_conf, encoder_conf, ...) for a new model")
     cfg = copy.deepcopy(config)
@@ -76,7 +77,8 @@ def new_funasr_model(
         mc["NO_BIAS"] = tokens.index[NO_BIAS]
     cfg["tokenizer"] = "CharTokenizer"
     cfg["tokenizer_conf"] = {"unk_symbol": UNK, "split_with_space": True}
-    cmvn = compute_cmvn(cfg.get("frontend_conf") or {}, waves)
+    if not isinstance(cmvn, Tensor):
+        cmvn = compute_cmvn(cfg.get("frontend_conf") or {}, cmvn)
     fm = FunasrModel.build(cfg, tokens.tokens, cmvn, tokens.seg_dict, bpe_model=tokens.splitter.model_proto)
     fm.model.train()
     return fm

@@ -22,7 +22,6 @@ from speakerforge.asr.decoding import Decoding
 from speakerforge.asr.funasr_dir import load_funasr, read_hotword_list
 from speakerforge.asr.metrics import AsrScores, format_table
 from speakerforge.data.audio import load_audio
-from speakerforge.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +44,8 @@ def decode(
 
 
 def read_hotwords(path: str | Path) -> list[str]:
-    """One hotword per line; blank lines and duplicates dropped (order kept)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: hotword list not found")
-    return list(dict.fromkeys(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()))
+    """A hotword list file for scoring: its words once each, in order (a repeated word would count twice)."""
+    return list(dict.fromkeys(read_hotword_list(path, file_only=True)))
 
 
 def evaluate(

@@ -40,7 +40,7 @@ from speakerforge.asr.funasr_dir import FunasrModel
 from speakerforge.asr.paraformer import ASR_PART
 from speakerforge.asr.paraformer import SeacoParaformer as FunasrSeaco
 from speakerforge.config import Config, from_dict, to_dict
-from speakerforge.errors import CheckpointError, ConfigError
+from speakerforge.errors import CheckpointError, ConfigError, SpeakerforgeError
 from speakerforge.train import freezing
 from speakerforge.train.checkpoint import seed_everything
 from speakerforge.train.engine import RunOptions, TrainingRun
@@ -230,13 +230,12 @@ class AsrTrainer(TrainingRun):
         """The new FunASR model of `model.args`: BPE pieces of the transcripts, CMVN of the training audio (a
         function of the data alone, so a resumed run makes the same)."""
         from speakerforge.asr.funasr_new import new_funasr_model
-        from speakerforge.data.audio import load_audio
 
         utts = [u for s in self.sources for u in s.utts]
-        waves = (torch.from_numpy(load_audio(u.path, u.start, u.end)) for u in utts)
         assert self.new_funasr is not None
+        cmvn = self._training_cmvn(self.new_funasr.get("frontend_conf") or {}, utts)
         seed_everything(self.cfg.train.seed)  # the initial weights depend on the seed only
-        fm = new_funasr_model(self.new_funasr, texts, waves, self.asr.bpe_size)
+        fm = new_funasr_model(self.new_funasr, texts, cmvn, self.asr.bpe_size)
         log.info(
             "new FunASR %s: %d tokens (BPE of at most %d pieces, both seg_dict forms), am.mvn of %d utterances",
             fm.config["model"],
@@ -245,6 +244,32 @@ class AsrTrainer(TrainingRun):
             len(utts),
         )
         return fm
+
+    def _training_cmvn(self, frontend_conf: dict[str, Any], utts: list) -> torch.Tensor:
+        """am.mvn of the training audio. It takes a pass over every utterance, so the first start writes it to the
+        run folder (`am-mvn.safetensors`, keyed by the utterances and the frontend) and a resume reads it back."""
+        import hashlib
+        import json
+
+        from speakerforge.asr.funasr_new import compute_cmvn
+        from speakerforge.checkpoint_io import load_model_file, save_model_file
+        from speakerforge.data.audio import load_audio
+
+        rows = [(u.path, u.start, u.end) for u in utts]
+        key = hashlib.sha256(json.dumps([frontend_conf, rows], sort_keys=True, default=str).encode()).hexdigest()
+        path = self.exp / "am-mvn.safetensors"
+        if path.is_file():
+            try:
+                state, meta = load_model_file(path)
+                if meta.get("key") == key and "cmvn" in state:
+                    log.info("am.mvn of the training audio read from %s", path)
+                    return state["cmvn"]
+            except SpeakerforgeError as exc:
+                log.warning("recomputing am.mvn: %s", exc)
+        cmvn = compute_cmvn(frontend_conf, (torch.from_numpy(load_audio(*row)) for row in rows))
+        if self.env.is_main:
+            save_model_file(path, {"cmvn": cmvn}, {"key": key, "utterances": len(rows)})
+        return cmvn
 
     def build_module(self) -> nn.Module:
         module = self.funasr_model.model

@@ -115,6 +115,8 @@ def test_killed_in_each_stage_then_resumed_ends_with_the_same_weights(tmp_path):
     assert_same_weights(model_weights(straight.parent), model_weights(resumed.parent))
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert "resum" in log.lower()
+    # the new model's am.mvn (a pass over all training audio) was computed once and read back on both resumes
+    assert log.count("am.mvn of the training audio read from") == 2
 
 
 def test_init_from_an_experiment_starts_from_its_weights(tmp_path):
