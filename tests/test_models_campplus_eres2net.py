@@ -153,6 +153,22 @@ def test_optimize_for_inference_keeps_embeddings_and_folds_batchnorms(name, kwar
     assert n_bn(model) > 0 and all(p.requires_grad for p in model.parameters())
 
 
+def test_an_optimized_2d_model_runs_a_large_batch_in_slices_with_the_same_rows():
+    from speakerforge.models.fuse import run_in_slices
+
+    fast = optimize_for_inference(randomize_batchnorm(_demo_eres2net()).eval())
+    assert (
+        fast.slice_frames == 1200
+        and optimize_for_inference(build_model("campplus")).__dict__.get("slice_frames") is None
+    )
+    calls = []
+    x = torch.randn(7, 500, 80)
+    whole = run_in_slices(lambda b: calls.append(len(b)) or fast._embed(b), x, 1200)
+    assert calls == [2, 2, 2, 1]  # 1200 frames: two 500-frame utterances a slice
+    with torch.no_grad():
+        assert (fast(x) - fast._embed(x)).abs().max() < 1e-5 and torch.equal(whole, fast(x))
+
+
 def test_optimized_eres2net_runs_channels_last():
     fast = optimize_for_inference(_demo_eres2net())
     assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)

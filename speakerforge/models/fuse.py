@@ -15,6 +15,10 @@
    instead. Where the op is missing, a gradient is needed, or a tracer/exporter runs, the standard operations are
    used (`is_tracing`).
 
+4. 2D-convolution models that set `inference_slice_frames` run a large batch in slices of about that many frames
+   (`run_in_slices`): their feature maps (64-128 channels x 80 bins x frames) outgrow the caches at batch 16, where
+   ERes2Net runs about 1.4x faster four utterances at a time than sixteen (CAM++, mostly 1D, does not: unset).
+
 `torch.compile` is not used. In torch 2.13 with freezing it fails on channels-last models with dynamic lengths (a
 stride assertion in the fused-convolution lowering); without freezing it works on ERes2Net (about 1.15x faster than
 this eager path at batch 1) but compiles for a minute and again for new input lengths.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -42,6 +47,7 @@ __all__ = [
     "fuse_conv_bn_act",
     "is_tracing",
     "bn_scale_shift",
+    "run_in_slices",
 ]
 
 log = logging.getLogger(__name__)
@@ -313,6 +319,8 @@ def optimize_for_inference(model: nn.Module, channels_last: bool | None = None, 
         if isinstance(module, nn.Sequential):
             fold_sequential_bns(module)
     model.requires_grad_(False)
+    if hasattr(model, "inference_slice_frames"):
+        model.slice_frames = int(model.inference_slice_frames)
     if channels_last is None:
         channels_last = bool(getattr(model, "channels_last_inference", False))
     if channels_last:
@@ -324,3 +332,11 @@ def optimize_for_inference(model: nn.Module, channels_last: bool | None = None, 
         channels_last,
     )
     return model
+
+
+def run_in_slices(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, frames: int) -> torch.Tensor:
+    """`forward(x)` for a `[B, T, F]` batch, run over slices of at most `frames` frames in all (at least one
+    utterance each) when that is smaller than the batch; the same output, row for row, in eval mode."""
+    if frames <= 0 or x.dim() != 3 or x.shape[0] * x.shape[1] <= frames or x.shape[0] == 1 or is_tracing():
+        return forward(x)
+    return torch.cat([forward(part) for part in x.split(max(1, frames // x.shape[1]))])
