@@ -342,7 +342,13 @@ def reference_for(entry: ZooEntry, small: bool = True) -> Ref:
         return Ref(sd, lambda x: net(x.clone()), m, load_back_eres)
     if entry.arch == "ecapa_tdnn":
         c = 64 if small else a["channels"]
-        ws = _wespeaker_ecapa_state(c, 80, emb, glob=True, emb_bn=False, seed=3)
+        emb_bn = bool(a.get("emb_bn"))  # the DINO teacher's
+        ws = _wespeaker_ecapa_state(c, 80, emb, glob=True, emb_bn=emb_bn, seed=3)
+        # the DINO teacher as average_dino_model.py saves it: the encoder and its projection head
+        dino = {
+            "projection_head.mlp.0.weight": torch.randn(16, emb),
+            "projection_head.last_layer.weight_v": torch.randn(8, 4),
+        }
 
         def load_back_ecapa(ours):
             back = to_wespeaker(ours, "ecapa_tdnn", _ours_model(entry, None, channels=c))
@@ -351,8 +357,8 @@ def reference_for(entry: ZooEntry, small: bool = True) -> Ref:
                 assert torch.allclose(v, ws[k]), k
 
         return Ref(
-            dict(ws),
-            lambda x: _wespeaker_ecapa_forward(ws, x, glob=True, emb_bn=False),
+            dict(ws) | (dino if "dino" in entry.id else {}),
+            lambda x: _wespeaker_ecapa_forward(ws, x, glob=True, emb_bn=emb_bn),
             {"channels": c} if small else {},
             load_back_ecapa,
         )

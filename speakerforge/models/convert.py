@@ -60,7 +60,9 @@ __all__ = [
 SOURCES = ("3dspeaker", "wespeaker")
 _NESTED = ("state_dict", "model_state_dict", "model", "embedding_model")
 _WRAPPER_PREFIXES = ("module.", "model.")
-_HEAD_PREFIXES = {"wespeaker": ("projection.",), "3dspeaker": ("classifier.",)}
+# Tensors set aside as the head: WeSpeaker's margin `projection.`, and the DINO projection head its
+# self-supervised teacher keeps (`voxceleb_ecapa512_dino`); 3D-Speaker's `classifier.`.
+_HEAD_PREFIXES = {"wespeaker": ("projection.", "projection_head."), "3dspeaker": ("classifier.",)}
 
 Tensors = dict[str, torch.Tensor]
 

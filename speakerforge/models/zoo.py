@@ -137,6 +137,16 @@ ZOO: tuple[ZooEntry, ...] = (
     ),
     _ws("voxceleb_ECAPA512", "ecapa_tdnn", 192, channels=512, variant="wespeaker", global_context=True),
     _ws("voxceleb_ECAPA512_LM", "ecapa_tdnn", 192, channels=512, variant="wespeaker", global_context=True),
+    _ws(
+        "voxceleb_ecapa512_dino",
+        "ecapa_tdnn",
+        192,
+        note="self-supervised (DINO): the averaged teacher; its projection_head is set aside",
+        channels=512,
+        variant="wespeaker",
+        global_context=True,
+        emb_bn=True,
+    ),
     _ws("voxceleb_ECAPA1024", "ecapa_tdnn", 192, channels=1024, variant="wespeaker", global_context=True),
     _ws("voxceleb_ECAPA1024_LM", "ecapa_tdnn", 192, channels=1024, variant="wespeaker", global_context=True),
     _ws(
