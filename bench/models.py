@@ -80,6 +80,11 @@ REFERENCES["eres2netv2"] = (
     {"feat_dim": 80, "embedding_size": 192, "baseWidth": 26, "scale": 2, "expansion": 2},
 )
 REFERENCES["res2net"] = ("speakerlab.models.res2net.Res2Net:Res2Net", {"feat_dim": 80, "embedding_size": 192})
+# WeSpeaker's Gemini DF-ResNet114 (voxceleb_gemini_dfresnet114_LM): the transcription in tests/test_model_zoo.py
+REFERENCES["gemini_dfresnet"] = (
+    "tests.test_model_zoo:WsGeminiDFResNet",
+    {"depths": (3, 3, 27, 3), "dims": (32, 32, 64, 128, 256), "embed_dim": 256},
+)
 
 
 def registry_cases() -> list[Case]:

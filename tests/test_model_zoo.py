@@ -202,6 +202,55 @@ class WsSimAMResNet(nn.Module):
         return self.bottleneck(self.pooling(self.front(x.permute(0, 2, 1).unsqueeze(1))))
 
 
+class WsInvertedBottleneck(nn.Module):
+    """`gemini_dfresnet.Inverted_Bottleneck(dim)`."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, 4 * dim, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4 * dim)
+        self.conv2 = nn.Conv2d(4 * dim, 4 * dim, kernel_size=3, padding=1, groups=4 * dim, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * dim)
+        self.conv3 = nn.Conv2d(4 * dim, dim, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + x)
+
+
+class WsGeminiDFResNet(nn.Module):
+    """`gemini_dfresnet.Gemini_DF_ResNet(depths, dims, feat_dim=80, embed_dim, 'TSTP', two_emb_layer=False)`."""
+
+    def __init__(self, depths, dims, embed_dim: int):
+        super().__init__()
+        self.downsample_layers = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(1, dims[0], 3, stride=1, padding=1, bias=False), nn.BatchNorm2d(dims[0]), nn.ReLU()
+                )
+            ]
+        )
+        for i, (sf, st) in enumerate(zip([2, 2, 2, 2], [1, 2, 1, 1])):
+            self.downsample_layers.append(
+                nn.Sequential(
+                    nn.Conv2d(dims[i], dims[i + 1], 3, stride=(sf, st), padding=1, bias=False),
+                    nn.BatchNorm2d(dims[i + 1]),
+                )
+            )
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[WsInvertedBottleneck(dims[i + 1]) for _ in range(depths[i])]) for i in range(4)
+        )
+        self.seg_1 = nn.Linear(int(80 / 8 / 2) * dims[-1] * 2, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.downsample_layers[0](x.permute(0, 2, 1).unsqueeze(1))
+        for i in range(4):
+            out = self.stages[i](self.downsample_layers[i + 1](out))
+        return self.seg_1(ws_tstp(out))
+
+
 def _ws_eres2net_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """3D-Speaker ERes2Net keys -> WeSpeaker's (`BasicBlockERes2Net_diff_AFF`: first split `conv2_1`/`bn2_1`)."""
     import re
@@ -313,6 +362,20 @@ def reference_for(entry: ZooEntry, small: bool = True) -> Ref:
 
         ckpt = {f"module.{k}": v for k, v in sd.items()} | {"module.projection.weight": torch.randn(5, emb)}
         return Ref(ckpt, lambda x: ref(x.clone()), {"m_channels": m} if small else {}, load_back)
+    if entry.arch == "gemini_dfresnet":
+        from speakerforge.models.dfresnet import DFRESNET_DEPTHS, DFRESNET_DIMS
+
+        depths, dims = ([1, 1, 2, 1], [4, 4, 8, 8, 16]) if small else (DFRESNET_DEPTHS[a["depth"]], DFRESNET_DIMS)
+        net = _randomize(WsGeminiDFResNet(depths, dims, emb))
+        sd = dict(net.state_dict())
+
+        def load_back_df(ours):
+            net.load_state_dict(to_wespeaker(ours, "gemini_dfresnet", None), strict=True)
+
+        sets = {"depths": depths, "dims": dims} if small else {}
+        return Ref(
+            {"model": sd, "projection.weight": torch.randn(5, emb)}, lambda x: net(x.clone()), sets, load_back_df
+        )
     if entry.arch == "campplus":
         cls = import_speakerlab("models.campplus.DTDNN").CAMPPlus
         tiny = dict(growth_rate=8, bn_size=2, init_channels=32) if small else {}
@@ -416,6 +479,7 @@ def test_every_row_converts_with_the_cli_alone_and_matches_its_reference(tmp_pat
 
 
 NEW_FAMILY_ROWS = [
+    "wespeaker/voxceleb_gemini_dfresnet114_LM",
     "iic/speech_eres2netv2_sv_zh-cn_16k-common",
     "iic/speech_res2net_sv_zh-cn_3dspeaker_16k",
     "wespeaker/voxblink2_samresnet34",
@@ -484,6 +548,7 @@ def test_every_row_builds_at_its_released_width_with_its_embedding_size():
 
 
 RELEASED_WIDTH_ROWS = [
+    "wespeaker/voxceleb_gemini_dfresnet114_LM",
     "iic/speech_eres2netv2_sv_zh-cn_16k-common",
     "iic/speech_eres2net_sv_zh-cn_16k-common",
     "iic/speech_res2net_sv_zh-cn_3dspeaker_16k",

@@ -23,6 +23,7 @@ FAMILY_ROWS = [
     "wespeaker/eres2net_cn_commom_200k",
     "wespeaker/voxceleb_ECAPA512",
     "wespeaker/voxceleb_CAM++",
+    "wespeaker/voxceleb_gemini_dfresnet114_LM",
 ]
 
 

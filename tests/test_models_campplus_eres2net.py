@@ -163,10 +163,10 @@ def test_an_optimized_2d_model_runs_a_large_batch_in_slices_with_the_same_rows()
     )
     calls = []
     x = torch.randn(7, 500, 80)
-    whole = run_in_slices(lambda b: calls.append(len(b)) or fast._embed(b), x, 1200)
+    whole = run_in_slices(lambda b: calls.append(len(b)) or fast.embed(b), x, 1200)
     assert calls == [2, 2, 2, 1]  # 1200 frames: two 500-frame utterances a slice
     with torch.no_grad():
-        assert (fast(x) - fast._embed(x)).abs().max() < 1e-5 and torch.equal(whole, fast(x))
+        assert (fast(x) - fast.embed(x)).abs().max() < 1e-5 and torch.equal(whole, fast(x))
 
 
 def test_optimized_eres2net_runs_channels_last():

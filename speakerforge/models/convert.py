@@ -85,8 +85,11 @@ def _family(arch: str) -> str:
         return "campplus"
     if a.startswith("eres2net") or a == "res2net":
         return "eres2net"
+    if a == "gemini_dfresnet":
+        return "dfresnet"
     raise ConfigError(
-        f"no checkpoint converter for arch {arch!r}; known: resnet*, ecapa_tdnn, campplus, eres2net*, res2net"
+        f"no checkpoint converter for arch {arch!r}; known: resnet*, ecapa_tdnn, campplus, eres2net*, res2net, "
+        "gemini_dfresnet"
     )
 
 
@@ -316,8 +319,10 @@ def _map_3dspeaker(state_dict: Tensors, family: str) -> Tensors:
         from speakerforge.models.ecapa import speakerlab_key_map
     elif family == "campplus":
         from speakerforge.models.campplus import speakerlab_key_map
-    else:
+    elif family == "eres2net":
         from speakerforge.models.eres2net import speakerlab_key_map
+    else:
+        raise ConfigError(f"3D-Speaker has no {family} model; use --from wespeaker")
     return speakerlab_key_map(state_dict)
 
 

@@ -31,17 +31,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from speakerforge.errors import ConfigError
 from speakerforge.models.fuse import (
     conv_bn_act,
-    fold_bn_into_linear,
     fuse_conv_bn_act,
-    run_in_slices,
     uses_channels_last,
 )
-from speakerforge.models.pooling import build_pooling
+from speakerforge.models.pooled import PooledEmbedding2d
 from speakerforge.models.registry import register_model
 
 __all__ = ["ERes2Net", "ERES2NET_VARIANTS", "speakerlab_key_map"]
@@ -162,14 +159,8 @@ class ERes2NetBlock(nn.Module):
 
 
 @register_model("eres2net")
-class ERes2Net(nn.Module):
+class ERes2Net(PooledEmbedding2d):
     """ERes2Net speaker embedding network: fbank `[B, T, feat_dim]` -> embedding `[B, embedding_dim]`."""
-
-    # oneDNN runs these small-channel 2D convs several times faster in channels-last layout, and a large batch
-    # faster in slices that keep the feature maps in cache (see fuse.py)
-    channels_last_inference = True
-    inference_slice_frames = 1200
-    slice_frames = 0  # set by optimize_for_inference
 
     def __init__(
         self,
@@ -202,7 +193,6 @@ class ERes2Net(nn.Module):
         self.m_channels = m
         self.feat_dim = feat_dim
         self.embedding_dim = embedding_dim
-        self.two_emb_layer = two_emb_layer
 
         self.conv1 = nn.Conv2d(1, m, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(m)
@@ -219,14 +209,7 @@ class ERes2Net(nn.Module):
         for _ in range(3):  # three stride-2 stages
             freq = (freq - 1) // 2 + 1
         pool_in = m * 8 * e * freq
-        self.pool = build_pooling(pooling, pool_in)
-        self.seg_1 = nn.Linear(pool_in * self.pool.n_stats, embedding_dim)
-        if two_emb_layer:
-            self.seg_bn_1 = nn.BatchNorm1d(embedding_dim, affine=False)
-            self.seg_2 = nn.Linear(embedding_dim, embedding_dim)
-        else:
-            self.seg_bn_1 = nn.Identity()
-            self.seg_2 = nn.Identity()
+        self.build_embedding_layers(pooling, pool_in, embedding_dim, two_emb_layer)
 
     def _build_fusion(self, c: int) -> None:
         """The fusion modules of the variant over stage widths c, 2c, 4c, 8c (c = m_channels x expansion)."""
@@ -260,13 +243,8 @@ class ERes2Net(nn.Module):
             self._in_planes = planes * self.expansion
         return nn.Sequential(*blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, T, feat_dim]` -> `[B, embedding_dim]`."""
-        if self.slice_frames and not self.training:
-            return run_in_slices(self._embed, x, self.slice_frames)
-        return self._embed(x)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`[B, T, F]` fbank -> `[B, C, F', T']`: the last stage, fused with the earlier ones as the variant does."""
         x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
         if uses_channels_last(self.layer1[0].conv3):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -283,10 +261,7 @@ class ERes2Net(nn.Module):
             top = self.fuse34(self.layer4(out3), self.layer3_ds(out3))
         else:
             top = self.layer4(self.layer3(out2))
-        embed = self.seg_1(self.pool(top.contiguous()))
-        if self.two_emb_layer:
-            embed = self.seg_2(self.seg_bn_1(F.relu(embed)))
-        return embed
+        return top
 
     def fuse_for_inference(self) -> None:
         """Fold the stem BN into its conv, and the second embedding layer's BN into `seg_2` (blocks fold their own);
@@ -295,10 +270,7 @@ class ERes2Net(nn.Module):
         for name in ("layer1_downsample", "layer2_downsample", "layer3_downsample", "layer3_ds"):
             if hasattr(self, name):
                 setattr(self, name, fuse_conv_bn_act(getattr(self, name), None, "none"))
-        if self.two_emb_layer:
-            # relu -> bn -> seg_2: the BN is affine on seg_2's input, so it folds into seg_2 (BN *before* linear)
-            fold_bn_into_linear(self.seg_2, self.seg_bn_1, bn_before=True)
-            self.seg_bn_1 = nn.Identity()
+        self.fold_embedding_layers()
 
 
 @register_model("eres2netv2")

@@ -21,6 +21,7 @@ _FAMILY_MODULES = (
     "speakerforge.models.campplus",
     "speakerforge.models.eres2net",
     "speakerforge.models.resnet",
+    "speakerforge.models.dfresnet",
 )
 
 

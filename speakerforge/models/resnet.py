@@ -35,12 +35,11 @@ import torch.nn.functional as F
 from speakerforge.errors import ConfigError
 from speakerforge.models.fuse import (
     conv_bn_act,
-    fold_bn_into_linear,
     fuse_conv_bn_act,
-    run_in_slices,
     uses_channels_last,
 )
-from speakerforge.models.pooling import POOLING_ALIASES, build_pooling
+from speakerforge.models.pooled import PooledEmbedding2d
+from speakerforge.models.pooling import POOLING_ALIASES
 from speakerforge.models.registry import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "RESNET_DEPTHS", "resnet", "resnet34", "simam", "speakerlab_key_map"]
@@ -155,19 +154,13 @@ _BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, 
 _STAGE_STRIDES = (1, 2, 2, 2)
 
 
-class ResNet(nn.Module):
+class ResNet(PooledEmbedding2d):
     """ResNet over `[B, T, feat_dim]` fbank -> `[B, embedding_dim]`.
 
     Four stages of `num_blocks` blocks with `m_channels * (1, 2, 4, 8)` channels; the last three halve frequency and
     time. The pooled statistics go through `seg_1` (and, with `two_emb_layer`, ReLU, a non-affine BatchNorm and
     `seg_2`; the embedding is then `seg_2`'s output).
     """
-
-    # oneDNN runs these small-channel 2D convs several times faster in channels-last layout, and a large batch
-    # faster in slices that keep the feature maps in cache (see fuse.py)
-    channels_last_inference = True
-    inference_slice_frames = 1200
-    slice_frames = 0  # set by optimize_for_inference
 
     def __init__(
         self,
@@ -191,7 +184,6 @@ class ResNet(nn.Module):
         block_cls = _BLOCKS[block]
         self.feat_dim = feat_dim
         self.embedding_dim = embedding_dim
-        self.two_emb_layer = two_emb_layer
         self.simam = simam
 
         self.conv1 = nn.Conv2d(1, m_channels, kernel_size=3, stride=1, padding=1, bias=False)
@@ -211,14 +203,7 @@ class ResNet(nn.Module):
         for stride in _STAGE_STRIDES:
             freq = (freq - 1) // stride + 1
         stats_in = in_planes * freq
-        self.pool = build_pooling(pooling, stats_in)
-        self.seg_1 = nn.Linear(stats_in * self.pool.n_stats, embedding_dim)
-        if two_emb_layer:
-            self.seg_bn_1 = nn.BatchNorm1d(embedding_dim, affine=False)
-            self.seg_2 = nn.Linear(embedding_dim, embedding_dim)
-        else:
-            self.seg_bn_1 = nn.Identity()
-            self.seg_2 = nn.Identity()
+        self.build_embedding_layers(pooling, stats_in, embedding_dim, two_emb_layer)
 
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, T, F]` fbank -> `[B, C, F', T']` output of the last stage."""
@@ -228,25 +213,10 @@ class ResNet(nn.Module):
         out = conv_bn_act(self.conv1, self.bn1, out, "relu")
         return self.layer4(self.layer3(self.layer2(self.layer1(out))))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`[B, T, feat_dim]` fbank -> `[B, embedding_dim]` embedding."""
-        if self.slice_frames and not self.training:
-            return run_in_slices(self._embed, x, self.slice_frames)
-        return self._embed(x)
-
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.seg_1(self.pool(self.frame_features(x).contiguous()))
-        if self.two_emb_layer:
-            emb = self.seg_2(self.seg_bn_1(F.relu(emb)))
-        return emb
-
     def fuse_for_inference(self) -> None:
         """Fold the stem BN into its conv, and the second embedding layer's BN into `seg_2` (blocks fold their own)."""
         self.conv1, self.bn1 = fuse_conv_bn_act(self.conv1, self.bn1, "relu"), nn.Identity()
-        if self.two_emb_layer:
-            # relu -> bn -> seg_2: the BN is affine on seg_2's input, so it folds into seg_2 (BN *before* linear)
-            fold_bn_into_linear(self.seg_2, self.seg_bn_1, bn_before=True)
-            self.seg_bn_1 = nn.Identity()
+        self.fold_embedding_layers()
 
 
 @register_model("resnet")

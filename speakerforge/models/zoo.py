@@ -135,6 +135,7 @@ ZOO: tuple[ZooEntry, ...] = (
         note="3D-Speaker's zh-cn CAM++ in WeSpeaker form",
         stats_eps=1e-7,
     ),
+    _ws("voxceleb_gemini_dfresnet114_LM", "gemini_dfresnet", 256, depth=114, pooling="TSTP_WS", two_emb_layer=False),
     _ws("voxceleb_ECAPA512", "ecapa_tdnn", 192, channels=512, variant="wespeaker", global_context=True),
     _ws("voxceleb_ECAPA512_LM", "ecapa_tdnn", 192, channels=512, variant="wespeaker", global_context=True),
     _ws(
