@@ -272,6 +272,7 @@ class Resolved:
     classifier: Any = None  # `classifier.weight`, when the source has one for this backbone
     part: str | None = None  # `teacher` or `student` for a self-supervised run
     raw: Any = None  # a foreign checkpoint: what it holds, as loaded
+    config: Path | None = None  # a checkpoint: where its run's config.yaml is (or would be)
 
     @property
     def task(self) -> str:
@@ -357,7 +358,8 @@ def _resolve_checkpoint(file: Path, part: str | None, cfg_path: Path) -> Resolve
         raise CheckpointError(f"{file}: no `{prefix}*` weights in this checkpoint")
     origin = f"{file} ({chosen} backbone)" if chosen else str(file)
     classifier = weights.get("classifier.weight") if chosen is None else None
-    return Resolved(file, file, "checkpoint", origin, backbone, _run_config(cfg_path), classifier, chosen)
+    meta = _run_config(cfg_path)
+    return Resolved(file, file, "checkpoint", origin, backbone, meta, classifier, chosen, config=cfg_path)
 
 
 def _run_config(cfg_path: Path) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def _build(res: Resolved) -> tuple[nn.Module, dict[str, Any]]:
         if not res.meta.get("features"):
             log.warning("%s states no feature settings; using %s", res.file, FEATURE_DEFAULTS)
         return build_embedding_model(res.weights, res.meta, res.origin)
-    cfg_path = res.file.parent.parent / "config.yaml"
+    cfg_path = res.config
     if "model" not in res.meta:
         raise CheckpointError(
             f"{cfg_path}: not found; a checkpoint is rebuilt from its run's config.yaml "
