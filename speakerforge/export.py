@@ -145,8 +145,13 @@ def export_onnx(
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ExportError(f"{out}: the output should end in .onnx")
-    net = _export_copy(sm.model)
     features = feature_settings(sm.features)
+    if with_fbank and features.get("kind", "kaldi") != "kaldi":
+        raise ExportError(
+            f"{sm.source}: --with-fbank builds Kaldi fbank into the graph, and this model reads "
+            f"{features['kind']} features; export without --with-fbank and compute them outside"
+        )
+    net = _export_copy(sm.model)
     wrapper = (_WaveToEmbedding(net, features) if with_fbank else _FeatsToEmbedding(net)).eval()
     input_name = "waveform" if with_fbank else "feats"
     gen = torch.Generator().manual_seed(seed)

@@ -273,8 +273,9 @@ class Ref:
     """A reference model for a row: its checkpoint (as the toolkit saves it), its forward on our fbank `[B, T, F]`,
     the `--set` overrides that shrink our model to its width, and whether our weights load back into it."""
 
-    def __init__(self, checkpoint: dict, forward, sets: dict[str, Any], load_back) -> None:
+    def __init__(self, checkpoint: dict, forward, sets: dict[str, Any], load_back, bins: int = 80) -> None:
         self.checkpoint, self.forward, self.sets, self.load_back = checkpoint, forward, sets, load_back
+        self.bins = bins  # the model's mel bins (ReDimNet2: 72)
 
 
 def _speakerlab_ref(entry: ZooEntry, module: nn.Module, sets: dict[str, Any], wrap=None, fwd=None) -> Ref:
@@ -376,6 +377,8 @@ def reference_for(entry: ZooEntry, small: bool = True) -> Ref:
         return Ref(
             {"model": sd, "projection.weight": torch.randn(5, emb)}, lambda x: net(x.clone()), sets, load_back_df
         )
+    if entry.arch == "redimnet2":
+        return redimnet2_reference(emb, small)
     if entry.arch == "campplus":
         cls = import_speakerlab("models.campplus.DTDNN").CAMPPlus
         tiny = dict(growth_rate=8, bn_size=2, init_channels=32) if small else {}
@@ -428,6 +431,29 @@ def reference_for(entry: ZooEntry, small: bool = True) -> Ref:
     raise AssertionError(f"no reference for {entry.id}")
 
 
+def redimnet2_reference(emb: int, small: bool = True) -> Ref:
+    """WeSpeaker's ReDimNet2-B6 (channels 32 when small: attention widths must stay divisible by 4 heads), saved as
+    `bin/extract.py` sees a tfmel release: its frontend's buffers, the margin head and `model_config` beside it."""
+    from tests.ws_redimnet2 import B6_STAGES, ReDimNet2Wrap, TFMelBanks
+
+    c = 32 if small else 64
+    net = _randomize(ReDimNet2Wrap(C=c, embed_dim=emb, stages_setup=B6_STAGES))
+    sd = dict(net.state_dict())
+    frontend = TFMelBanks(n_mels=72, norm_signal=True, do_preemph=True, eps=1e-8).state_dict()
+    ckpt = (
+        sd
+        | {f"frontend.spec.{k}": v for k, v in frontend.items()}
+        | {"projection.weight": torch.randn(5, emb), "model_config": {"feat_dim": 72, "embed_dim": emb, "spec": "tf"}}
+    )
+
+    def load_back(ours):  # the caller strips "backbone.", which is also the name of ReDimNet2's trunk
+        ours = {k if k.split(".")[0] in ("pool", "bn", "linear") else f"backbone.{k}": v for k, v in ours.items()}
+        net.load_state_dict(to_wespeaker(ours, "redimnet2", None), strict=True)
+
+    # the reference reads [B, F, T] (its frontend's layout); ours [B, T, F]
+    return Ref(ckpt, lambda x: net(x.transpose(1, 2).contiguous()), {"channels": c} if small else {}, load_back, 72)
+
+
 def _ours_model(entry: ZooEntry, m_channels: int | None, **extra: Any) -> nn.Module:
     from speakerforge.models import build_model
 
@@ -447,12 +473,12 @@ def _convert(tmp_path: Path, entry: ZooEntry, ref: Ref, with_id: bool = True) ->
     return out
 
 
-def _fbank(frames: int = 120, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, frames, 80, generator=torch.Generator().manual_seed(seed))
+def _fbank(frames: int = 120, batch: int = 2, seed: int = 0, bins: int = 80) -> torch.Tensor:
+    return torch.randn(batch, frames, bins, generator=torch.Generator().manual_seed(seed))
 
 
 def _assert_same_embeddings(model: nn.Module, ref: Ref, frames: int = 120, batch: int = 2) -> None:
-    x = _fbank(frames, batch)
+    x = _fbank(frames, batch, bins=ref.bins)
     with torch.no_grad():
         want = ref.forward(x)
         got = model(x)
@@ -471,7 +497,7 @@ def test_every_row_converts_with_the_cli_alone_and_matches_its_reference(tmp_pat
     out = _convert(tmp_path, entry, ref)
     model, meta, _ = load_embedding_model(out)
     assert meta["model"]["name"] == entry.arch and meta["converted_from"]["model_id"] == entry.id
-    assert meta["features"]["num_mel_bins"] == 80 and meta["converted_from"]["sample_rate"] == entry.sample_rate
+    assert meta["features"] == entry.features and meta["converted_from"]["sample_rate"] == entry.sample_rate
     _assert_same_embeddings(model, ref)
     # round trip: our weights in the toolkit's layout load strictly into the reference
     ref.load_back({k.removeprefix("backbone."): v for k, v in model.state_dict().items()})
@@ -479,6 +505,7 @@ def test_every_row_converts_with_the_cli_alone_and_matches_its_reference(tmp_pat
 
 
 NEW_FAMILY_ROWS = [
+    "wespeaker/voxceleb_redimnet2_B6_LM",
     "wespeaker/voxceleb_gemini_dfresnet114_LM",
     "iic/speech_eres2netv2_sv_zh-cn_16k-common",
     "iic/speech_res2net_sv_zh-cn_3dspeaker_16k",
@@ -543,11 +570,12 @@ def test_every_row_builds_at_its_released_width_with_its_embedding_size():
     for entry in ZOO:
         with torch.device("meta"):
             model = _ours_model(entry, None)
-        assert model.embedding_dim == entry.embedding_dim and model.feat_dim == 80, entry.id
-        assert entry.features["num_mel_bins"] == 80 and entry.sample_rate == 16000
+        assert model.embedding_dim == entry.embedding_dim and model.feat_dim == entry.features["num_mel_bins"], entry.id
+        assert entry.sample_rate == 16000
 
 
 RELEASED_WIDTH_ROWS = [
+    "wespeaker/voxceleb_redimnet2_B6_LM",
     "wespeaker/voxceleb_gemini_dfresnet114_LM",
     "iic/speech_eres2netv2_sv_zh-cn_16k-common",
     "iic/speech_eres2net_sv_zh-cn_16k-common",
@@ -570,4 +598,4 @@ def test_one_row_per_family_matches_at_its_released_width(tmp_path, model_id):
     model, _, _ = load_embedding_model(out)
     _assert_same_embeddings(model, ref, frames=100, batch=1)
     with torch.no_grad():
-        assert math.isfinite(float(model(_fbank(50, 1)).sum()))
+        assert math.isfinite(float(model(_fbank(50, 1, bins=ref.bins)).sum()))

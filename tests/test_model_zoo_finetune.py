@@ -24,6 +24,7 @@ FAMILY_ROWS = [
     "wespeaker/voxceleb_ECAPA512",
     "wespeaker/voxceleb_CAM++",
     "wespeaker/voxceleb_gemini_dfresnet114_LM",
+    "wespeaker/voxceleb_redimnet2_B6_LM",
 ]
 
 

@@ -117,6 +117,23 @@ def _args_finetune(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _take_init_features(cfg: Any, features: dict[str, Any]) -> None:
+    """The run reads the features the weights were trained on (a released model's, or a model file's): a
+    ReDimNet2 fed Kaldi fbank, or a 72-bin model fed 80 bins, would fine-tune from a wrong start."""
+    from dataclasses import asdict
+
+    from speakerforge.data.features import FeatureSpec
+
+    want = FeatureSpec.from_meta(features)
+    have = FeatureSpec.from_config(cfg.features)
+    if want != have:
+        import logging
+
+        logging.getLogger("speakerforge").info("features taken from the --init source: %s", want.to_meta())
+        for key, value in asdict(want).items():
+            setattr(cfg.features, key, value)
+
+
 @command(
     "finetune", "fine-tune from pretrained weights: new head, freezing, stages, update-integrity check", _args_finetune
 )
@@ -135,6 +152,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
             )
         cfg.model.name = init.model_spec["name"]
         cfg.model.args = dict(init.model_spec.get("args", {}))
+    if init.features is not None:
+        _take_init_features(cfg, init.features)
     if args.freeze:
         cfg.train.freeze = list(cfg.train.freeze) + [p.strip() for p in args.freeze.split(",") if p.strip()]
     if args.no_freeze_bn:

@@ -69,6 +69,7 @@ class FeatureConfig:
     frame_shift: float = num(10.0, 0, 1000, above=True)  # ms
     dither: float = num(0.0, 0)  # training-time dither; extraction always uses 0
     mean_norm: bool = True
+    kind: str = choice("kaldi", "kaldi", "tfmel")  # Kaldi fbank, or WeSpeaker's TF-style log mel (ReDimNet2)
 
 
 @dataclass

@@ -267,42 +267,77 @@ def mean_normalize(feats: Tensor, lengths: Tensor | None = None) -> Tensor:
     return (feats - mean) * valid
 
 
+FEATURE_KINDS = ("kaldi", "tfmel")
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
-    """The features a model reads: Kaldi fbank, then (with `mean_norm`) utterance mean normalisation.
+    """The features a model reads: Kaldi fbank (`kind="kaldi"`) or WeSpeaker's TF-style log mel (`"tfmel"`,
+    `speakerforge.data.tfmel`, ReDimNet2's), then (with `mean_norm`) utterance mean normalisation.
 
     The one description of a model's input: built from the config when training (`from_config`), stored in the
     model file and ONNX metadata (`to_meta`), read back at inference (`from_meta`, defaults filled in), and applied
-    by calling it, so a model is always used with the features it was trained on."""
+    by calling it, so a model is always used with the features it was trained on. It also owns the frame geometry
+    (`num_frames`, `frame_span`), which differs between the kinds."""
 
     num_mel_bins: int = 80
     frame_length: float = 25.0  # ms
     frame_shift: float = 10.0  # ms
     mean_norm: bool = True
+    kind: str = "kaldi"
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"feature kind {self.kind!r}: choose from {', '.join(FEATURE_KINDS)}")
 
     def __call__(
         self, waves: Tensor, dither: float = 0.0, generator: torch.Generator | None = None, sample_rate: int = 16000
     ) -> Tensor:
         """`[T]` or `[B, T]` float waveforms in [-1, 1] -> `[frames, bins]` or `[B, frames, bins]`."""
-        feats = fbank(
-            waves,
-            sample_rate,
-            num_mel_bins=self.num_mel_bins,
-            frame_length=self.frame_length,
-            frame_shift=self.frame_shift,
-            dither=dither,
-            generator=generator,
-        )
+        if self.kind == "tfmel":
+            from speakerforge.data.tfmel import tf_log_mel
+
+            if dither:
+                raise ValueError("dither is a Kaldi fbank setting; the tfmel features take none")
+            feats = tf_log_mel(waves, self.num_mel_bins, sample_rate, self.frame_length, self.frame_shift)
+        else:
+            feats = fbank(
+                waves,
+                sample_rate,
+                num_mel_bins=self.num_mel_bins,
+                frame_length=self.frame_length,
+                frame_shift=self.frame_shift,
+                dither=dither,
+                generator=generator,
+            )
         return mean_normalize(feats) if self.mean_norm else feats
 
+    def num_frames(self, num_samples: int, sample_rate: int = 16000) -> int:
+        """Frames computed from `num_samples` samples."""
+        if self.kind == "tfmel":
+            from speakerforge.data.tfmel import tf_num_frames
+
+            return tf_num_frames(num_samples, sample_rate, self.frame_length, self.frame_shift)
+        return int(num_frames(num_samples, sample_rate, self.frame_length, self.frame_shift))
+
+    def frame_span(self, frames: int, sample_rate: int = 16000) -> int:
+        """The fewest samples that give `frames` frames (at least one)."""
+        window, shift, _ = frame_sizes(sample_rate, self.frame_length, self.frame_shift)
+        padding = 2 * (shift // 2) if self.kind == "tfmel" else 0
+        return max(1, window - padding + (max(frames, 1) - 1) * shift)
+
     def to_meta(self) -> dict[str, Any]:
-        """The JSON form stored with a model (`features` in its metadata)."""
-        return {
+        """The JSON form stored with a model (`features` in its metadata); `kind` only when not Kaldi's, so the
+        metadata of every fbank model is what it always was."""
+        meta: dict[str, Any] = {
             "num_mel_bins": self.num_mel_bins,
             "frame_length": self.frame_length,
             "frame_shift": self.frame_shift,
             "mean_norm": self.mean_norm,
         }
+        if self.kind != "kaldi":
+            meta["kind"] = self.kind
+        return meta
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any] | None) -> FeatureSpec:
@@ -314,16 +349,18 @@ class FeatureSpec:
             frame_length=float(given.get("frame_length", base.frame_length)),
             frame_shift=float(given.get("frame_shift", base.frame_shift)),
             mean_norm=bool(given.get("mean_norm", base.mean_norm)),
+            kind=str(given.get("kind", base.kind)),
         )
 
     @classmethod
     def from_config(cls, features: Any) -> FeatureSpec:
-        """From a config's `features` section (anything with these four attributes)."""
+        """From a config's `features` section (these attributes; `kind` optional)."""
         return cls(
             int(features.num_mel_bins),
             float(features.frame_length),
             float(features.frame_shift),
             bool(features.mean_norm),
+            str(getattr(features, "kind", "kaldi")),
         )
 
 

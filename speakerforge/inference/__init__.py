@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from speakerforge.data.audio import SAMPLE_RATE, load_audio, resample
-from speakerforge.data.features import frame_sizes, num_frames
+from speakerforge.data.features import FeatureSpec
 from speakerforge.errors import CheckpointError, DataError
 from speakerforge.inference.backends import FEATURE_DEFAULTS, OnnxBackend, feature_settings
 from speakerforge.inference.loading import ONNX_META_KEY, open_model
@@ -84,9 +84,7 @@ class SpeakerModel:
         self.meta = meta
         self.source = source
         self.kind = kind  # "model_file", "checkpoint" or "onnx"
-        self.window, self.shift, _ = frame_sizes(
-            SAMPLE_RATE, self.features["frame_length"], self.features["frame_shift"]
-        )
+        self.spec = FeatureSpec.from_meta(self.features)
         self._min_frames: int | None = None
 
     @property
@@ -126,11 +124,11 @@ class SpeakerModel:
 
     def num_frames(self, num_samples: int) -> int:
         """Feature frames of a 16 kHz waveform of `num_samples` samples."""
-        return int(num_frames(num_samples, SAMPLE_RATE, self.features["frame_length"], self.features["frame_shift"]))
+        return self.spec.num_frames(num_samples, SAMPLE_RATE)
 
     def frame_span(self, frames: int) -> int:
         """Samples that `frames` frames cover (what is left after trimming the unused tail)."""
-        return self.window + (frames - 1) * self.shift
+        return self.spec.frame_span(frames, SAMPLE_RATE)
 
     @property
     def min_frames(self) -> int:
@@ -182,7 +180,7 @@ class SpeakerModel:
     def check_input(self, wav: np.ndarray, what: str) -> None:
         """Refuse audio too short for the network, naming `what`; warn about silent audio (it still embeds)."""
         n = wav.shape[0]
-        if n < self.window:
+        if n < self.frame_span(1):
             raise DataError(
                 f"{what}: {n / SAMPLE_RATE:.3f} s of audio is shorter than one "
                 f"{self.features['frame_length']:g} ms feature frame"

@@ -60,6 +60,11 @@ __all__ = [
 SOURCES = ("3dspeaker", "wespeaker")
 _NESTED = ("state_dict", "model_state_dict", "model", "embedding_model")
 _WRAPPER_PREFIXES = ("module.", "model.")
+# Non-tensor entries stored beside the tensors: ReDimNet2's checkpoints keep the constructor's arguments.
+_SIDE_ENTRIES = ("model_config",)
+# WeSpeaker saves a waveform frontend added to the model (`model.frontend`, e.g. tfmel's DFT and mel matrices): its
+# buffers are constants of the features, which `FeatureSpec` computes; they are set aside.
+_FRONTEND_PREFIX = "frontend."
 # Tensors set aside as the head: WeSpeaker's margin `projection.`, and the DINO projection head its
 # self-supervised teacher keeps (`voxceleb_ecapa512_dino`); 3D-Speaker's `classifier.`.
 _HEAD_PREFIXES = {"wespeaker": ("projection.", "projection_head."), "3dspeaker": ("classifier.",)}
@@ -87,9 +92,11 @@ def _family(arch: str) -> str:
         return "eres2net"
     if a == "gemini_dfresnet":
         return "dfresnet"
+    if a == "redimnet2":
+        return "redimnet"
     raise ConfigError(
         f"no checkpoint converter for arch {arch!r}; known: resnet*, ecapa_tdnn, campplus, eres2net*, res2net, "
-        "gemini_dfresnet"
+        "gemini_dfresnet, redimnet2"
     )
 
 
@@ -102,8 +109,13 @@ def _flat_state_dict(obj: object) -> Tensors:
     while isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((obj[k] for k in _NESTED if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
-            odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)][:5]
-            raise CheckpointError(f"not a state dict: non-tensor entries {odd} and none of {list(_NESTED)} to unwrap")
+            odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+            if any(isinstance(v, torch.Tensor) for v in obj.values()) and all(k in _SIDE_ENTRIES for k in odd):
+                log.info("checkpoint: ignoring its non-tensor entries %s", ", ".join(map(str, odd)))
+                return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+            raise CheckpointError(
+                f"not a state dict: non-tensor entries {odd[:5]} and none of {list(_NESTED)} to unwrap"
+            )
         obj = inner
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"not a state dict: got {type(obj).__name__}")
@@ -389,6 +401,10 @@ def map_checkpoint(
         backbone, head = _select_part(state_dict, part)
     else:
         flat = _strip_wrappers(_flat_state_dict(state_dict))
+        frontend = [k for k in flat if k.startswith(_FRONTEND_PREFIX)]
+        if frontend:
+            log.info("checkpoint: set aside %d frontend buffer(s) (computed by the features)", len(frontend))
+            flat = {k: v for k, v in flat.items() if not k.startswith(_FRONTEND_PREFIX)}
         backbone, head = _split_head(flat, source)
     if source == "3dspeaker":
         return _map_3dspeaker(backbone, family), head, {}

@@ -22,6 +22,7 @@ _FAMILY_MODULES = (
     "speakerforge.models.eres2net",
     "speakerforge.models.resnet",
     "speakerforge.models.dfresnet",
+    "speakerforge.models.redimnet",
 )
 
 

@@ -35,6 +35,8 @@ FBANK80 = FeatureSpec(num_mel_bins=80, mean_norm=True).to_meta()
 # RDINO/SDPN read torchaudio's MelSpectrogram (n_fft 512, hop 160, power) and take log(x + 1e-6) themselves; our
 # input is the log fbank, the nearest we compute (the model's InstanceNorm removes the per-bin offset).
 MEL80_SSL = {**FBANK80, "mean_norm": False}
+# WeSpeaker's ReDimNet2 releases: its `tfmel` frontend (TF-style log mel, 72 bins), mean-normalised over time.
+TFMEL72 = FeatureSpec(num_mel_bins=72, mean_norm=True, kind="tfmel").to_meta()
 SSL_NOTE = (
     "teacher backbone; the reference input is torchaudio MelSpectrogram(n_fft=512, hop=160) power, log(x+1e-6) taken "
     "in the model: ours is given Kaldi log fbank (same embeddings for the same log-mel input)"
@@ -73,9 +75,20 @@ def _ssl(id_: str, file: str) -> ZooEntry:
     )
 
 
-def _ws(name: str, arch: str, emb: int, aliases: tuple[str, ...] = (), note: str = "", **args: Any) -> ZooEntry:
+def _ws(
+    name: str,
+    arch: str,
+    emb: int,
+    aliases: tuple[str, ...] = (),
+    note: str = "",
+    features: dict[str, Any] = FBANK80,
+    **args: Any,
+) -> ZooEntry:
     args = {**args, "embedding_dim": emb}
-    return ZooEntry(f"wespeaker/{name}", "wespeaker", "avg_model.pt", arch, args, emb, aliases=aliases, note=note)
+    return ZooEntry(
+        f"wespeaker/{name}", "wespeaker", "avg_model.pt", arch, args, emb, features=dict(features), aliases=aliases,
+        note=note,
+    )
 
 
 # WeSpeaker pools with its own TSTP (variance floor 1e-7, `TSTP_WS`), also inside CAM++.
@@ -136,6 +149,16 @@ ZOO: tuple[ZooEntry, ...] = (
         stats_eps=1e-7,
     ),
     _ws("voxceleb_gemini_dfresnet114_LM", "gemini_dfresnet", 256, depth=114, pooling="TSTP_WS", two_emb_layer=False),
+    _ws(
+        "voxceleb_redimnet2_B6_LM",
+        "redimnet2",
+        192,
+        ("wespeaker-voxceleb-redimnet2-B6-LM",),
+        note="released on Hugging Face (Wespeaker/wespeaker-voxceleb-redimnet2-B6-LM); tfmel features, 72 bins",
+        features=TFMEL72,
+        variant="b6",
+        feat_dim=72,
+    ),
     _ws("voxceleb_ECAPA512", "ecapa_tdnn", 192, channels=512, variant="wespeaker", global_context=True),
     _ws("voxceleb_ECAPA512_LM", "ecapa_tdnn", 192, channels=512, variant="wespeaker", global_context=True),
     _ws(
@@ -164,6 +187,12 @@ ZOO: tuple[ZooEntry, ...] = (
     _ws("voxblink2_samresnet100", "resnet", 256, depth=100, **_WS_SIMAM),
     _ws("voxblink2_samresnet100_ft", "resnet", 256, depth=100, **_WS_SIMAM),
 )
+
+
+def arch_features(arch: str) -> dict[str, Any]:
+    """The features of `arch`'s released models when they all agree (ReDimNet2: tfmel), else Kaldi fbank."""
+    kinds = {tuple(sorted(e.features.items())) for e in ZOO if e.arch == arch}
+    return dict(next(iter(kinds))) if len(kinds) == 1 else dict(FBANK80)
 
 
 class ZooError(ConfigError):
@@ -350,7 +379,7 @@ def convert_checkpoint(
         model,
         spec.name,
         dict(spec.args),
-        features={**(entry.features if entry else FBANK80), "num_mel_bins": getattr(model, "feat_dim", 80)},
+        features={**(entry.features if entry else arch_features(spec.name)), "num_mel_bins": getattr(model, "feat_dim", 80)},
         extra_tensors=extra,
         extra_meta={
             "converted_from": {

@@ -36,6 +36,7 @@ class InitWeights:
     speakers: list[str] | None = None
     notes: list[str] = field(default_factory=list)
     layout: str | None = None  # a foreign state dict: "3dspeaker", "wespeaker", or "auto" (told by its keys)
+    features: dict[str, Any] | None = None  # the features the weights were trained on, when the source says
 
 
 def read_init(
@@ -73,7 +74,8 @@ def read_init(
     if res.kind == "model_file":
         res.meta = check_model_meta(res.meta, str(res.file))  # typed and in range, as for extract and verify
     spec = res.meta.get("model")
-    return InitWeights(res.weights, res.origin, spec, res.classifier, res.meta.get("speakers"))
+    features = res.meta.get("features") if res.kind == "model_file" else None
+    return InitWeights(res.weights, res.origin, spec, res.classifier, res.meta.get("speakers"), features=features)
 
 
 _OURS = ("experiment", "checkpoint", "model_file")
@@ -93,7 +95,8 @@ def _read_released(res: Resolved, model_id: str, source: str | None, model_args:
     args = {**entry.args, **model_args}
     converted = split_checkpoint(res.raw, entry.source, entry.arch, build_model(entry.arch, **args), entry.part)
     spec = {"name": entry.arch, "args": args}
-    return InitWeights(converted.backbone, res.origin, spec, notes=[f"model id {entry.id}"])
+    features = {**entry.features, "num_mel_bins": int(args.get("feat_dim", entry.features["num_mel_bins"]))}
+    return InitWeights(converted.backbone, res.origin, spec, notes=[f"model id {entry.id}"], features=features)
 
 
 _LAYOUT_NAMES = {"3dspeaker": "3D-Speaker", "wespeaker": "WeSpeaker"}
