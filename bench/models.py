@@ -85,6 +85,8 @@ REFERENCES["gemini_dfresnet"] = (
     "tests.test_model_zoo:WsGeminiDFResNet",
     {"depths": (3, 3, 27, 3), "dims": (32, 32, 64, 128, 256), "embed_dim": 256},
 )
+# WeSpeaker's ReDimNet2-B6 (voxceleb_redimnet2_B6_LM), 72 mel bins: the transcription in tests/ws_redimnet2.py
+REFERENCES["redimnet2"] = ("tests.ws_redimnet2:ReDimNet2B6", {"embed_dim": 192})
 
 
 def registry_cases() -> list[Case]:
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     for case in cases:
         versions = build_versions(case)
         for batch in args.batches:
-            x = torch.randn(batch, args.frames, 80)
+            x = torch.randn(batch, args.frames, getattr(versions["ours"], "feat_dim", 80))
             diffs = max_output_diff(versions, x)
             report(case, batch, time_interleaved(versions, x, args.rounds, clock), diffs)
 

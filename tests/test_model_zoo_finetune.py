@@ -8,6 +8,7 @@ import torch
 
 from speakerforge.checkpoint_io import load_model_file
 from speakerforge.cli import main
+from speakerforge.data.features import FeatureSpec
 from speakerforge.models.zoo import find
 from tests.test_finetune import BASE_SETS
 from tests.test_model_zoo import reference_for
@@ -46,3 +47,5 @@ def test_finetune_from_a_released_checkpoint_by_model_id(corpus, tmp_path, model
     state, meta = load_model_file(exp / "model.safetensors")
     assert meta["model"]["name"] == entry.arch
     assert meta["model"]["args"] == {**entry.args, **ref.sets}
+    # trained on the release's features (ReDimNet2: tfmel, 72 bins), not the config's default fbank
+    assert FeatureSpec.from_meta(meta["features"]) == FeatureSpec.from_meta(entry.features)

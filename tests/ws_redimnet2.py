@@ -36,7 +36,7 @@ class LayerNorm(nn.Module):
         self.data_format = data_format
         if self.data_format not in ["channels_last", "channels_first"]:
             raise NotImplementedError
-        self.C = (C, )
+        self.C = (C,)
 
     def forward(self, x):
         if self.data_format == "channels_last":
@@ -73,8 +73,7 @@ class fwSEBlock(nn.Module):
 
 
 class ResBasicBlock(nn.Module):
-    def __init__(self, inc, outc, num_freq, stride=1, se_channels=64,
-                 Gdiv=4, use_fwSE=False):
+    def __init__(self, inc, outc, num_freq, stride=1, se_channels=64, Gdiv=4, use_fwSE=False):
         super().__init__()
         self.conv1 = nn.Conv2d(
             inc,
@@ -83,15 +82,16 @@ class ResBasicBlock(nn.Module):
             stride=stride,
             padding=1,
             bias=False,
-            groups=inc //
-            Gdiv if Gdiv is not None else 1)
+            groups=inc // Gdiv if Gdiv is not None else 1,
+        )
         if Gdiv is not None:
             self.conv1pw = nn.Conv2d(inc, outc, 1)
         else:
             self.conv1pw = nn.Identity()
         self.bn1 = nn.BatchNorm2d(outc)
-        self.conv2 = nn.Conv2d(outc, outc, kernel_size=3, padding=1, bias=False,
-                               groups=outc // Gdiv if Gdiv is not None else 1)
+        self.conv2 = nn.Conv2d(
+            outc, outc, kernel_size=3, padding=1, bias=False, groups=outc // Gdiv if Gdiv is not None else 1
+        )
         if Gdiv is not None:
             self.conv2pw = nn.Conv2d(outc, outc, 1)
         else:
@@ -128,24 +128,20 @@ BatchNormNd = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 
 
 class ConvNeXtLikeBlock(nn.Module):
-    def __init__(self, C, dim=2, kernel_sizes=None, Gdiv=1, padding='same',
-                 activation='gelu'):
+    def __init__(self, C, dim=2, kernel_sizes=None, Gdiv=1, padding="same", activation="gelu"):
         super().__init__()
         if kernel_sizes is None:
             kernel_sizes = [(3, 3)]
         self.dwconvs = nn.ModuleList(
             modules=[
-                ConvNd[dim](
-                    C,
-                    C,
-                    kernel_size=ks,
-                    padding=padding,
-                    groups=C //
-                    Gdiv if Gdiv is not None else 1) for ks in kernel_sizes])
+                ConvNd[dim](C, C, kernel_size=ks, padding=padding, groups=C // Gdiv if Gdiv is not None else 1)
+                for ks in kernel_sizes
+            ]
+        )
         self.norm = BatchNormNd[dim](C * len(kernel_sizes))
-        if activation == 'gelu':
+        if activation == "gelu":
             self.act = nn.GELU()
-        elif activation == 'relu':
+        elif activation == "relu":
             self.act = nn.ReLU()
         self.pwconv1 = ConvNd[dim](C * len(kernel_sizes), C, 1)
 
@@ -159,8 +155,7 @@ class ConvNeXtLikeBlock(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0,
-                 bias: bool = True):
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -175,9 +170,7 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     def _shape(self, tensor: torch.Tensor, seq_len: int, bsz: int):
-        return tensor.view(
-            bsz, seq_len, self.num_heads, self.head_dim).transpose(
-            1, 2).contiguous()
+        return tensor.view(bsz, seq_len, self.num_heads, self.head_dim).transpose(1, 2).contiguous()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         bsz, tgt_len, _ = hidden_states.size()
@@ -202,8 +195,7 @@ class MultiHeadAttention(nn.Module):
 
 class NewGELUActivation(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return 0.5 * input * (1.0 + torch.tanh(
-            math.sqrt(2.0 / math.pi) * (input + 0.044715 * torch.pow(input, 3.0))))
+        return 0.5 * input * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (input + 0.044715 * torch.pow(input, 3.0))))
 
 
 class GELUActivation(nn.Module):
@@ -220,8 +212,7 @@ class GELUActivation(nn.Module):
 
 class FastGELUActivation(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return 0.5 * input * (1.0 + torch.tanh(
-            input * 0.7978845608 * (1.0 + 0.044715 * input * input)))
+        return 0.5 * input * (1.0 + torch.tanh(input * 0.7978845608 * (1.0 + 0.044715 * input * input)))
 
 
 class QuickGELUActivation(nn.Module):
@@ -242,12 +233,13 @@ ACT2FN = {k: v() if isinstance(v, type) else v for k, v in ACT2CLS.items()}
 
 class FeedForward(nn.Module):
     def __init__(
-            self,
-            hidden_size: int,
-            intermediate_size: int,
-            hidden_act: str = 'gelu_new',
-            activation_dropout: float = 0.0,
-            hidden_dropout: float = 0.0):
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        hidden_act: str = "gelu_new",
+        activation_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+    ):
         super().__init__()
         self.intermediate_dropout = nn.Dropout(activation_dropout)
         self.intermediate_dense = nn.Linear(hidden_size, intermediate_size)
@@ -266,27 +258,28 @@ class FeedForward(nn.Module):
 
 class TransformerEncoderLayer(nn.Module):
     def __init__(
-            self,
-            n_state: int,
-            n_mlp: int,
-            n_head: int,
-            channel_last: bool = False,
-            act: str = 'gelu_new',
-            act_do: float = 0.0,
-            att_do: float = 0.0,
-            hid_do: float = 0.0,
-            ln_eps: float = 1e-6):
+        self,
+        n_state: int,
+        n_mlp: int,
+        n_head: int,
+        channel_last: bool = False,
+        act: str = "gelu_new",
+        act_do: float = 0.0,
+        att_do: float = 0.0,
+        hid_do: float = 0.0,
+        ln_eps: float = 1e-6,
+    ):
         super().__init__()
         self.channel_last = channel_last
-        self.attention = MultiHeadAttention(
-            embed_dim=n_state, num_heads=n_head, dropout=att_do)
+        self.attention = MultiHeadAttention(embed_dim=n_state, num_heads=n_head, dropout=att_do)
         self.layer_norm = nn.LayerNorm(n_state, eps=ln_eps)
         self.feed_forward = FeedForward(
             hidden_size=n_state,
             hidden_act=act,
             intermediate_size=n_mlp,
             activation_dropout=act_do,
-            hidden_dropout=hid_do)
+            hidden_dropout=hid_do,
+        )
         self.final_layer_norm = nn.LayerNorm(n_state, eps=ln_eps)
 
     def forward(self, hidden_states):
@@ -350,22 +343,20 @@ class ConvBlock2d(nn.Module):
             kernel_sizes = [(3, 3)]
         if block_type == "convnext_like":
             self.conv_block = ConvNeXtLikeBlock(
-                c, dim=2, kernel_sizes=kernel_sizes, Gdiv=Gdiv,
-                padding='same', activation='gelu')
+                c, dim=2, kernel_sizes=kernel_sizes, Gdiv=Gdiv, padding="same", activation="gelu"
+            )
         elif block_type == "convnext_like_relu":
             self.conv_block = ConvNeXtLikeBlock(
-                c, dim=2, kernel_sizes=kernel_sizes, Gdiv=Gdiv,
-                padding='same', activation='relu')
+                c, dim=2, kernel_sizes=kernel_sizes, Gdiv=Gdiv, padding="same", activation="relu"
+            )
         elif block_type == "basic_resnet":
             self.conv_block = ResBasicBlock(
-                c, c, f, stride=1, se_channels=min(
-                    64, max(
-                        c, 32)), Gdiv=Gdiv, use_fwSE=False)
+                c, c, f, stride=1, se_channels=min(64, max(c, 32)), Gdiv=Gdiv, use_fwSE=False
+            )
         elif block_type == "basic_resnet_fwse":
             self.conv_block = ResBasicBlock(
-                c, c, f, stride=1, se_channels=min(
-                    64, max(
-                        c, 32)), Gdiv=Gdiv, use_fwSE=True)
+                c, c, f, stride=1, se_channels=min(64, max(c, 32)), Gdiv=Gdiv, use_fwSE=True
+            )
         else:
             raise NotImplementedError()
 
@@ -377,9 +368,7 @@ class PosEncConv(nn.Module):
     def __init__(self, C, ks, groups=None):
         super().__init__()
         assert ks % 2 == 1
-        self.conv = nn.Conv1d(
-            C, C, ks, padding=ks // 2,
-            groups=C if groups is None else groups)
+        self.conv = nn.Conv1d(C, C, ks, padding=ks // 2, groups=C if groups is None else groups)
         self.norm = LayerNorm(C, eps=1e-6, data_format="channels_first")
 
     def forward(self, x):
@@ -387,38 +376,32 @@ class PosEncConv(nn.Module):
 
 
 class TimeContextBlock1d(nn.Module):
-    def __init__(self, C, hC, pos_ker_sz=59, block_type='att',
-                 red_dim_conv=None, exp_dim_conv=None):
+    def __init__(self, C, hC, pos_ker_sz=59, block_type="att", red_dim_conv=None, exp_dim_conv=None):
         super().__init__()
         assert pos_ker_sz
-        self.red_dim_conv = nn.Sequential(
-            nn.Conv1d(C, hC, 1),
-            LayerNorm(hC, eps=1e-6, data_format="channels_first")
-        )
-        if block_type == 'fc':
+        self.red_dim_conv = nn.Sequential(nn.Conv1d(C, hC, 1), LayerNorm(hC, eps=1e-6, data_format="channels_first"))
+        if block_type == "fc":
             self.tcm = nn.Sequential(
                 nn.Conv1d(hC, hC * 2, 1),
                 LayerNorm(hC * 2, eps=1e-6, data_format="channels_first"),
                 nn.GELU(),
-                nn.Conv1d(hC * 2, hC, 1)
+                nn.Conv1d(hC * 2, hC, 1),
             )
-        elif block_type == 'conv':
+        elif block_type == "conv":
             self.tcm = nn.Sequential(
-                *[ConvNeXtLikeBlock(
-                    hC, dim=1, kernel_sizes=[7, 15, 31],
-                    Gdiv=1, padding='same') for i in range(4)])
-        elif block_type == 'att':
-            self.tcm = nn.Sequential(
-                PosEncConv(hC, ks=pos_ker_sz, groups=hC),
-                TransformerEncoderLayer(n_state=hC, n_mlp=hC * 2, n_head=4)
+                *[ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[7, 15, 31], Gdiv=1, padding="same") for i in range(4)]
             )
-        elif block_type == 'conv+att':
+        elif block_type == "att":
             self.tcm = nn.Sequential(
-                ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[7], Gdiv=1, padding='same'),
-                ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[19], Gdiv=1, padding='same'),
-                ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[31], Gdiv=1, padding='same'),
-                ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[59], Gdiv=1, padding='same'),
-                TransformerEncoderLayer(n_state=hC, n_mlp=hC, n_head=4)
+                PosEncConv(hC, ks=pos_ker_sz, groups=hC), TransformerEncoderLayer(n_state=hC, n_mlp=hC * 2, n_head=4)
+            )
+        elif block_type == "conv+att":
+            self.tcm = nn.Sequential(
+                ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[7], Gdiv=1, padding="same"),
+                ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[19], Gdiv=1, padding="same"),
+                ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[31], Gdiv=1, padding="same"),
+                ConvNeXtLikeBlock(hC, dim=1, kernel_sizes=[59], Gdiv=1, padding="same"),
+                TransformerEncoderLayer(n_state=hC, n_mlp=hC, n_head=4),
             )
         else:
             raise NotImplementedError()
@@ -434,51 +417,50 @@ class TimeContextBlock1d(nn.Module):
 
 class ReDimNet2(nn.Module):
     # UNet-like ReDimNet
-    def __init__(self,
-                 F=72,
-                 C=24,
-                 spec_in_channels=1,  # Phase + Magnitude
-                 causal='none',
-                 out_channels=None,
-                 block_1d_type='tf-att',
-                 block_2d_type="basic_resnet",
-                 return_2d_output=False,
-                 fm_weigthing_type='NC',
-                 use_freq_pos_enc=False,
-                 compress_tconvs=True,
-                 stages_setup=None,
-                 group_divisor=1,
-                 dual_agg=False,
-                 agg_gnorm=False,
-                 # Subnet stuff
-                 return_all_outputs=False,
-                 offset_fm_weights=0,
-                 is_subnet=False,
-                 ):
+    def __init__(
+        self,
+        F=72,
+        C=24,
+        spec_in_channels=1,  # Phase + Magnitude
+        causal="none",
+        out_channels=None,
+        block_1d_type="tf-att",
+        block_2d_type="basic_resnet",
+        return_2d_output=False,
+        fm_weigthing_type="NC",
+        use_freq_pos_enc=False,
+        compress_tconvs=True,
+        stages_setup=None,
+        group_divisor=1,
+        dual_agg=False,
+        agg_gnorm=False,
+        # Subnet stuff
+        return_all_outputs=False,
+        offset_fm_weights=0,
+        is_subnet=False,
+    ):
         super().__init__()
         if stages_setup is None:
             stages_setup = [
                 # Encoder part:
                 ((1, 1), 2, 4, [(3, 3)], None),  # 16
                 ((2, 1), 3, 3, [(3, 3)], None),  # 32
-
                 ((1, 2), 4, 2, [(3, 3)], None),  # 64,
                 ((2, 1), 5, 1, [(3, 3)], 48),  # 128
-
                 ((1, 2), 4, 1, [(3, 3)], 64),  # 128
                 ((2, 1), 3, 1, [(3, 3)], 96),  # 128
             ]
         self.F = F
         self.C = C
 
-        if causal == 'full':
-            block_1d_type = block_1d_type + '-causal'
-            block_2d_type = block_2d_type + '-causal'
+        if causal == "full":
+            block_1d_type = block_1d_type + "-causal"
+            block_2d_type = block_2d_type + "-causal"
             self.causal = True
-        elif causal == 'only_1d':
-            block_1d_type = block_1d_type + '-causal'
+        elif causal == "only_1d":
+            block_1d_type = block_1d_type + "-causal"
             self.causal = True
-        elif causal == 'none':
+        elif causal == "none":
             self.causal = False
         else:
             raise NotImplementedError()
@@ -496,11 +478,30 @@ class ReDimNet2(nn.Module):
         self.offset_fm_weights = offset_fm_weights
         self.return_all_outputs = return_all_outputs
 
-        self.build(F, C, spec_in_channels, out_channels, stages_setup, group_divisor,
-                   compress_tconvs, return_2d_output, use_freq_pos_enc)
+        self.build(
+            F,
+            C,
+            spec_in_channels,
+            out_channels,
+            stages_setup,
+            group_divisor,
+            compress_tconvs,
+            return_2d_output,
+            use_freq_pos_enc,
+        )
 
-    def build(self, F, C, spec_in_channels, out_channels, stages_setup, group_divisor,
-              compress_tconvs, return_2d_output, use_freq_pos_enc):
+    def build(
+        self,
+        F,
+        C,
+        spec_in_channels,
+        out_channels,
+        stages_setup,
+        group_divisor,
+        compress_tconvs,
+        return_2d_output,
+        use_freq_pos_enc,
+    ):
         self.F = F
         self.C = C
 
@@ -515,41 +516,32 @@ class ReDimNet2(nn.Module):
         self.num_stages = len(stages_setup)
 
         append_to1d_before_tcm = True
-        Block1d = functools.partial(
-            TimeContextBlock1d, block_type=self.block_1d_type)
-        Block2d = functools.partial(
-            ConvBlock2d, block_type=self.block_2d_type)
+        Block1d = functools.partial(TimeContextBlock1d, block_type=self.block_1d_type)
+        Block2d = functools.partial(ConvBlock2d, block_type=self.block_2d_type)
 
-        if self.fm_weigthing_type == 'NC':
+        if self.fm_weigthing_type == "NC":
             agg1d = functools.partial(weigth1d, C=F * C)
-        elif self.fm_weigthing_type == 'N':
+        elif self.fm_weigthing_type == "N":
             agg1d = functools.partial(weigth1d, C=None)
         else:
             raise NotImplementedError()
 
         if not self.is_subnet:
             self.stem = nn.Sequential(
-                nn.Conv2d(
-                    spec_in_channels, int(c), kernel_size=3,
-                    stride=1, padding='same'),
+                nn.Conv2d(spec_in_channels, int(c), kernel_size=3, stride=1, padding="same"),
                 LayerNorm(int(c), eps=1e-6, data_format="channels_first"),
-                to1d()
+                to1d(),
             )
         else:
             # Subnet stem: aggregate offset_fm_weights incoming 1D feature maps,
             # reshape to 2D, then apply a standard conv+norm stem before to1d().
-            assert self.offset_fm_weights > 0, \
-                "offset_fm_weights must be > 0 when is_subnet=True"
+            assert self.offset_fm_weights > 0, "offset_fm_weights must be > 0 when is_subnet=True"
             self.stem = nn.Sequential(
-                agg1d(
-                    N=self.offset_fm_weights,
-                    requires_grad=self.offset_fm_weights > 1),
+                agg1d(N=self.offset_fm_weights, requires_grad=self.offset_fm_weights > 1),
                 to2d(f=F, c=C),
-                nn.Conv2d(
-                    int(c), int(c), kernel_size=3,
-                    stride=1, padding='same'),
+                nn.Conv2d(int(c), int(c), kernel_size=3, stride=1, padding="same"),
                 LayerNorm(int(c), eps=1e-6, data_format="channels_first"),
-                to1d()
+                to1d(),
             )
 
         if self.agg_gnorm:
@@ -561,8 +553,7 @@ class ReDimNet2(nn.Module):
         feat_count = self.offset_fm_weights + 1
         self._stage_has_dual = []
 
-        for stage_ind, (stride, num_blocks, conv_exp, kernel_sizes,
-                        att_block_red) in enumerate(stages_setup):
+        for stage_ind, (stride, num_blocks, conv_exp, kernel_sizes, att_block_red) in enumerate(stages_setup):
             (sf, st) = stride
             tot_stride = np.prod((sf, st))
             num_feats_to_weight = feat_count
@@ -570,21 +561,23 @@ class ReDimNet2(nn.Module):
             layers = []
             sft = sft * sf
             stt = stt * st
-            layers.append(
-                agg1d(
-                    N=num_feats_to_weight,
-                    requires_grad=num_feats_to_weight > 1))
+            layers.append(agg1d(N=num_feats_to_weight, requires_grad=num_feats_to_weight > 1))
             layers.append(to2d(f=f, c=c))
             if use_freq_pos_enc:
                 layers.append(FreqEncoder(c=c, bins=f))
 
-            layers.append(ShapeLogger(nn.Conv2d(
-                int(c), int(sf * c * conv_exp),
-                kernel_size=(sf, stt),
-                stride=(sf, stt),
-                padding=0,
-                groups=1 if not compress_tconvs else
-                math.gcd(int(c), int(sf * c * conv_exp)))))
+            layers.append(
+                ShapeLogger(
+                    nn.Conv2d(
+                        int(c),
+                        int(sf * c * conv_exp),
+                        kernel_size=(sf, stt),
+                        stride=(sf, stt),
+                        padding=0,
+                        groups=1 if not compress_tconvs else math.gcd(int(c), int(sf * c * conv_exp)),
+                    )
+                )
+            )
 
             c = sf * c
             assert f % sf == 0
@@ -594,18 +587,16 @@ class ReDimNet2(nn.Module):
                 max_stt = stt
 
             for block_ind in range(num_blocks):
-                layers.append(
-                    Block2d(c=int(c * conv_exp), f=f,
-                            kernel_sizes=kernel_sizes, Gdiv=group_divisor))
+                layers.append(Block2d(c=int(c * conv_exp), f=f, kernel_sizes=kernel_sizes, Gdiv=group_divisor))
 
             if conv_exp != 1:
                 _group_divisor = group_divisor
-                layers.append(nn.Sequential(
-                    nn.Conv2d(
-                        int(c * conv_exp), c, kernel_size=1,
-                        stride=1, padding='same'),
-                    nn.BatchNorm2d(c, eps=1e-6)
-                ))
+                layers.append(
+                    nn.Sequential(
+                        nn.Conv2d(int(c * conv_exp), c, kernel_size=1, stride=1, padding="same"),
+                        nn.BatchNorm2d(c, eps=1e-6),
+                    )
+                )
 
             has_dual = self.dual_agg and att_block_red is not None
 
@@ -616,20 +607,20 @@ class ReDimNet2(nn.Module):
                 # feature maps.
                 if append_to1d_before_tcm:
                     layers.append(to1d())
-                setattr(self, f'stage{stage_ind}_pre', nn.Sequential(*layers))
+                setattr(self, f"stage{stage_ind}_pre", nn.Sequential(*layers))
 
                 blk_1d = Block1d(C * F, hC=(C * F) // att_block_red)
-                setattr(self, f'stage{stage_ind}_1d', blk_1d)
+                setattr(self, f"stage{stage_ind}_1d", blk_1d)
 
-                up_2d = [ShapeLogger(nn.Upsample(scale_factor=stt, mode='nearest'))]
+                up_2d = [ShapeLogger(nn.Upsample(scale_factor=stt, mode="nearest"))]
                 if self.agg_gnorm:
                     up_2d.append(nn.GroupNorm(num_groups=C, num_channels=C * F))
-                setattr(self, f'stage{stage_ind}_up_2d', nn.Sequential(*up_2d))
+                setattr(self, f"stage{stage_ind}_up_2d", nn.Sequential(*up_2d))
 
-                up_1d = [ShapeLogger(nn.Upsample(scale_factor=stt, mode='nearest'))]
+                up_1d = [ShapeLogger(nn.Upsample(scale_factor=stt, mode="nearest"))]
                 if self.agg_gnorm:
                     up_1d.append(nn.GroupNorm(num_groups=C, num_channels=C * F))
-                setattr(self, f'stage{stage_ind}_up_1d', nn.Sequential(*up_1d))
+                setattr(self, f"stage{stage_ind}_up_1d", nn.Sequential(*up_1d))
 
                 self._stage_has_dual.append(True)
                 feat_count += 2
@@ -643,11 +634,10 @@ class ReDimNet2(nn.Module):
                         layers.append(Block1d(C=c, F=f, hC=att_block_red))
                 if not append_to1d_before_tcm:
                     layers.append(to1d())
-                layers.append(
-                    ShapeLogger(nn.Upsample(scale_factor=stt, mode='nearest')))
+                layers.append(ShapeLogger(nn.Upsample(scale_factor=stt, mode="nearest")))
                 if self.agg_gnorm:
                     layers.append(nn.GroupNorm(num_groups=C, num_channels=C * F))
-                setattr(self, f'stage{stage_ind}', nn.Sequential(*layers))
+                setattr(self, f"stage{stage_ind}", nn.Sequential(*layers))
 
                 self._stage_has_dual.append(False)
                 feat_count += 1
@@ -668,29 +658,28 @@ class ReDimNet2(nn.Module):
 
     def run_stage(self, prev_outs_1d, stage_ind):
         if self._stage_has_dual[stage_ind]:
-            pre = getattr(self, f'stage{stage_ind}_pre')
-            blk_1d = getattr(self, f'stage{stage_ind}_1d')
-            up_2d = getattr(self, f'stage{stage_ind}_up_2d')
-            up_1d = getattr(self, f'stage{stage_ind}_up_1d')
+            pre = getattr(self, f"stage{stage_ind}_pre")
+            blk_1d = getattr(self, f"stage{stage_ind}_1d")
+            up_2d = getattr(self, f"stage{stage_ind}_up_2d")
+            up_1d = getattr(self, f"stage{stage_ind}_up_1d")
             x_pre = pre(prev_outs_1d)
             x_2d = up_2d(x_pre)
             x_1d = up_1d(blk_1d(x_pre))
             return [x_2d, x_1d]
-        stage = getattr(self, f'stage{stage_ind}')
+        stage = getattr(self, f"stage{stage_ind}")
         return [stage(prev_outs_1d)]
 
     def forward(self, inp):
         if not self.is_subnet:
             bs, _, _, T = inp.size()
-            inp = inp[:, :, :, :(T // self.time_stride) * self.time_stride]
+            inp = inp[:, :, :, : (T // self.time_stride) * self.time_stride]
             # Needed for right reshape operations
             x = self.stem(inp)
             if self.agg_gnorm:
                 x = self.stem_gnorm(x)
             outputs_1d = [x]
         else:
-            assert isinstance(inp, list), \
-                "Subnet-mode ReDimNet2 expects a list of 1D feature maps as input"
+            assert isinstance(inp, list), "Subnet-mode ReDimNet2 expects a list of 1D feature maps as input"
             outputs_1d = list(inp)
             x = self.stem(inp)
             if self.agg_gnorm:
@@ -709,17 +698,12 @@ class ReDimNet2(nn.Module):
         return x
 
 
-
 class ASTP(nn.Module):
-    """ Attentive statistics pooling: Channel- and context-dependent
-        statistics pooling, first used in ECAPA_TDNN.
+    """Attentive statistics pooling: Channel- and context-dependent
+    statistics pooling, first used in ECAPA_TDNN.
     """
 
-    def __init__(self,
-                 in_dim,
-                 bottleneck_dim=128,
-                 global_context_att=False,
-                 **kwargs):
+    def __init__(self, in_dim, bottleneck_dim=128, global_context_att=False, **kwargs):
         super(ASTP, self).__init__()
         self.in_dim = in_dim
         self.global_context_att = global_context_att
@@ -727,15 +711,10 @@ class ASTP(nn.Module):
         # Use Conv1d with stride == 1 rather than Linear, then we don't
         # need to transpose inputs.
         if global_context_att:
-            self.linear1 = nn.Conv1d(
-                in_dim * 3, bottleneck_dim,
-                kernel_size=1)  # equals W and b in the paper
+            self.linear1 = nn.Conv1d(in_dim * 3, bottleneck_dim, kernel_size=1)  # equals W and b in the paper
         else:
-            self.linear1 = nn.Conv1d(
-                in_dim, bottleneck_dim,
-                kernel_size=1)  # equals W and b in the paper
-        self.linear2 = nn.Conv1d(bottleneck_dim, in_dim,
-                                 kernel_size=1)  # equals V and k in the paper
+            self.linear1 = nn.Conv1d(in_dim, bottleneck_dim, kernel_size=1)  # equals W and b in the paper
+        self.linear2 = nn.Conv1d(bottleneck_dim, in_dim, kernel_size=1)  # equals V and k in the paper
 
     def forward(self, x):
         """
@@ -749,15 +728,13 @@ class ASTP(nn.Module):
 
         if self.global_context_att:
             context_mean = torch.mean(x, dim=-1, keepdim=True).expand_as(x)
-            context_std = torch.sqrt(
-                torch.var(x, dim=-1, keepdim=True) + 1e-7).expand_as(x)
+            context_std = torch.sqrt(torch.var(x, dim=-1, keepdim=True) + 1e-7).expand_as(x)
             x_in = torch.cat((x, context_mean, context_std), dim=1)
         else:
             x_in = x
 
         # DON'T use ReLU here! ReLU may be hard to converge.
-        alpha = torch.tanh(
-            self.linear1(x_in))  # alpha = F.relu(self.linear1(x_in))
+        alpha = torch.tanh(self.linear1(x_in))  # alpha = F.relu(self.linear1(x_in))
         alpha = torch.softmax(self.linear2(alpha), dim=2)
         mean = torch.sum(alpha * x, dim=2)
         var = torch.sum(alpha * (x**2), dim=2) - mean**2
@@ -769,9 +746,8 @@ class ASTP(nn.Module):
         return self.out_dim
 
 
-
 def hz2mel(hz):
-    return 2595 * np.log10(1 + hz / 700.)
+    return 2595 * np.log10(1 + hz / 700.0)
 
 
 def mel2hz(mel):
@@ -785,15 +761,11 @@ def get_filterbanks(low_freq=20, high_freq=7600, nfilt=80, nfft=512, samplerate=
     lower_edge_mel = melpoints[:-2].reshape(1, -1)
     center_mel = melpoints[1:-1].reshape(1, -1)
     upper_edge_mel = melpoints[2:].reshape(1, -1)
-    spectrogram_bins_mel = hz2mel(
-        np.linspace(0, samplerate // 2, nfft))[1:].reshape(-1, 1)
-    lower_slopes = (spectrogram_bins_mel - lower_edge_mel) / (
-        center_mel - lower_edge_mel)
-    upper_slopes = (upper_edge_mel - spectrogram_bins_mel) / (
-        upper_edge_mel - center_mel)
-    mel_weights_matrix = np.maximum(
-        0.0, np.minimum(lower_slopes, upper_slopes))
-    return np.vstack([np.zeros((1, nfilt)), mel_weights_matrix])[:, :].astype('float32')
+    spectrogram_bins_mel = hz2mel(np.linspace(0, samplerate // 2, nfft))[1:].reshape(-1, 1)
+    lower_slopes = (spectrogram_bins_mel - lower_edge_mel) / (center_mel - lower_edge_mel)
+    upper_slopes = (upper_edge_mel - spectrogram_bins_mel) / (upper_edge_mel - center_mel)
+    mel_weights_matrix = np.maximum(0.0, np.minimum(lower_slopes, upper_slopes))
+    return np.vstack([np.zeros((1, nfilt)), mel_weights_matrix])[:, :].astype("float32")
 
 
 class NormalizeAudio(nn.Module):
@@ -804,45 +776,43 @@ class NormalizeAudio(nn.Module):
     def forward(self, x):
         if x.ndim == 2:
             x = x.unsqueeze(1)
-        return (x - x.mean(dim=2, keepdims=True)) / (
-            x.std(dim=2, keepdims=True, unbiased=False) + self.eps)
+        return (x - x.mean(dim=2, keepdims=True)) / (x.std(dim=2, keepdims=True, unbiased=False) + self.eps)
 
 
 class PreEmphasis(nn.Module):
     def __init__(self, coef: float = 0.97):
         super().__init__()
         self.coef = coef
-        self.register_buffer(
-            'flipped_filter',
-            torch.FloatTensor([-self.coef, 1.]).unsqueeze(0).unsqueeze(0))
+        self.register_buffer("flipped_filter", torch.FloatTensor([-self.coef, 1.0]).unsqueeze(0).unsqueeze(0))
 
     def forward(self, x):
         if x.ndim == 2:
             x = x.unsqueeze(1)
-        x = F.pad(x, (1, 0), 'reflect')
+        x = F.pad(x, (1, 0), "reflect")
         return F.conv1d(x, self.flipped_filter).squeeze(1)
 
 
 class SpectralFeaturesTF(nn.Module):
     def __init__(
-            self,
-            frame_length=400,
-            frame_step=160,
-            fft_length=512,
-            sample_rate=16000,
-            window='hann',
-            normalize_spectrogram=False,
-            normalize_signal=False,
-            eps=1e-8,
-            mode='melbanks',
-            low_freq=20,
-            high_freq=7600,
-            num_bins=80,
-            log_mels=True,
-            fft_mode='abs',
-            sqrt_real_imag=False,
-            return_img=False,
-            **kwargs):
+        self,
+        frame_length=400,
+        frame_step=160,
+        fft_length=512,
+        sample_rate=16000,
+        window="hann",
+        normalize_spectrogram=False,
+        normalize_signal=False,
+        eps=1e-8,
+        mode="melbanks",
+        low_freq=20,
+        high_freq=7600,
+        num_bins=80,
+        log_mels=True,
+        fft_mode="abs",
+        sqrt_real_imag=False,
+        return_img=False,
+        **kwargs,
+    ):
         super().__init__()
         self.length = frame_length
         self.shift = frame_step
@@ -858,61 +828,60 @@ class SpectralFeaturesTF(nn.Module):
         self.high_freq = high_freq
         self.num_bins = num_bins
         self.return_img = return_img
-        if mode in ['melbanks', 'mfcc']:
-            fft_mode = 'abs'
+        if mode in ["melbanks", "mfcc"]:
+            fft_mode = "abs"
         self.fft_mode = fft_mode
         self.log_mels = log_mels
         self.build()
 
     def build(self):
         if self.window:
-            if self.window == 'hamming':  # scipy.signal.windows.hamming (symmetric)
+            if self.window == "hamming":  # scipy.signal.windows.hamming (symmetric)
                 self.window = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(self.length) / (self.length - 1))
-            elif self.window in ['hann', 'hanning']:
-                self.window = np.array([
-                    0.5 - 0.5 * (np.cos((2 * np.pi * l) / (self.length - 1)))
-                    for l in range(self.length)])
-            elif self.window == 'sqrt_hann':
-                self.window = np.array([
-                    0.5 - 0.5 * (np.cos((2 * np.pi * l) / (self.length - 1)))
-                    for l in range(self.length)]) ** 0.5
-            elif self.window == 'kaiser':
+            elif self.window in ["hann", "hanning"]:
+                self.window = np.array(
+                    [0.5 - 0.5 * (np.cos((2 * np.pi * l) / (self.length - 1))) for l in range(self.length)]
+                )
+            elif self.window == "sqrt_hann":
+                self.window = (
+                    np.array([0.5 - 0.5 * (np.cos((2 * np.pi * l) / (self.length - 1))) for l in range(self.length)])
+                    ** 0.5
+                )
+            elif self.window == "kaiser":
                 self.window = windows.kaiser(self.length)
             else:
                 self.window = np.ones(self.length)
         self.window = self.window.astype("float32")
-        real_kernel = np.asarray([
-            np.cos(2 * np.pi * np.arange(0, self.nfft) * n / self.nfft)
-            for n in range(self.nfft)]).astype("float32").T
-        self.real_kernel = real_kernel[:self.length, :self.nfft // 2]
+        real_kernel = (
+            np.asarray([np.cos(2 * np.pi * np.arange(0, self.nfft) * n / self.nfft) for n in range(self.nfft)])
+            .astype("float32")
+            .T
+        )
+        self.real_kernel = real_kernel[: self.length, : self.nfft // 2]
         if self.window is not None:
             self.real_kernel *= self.window[:, None]
         self.real_kernel = self.real_kernel[:, None, :]
-        image_kernel = np.asarray([
-            np.sin(2 * np.pi * np.arange(0, self.nfft) * n / self.nfft)
-            for n in range(self.nfft)]).astype("float32").T
-        self.image_kernel = image_kernel[:self.length, :self.nfft // 2]
+        image_kernel = (
+            np.asarray([np.sin(2 * np.pi * np.arange(0, self.nfft) * n / self.nfft) for n in range(self.nfft)])
+            .astype("float32")
+            .T
+        )
+        self.image_kernel = image_kernel[: self.length, : self.nfft // 2]
         if self.window is not None:
             self.image_kernel *= self.window[:, None]
         self.image_kernel = self.image_kernel[:, None, :]
-        self.register_buffer(
-            'real_kernel_pt',
-            torch.from_numpy(self.real_kernel).permute(2, 1, 0).float())
-        self.register_buffer(
-            'image_kernel_pt',
-            torch.from_numpy(self.image_kernel).permute(2, 1, 0).float())
-        if self.features in ['melbanks']:
+        self.register_buffer("real_kernel_pt", torch.from_numpy(self.real_kernel).permute(2, 1, 0).float())
+        self.register_buffer("image_kernel_pt", torch.from_numpy(self.image_kernel).permute(2, 1, 0).float())
+        if self.features in ["melbanks"]:
             linear_to_mel_weight_matrix = get_filterbanks(
                 nfilt=self.num_bins,
                 nfft=self.nfft // 2,
                 samplerate=self.samplerate,
                 low_freq=self.low_freq,
-                high_freq=self.high_freq)
+                high_freq=self.high_freq,
+            )
             linear_to_mel_weight_matrix = linear_to_mel_weight_matrix[:, :, None]
-            self.register_buffer(
-                'melbanks_pt',
-                torch.from_numpy(linear_to_mel_weight_matrix).permute(
-                    1, 0, 2).float())
+            self.register_buffer("melbanks_pt", torch.from_numpy(linear_to_mel_weight_matrix).permute(1, 0, 2).float())
 
     def forward(self, inputs):
         dtype = inputs.dtype
@@ -920,23 +889,20 @@ class SpectralFeaturesTF(nn.Module):
         if inputs.ndim == 2:
             inputs = inputs.unsqueeze(1)
         if self.normalize_signal:
-            inputs = (inputs - inputs.mean(dim=2, keepdims=True)) / \
-                (inputs.std(dim=2, keepdims=True, unbiased=False) + self.eps)
-        real_part = F.conv1d(
-            inputs, self.real_kernel_pt, stride=self.shift,
-            padding=self.shift // 2)
-        imag_part = F.conv1d(
-            inputs, self.image_kernel_pt, stride=self.shift,
-            padding=self.shift // 2)
-        if self.features == 'complex':
+            inputs = (inputs - inputs.mean(dim=2, keepdims=True)) / (
+                inputs.std(dim=2, keepdims=True, unbiased=False) + self.eps
+            )
+        real_part = F.conv1d(inputs, self.real_kernel_pt, stride=self.shift, padding=self.shift // 2)
+        imag_part = F.conv1d(inputs, self.image_kernel_pt, stride=self.shift, padding=self.shift // 2)
+        if self.features == "complex":
             return [real_part, imag_part]
         fft = torch.square(real_part) + torch.square(imag_part)
         if self.sqrt_real_imag:
             fft = torch.sqrt(fft)
         feat = fft.clip(self.eps, 1 / self.eps)
-        if self.fft_mode == 'log':
+        if self.fft_mode == "log":
             feat = torch.log(feat)
-        if self.features in ['melbanks']:
+        if self.features in ["melbanks"]:
             mel_spectrograms = F.conv1d(feat, self.melbanks_pt, stride=1, padding=0)
             mel_spectrograms = mel_spectrograms.clip(self.eps, 1 / self.eps)
             if self.log_mels:
@@ -944,8 +910,9 @@ class SpectralFeaturesTF(nn.Module):
             else:
                 feat = mel_spectrograms
         if self.normalize_spectrogram:
-            feat = (feat - feat.mean(dim=(1, 2), keepdims=True)) / \
-                (feat.std(dim=(1, 2), keepdims=True, unbiased=False) + self.eps)
+            feat = (feat - feat.mean(dim=(1, 2), keepdims=True)) / (
+                feat.std(dim=(1, 2), keepdims=True, unbiased=False) + self.eps
+            )
         if self.return_img:
             feat = feat[:, None, :, :]
         return feat.to(dtype)
@@ -953,23 +920,22 @@ class SpectralFeaturesTF(nn.Module):
 
 class TFMelBanks(nn.Module):
     def __init__(
-            self,
-            sample_rate=16000,
-            n_fft=512,
-            win_length=400,
-            hop_length=160,
-            f_min=20,
-            f_max=7600,
-            n_mels=80,
-            do_spec_aug=False,
-            norm_signal=False,
-            do_preemph=True,
-            freq_start_bin=0,
-            freq_mask_width=(
-                0,
-                8),
-            time_mask_width=(0, 10),
-            eps=1e-8):
+        self,
+        sample_rate=16000,
+        n_fft=512,
+        win_length=400,
+        hop_length=160,
+        f_min=20,
+        f_max=7600,
+        n_mels=80,
+        do_spec_aug=False,
+        norm_signal=False,
+        do_preemph=True,
+        freq_start_bin=0,
+        freq_mask_width=(0, 8),
+        time_mask_width=(0, 10),
+        eps=1e-8,
+    ):
         super(TFMelBanks, self).__init__()
         self.torchfbank = torch.nn.Sequential(
             NormalizeAudio(eps) if norm_signal else nn.Identity(),
@@ -979,24 +945,25 @@ class TFMelBanks(nn.Module):
                 frame_step=hop_length,
                 fft_length=n_fft,
                 sample_rate=sample_rate,
-                window='hamming',
+                window="hamming",
                 normalize_spectrogram=False,
                 normalize_signal=False,
                 eps=eps,
-                mode='melbanks',
+                mode="melbanks",
                 low_freq=f_min,
                 high_freq=f_max,
                 num_bins=n_mels,
                 log_mels=False,
-                fft_mode='abs',
+                fft_mode="abs",
                 sqrt_real_imag=False,
-                return_img=False))
+                return_img=False,
+            ),
+        )
         self.eps = eps
         if do_spec_aug:
             self.specaug = FbankAug(
-                freq_start_bin=freq_start_bin,
-                freq_mask_width=freq_mask_width,
-                time_mask_width=time_mask_width)
+                freq_start_bin=freq_start_bin, freq_mask_width=freq_mask_width, time_mask_width=time_mask_width
+            )
         else:
             self.specaug = nn.Identity()
 
@@ -1004,7 +971,7 @@ class TFMelBanks(nn.Module):
         xdtype = x.dtype
         x = x.float()
         with torch.no_grad():
-            with torch.autocast('cpu', enabled=False):
+            with torch.autocast("cpu", enabled=False):
                 x = self.torchfbank(x) + self.eps
                 x = x.log()
                 x = x - torch.mean(x, dim=-1, keepdim=True)
@@ -1013,16 +980,23 @@ class TFMelBanks(nn.Module):
         return x.to(xdtype)
 
 
-
-
 class ReDimNet2Wrap(nn.Module):
     """`ReDimNet2Wrap(feat_dim, embed_dim, pooling_func="ASTP", spec=None)` with B6's arguments passed in."""
 
     def __init__(self, F=72, C=64, embed_dim=192, out_channels=224, return_2d_output=True, stages_setup=None):
         super().__init__()
-        self.backbone = ReDimNet2(F=F, C=C, out_channels=out_channels, return_2d_output=return_2d_output,
-                                  block_1d_type="conv+att", block_2d_type="basic_resnet", stages_setup=stages_setup)
-        if return_2d_output:
+        self.backbone = ReDimNet2(
+            F=F,
+            C=C,
+            out_channels=out_channels,
+            return_2d_output=return_2d_output,
+            block_1d_type="conv+att",
+            block_2d_type="basic_resnet",
+            stages_setup=stages_setup,
+        )
+        if out_channels is None:
+            out_channels = C * F
+        elif return_2d_output:
             out_channels = (F // self.backbone.freq_stride) * out_channels
         self.pool = ASTP(in_dim=out_channels, global_context_att=True)
         self.pool_out_dim = self.pool.get_out_dim()
@@ -1048,3 +1022,96 @@ B6_STAGES = [
     [[1, 2], 4, 0.75, [[3, 3]], 32],
     [[2, 1], 3, 0.5, [[3, 3]], 24],
 ]
+
+
+class ReDimNet2B6(ReDimNet2Wrap):
+    """B6 reading `[B, T, F]`, as every model in `bench/models.py` is fed."""
+
+    def __init__(self, embed_dim=192):
+        super().__init__(C=64, embed_dim=embed_dim, stages_setup=B6_STAGES)
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2))
+
+
+# `ReDimNet2B0`..`B5` of redimnet2.py: (C, out_channels, stages_setup); return_2d_output=False
+VARIANTS = {
+    "b0": (
+        12,
+        64,
+        [
+            [[1, 1], 2, 2, [[3, 3]], 36],
+            [[2, 1], 3, 1, [[3, 3]], 36],
+            [[1, 2], 4, 1, [[3, 3]], 36],
+            [[2, 1], 5, 1, [[3, 3]], 36],
+            [[1, 2], 4, 1, [[3, 3]], 18],
+            [[2, 1], 3, 1, [[3, 3]], 18],
+        ],
+    ),
+    "b1": (
+        16,
+        64,
+        [
+            [[1, 1], 2, 2, [[3, 3]], 32],
+            [[2, 1], 3, 1, [[3, 3]], 32],
+            [[1, 2], 4, 1, [[3, 3]], 32],
+            [[2, 1], 5, 1, [[3, 3]], 32],
+            [[1, 2], 4, 1, [[3, 3]], 16],
+            [[2, 1], 3, 1, [[3, 3]], 16],
+        ],
+    ),
+    "b2": (
+        20,
+        64,
+        [
+            [[1, 1], 2, 2, [[3, 5]], 40],
+            [[2, 1], 3, 1, [[3, 5]], 30],
+            [[1, 2], 4, 1, [[3, 5]], 30],
+            [[3, 1], 5, 1, [[3, 5]], 20],
+            [[1, 2], 4, 1, [[3, 7]], 20],
+            [[2, 1], 3, 1, [[3, 7]], 10],
+        ],
+    ),
+    "b3": (
+        24,
+        64,
+        [
+            [[1, 1], 2, 2, [[3, 3]], 36],
+            [[2, 1], 3, 1, [[3, 3]], 36],
+            [[1, 2], 4, 1, [[3, 3]], 36],
+            [[2, 1], 5, 1, [[3, 3]], 36],
+            [[1, 2], 4, 1, [[3, 3]], 18],
+            [[2, 1], 3, 1, [[3, 3]], 18],
+        ],
+    ),
+    "b4": (
+        32,
+        None,
+        [
+            [[1, 1], 2, 4, [[3, 3]], 24],
+            [[2, 1], 3, 3, [[3, 3]], 24],
+            [[1, 2], 4, 2, [[3, 3]], 24],
+            [[2, 1], 5, 1, [[3, 3]], 24],
+            [[1, 2], 4, 1, [[3, 3]], 24],
+            [[2, 1], 3, 1, [[3, 3]], 24],
+        ],
+    ),
+    "b5": (
+        48,
+        256,
+        [
+            [[1, 1], 2, 4, [[3, 3]], 48],
+            [[2, 1], 3, 3, [[3, 3]], 48],
+            [[1, 2], 4, 2, [[3, 3]], 48],
+            [[2, 1], 5, 1, [[3, 3]], 48],
+            [[1, 2], 4, 1, [[3, 3]], 32],
+            [[2, 1], 3, 1, [[3, 3]], 32],
+        ],
+    ),
+}
+
+
+def variant(name, embed_dim=192):
+    """WeSpeaker's `ReDimNet2B{0..5}` (feat_dim 72, ASTP), as `ReDimNet2Wrap` builds them."""
+    c, out, stages = VARIANTS[name]  # B4 (out None): no head, the 1D maps pooled directly
+    return ReDimNet2Wrap(C=c, embed_dim=embed_dim, out_channels=out, return_2d_output=False, stages_setup=stages)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ PREEMPHASIS = 0.97
 LOW_FREQ, HIGH_FREQ = 20.0, 7600.0
 
 
-def _hz2mel(hz: np.ndarray) -> np.ndarray:
+def _hz2mel(hz: Any) -> Any:
     return 2595.0 * np.log10(1.0 + hz / 700.0)
 
 
@@ -43,7 +44,9 @@ def _sizes(sample_rate: int, frame_length: float, frame_shift: float) -> tuple[i
     return window, shift, 1 << (window - 1).bit_length()
 
 
-def tf_num_frames(num_samples: int, sample_rate: int = 16000, frame_length: float = 25.0, frame_shift: float = 10.0) -> int:
+def tf_num_frames(
+    num_samples: int, sample_rate: int = 16000, frame_length: float = 25.0, frame_shift: float = 10.0
+) -> int:
     """Frames of `num_samples` samples: half a shift of padding at each end, then whole windows."""
     window, shift, _ = _sizes(sample_rate, frame_length, frame_shift)
     padded = num_samples + 2 * (shift // 2)
@@ -64,7 +67,11 @@ def _matrices(
 
 
 def tf_log_mel(
-    wave: Tensor, num_mel_bins: int = 72, sample_rate: int = 16000, frame_length: float = 25.0, frame_shift: float = 10.0
+    wave: Tensor,
+    num_mel_bins: int = 72,
+    sample_rate: int = 16000,
+    frame_length: float = 25.0,
+    frame_shift: float = 10.0,
 ) -> Tensor:
     """`[T]` or `[B, T]` float waveform -> log mel `[frames, bins]` / `[B, frames, bins]` (the frontend's mean
     normalisation over time is `FeatureSpec.mean_norm`)."""

@@ -18,6 +18,10 @@ What loads, and how:
 | res2net    | ERes2NetV2 and Res2Net are variants)     | `bn2_1` and the others `convs.{i-1}`: renamed            |
 | resnet     |                                          | `simam=True` (SimAM-ResNet): `front.*`, `downsample`,    |
 | simam      |                                          | `pooling.attention.{0,2,3}`, `bottleneck` renamed        |
+| gemini_    | (no such model)                          | identity                                                 |
+| dfresnet   |                                          |                                                          |
+| redimnet2  | (no such model)                          | identity; `frontend.*` buffers (a tfmel frontend's       |
+|            |                                          | constants) and a `model_config` entry are set aside      |
 
 Self-supervised 3D-Speaker checkpoints (RDINO, SDPN) hold a `teacher` and a `student`, each `backbone.*` + `head.*`:
 `part="teacher"` takes that network's backbone (`speakerforge.models.zoo` sets it for those model ids).

@@ -86,7 +86,14 @@ def _ws(
 ) -> ZooEntry:
     args = {**args, "embedding_dim": emb}
     return ZooEntry(
-        f"wespeaker/{name}", "wespeaker", "avg_model.pt", arch, args, emb, features=dict(features), aliases=aliases,
+        f"wespeaker/{name}",
+        "wespeaker",
+        "avg_model.pt",
+        arch,
+        args,
+        emb,
+        features=dict(features),
+        aliases=aliases,
         note=note,
     )
 
@@ -379,7 +386,10 @@ def convert_checkpoint(
         model,
         spec.name,
         dict(spec.args),
-        features={**(entry.features if entry else arch_features(spec.name)), "num_mel_bins": getattr(model, "feat_dim", 80)},
+        features={
+            **(entry.features if entry else arch_features(spec.name)),
+            "num_mel_bins": getattr(model, "feat_dim", 80),
+        },
         extra_tensors=extra,
         extra_meta={
             "converted_from": {
