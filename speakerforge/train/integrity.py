@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -93,18 +93,24 @@ class Violation:
         return f"{self.name}: {self.problem}"
 
 
-def _grad_problem(p: torch.Tensor) -> tuple[str, bool] | None:
+class GradProblem(NamedTuple):
+    """What is wrong with a trainable tensor's gradient; `zero` marks an exactly-zero one, which is re-judged over
+    the next steps rather than reported at once (the first batch may not reach a branch)."""
+
+    text: str
+    dead: bool
+    zero: bool = False
+
+
+def _grad_problem(p: torch.Tensor) -> GradProblem | None:
     g = p.grad
     if g is None:
-        return "no gradient (the loss does not reach it, or its gradient was discarded)", True
+        return GradProblem("no gradient (the loss does not reach it, or its gradient was discarded)", True)
     if not bool(torch.isfinite(g).all()):
-        return "non-finite gradient", False
+        return GradProblem("non-finite gradient", False)
     if not bool(g.any()):
-        return _ZERO_GRADIENT, True
+        return GradProblem("gradient is exactly zero (an unused branch, or one multiplied by zero)", True, zero=True)
     return None
-
-
-_ZERO_GRADIENT = "gradient is exactly zero (an unused branch, or one multiplied by zero)"
 
 
 class UpdateIntegrityCheck:
@@ -160,7 +166,7 @@ class UpdateIntegrityCheck:
         match_names("ignore pattern", self._ignore, aliases, module_names)
         self._param_snap: dict[int, torch.Tensor] = {}
         self._requires_grad: dict[int, bool] = {}
-        self._grad_problems: dict[int, tuple[str, bool]] = {}
+        self._grad_problems: dict[int, GradProblem] = {}
         self._grad_max: dict[int, float] = {}
         self._state_snap: dict[int, dict[str, Any]] = {}
         self._armed = False
@@ -332,10 +338,10 @@ class UpdateIntegrityCheck:
                     frozen_in_optimizer.append(name)
                 continue
             problem = self._grad_problems.get(id(p))
-            if problem is not None and problem[0] == _ZERO_GRADIENT:
+            if problem is not None and problem.zero:
                 self._pending[id(p)] = name  # perhaps the first batch's doing: re-judged on the next steps
             elif problem is not None:
-                out.append(Violation(name, problem[0], problem[1]))
+                out.append(Violation(name, problem.text, problem.dead))
             if id(p) not in held:
                 out.append(Violation(name, "trainable but not held by the optimizer", True))
             elif problem is None and not changed:

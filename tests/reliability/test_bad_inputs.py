@@ -1400,11 +1400,11 @@ def test_shortest_audio_the_network_accepts_gives_a_finite_embedding(world: dict
     torch_model, onnx_model = load_model(world["model"]), load_model(world["onnx"])
     assert torch_model.min_frames == onnx_model.min_frames > 1  # ECAPA's reflect padding: 5 frames
     for model in (torch_model, onnx_model):
-        n = model.min_samples
+        n = model.min_samples  # the fewest samples: one fewer loses a frame
         wav = _noise(1.0, 9)
         assert np.isfinite(model.embed(wav[:n])).all()
         with pytest.raises(SpeakerforgeError, match="shorter"):
-            model.embed(wav[: n - model.shift])
+            model.embed(wav[: n - 1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
