@@ -53,9 +53,6 @@ REDIMNET2_VARIANTS: dict[str, dict[str, Any]] = {
     "b2": dict(C=20, out_channels=64, two_d=False, stages=(
         (1, 1, 2, 2, 40), (2, 1, 3, 1, 30), (1, 2, 4, 1, 30),
         (3, 1, 5, 1, 20), (1, 2, 4, 1, 20), (2, 1, 3, 1, 10))),
-    "b3": dict(C=24, out_channels=64, two_d=False, stages=(
-        (1, 1, 2, 2, 36), (2, 1, 3, 1, 36), (1, 2, 4, 1, 36),
-        (2, 1, 5, 1, 36), (1, 2, 4, 1, 18), (2, 1, 3, 1, 18))),
     "b4": dict(C=32, out_channels=None, two_d=False, stages=(
         (1, 1, 2, 4, 24), (2, 1, 3, 3, 24), (1, 2, 4, 2, 24),
         (2, 1, 5, 1, 24), (1, 2, 4, 1, 24), (2, 1, 3, 1, 24))),
@@ -67,6 +64,7 @@ REDIMNET2_VARIANTS: dict[str, dict[str, Any]] = {
         (2, 1, 5, 1, 48), (1, 2, 4, 0.75, 32), (2, 1, 3, 0.5, 24))),
 }
 # fmt: on
+REDIMNET2_VARIANTS["b3"] = {**REDIMNET2_VARIANTS["b0"], "C": 24}  # B0's stages, wider
 
 
 class ChannelNorm(nn.Module):
@@ -297,7 +295,7 @@ class ReDimNet2(nn.Module):
         super().__init__()
         key = variant.lower()
         if key not in REDIMNET2_VARIANTS:
-            raise ConfigError(f"redimnet2 variant {variant!r}: choose from {', '.join(REDIMNET2_VARIANTS)}")
+            raise ConfigError(f"redimnet2 variant {variant!r}: choose from {', '.join(sorted(REDIMNET2_VARIANTS))}")
         v = REDIMNET2_VARIANTS[key]
         self.feat_dim, self.embedding_dim, self.variant = feat_dim, embedding_dim, key
         self.backbone = ReDimNet2Trunk(feat_dim, channels or v["C"], v["stages"], v["out_channels"], v["two_d"])
