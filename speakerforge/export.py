@@ -84,7 +84,7 @@ class _FeatsToEmbedding(nn.Module):
 
 
 class _WaveToEmbedding(nn.Module):
-    """Waveform -> Kaldi fbank (+ mean norm) -> network, built from the features module's public pieces
+    """Waveform -> Kaldi fbank (+ mean and variance norm) -> network, built from the features module's public pieces
     (`frame_sizes`, `dft_basis`, `mel_banks`, `LOG_FLOOR`) with the steps of its `fbank`. `Fbank` itself frames with
     `Tensor.unfold`, which the TorchScript exporter cannot export over a dynamic length, so frames are gathered by
     index here. The parity check compares the graph against `features.fbank`, so any drift between the two is
@@ -96,6 +96,7 @@ class _WaveToEmbedding(nn.Module):
 
         self.window, self.shift, fft_size = frame_sizes(SAMPLE_RATE, features["frame_length"], features["frame_shift"])
         self.mean_norm = bool(features["mean_norm"])
+        self.var_norm = bool(features.get("var_norm", False))
         basis = dft_basis(self.window, fft_size)  # [window, 2 * bins]: real parts, then imaginary parts
         self.bins = basis.shape[1] // 2
         self.register_buffer("basis", basis.float(), persistent=False)
@@ -106,7 +107,7 @@ class _WaveToEmbedding(nn.Module):
         self.net = net
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        from speakerforge.data.features import LOG_FLOOR
+        from speakerforge.data.features import LOG_FLOOR, variance_normalize
 
         frames = (waveform.shape[-1] - self.window) // self.shift + 1
         index = torch.arange(frames, device=waveform.device).unsqueeze(1) * self.shift + self.offsets
@@ -116,6 +117,8 @@ class _WaveToEmbedding(nn.Module):
         feats = (power @ self.mel).clamp_min(LOG_FLOOR).log()
         if self.mean_norm:
             feats = feats - feats.mean(dim=-2, keepdim=True)
+        if self.var_norm:  # traced with at least two frames: the graph always divides
+            feats = variance_normalize(feats)
         return self.net(feats)
 
 

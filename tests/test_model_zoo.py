@@ -379,6 +379,8 @@ def reference_for(entry: ZooEntry, small: bool = True) -> Ref:
         )
     if entry.arch == "redimnet2":
         return redimnet2_reference(emb, small)
+    if entry.arch == "w2vbert_mfa":
+        return w2vbert_reference(emb, small)
     if entry.arch == "campplus":
         cls = import_speakerlab("models.campplus.DTDNN").CAMPPlus
         tiny = dict(growth_rate=8, bn_size=2, init_channels=32) if small else {}
@@ -452,6 +454,28 @@ def redimnet2_reference(emb: int, small: bool = True) -> Ref:
 
     # the reference reads [B, F, T] (its frontend's layout); ours [B, T, F]
     return Ref(ckpt, lambda x: net(x.transpose(1, 2).contiguous()), {"channels": c} if small else {}, load_back, 72)
+
+
+W2VBERT_TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64}
+
+
+def w2vbert_reference(emb: int, small: bool = True, lora: bool = False) -> Ref:
+    """WeSpeaker's W2V-BERT adapter MFA with its frontend (`tests/ws_w2vbert.py`), saved as `bin/train.py` does: the
+    frontend's encoder and the margin head beside the model; with `lora`, as stage 1 saves it (PEFT's wrapper)."""
+    from tests.ws_w2vbert import Wav2Vec2BertConfig, build, embed_features, lora_state_dict
+
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    net = _randomize(build(Wav2Vec2BertConfig(**(tiny if small else {})), emb))
+    sd = dict(net.state_dict())
+    if lora:
+        sd, merged = lora_state_dict(net)
+        net.load_state_dict(merged, strict=True)  # the model the LoRA checkpoint stands for
+    ckpt = sd | {"projection.weight": torch.randn(5, emb)}
+
+    def load_back(ours):
+        net.load_state_dict(to_wespeaker(ours, "w2vbert_mfa", None), strict=True)
+
+    return Ref(ckpt, lambda x: embed_features(net, x), dict(W2VBERT_TINY) if small else {}, load_back)
 
 
 def _ours_model(entry: ZooEntry, m_channels: int | None, **extra: Any) -> nn.Module:
@@ -575,6 +599,7 @@ def test_every_row_builds_at_its_released_width_with_its_embedding_size():
 
 
 RELEASED_WIDTH_ROWS = [
+    "wespeaker/voxceleb_voxblink2_w2v_bert2_lora_adapterMFA_lm",
     "wespeaker/voxceleb_redimnet2_B6_LM",
     "wespeaker/voxceleb_gemini_dfresnet114_LM",
     "iic/speech_eres2netv2_sv_zh-cn_16k-common",

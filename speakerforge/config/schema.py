@@ -70,6 +70,7 @@ class FeatureConfig:
     dither: float = num(0.0, 0)  # training-time dither; extraction always uses 0
     mean_norm: bool = True
     kind: str = choice("kaldi", "kaldi", "tfmel")  # Kaldi fbank, or WeSpeaker's TF-style log mel (ReDimNet2)
+    var_norm: bool = False  # also divide by each bin's std over the utterance (W2V-BERT 2.0's features)
 
 
 @dataclass

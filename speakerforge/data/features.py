@@ -267,13 +267,23 @@ def mean_normalize(feats: Tensor, lengths: Tensor | None = None) -> Tensor:
     return (feats - mean) * valid
 
 
+def variance_normalize(feats: Tensor, eps: float = 1e-7) -> Tensor:
+    """Divide `[T, F]` or `[B, T, F]` by each bin's standard deviation over time (unbiased, `eps` inside the root):
+    after `mean_normalize`, the per-utterance, per-bin normalisation of Hugging Face's `SeamlessM4TFeatureExtractor`
+    (W2V-BERT 2.0's features). A single frame has no spread and is left as it is (its mean-normalised value is 0)."""
+    if feats.shape[-2] < 2:
+        return feats
+    return feats / torch.sqrt(feats.var(dim=-2, keepdim=True, unbiased=True) + eps)
+
+
 FEATURE_KINDS = ("kaldi", "tfmel")
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
     """The features a model reads: Kaldi fbank (`kind="kaldi"`) or WeSpeaker's TF-style log mel (`"tfmel"`,
-    `speakerforge.data.tfmel`, ReDimNet2's), then (with `mean_norm`) utterance mean normalisation.
+    `speakerforge.data.tfmel`, ReDimNet2's), then (with `mean_norm`) utterance mean normalisation and (with
+    `var_norm`, W2V-BERT's) division by each bin's standard deviation.
 
     The one description of a model's input: built from the config when training (`from_config`), stored in the
     model file and ONNX metadata (`to_meta`), read back at inference (`from_meta`, defaults filled in), and applied
@@ -285,10 +295,13 @@ class FeatureSpec:
     frame_shift: float = 10.0  # ms
     mean_norm: bool = True
     kind: str = "kaldi"
+    var_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:
             raise ValueError(f"feature kind {self.kind!r}: choose from {', '.join(FEATURE_KINDS)}")
+        if self.var_norm and not self.mean_norm:
+            raise ValueError("features.var_norm normalises the variance after the mean: set mean_norm true as well")
 
     def __call__(
         self, waves: Tensor, dither: float = 0.0, generator: torch.Generator | None = None, sample_rate: int = 16000
@@ -310,7 +323,8 @@ class FeatureSpec:
                 dither=dither,
                 generator=generator,
             )
-        return mean_normalize(feats) if self.mean_norm else feats
+        feats = mean_normalize(feats) if self.mean_norm else feats
+        return variance_normalize(feats) if self.var_norm else feats
 
     def num_frames(self, num_samples: int, sample_rate: int = 16000) -> int:
         """Frames computed from `num_samples` samples."""
@@ -327,8 +341,8 @@ class FeatureSpec:
         return max(1, window - padding + (max(frames, 1) - 1) * shift)
 
     def to_meta(self) -> dict[str, Any]:
-        """The JSON form stored with a model (`features` in its metadata); `kind` only when not Kaldi's, so the
-        metadata of every fbank model is what it always was."""
+        """The JSON form stored with a model (`features` in its metadata); `kind` only when not Kaldi's and
+        `var_norm` only when set, so the metadata of every fbank model is what it always was."""
         meta: dict[str, Any] = {
             "num_mel_bins": self.num_mel_bins,
             "frame_length": self.frame_length,
@@ -337,6 +351,8 @@ class FeatureSpec:
         }
         if self.kind != "kaldi":
             meta["kind"] = self.kind
+        if self.var_norm:
+            meta["var_norm"] = True
         return meta
 
     @classmethod
@@ -350,17 +366,19 @@ class FeatureSpec:
             frame_shift=float(given.get("frame_shift", base.frame_shift)),
             mean_norm=bool(given.get("mean_norm", base.mean_norm)),
             kind=str(given.get("kind", base.kind)),
+            var_norm=bool(given.get("var_norm", base.var_norm)),
         )
 
     @classmethod
     def from_config(cls, features: Any) -> FeatureSpec:
-        """From a config's `features` section (these attributes; `kind` optional)."""
+        """From a config's `features` section (these attributes; `kind` and `var_norm` optional)."""
         return cls(
             int(features.num_mel_bins),
             float(features.frame_length),
             float(features.frame_shift),
             bool(features.mean_norm),
             str(getattr(features, "kind", "kaldi")),
+            bool(getattr(features, "var_norm", False)),
         )
 
 

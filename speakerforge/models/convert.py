@@ -22,6 +22,9 @@ What loads, and how:
 | dfresnet   |                                          |                                                          |
 | redimnet2  | (no such model)                          | identity; `frontend.*` buffers (a tfmel frontend's       |
 |            |                                          | constants) and a `model_config` entry are set aside      |
+| w2vbert_   | (no such model)                          | `frontend.encoder.` (Hugging Face `Wav2Vec2BertModel`)   |
+| mfa        |                                          | -> `encoder.`; `pooling.attention.{0,2,3}` renamed; a    |
+|            |                                          | PEFT LoRA checkpoint (stage 1) is merged first           |
 
 Self-supervised 3D-Speaker checkpoints (RDINO, SDPN) hold a `teacher` and a `student`, each `backbone.*` + `head.*`:
 `part="teacher"` takes that network's backbone (`speakerforge.models.zoo` sets it for those model ids).
@@ -55,6 +58,7 @@ __all__ = [
     "Converted",
     "convert_state_dict",
     "map_checkpoint",
+    "merge_lora",
     "split_checkpoint",
     "to_3dspeaker",
     "to_wespeaker",
@@ -98,9 +102,11 @@ def _family(arch: str) -> str:
         return "dfresnet"
     if a == "redimnet2":
         return "redimnet"
+    if a == "w2vbert_mfa":
+        return "w2vbert"
     raise ConfigError(
         f"no checkpoint converter for arch {arch!r}; known: resnet*, ecapa_tdnn, campplus, eres2net*, res2net, "
-        "gemini_dfresnet, redimnet2"
+        "gemini_dfresnet, redimnet2, w2vbert_mfa"
     )
 
 
@@ -274,8 +280,69 @@ def _aff_blocks(model: nn.Module) -> frozenset[str]:
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# WeSpeaker W2V-BERT adapter MFA: the encoder is Hugging Face's, under the `w2vbert` frontend
+
+
+_WS_W2VBERT_RULES = (
+    (re.compile(r"encoder\.layers\."), "frontend.encoder.encoder.layers."),
+    (re.compile(r"encoder\.feature_projection\."), "frontend.encoder.feature_projection."),
+    *(rule for rule in _WS_SIMAM_RULES if rule[1].startswith("pooling.")),
+)
+_PEFT_PREFIX = "frontend.encoder.base_model.model."
+_LORA = re.compile(r"(.*)\.lora_([AB])\.([^.]+)\.weight$")
+# PEFT scales a LoRA update by lora_alpha / r; every WeSpeaker W2V-BERT recipe (and its LoRA config's defaults) has
+# alpha = 2r, and the checkpoint does not store alpha.
+WESPEAKER_LORA_SCALE = 2.0
+# The spec-augment vector Hugging Face keeps for pre-training; WeSpeaker deletes it, older checkpoints may hold it.
+_W2VBERT_UNUSED = ("frontend.encoder.masked_spec_embed",)
+
+
+def _ws_w2vbert_key(ours: str) -> str:
+    for pattern, repl in _WS_W2VBERT_RULES:
+        m = pattern.match(ours)
+        if m:
+            return m.expand(repl) + ours[m.end() :]
+    return ours
+
+
+def merge_lora(state_dict: Tensors, scale: float = WESPEAKER_LORA_SCALE) -> Tensors:
+    """A stage-1 checkpoint (PEFT's LoRA wrapper around the encoder: `base_model.model.` prefix, `base_layer` +
+    `lora_A`/`lora_B` per adapted linear) -> the plain encoder's tensors, each `W + scale * B @ A`, as WeSpeaker's
+    `tools/merge_lora.py` (`merge_and_unload`) writes them. A checkpoint without LoRA tensors is returned as is."""
+    if not any(k.startswith(_PEFT_PREFIX) for k in state_dict):
+        return state_dict
+    lora: dict[tuple[str, str], torch.Tensor] = {}
+    out: Tensors = {}
+    for key, value in state_dict.items():
+        m = _LORA.match(key)
+        if m:
+            lora[(m[1], m[2])] = value
+            continue
+        if key.startswith(_PEFT_PREFIX):
+            key = "frontend.encoder." + key[len(_PEFT_PREFIX) :]
+        out[key.replace(".base_layer.", ".")] = value
+    merged = 0
+    for (module, half), a in sorted(lora.items()):
+        if half != "A":
+            continue
+        b = lora.get((module, "B"))
+        target = "frontend.encoder." + module.removeprefix(_PEFT_PREFIX) + ".weight"
+        if b is None or target not in out:
+            raise CheckpointError(f"LoRA tensors of {module} come without their lora_B or base_layer weight")
+        out[target] = out[target] + scale * (b.to(torch.float32) @ a.to(torch.float32)).to(out[target].dtype)
+        merged += 1
+    log.info("checkpoint: merged %d LoRA pair(s) into the encoder (scale alpha/r = %g)", merged, scale)
+    return out
+
+
 def _ws_key_fn(family: str, model: nn.Module) -> Callable[[str], str] | None:
-    """Our key -> WeSpeaker's, for the families whose WeSpeaker layout differs only in names (None: identity)."""
+    """Our key -> WeSpeaker's, for the families whose WeSpeaker layout differs only in names (None: identity);
+    `model` tells the variants apart (without it, only the families whose names need no model are renamed)."""
+    if family == "w2vbert":
+        return _ws_w2vbert_key
+    if model is None:
+        return None
     if family == "resnet" and getattr(model, "simam", False):
         return _ws_simam_key
     if family == "eres2net":
@@ -302,7 +369,7 @@ def to_wespeaker(state_dict: Tensors, arch: str, model: nn.Module) -> Tensors:
     if family == "ecapa":
         width = _ecapa_chunk_width(model)
         return {_ws_ecapa_key(k): _ws_ecapa_tensor(k, v, width, inverse=True) for k, v in state_dict.items()}
-    key_fn = _ws_key_fn(family, model) if model is not None else None
+    key_fn = _ws_key_fn(family, model)
     if key_fn is None:
         return dict(state_dict)
     return {key_fn(k): v for k, v in state_dict.items()}
@@ -405,7 +472,9 @@ def map_checkpoint(
         backbone, head = _select_part(state_dict, part)
     else:
         flat = _strip_wrappers(_flat_state_dict(state_dict))
-        frontend = [k for k in flat if k.startswith(_FRONTEND_PREFIX)]
+        if family == "w2vbert":  # its frontend is the encoder: weights, not feature constants
+            flat = {k: v for k, v in merge_lora(flat).items() if k not in _W2VBERT_UNUSED}
+        frontend = [k for k in flat if k.startswith(_FRONTEND_PREFIX) and family != "w2vbert"]
         if frontend:
             log.info("checkpoint: set aside %d frontend buffer(s) (computed by the features)", len(frontend))
             flat = {k: v for k, v in flat.items() if not k.startswith(_FRONTEND_PREFIX)}

@@ -23,6 +23,7 @@ _FAMILY_MODULES = (
     "speakerforge.models.resnet",
     "speakerforge.models.dfresnet",
     "speakerforge.models.redimnet",
+    "speakerforge.models.w2vbert",
 )
 
 

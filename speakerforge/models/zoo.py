@@ -37,6 +37,13 @@ FBANK80 = FeatureSpec(num_mel_bins=80, mean_norm=True).to_meta()
 MEL80_SSL = {**FBANK80, "mean_norm": False}
 # WeSpeaker's ReDimNet2 releases: its `tfmel` frontend (TF-style log mel, 72 bins), mean-normalised over time.
 TFMEL72 = FeatureSpec(num_mel_bins=72, mean_norm=True, kind="tfmel").to_meta()
+# W2V-BERT 2.0's (Hugging Face's SeamlessM4TFeatureExtractor): Kaldi fbank normalised per utterance and bin to zero
+# mean and unit variance; the model stacks frame pairs itself.
+FBANK80_MVN = FeatureSpec(num_mel_bins=80, mean_norm=True, var_norm=True).to_meta()
+W2VBERT_NOTE = (
+    "W2V-BERT 2.0 (580M) + adapter MFA; fbank with per-bin variance normalisation; a stage-1 LoRA checkpoint is "
+    "merged on conversion"
+)
 SSL_NOTE = (
     "teacher backbone; the reference input is torchaudio MelSpectrogram(n_fft=512, hop=160) power, log(x+1e-6) taken "
     "in the model: ours is given Kaldi log fbank (same embeddings for the same log-mel input)"
@@ -82,13 +89,14 @@ def _ws(
     aliases: tuple[str, ...] = (),
     note: str = "",
     features: dict[str, Any] = FBANK80,
+    file: str = "avg_model.pt",
     **args: Any,
 ) -> ZooEntry:
     args = {**args, "embedding_dim": emb}
     return ZooEntry(
         f"wespeaker/{name}",
         "wespeaker",
-        "avg_model.pt",
+        file,
         arch,
         args,
         emb,
@@ -165,6 +173,27 @@ ZOO: tuple[ZooEntry, ...] = (
         features=TFMEL72,
         variant="b6",
         feat_dim=72,
+    ),
+    _ws("voxceleb_voxblink2_w2v_bert2_lora_adapterMFA", "w2vbert_mfa", 256, note=W2VBERT_NOTE, features=FBANK80_MVN),
+    _ws(
+        "voxceleb_voxblink2_w2v_bert2_lora_adapterMFA_lm",
+        "w2vbert_mfa",
+        256,
+        ("w2vbert2_mfa",),
+        note=W2VBERT_NOTE,
+        features=FBANK80_MVN,
+    ),
+    *(
+        _ws(
+            name,
+            "w2vbert_mfa",
+            256,
+            note="released on ModelScope (shangguanqituan/wespeaker-w2v-bert2), trained on VoxCeleb only; "
+            + W2VBERT_NOTE,
+            features=FBANK80_MVN,
+            file=f"{name}.pt",
+        )
+        for name in ("w2v_bert2_voxceleb_reproduced", "w2v_bert2_voxceleb_reproduced_LM")
     ),
     _ws("voxceleb_ECAPA512", "ecapa_tdnn", 192, channels=512, variant="wespeaker", global_context=True),
     _ws("voxceleb_ECAPA512_LM", "ecapa_tdnn", 192, channels=512, variant="wespeaker", global_context=True),
