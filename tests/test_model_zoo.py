@@ -475,7 +475,9 @@ def w2vbert_reference(emb: int, small: bool = True, lora: bool = False) -> Ref:
     def load_back(ours):
         net.load_state_dict(to_wespeaker(ours, "w2vbert_mfa", None), strict=True)
 
-    return Ref(ckpt, lambda x: embed_features(net, x), dict(W2VBERT_TINY) if small else {}, load_back)
+    ref = Ref(ckpt, lambda x: embed_features(net, x), dict(W2VBERT_TINY) if small else {}, load_back)
+    ref.net = net  # the whole WeSpeaker model, for the waveform tests (its frontend computes the features)
+    return ref
 
 
 def _ours_model(entry: ZooEntry, m_channels: int | None, **extra: Any) -> nn.Module:

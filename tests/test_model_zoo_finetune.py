@@ -26,6 +26,7 @@ FAMILY_ROWS = [
     "wespeaker/voxceleb_CAM++",
     "wespeaker/voxceleb_gemini_dfresnet114_LM",
     "wespeaker/voxceleb_redimnet2_B6_LM",
+    "wespeaker/voxceleb_voxblink2_w2v_bert2_lora_adapterMFA_lm",
 ]
 
 

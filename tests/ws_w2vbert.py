@@ -422,6 +422,7 @@ def lora_state_dict(model: nn.Module, rank: int = 4, alpha: int = 8, seed: int =
     g = torch.Generator().manual_seed(seed)
     saved, merged = {}, {}
     for key, value in model.state_dict().items():
+        value = value.clone()  # the caller loads `merged` into the model: the saved base weights must stay
         if not key.startswith("frontend.encoder."):
             saved[key] = merged[key] = value
             continue
