@@ -87,6 +87,8 @@ REFERENCES["gemini_dfresnet"] = (
 )
 # WeSpeaker's ReDimNet2-B6 (voxceleb_redimnet2_B6_LM), 72 mel bins: the transcription in tests/ws_redimnet2.py
 REFERENCES["redimnet2"] = ("tests.ws_redimnet2:ReDimNet2B6", {"embed_dim": 192})
+# WeSpeaker's W2V-BERT 2.0 + adapter MFA (the Hugging Face encoder's forward): the transcription in tests/ws_w2vbert.py
+REFERENCES["w2vbert_mfa"] = ("tests.ws_w2vbert:W2VBertMFAOnFeatures", {"embed_dim": 256})
 
 
 def registry_cases() -> list[Case]:
@@ -110,10 +112,12 @@ def _import_reference(path: str, kwargs: dict[str, Any]) -> nn.Module | None:
 
 
 def _key_map(model: nn.Module, ref: nn.Module) -> Callable[[dict], dict]:
-    if getattr(model, "simam", False):  # a WeSpeaker-layout reference
-        from speakerforge.models.convert import convert_state_dict
+    from speakerforge.models.convert import convert_state_dict
 
+    if getattr(model, "simam", False):  # a WeSpeaker-layout reference
         return lambda sd: convert_state_dict(sd, "wespeaker", "resnet", model)
+    if hasattr(ref, "wespeaker_arch"):
+        return lambda sd: convert_state_dict(sd, "wespeaker", ref.wespeaker_arch, model)
     return getattr(importlib.import_module(type(model).__module__), "speakerlab_key_map", lambda sd: sd)
 
 

@@ -12,13 +12,21 @@ The file is written under a temporary name and renamed only after the check pass
 Metadata (`metadata_props`): `speakerforge` holds JSON with the format, model, embedding dimension, `with_fbank`,
 input name, sample rate, features and (when the model file has one) the threshold; `embedding_dim`, `with_fbank` and
 `sample_rate` are also plain entries for other tools.
+
+Large models: protobuf caps one file at 2 GB, and W2V-BERT's 580M float weights are 2.3 GB. Above
+`SINGLE_FILE_LIMIT` the graph is written as `NAME.onnx` plus its weights in one `NAME.onnx.data` beside it (ONNX's
+external data, which ONNX Runtime reads from the graph's folder); both appear only after the parity check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +52,9 @@ DEFAULT_ATOL = 1e-4
 # above 100 frames after its stride-2 TDNN), so it is 4 s; the check lengths differ from it and from each other.
 EXAMPLE_FRAMES = 400
 CHECK_FRAMES = (157, 611)
+# Weight bytes above which the graph keeps its weights in an external data file (protobuf's limit is 2 GiB, and the
+# graph itself needs room).
+SINGLE_FILE_LIMIT = 1_800_000_000
 
 
 class ExportError(SpeakerforgeError):
@@ -160,7 +171,8 @@ def export_onnx(
     gen = torch.Generator().manual_seed(seed)
     example = _example_input(sm, with_fbank, EXAMPLE_FRAMES, 1, gen)
 
-    with atomic_path(out) as tmp:
+    weight_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    with _export_target(out, weight_bytes > SINGLE_FILE_LIMIT) as tmp:
         _torch_export(wrapper, example, tmp, input_name, opset, dynamo)
         meta = {
             "format": ONNX_FORMAT,
@@ -180,6 +192,35 @@ def export_onnx(
     report.seconds = time.perf_counter() - started
     log.info("%s", report.summary())
     return report
+
+
+@contextlib.contextmanager
+def _export_target(out: Path, external: bool) -> Iterator[Path]:
+    """Where to export: a temporary file renamed over `out` (`atomic_path`), or for a model over the single-file
+    limit a scratch folder beside `out` (the exporter writes one file per weight there), consolidated into
+    `out.data` + `out` on success; on failure nothing is left."""
+    if not external:
+        with atomic_path(out) as tmp:
+            yield tmp
+        return
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as work:
+        scratch = Path(work) / "exported" / out.name
+        scratch.parent.mkdir()
+        yield scratch
+        final = Path(work) / out.name
+        data = out.name + ".data"
+        onnx.save_model(
+            onnx.load(str(scratch)), str(final), save_as_external_data=True, all_tensors_to_one_file=True, location=data
+        )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(Path(work) / data, 0o666 & ~umask)  # onnx writes it private; the graph beside it is not
+        os.replace(Path(work) / data, out.parent / data)  # the weights first: a graph never points at nothing
+        os.replace(final, out)
+    log.info("%s: weights in %s (over ONNX's 2 GB single-file limit)", out, out.name + ".data")
 
 
 def _export_copy(model: nn.Module) -> nn.Module:
@@ -251,7 +292,7 @@ def _torch_export(
 def _write_metadata(path: Path, meta: dict[str, Any]) -> None:
     import onnx
 
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)  # the graph only: external weights stay where they are
     entries = {
         ONNX_META_KEY: json.dumps(meta, sort_keys=True),
         "embedding_dim": str(meta["embedding_dim"]),

@@ -29,7 +29,7 @@ def _close(got: np.ndarray, want: np.ndarray, tol: float = 1e-4) -> bool:
 
 def test_features_equal_the_seamless_m4t_extractor_and_var_norm_is_stored_only_when_set():
     extractor = SeamlessM4TFeatureExtractor()
-    for samples in (16000, 16160, 24321):  # 99 (odd), 100 (even) and 151 frames
+    for samples in (16000, 16160, 24321):  # 98, 99 (odd) and 150 frames
         wave = _speechlike(samples, seed=samples)
         want = extractor.normalized([wave.numpy()])[0]
         got = MVN(wave).numpy()
@@ -87,3 +87,17 @@ def test_a_lora_checkpoint_missing_half_a_pair_is_refused_by_name(tmp_path, caps
     code = main(["convert", "--model-id", ROW, *sets, str(tmp_path / "avg_model.pt"), str(tmp_path / "o.safetensors")])
     assert code != 0 and not (tmp_path / "o.safetensors").exists()
     assert "encoder.layers.1.self_attn.linear_v come without their lora_B" in capsys.readouterr().err
+
+
+def test_a_model_over_the_single_file_limit_exports_with_its_weights_beside_the_graph(tmp_path, monkeypatch):
+    import speakerforge.export as export
+
+    ref, out = _converted(tmp_path)
+    monkeypatch.setattr(export, "SINGLE_FILE_LIMIT", 1000)  # the tiny model stands in for the 2.3 GB release
+    folder = tmp_path / "onnx"
+    report = export_onnx(out, folder / "w2vbert.onnx")
+    assert report.worst < 1e-4
+    assert sorted(p.name for p in folder.iterdir()) == ["w2vbert.onnx", "w2vbert.onnx.data"]  # no scratch left
+    assert (folder / "w2vbert.onnx").stat().st_size < (folder / "w2vbert.onnx.data").stat().st_size
+    wave = _speechlike(MVN.frame_span(151), seed=4)
+    assert _close(load_model(folder / "w2vbert.onnx").embed(wave.numpy()), _reference_embedding(ref, wave))

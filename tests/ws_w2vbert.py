@@ -442,3 +442,19 @@ def lora_state_dict(model: nn.Module, rank: int = 4, alpha: int = 8, seed: int =
         else:
             saved[peft] = merged[key] = value
     return saved, merged
+
+
+class W2VBertMFAOnFeatures(W2VBert_Adapter_MFA):
+    """The released model (with its frontend's encoder) reading the extractor's normalised features `[B, T, 80]`,
+    as `bench/models.py` feeds every model; its state dict is WeSpeaker's (`wespeaker_arch` names our converter)."""
+
+    wespeaker_arch = "w2vbert_mfa"
+
+    def __init__(self, embed_dim=256):
+        super().__init__(1024, embed_dim)
+        self.add_module("frontend", W2VBertFrontend(Wav2Vec2BertConfig()))
+
+    def forward(self, feats):
+        stacked, mask = self.frontend.processor.pad_and_stack([f.numpy() for f in feats])
+        _, states = self.frontend.encoder(stacked, attention_mask=mask)
+        return super().forward(states)[-1]
