@@ -21,6 +21,8 @@ from tests.ws_w2vbert import SeamlessM4TFeatureExtractor, embed_waves
 
 MVN = FeatureSpec(var_norm=True)
 ROW = "wespeaker/voxceleb_voxblink2_w2v_bert2_lora_adapterMFA_lm"
+TINY = [f"model.args.{k}={v}" for k, v in W2VBERT_TINY.items()]  # the reference's width, as --set overrides
+TINY_FLAGS = [x for s in TINY for x in ("--set", s)]
 
 
 def _close(got: np.ndarray, want: np.ndarray, tol: float = 1e-4) -> bool:
@@ -47,8 +49,7 @@ def _converted(tmp_path, lora: bool = False):
     ref = w2vbert_reference(256, lora=lora)
     torch.save(ref.checkpoint, tmp_path / "avg_model.pt")
     out = tmp_path / "w2vbert.safetensors"
-    sets = [x for k, v in W2VBERT_TINY.items() for x in ("--set", f"model.args.{k}={v}")]
-    assert main(["convert", "--model-id", ROW, *sets, str(tmp_path / "avg_model.pt"), str(out)]) == 0
+    assert main(["convert", "--model-id", ROW, *TINY_FLAGS, str(tmp_path / "avg_model.pt"), str(out)]) == 0
     return ref, out
 
 
@@ -83,8 +84,9 @@ def test_a_lora_checkpoint_missing_half_a_pair_is_refused_by_name(tmp_path, caps
     ref = w2vbert_reference(256, lora=True)
     broken = {k: v for k, v in ref.checkpoint.items() if "layers.1.self_attn.linear_v.lora_B" not in k}
     torch.save(broken, tmp_path / "avg_model.pt")
-    sets = [x for k, v in W2VBERT_TINY.items() for x in ("--set", f"model.args.{k}={v}")]
-    code = main(["convert", "--model-id", ROW, *sets, str(tmp_path / "avg_model.pt"), str(tmp_path / "o.safetensors")])
+    code = main(
+        ["convert", "--model-id", ROW, *TINY_FLAGS, str(tmp_path / "avg_model.pt"), str(tmp_path / "o.safetensors")]
+    )
     assert code != 0 and not (tmp_path / "o.safetensors").exists()
     assert "encoder.layers.1.self_attn.linear_v come without their lora_B" in capsys.readouterr().err
 
@@ -101,3 +103,28 @@ def test_a_model_over_the_single_file_limit_exports_with_its_weights_beside_the_
     assert (folder / "w2vbert.onnx").stat().st_size < (folder / "w2vbert.onnx.data").stat().st_size
     wave = _speechlike(MVN.frame_span(151), seed=4)
     assert _close(load_model(folder / "w2vbert.onnx").embed(wave.numpy()), _reference_embedding(ref, wave))
+
+
+def test_finetune_with_the_encoder_frozen_trains_only_the_mfa_head(tmp_path):
+    """The practical CPU setting for a 580M encoder: `--freeze backbone.encoder` keeps every encoder weight of the
+    release and trains the adapters, pooling and bottleneck (checked by the update-integrity check and here)."""
+    from safetensors.torch import load_file
+
+    from speakerforge.checkpoint_io import load_model_file
+    from tests.test_finetune import BASE_SETS
+    from tests.trainutil import TINY_MODEL, tiny_corpus
+
+    ref, out = _converted(tmp_path)
+    corpus = tiny_corpus(tmp_path / "b", n_speakers=4, seed=2, prefix="b")
+    exp = tmp_path / "exp"
+    args = ["--quiet", "finetune", "--init", str(tmp_path / "avg_model.pt"), "--model-id", ROW, "--exp", str(exp)]
+    args += ["--data", str(corpus), "--freeze", "backbone.encoder"]
+    sets = [*BASE_SETS[len(TINY_MODEL) :], "data.batch_size=4", *TINY]
+    assert main(args + [x for s in sets for x in ("--set", s)]) == 0
+    before = load_file(str(out))
+    after, _ = load_model_file(exp / "model.safetensors")
+    encoder = [k for k in before if k.startswith("backbone.encoder.")]
+    head = [k for k in before if k.startswith(("backbone.adapter_layers.", "backbone.bottleneck."))]
+    assert encoder and head
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert all(not torch.equal(before[k], after[k]) for k in head)
