@@ -40,6 +40,7 @@ passes chunk 0 and convolves 1..7; the results are the same up to rotating the c
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -254,12 +255,16 @@ _WS_SIMAM_RULES = (
 _WS_ERES2NET_SPLIT = re.compile(r"(layer\d+\.\d+\.)(convs|bns)\.(\d+)\.")
 
 
-def _ws_simam_key(ours: str) -> str:
-    for pattern, repl in _WS_SIMAM_RULES:
+def _renamed(ours: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str:
+    """`ours` with its start rewritten by the first rule whose pattern matches there (unchanged if none does)."""
+    for pattern, repl in rules:
         m = pattern.match(ours)
         if m:
             return m.expand(repl) + ours[m.end() :]
     return ours
+
+
+_ws_simam_key = functools.partial(_renamed, rules=_WS_SIMAM_RULES)
 
 
 def _ws_eres2net_key(ours: str, aff_layers: frozenset[str]) -> str:
@@ -298,12 +303,7 @@ WESPEAKER_LORA_SCALE = 2.0
 _W2VBERT_UNUSED = ("frontend.encoder.masked_spec_embed",)
 
 
-def _ws_w2vbert_key(ours: str) -> str:
-    for pattern, repl in _WS_W2VBERT_RULES:
-        m = pattern.match(ours)
-        if m:
-            return m.expand(repl) + ours[m.end() :]
-    return ours
+_ws_w2vbert_key = functools.partial(_renamed, rules=_WS_W2VBERT_RULES)
 
 
 def merge_lora(state_dict: Tensors, scale: float = WESPEAKER_LORA_SCALE) -> Tensors:
