@@ -112,11 +112,9 @@ def _import_reference(path: str, kwargs: dict[str, Any]) -> nn.Module | None:
 
 
 def _key_map(model: nn.Module, ref: nn.Module) -> Callable[[dict], dict]:
-    from speakerforge.models.convert import convert_state_dict
+    if hasattr(ref, "wespeaker_arch"):  # a WeSpeaker-layout reference: our converter maps it
+        from speakerforge.models.convert import convert_state_dict
 
-    if getattr(model, "simam", False):  # a WeSpeaker-layout reference
-        return lambda sd: convert_state_dict(sd, "wespeaker", "resnet", model)
-    if hasattr(ref, "wespeaker_arch"):
         return lambda sd: convert_state_dict(sd, "wespeaker", ref.wespeaker_arch, model)
     return getattr(importlib.import_module(type(model).__module__), "speakerlab_key_map", lambda sd: sd)
 

@@ -118,7 +118,7 @@ class _WaveToEmbedding(nn.Module):
         self.net = net
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        from speakerforge.data.features import LOG_FLOOR, variance_normalize
+        from speakerforge.data.features import LOG_FLOOR, mean_normalize, variance_normalize
 
         frames = (waveform.shape[-1] - self.window) // self.shift + 1
         index = torch.arange(frames, device=waveform.device).unsqueeze(1) * self.shift + self.offsets
@@ -127,7 +127,7 @@ class _WaveToEmbedding(nn.Module):
         power = spectrum[..., : self.bins].square() + spectrum[..., self.bins :].square()
         feats = (power @ self.mel).clamp_min(LOG_FLOOR).log()
         if self.mean_norm:
-            feats = feats - feats.mean(dim=-2, keepdim=True)
+            feats = mean_normalize(feats)
         if self.var_norm:  # traced with at least two frames: the graph always divides
             feats = variance_normalize(feats)
         return self.net(feats)

@@ -192,6 +192,8 @@ class WsASP(nn.Module):
 class WsSimAMResNet(nn.Module):
     """`samresnet.SimAM_ResNet{34,100}_ASP(in_planes, embed_dim, acoustic_dim=80)`."""
 
+    wespeaker_arch = "resnet"  # its state dict is WeSpeaker's (bench/models.py converts it to ours)
+
     def __init__(self, num_blocks, in_planes: int, embed_dim: int):
         super().__init__()
         self.front = WsTrunk(num_blocks, WsBasicBlock, in_planes, simam=True)
@@ -273,9 +275,12 @@ class Ref:
     """A reference model for a row: its checkpoint (as the toolkit saves it), its forward on our fbank `[B, T, F]`,
     the `--set` overrides that shrink our model to its width, and whether our weights load back into it."""
 
-    def __init__(self, checkpoint: dict, forward, sets: dict[str, Any], load_back, bins: int = 80) -> None:
+    def __init__(
+        self, checkpoint: dict, forward, sets: dict[str, Any], load_back, bins: int = 80, net: nn.Module | None = None
+    ) -> None:
         self.checkpoint, self.forward, self.sets, self.load_back = checkpoint, forward, sets, load_back
         self.bins = bins  # the model's mel bins (ReDimNet2: 72)
+        self.net = net  # the whole reference model, where a test feeds it more than fbank (W2V-BERT: waveforms)
 
 
 def _speakerlab_ref(entry: ZooEntry, module: nn.Module, sets: dict[str, Any], wrap=None, fwd=None) -> Ref:
@@ -475,9 +480,7 @@ def w2vbert_reference(emb: int, small: bool = True, lora: bool = False) -> Ref:
     def load_back(ours):
         net.load_state_dict(to_wespeaker(ours, "w2vbert_mfa", None), strict=True)
 
-    ref = Ref(ckpt, lambda x: embed_features(net, x), dict(W2VBERT_TINY) if small else {}, load_back)
-    ref.net = net  # the whole WeSpeaker model, for the waveform tests (its frontend computes the features)
-    return ref
+    return Ref(ckpt, lambda x: embed_features(net, x), dict(W2VBERT_TINY) if small else {}, load_back, net=net)
 
 
 def _ours_model(entry: ZooEntry, m_channels: int | None, **extra: Any) -> nn.Module:

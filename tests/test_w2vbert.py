@@ -80,15 +80,16 @@ def test_a_converted_release_embeds_a_waveform_as_wespeaker_does(tmp_path, lora)
             assert _close(onnx_model.embed(wave.numpy()), _reference_embedding(ref, wave))
 
 
-def test_a_lora_checkpoint_missing_half_a_pair_is_refused_by_name(tmp_path, capsys):
+@pytest.mark.parametrize("half", ["B", "A"])
+def test_a_lora_checkpoint_missing_half_a_pair_is_refused_by_name(tmp_path, capsys, half):
     ref = w2vbert_reference(256, lora=True)
-    broken = {k: v for k, v in ref.checkpoint.items() if "layers.1.self_attn.linear_v.lora_B" not in k}
+    broken = {k: v for k, v in ref.checkpoint.items() if f"layers.1.self_attn.linear_v.lora_{half}" not in k}
     torch.save(broken, tmp_path / "avg_model.pt")
     code = main(
         ["convert", "--model-id", ROW, *TINY_FLAGS, str(tmp_path / "avg_model.pt"), str(tmp_path / "o.safetensors")]
     )
     assert code != 0 and not (tmp_path / "o.safetensors").exists()
-    assert "encoder.layers.1.self_attn.linear_v come without their lora_B" in capsys.readouterr().err
+    assert f"encoder.layers.1.self_attn.linear_v come without their lora_{half}" in capsys.readouterr().err
 
 
 def test_a_model_over_the_single_file_limit_exports_with_its_weights_beside_the_graph(tmp_path, monkeypatch):

@@ -412,7 +412,7 @@ def embed_features(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
     """The same from the extractor's normalised features `[B, T, 80]` (before the pad and stride reshape)."""
     stacked, mask = model.frontend.processor.pad_and_stack([f.numpy() for f in feats])
     _, states = model.frontend.encoder(stacked, attention_mask=mask)
-    return model(states)[-1]
+    return W2VBert_Adapter_MFA.forward(model, states)[-1]
 
 
 def lora_state_dict(model: nn.Module, rank: int = 4, alpha: int = 8, seed: int = 0) -> tuple[dict, dict]:
@@ -455,6 +455,4 @@ class W2VBertMFAOnFeatures(W2VBert_Adapter_MFA):
         self.add_module("frontend", W2VBertFrontend(Wav2Vec2BertConfig()))
 
     def forward(self, feats):
-        stacked, mask = self.frontend.processor.pad_and_stack([f.numpy() for f in feats])
-        _, states = self.frontend.encoder(stacked, attention_mask=mask)
-        return super().forward(states)[-1]
+        return embed_features(self, feats)

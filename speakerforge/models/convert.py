@@ -25,17 +25,19 @@ What loads, and how:
 | w2vbert_   | (no such model)                          | `frontend.encoder.` (Hugging Face `Wav2Vec2BertModel`)   |
 | mfa        |                                          | -> `encoder.`; `pooling.attention.{0,2,3}` renamed; a    |
 |            |                                          | PEFT LoRA checkpoint (stage 1) is merged first           |
+|            |                                          | (`w2vbert.wespeaker_encoder_tensors`)                    |
 
 Self-supervised 3D-Speaker checkpoints (RDINO, SDPN) hold a `teacher` and a `student`, each `backbone.*` + `head.*`:
 `part="teacher"` takes that network's backbone (`speakerforge.models.zoo` sets it for those model ids).
 
 `to_wespeaker` / `to_3dspeaker` are the inverse maps (our state dict in the source toolkit's layout).
 
-WeSpeaker's ECAPA-TDNN is a different implementation of the same network (lawlict's): `layer1` / `layer{2,3,4}.
-se_res2block.{0: 1x1 TDNN, 1: Res2Net convs/bns, 2: 1x1 TDNN, 3: SE linear1/linear2}` / `conv` (MFA) / `pool` /
-`bn` / `linear` / `bn2`. Its Res2Net convolves chunks 0..6 and passes chunk 7 through, where ours (SpeechBrain's)
-passes chunk 0 and convolves 1..7; the results are the same up to rotating the channels by one chunk, so the first
-1x1 TDNN's outputs and the second's inputs are rotated here and the Res2Net weights load unchanged.
+WeSpeaker's ECAPA-TDNN (`ecapa.wespeaker_import` / `ecapa.to_wespeaker_layout`) is a different implementation of the
+same network (lawlict's): `layer1` / `layer{2,3,4}.se_res2block.{0: 1x1 TDNN, 1: Res2Net convs/bns, 2: 1x1 TDNN, 3:
+SE linear1/linear2}` / `conv` (MFA) / `pool` / `bn` / `linear` / `bn2`. Its Res2Net convolves chunks 0..6 and passes
+chunk 7 through, where ours (SpeechBrain's) passes chunk 0 and convolves 1..7; the results are the same up to
+rotating the channels by one chunk, so the first 1x1 TDNN's outputs and the second's inputs are rotated here and the
+Res2Net weights load unchanged.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -59,7 +60,6 @@ __all__ = [
     "Converted",
     "convert_state_dict",
     "map_checkpoint",
-    "merge_lora",
     "split_checkpoint",
     "to_3dspeaker",
     "to_wespeaker",
@@ -160,86 +160,6 @@ def _split_head(state_dict: Tensors, source: str) -> tuple[Tensors, Tensors]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# WeSpeaker ECAPA-TDNN: our key -> WeSpeaker key, derived from the model so that every width and option is covered.
-
-_WS_ECAPA_RULES: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
-    (r"blocks\.0\.conv\.conv\.", lambda m: "layer1.conv."),
-    (r"blocks\.0\.norm\.norm\.", lambda m: "layer1.bn."),
-    (r"blocks\.(\d+)\.tdnn1\.conv\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.0.conv."),
-    (r"blocks\.(\d+)\.tdnn1\.norm\.norm\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.0.bn."),
-    (
-        r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.conv\.conv\.",
-        lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.convs.{m[2]}.",
-    ),
-    (
-        r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.norm\.norm\.",
-        lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.bns.{m[2]}.",
-    ),
-    (r"blocks\.(\d+)\.tdnn2\.conv\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.2.conv."),
-    (r"blocks\.(\d+)\.tdnn2\.norm\.norm\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.2.bn."),
-    (r"blocks\.(\d+)\.se_block\.conv([12])\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.3.linear{m[2]}."),
-    (r"mfa\.conv\.conv\.", lambda m: "conv."),
-    (r"asp\.linear([12])\.", lambda m: f"pool.linear{m[1]}."),
-    (r"asp_bn\.norm\.", lambda m: "bn."),
-    (r"fc\.conv\.", lambda m: "linear."),
-    (r"emb_bn\.", lambda m: "bn2."),
-)
-# Our Conv1d(kernel 1) weights that are nn.Linear in WeSpeaker.
-_WS_ECAPA_LINEAR = re.compile(r"(blocks\.\d+\.se_block\.conv[12]\.conv|fc\.conv)\.weight$")
-# Tensors whose channel axis is rotated by one Res2Net chunk: (pattern, axis).
-_WS_ECAPA_ROTATED = (
-    (
-        re.compile(
-            r"blocks\.\d+\.tdnn1\.(conv\.conv\.(weight|bias)|norm\.norm\.(weight|bias|running_mean|running_var))$"
-        ),
-        0,
-    ),
-    (re.compile(r"blocks\.\d+\.tdnn2\.conv\.conv\.weight$"), 1),
-)
-
-
-def _ws_ecapa_key(ours: str) -> str:
-    for pattern, repl in _WS_ECAPA_RULES:
-        m = re.match(pattern, ours)
-        if m:
-            return repl(m) + ours[m.end() :]
-    raise CheckpointError(f"no WeSpeaker name for ECAPA parameter {ours!r} (is this a WeSpeaker-variant model?)")
-
-
-def _ecapa_chunk_width(model: nn.Module) -> int:
-    ecapa: Any = model  # nn.Module types submodule attributes loosely
-    return int(ecapa.channels) // int(ecapa.blocks[1].res2net_block.scale)
-
-
-def _ws_ecapa_import(state_dict: Tensors, model: nn.Module) -> tuple[Tensors, dict[str, str]]:
-    if getattr(model, "variant", None) != "wespeaker":
-        raise CheckpointError(
-            "WeSpeaker ECAPA-TDNN checkpoints need ecapa_tdnn(variant='wespeaker', ...): its padding, MFA layer and "
-            "pooling differ from 3D-Speaker's"
-        )
-    to_ours = {_ws_ecapa_key(k): k for k in model.state_dict()}
-    width = _ecapa_chunk_width(model)
-    out, origin = {}, {}
-    for key, value in state_dict.items():
-        ours = to_ours.get(key)
-        if ours is None:
-            out[key] = value  # reported as unexpected by the check
-            continue
-        out[ours] = _ws_ecapa_tensor(ours, value, width, inverse=False)
-        origin[ours] = key
-    return out, origin
-
-
-def _ws_ecapa_tensor(ours_key: str, value: torch.Tensor, width: int, inverse: bool) -> torch.Tensor:
-    if _WS_ECAPA_LINEAR.search(ours_key):
-        value = value.squeeze(-1) if inverse else (value.unsqueeze(-1) if value.dim() == 2 else value)
-    for pattern, axis in _WS_ECAPA_ROTATED:
-        if pattern.search(ours_key) and value.dim() > axis:
-            value = torch.roll(value, shifts=-width if inverse else width, dims=axis)
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # WeSpeaker SimAM-ResNet and ERes2Net: only names differ (our key -> WeSpeaker key; the import inverts it over the
 # model's keys)
 
@@ -294,46 +214,7 @@ _WS_W2VBERT_RULES = (
     (re.compile(r"encoder\.feature_projection\."), "frontend.encoder.feature_projection."),
     *(rule for rule in _WS_SIMAM_RULES if rule[1].startswith("pooling.")),
 )
-_PEFT_PREFIX = "frontend.encoder.base_model.model."
-_LORA = re.compile(r"(.*)\.lora_([AB])\.([^.]+)\.weight$")
-# PEFT scales a LoRA update by lora_alpha / r; every WeSpeaker W2V-BERT recipe (and its LoRA config's defaults) has
-# alpha = 2r, and the checkpoint does not store alpha.
-WESPEAKER_LORA_SCALE = 2.0
-# The spec-augment vector Hugging Face keeps for pre-training; WeSpeaker deletes it, older checkpoints may hold it.
-_W2VBERT_UNUSED = ("frontend.encoder.masked_spec_embed",)
-
-
 _ws_w2vbert_key = functools.partial(_renamed, rules=_WS_W2VBERT_RULES)
-
-
-def merge_lora(state_dict: Tensors, scale: float = WESPEAKER_LORA_SCALE) -> Tensors:
-    """A stage-1 checkpoint (PEFT's LoRA wrapper around the encoder: `base_model.model.` prefix, `base_layer` +
-    `lora_A`/`lora_B` per adapted linear) -> the plain encoder's tensors, each `W + scale * B @ A`, as WeSpeaker's
-    `tools/merge_lora.py` (`merge_and_unload`) writes them. A checkpoint without LoRA tensors is returned as is."""
-    if not any(k.startswith(_PEFT_PREFIX) for k in state_dict):
-        return state_dict
-    lora: dict[tuple[str, str], torch.Tensor] = {}
-    out: Tensors = {}
-    for key, value in state_dict.items():
-        m = _LORA.match(key)
-        if m:
-            lora[(m[1], m[2])] = value
-            continue
-        if key.startswith(_PEFT_PREFIX):
-            key = "frontend.encoder." + key[len(_PEFT_PREFIX) :]
-        out[key.replace(".base_layer.", ".")] = value
-    merged = 0
-    for (module, half), a in sorted(lora.items()):
-        if half != "A":
-            continue
-        b = lora.get((module, "B"))
-        target = "frontend.encoder." + module.removeprefix(_PEFT_PREFIX) + ".weight"
-        if b is None or target not in out:
-            raise CheckpointError(f"LoRA tensors of {module} come without their lora_B or base_layer weight")
-        out[target] = out[target] + scale * (b.to(torch.float32) @ a.to(torch.float32)).to(out[target].dtype)
-        merged += 1
-    log.info("checkpoint: merged %d LoRA pair(s) into the encoder (scale alpha/r = %g)", merged, scale)
-    return out
 
 
 def _ws_key_fn(family: str, model: nn.Module) -> Callable[[str], str] | None:
@@ -367,8 +248,9 @@ def to_wespeaker(state_dict: Tensors, arch: str, model: nn.Module) -> Tensors:
     """Our state dict -> WeSpeaker's names and layouts (the inverse of the import; for tests and export)."""
     family = _family(arch)
     if family == "ecapa":
-        width = _ecapa_chunk_width(model)
-        return {_ws_ecapa_key(k): _ws_ecapa_tensor(k, v, width, inverse=True) for k, v in state_dict.items()}
+        from speakerforge.models.ecapa import to_wespeaker_layout
+
+        return to_wespeaker_layout(state_dict, model)
     key_fn = _ws_key_fn(family, model)
     if key_fn is None:
         return dict(state_dict)
@@ -411,7 +293,9 @@ def _map_3dspeaker(state_dict: Tensors, family: str) -> Tensors:
 
 def _map_wespeaker(state_dict: Tensors, family: str, model: nn.Module) -> tuple[Tensors, dict[str, str]]:
     if family == "ecapa":
-        return _ws_ecapa_import(state_dict, model)
+        from speakerforge.models.ecapa import wespeaker_import
+
+        return wespeaker_import(state_dict, model)
     key_fn = _ws_key_fn(family, model)
     if key_fn is None:
         return dict(state_dict), {}
@@ -473,9 +357,10 @@ def map_checkpoint(
     else:
         flat = _strip_wrappers(_flat_state_dict(state_dict))
         if family == "w2vbert":  # its frontend is the encoder: weights, not feature constants
-            flat = {k: v for k, v in merge_lora(flat).items() if k not in _W2VBERT_UNUSED}
-        frontend = [k for k in flat if k.startswith(_FRONTEND_PREFIX) and family != "w2vbert"]
-        if frontend:
+            from speakerforge.models.w2vbert import wespeaker_encoder_tensors
+
+            flat = wespeaker_encoder_tensors(flat)
+        elif frontend := [k for k in flat if k.startswith(_FRONTEND_PREFIX)]:
             log.info("checkpoint: set aside %d frontend buffer(s) (computed by the features)", len(frontend))
             flat = {k: v for k, v in flat.items() if not k.startswith(_FRONTEND_PREFIX)}
         backbone, head = _split_head(flat, source)

@@ -21,17 +21,26 @@ permuting weights, so one Res2Net implementation serves both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from speakerforge.errors import ConfigError
+from speakerforge.errors import CheckpointError, ConfigError
 from speakerforge.models.pooling import AttentiveStatsPool
 from speakerforge.models.registry import register_model
 
-__all__ = ["ECAPATDNN", "ecapa_tdnn", "relative_length_mask", "speakerlab_key_map"]
+__all__ = [
+    "ECAPATDNN",
+    "ecapa_tdnn",
+    "relative_length_mask",
+    "speakerlab_key_map",
+    "wespeaker_import",
+    "to_wespeaker_layout",
+]
 
 _VARIANTS = ("3dspeaker", "wespeaker")
 _PAD_MODES = {"reflect": "reflect", "zeros": "constant"}
@@ -284,3 +293,94 @@ def speakerlab_key_map(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
                 break
         out[key] = value
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# WeSpeaker's checkpoints (`models.convert` dispatches here): our key -> WeSpeaker key, derived from the model so that
+# every width and option is covered, and the tensor layout fixes (see convert's docstring).
+
+_WESPEAKER_RULES: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
+    (r"blocks\.0\.conv\.conv\.", lambda m: "layer1.conv."),
+    (r"blocks\.0\.norm\.norm\.", lambda m: "layer1.bn."),
+    (r"blocks\.(\d+)\.tdnn1\.conv\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.0.conv."),
+    (r"blocks\.(\d+)\.tdnn1\.norm\.norm\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.0.bn."),
+    (
+        r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.conv\.conv\.",
+        lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.convs.{m[2]}.",
+    ),
+    (
+        r"blocks\.(\d+)\.res2net_block\.blocks\.(\d+)\.norm\.norm\.",
+        lambda m: f"layer{int(m[1]) + 1}.se_res2block.1.bns.{m[2]}.",
+    ),
+    (r"blocks\.(\d+)\.tdnn2\.conv\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.2.conv."),
+    (r"blocks\.(\d+)\.tdnn2\.norm\.norm\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.2.bn."),
+    (r"blocks\.(\d+)\.se_block\.conv([12])\.conv\.", lambda m: f"layer{int(m[1]) + 1}.se_res2block.3.linear{m[2]}."),
+    (r"mfa\.conv\.conv\.", lambda m: "conv."),
+    (r"asp\.linear([12])\.", lambda m: f"pool.linear{m[1]}."),
+    (r"asp_bn\.norm\.", lambda m: "bn."),
+    (r"fc\.conv\.", lambda m: "linear."),
+    (r"emb_bn\.", lambda m: "bn2."),
+)
+# Our Conv1d(kernel 1) weights that are nn.Linear in WeSpeaker.
+_WESPEAKER_LINEAR = re.compile(r"(blocks\.\d+\.se_block\.conv[12]\.conv|fc\.conv)\.weight$")
+# Tensors whose channel axis is rotated by one Res2Net chunk: (pattern, axis).
+_WESPEAKER_ROTATED = (
+    (
+        re.compile(
+            r"blocks\.\d+\.tdnn1\.(conv\.conv\.(weight|bias)|norm\.norm\.(weight|bias|running_mean|running_var))$"
+        ),
+        0,
+    ),
+    (re.compile(r"blocks\.\d+\.tdnn2\.conv\.conv\.weight$"), 1),
+)
+
+
+def _wespeaker_key(ours: str) -> str:
+    for pattern, repl in _WESPEAKER_RULES:
+        m = re.match(pattern, ours)
+        if m:
+            return repl(m) + ours[m.end() :]
+    raise CheckpointError(f"no WeSpeaker name for ECAPA parameter {ours!r} (is this a WeSpeaker-variant model?)")
+
+
+def _chunk_width(model: nn.Module) -> int:
+    ecapa: Any = model  # nn.Module types submodule attributes loosely
+    return int(ecapa.channels) // int(ecapa.blocks[1].res2net_block.scale)
+
+
+def wespeaker_import(
+    state_dict: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A WeSpeaker ECAPA checkpoint's tensors under our names and layouts (unknown keys kept, for the fit check),
+    and our key -> theirs."""
+    if getattr(model, "variant", None) != "wespeaker":
+        raise CheckpointError(
+            "WeSpeaker ECAPA-TDNN checkpoints need ecapa_tdnn(variant='wespeaker', ...): its padding, MFA layer and "
+            "pooling differ from 3D-Speaker's"
+        )
+    to_ours = {_wespeaker_key(k): k for k in model.state_dict()}
+    width = _chunk_width(model)
+    out, origin = {}, {}
+    for key, value in state_dict.items():
+        ours = to_ours.get(key)
+        if ours is None:
+            out[key] = value  # reported as unexpected by the check
+            continue
+        out[ours] = _wespeaker_tensor(ours, value, width, inverse=False)
+        origin[ours] = key
+    return out, origin
+
+
+def _wespeaker_tensor(ours_key: str, value: torch.Tensor, width: int, inverse: bool) -> torch.Tensor:
+    if _WESPEAKER_LINEAR.search(ours_key):
+        value = value.squeeze(-1) if inverse else (value.unsqueeze(-1) if value.dim() == 2 else value)
+    for pattern, axis in _WESPEAKER_ROTATED:
+        if pattern.search(ours_key) and value.dim() > axis:
+            value = torch.roll(value, shifts=-width if inverse else width, dims=axis)
+    return value
+
+
+def to_wespeaker_layout(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our state dict in WeSpeaker's names and layouts (the inverse of `wespeaker_import`)."""
+    width = _chunk_width(model)
+    return {_wespeaker_key(k): _wespeaker_tensor(k, v, width, inverse=True) for k, v in state_dict.items()}

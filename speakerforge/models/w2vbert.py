@@ -14,19 +14,70 @@ it is masked out of attention and convolution (it still enters the pooling, as i
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from speakerforge.errors import CheckpointError
 from speakerforge.models.pooling import build_pooling
 from speakerforge.models.registry import register_model
 
-__all__ = ["W2VBertMFA", "W2VBertEncoder", "stack_frames"]
+__all__ = ["W2VBertMFA", "W2VBertEncoder", "stack_frames", "merge_lora", "wespeaker_encoder_tensors"]
+
+log = logging.getLogger(__name__)
 
 LAYER_NORM_EPS = 1e-5
+
+# ----------------------------------------------------------------------------------------------------------------
+# WeSpeaker's checkpoints: the encoder sits under its `w2vbert` frontend (`frontend.encoder.`), wrapped by PEFT in a
+# stage-1 (LoRA) checkpoint. `models.convert` renames the keys; these make the tensors those of a plain encoder.
+
+_ENCODER = "frontend.encoder."
+_PEFT_PREFIX = _ENCODER + "base_model.model."
+_LORA = re.compile(r"(.*)\.lora_([AB])\.([^.]+)\.weight$")
+# PEFT scales a LoRA update by lora_alpha / r; every WeSpeaker W2V-BERT recipe (and its LoRA config's defaults) has
+# alpha = 2r, and the checkpoint does not store alpha.
+WESPEAKER_LORA_SCALE = 2.0
+# The spec-augment vector Hugging Face keeps for pre-training; WeSpeaker deletes it, older checkpoints may hold it.
+_UNUSED = (_ENCODER + "masked_spec_embed",)
+
+
+def merge_lora(state_dict: Mapping[str, torch.Tensor], scale: float = WESPEAKER_LORA_SCALE) -> dict[str, torch.Tensor]:
+    """A stage-1 checkpoint (PEFT's LoRA wrapper around the encoder: `base_model.model.` prefix, `base_layer` +
+    `lora_A`/`lora_B` per adapted linear) -> the plain encoder's tensors, each `W + scale * B @ A`, as WeSpeaker's
+    `tools/merge_lora.py` (`merge_and_unload`) writes them. A checkpoint without LoRA tensors is returned as is."""
+    if not any(k.startswith(_PEFT_PREFIX) for k in state_dict):
+        return dict(state_dict)
+    halves: dict[str, dict[str, torch.Tensor]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        m = _LORA.match(key)
+        if m:
+            halves.setdefault(m[1], {})[m[2]] = value
+            continue
+        if key.startswith(_PEFT_PREFIX):
+            key = _ENCODER + key[len(_PEFT_PREFIX) :]
+        out[key.replace(".base_layer.", ".")] = value
+    for module, pair in sorted(halves.items()):
+        target = _ENCODER + module.removeprefix(_PEFT_PREFIX) + ".weight"
+        missing = [f"lora_{half}" for half in "AB" if half not in pair] + (["base_layer"] if target not in out else [])
+        if missing:
+            raise CheckpointError(f"LoRA tensors of {module} come without their {' and '.join(missing)}")
+        update = pair["B"].to(torch.float32) @ pair["A"].to(torch.float32)
+        out[target] = out[target] + (scale * update).to(out[target].dtype)
+    log.info("checkpoint: merged %d LoRA pair(s) into the encoder (scale alpha/r = %g)", len(halves), scale)
+    return out
+
+
+def wespeaker_encoder_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A WeSpeaker checkpoint's tensors with any LoRA merged and the unused pre-training vector set aside."""
+    return {k: v for k, v in merge_lora(state_dict).items() if k not in _UNUSED}
 
 
 def stack_frames(x: torch.Tensor, stride: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
